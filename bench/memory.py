@@ -1,0 +1,79 @@
+"""Bytes per mapping and per visitor in Redis/Valkey, measured with INFO memory."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+from service.store import EmbeddedValkey, KeySchema, Retention, Store, connect
+
+
+def _uid(kind: str) -> str:
+    if kind == "uuid":
+        return str(uuidlib.uuid4())
+    # 36 printable characters that no codec can shorten.
+    return secrets.token_urlsafe(27)[:36]
+
+
+async def _used_memory(store: Store) -> int:
+    info = await store.client.info("memory")
+    return int(info["used_memory"])
+
+
+async def measure_mappings(
+    url: str,
+    *,
+    mappings: int = 1_000_000,
+    partners: int = 5,
+    uid_kind: str = "uuid",
+    buckets: int = 65536,
+) -> dict[str, Any]:
+    """Store `mappings` mappings (visitors x partners) and measure the memory they take."""
+    client = connect(url, cluster=False)
+    await client.execute_command("FLUSHDB", "SYNC")
+    store = Store(client, KeySchema(buckets), Retention(180, {}, 90), buffer_max=10_000_000)
+    await store.start()
+    before = await _used_memory(store)
+    day = int(time.time() // 86400)
+    started = time.perf_counter()
+    visitors = mappings // partners
+    for _ in range(visitors):
+        visitor = f"{secrets.randbelow(10**38):038d}"
+        for dpid in range(1, partners + 1):
+            store.put_mapping(visitor, 1000 + dpid, _uid(uid_kind), day)
+        if store.buffered > 50_000:
+            await store.drain()
+    await store.drain()
+    elapsed = time.perf_counter() - started
+    after = await _used_memory(store)
+    await client.execute_command("FLUSHDB", "SYNC")
+    await store.close()
+    return {
+        "mappings": visitors * partners,
+        "visitors": visitors,
+        "uid_kind": uid_kind,
+        "buckets": buckets,
+        "bytes_per_mapping": round((after - before) / (visitors * partners), 1),
+        "writes_per_s": round(visitors * partners / elapsed),
+    }
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        valkey = EmbeddedValkey(Path(tmp))
+        url = valkey.start()
+        try:
+            for kind in ("uuid", "random36"):
+                for buckets in (16384, 65536):
+                    print(asyncio.run(measure_mappings(url, uid_kind=kind, buckets=buckets)))
+        finally:
+            valkey.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""create_app(settings): wires the store, the domain and the HTTP adapters together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from .config import Settings, load_settings
+from .identity import CookieSigner, today
+from .store import EmbeddedValkey, KeySchema, Retention, Store, StoreError, connect
+from .web.cookies import VisitorCookies
+from .web.event import EventEndpoint, OptOutEndpoint
+from .web.ops import healthz, metrics_endpoint, readyz
+
+log = logging.getLogger("pixelsync")
+
+
+def build_store(settings: Settings, url: str) -> Store:
+    retention = Retention(
+        visitor_days=settings.cookies["ttl_days"],
+        mapping_days={p.dpid: p.mapping_ttl_days for p in settings.partners},
+        default_mapping_days=settings.sync["mapping_ttl_days"],
+    )
+    return Store(
+        connect(url, cluster=settings.server["redis_cluster"]),
+        KeySchema(settings.store["match_buckets"]),
+        retention,
+        buffer_max=settings.store["buffer_max_ops"],
+    )
+
+
+async def _sweep_forever(store: Store, interval_s: int) -> None:
+    """Retention (SPEC §12): one process at a time, as the Redis lock decides."""
+    await asyncio.sleep(random.uniform(5, 60))
+    while True:
+        try:
+            if await store.acquire_lock("sweep", interval_s * 1000):
+                counts = await store.sweep(today())
+                log.info("retention sweep done", extra=counts)
+        except Exception as exc:  # the sweeper must outlive any failure
+            log.error("retention sweep failed", extra={"error": repr(exc)})
+        await asyncio.sleep(interval_s)
+
+
+def create_app(settings: Settings) -> Starlette:
+    embedded: EmbeddedValkey | None = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedValkey(settings.data_dir)
+        url = embedded.start()
+    store = build_store(settings, url)
+    cookies = VisitorCookies(settings.cookies, CookieSigner(settings.secret_keys))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await store.start()
+        except StoreError as exc:
+            log.critical(str(exc))
+            raise
+        sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
+        log.info("pixelsync ready", extra={"public_url": settings.public_url})
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await store.close()
+            if embedded is not None:
+                embedded.stop()
+            log.info("pixelsync stopped", extra={"unflushed": store.buffered})
+
+    routes = [
+        Route("/event", EventEndpoint(store, cookies, settings)),
+        Route("/demoptout.jpg", OptOutEndpoint(store, cookies)),
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.store = store
+    app.state.settings = settings
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
+    return create_app(load_settings())

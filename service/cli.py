@@ -1,0 +1,89 @@
+"""pixelsync serve | check-config (import, export and worker come with the batch work)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+
+from . import logs
+from .config import ConfigError, Settings, find_config_path, load_settings
+from .store import EmbeddedValkey
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        sys.exit(2)
+
+
+def check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    print(settings.summary())
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _load(args.config)
+    logs.setup()
+    found = find_config_path(args.config, os.environ)
+    if found is not None:
+        os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
+    embedded: EmbeddedValkey | None = None
+    if not settings.redis_url:
+        # One embedded server for all workers, owned by this (parent) process.
+        embedded = EmbeddedValkey(settings.data_dir)
+        os.environ["PIXELSYNC_REDIS_URL"] = embedded.start()
+    if args.workers > 1:
+        metrics_dir = settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    try:
+        uvicorn.run(
+            "service.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+            lifespan="on",
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pixelsync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the browser endpoints and the API")
+    p.add_argument("--config")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(run=serve)
+
+    p = sub.add_parser("check-config", help="validate a configuration file")
+    p.add_argument("--config")
+    p.set_defaults(run=check_config)
+
+    args = parser.parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Prometheus metrics. With several workers, PROMETHEUS_MULTIPROC_DIR is set by
+``pixelsync serve`` before the workers start, and /metrics aggregates them."""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+REQUESTS: Final = Counter("pixelsync_requests_total", "Answered requests", ["endpoint", "outcome"])
+LATENCY: Final = Histogram(
+    "pixelsync_request_seconds",
+    "Time to answer a request",
+    ["endpoint"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+REDIS_ERRORS: Final = Counter(
+    "pixelsync_redis_errors_total", "Redis/Valkey commands that failed", ["op"]
+)
+BUFFERED: Final = Gauge(
+    "pixelsync_write_buffer_ops",
+    "Writes waiting in the in-process buffer",
+    multiprocess_mode="livesum",
+)
+BUFFER_OVERFLOW: Final = Counter(
+    "pixelsync_write_buffer_overflow_total",
+    "Writes refused because the buffer was full (Redis unreachable too long)",
+)
+WRITES: Final = Counter("pixelsync_store_writes_total", "Buffered writes applied", ["op"])
+REDIS_UP: Final = Gauge(
+    "pixelsync_redis_up", "1 when Redis answered the last flush", multiprocess_mode="min"
+)
+
+__all__ = [
+    "BUFFERED",
+    "BUFFER_OVERFLOW",
+    "CONTENT_TYPE_LATEST",
+    "LATENCY",
+    "REDIS_ERRORS",
+    "REDIS_UP",
+    "REQUESTS",
+    "WRITES",
+    "render",
+]
+
+
+def render() -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

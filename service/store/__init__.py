@@ -1,0 +1,18 @@
+"""Storage: the only package that talks to Redis/Valkey. The key schema is in keys.py."""
+
+from __future__ import annotations
+
+from .connect import Client, EmbeddedValkey, connect
+from .keys import KeySchema
+from .store import PartnerUid, Retention, Store, StoreError
+
+__all__ = [
+    "Client",
+    "EmbeddedValkey",
+    "KeySchema",
+    "PartnerUid",
+    "Retention",
+    "Store",
+    "StoreError",
+    "connect",
+]

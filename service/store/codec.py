@@ -1,0 +1,85 @@
+"""Compact binary encodings for stored values (see keys.py for where they go)."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+_UUID_LOWER: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID_UPPER: Final = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
+_HEX_LOWER: Final = re.compile(r"(?:[0-9a-f]{2}){8,}")
+_DECIMAL: Final = re.compile(r"[1-9][0-9]{9,}")
+
+# Tags are below 0x20: a raw uid is printable ASCII, so its first byte never collides.
+_TAG_UUID_LOWER: Final = 1
+_TAG_UUID_UPPER: Final = 2
+_TAG_HEX: Final = 3
+_TAG_DECIMAL: Final = 4
+
+
+def uuid16(uuid: str) -> bytes:
+    return int(uuid).to_bytes(16, "big")
+
+
+def uuid_from16(raw: bytes) -> str:
+    return f"{int.from_bytes(raw, 'big'):038d}"
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def read_varint(raw: bytes, pos: int = 0) -> tuple[int, int]:
+    """(value, next position)."""
+    shift = result = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def encode_uid(uid: str) -> bytes:
+    """A partner uid (printable ASCII) in as few bytes as it can be restored from."""
+    if _UUID_LOWER.fullmatch(uid):
+        return bytes((_TAG_UUID_LOWER,)) + bytes.fromhex(uid.replace("-", ""))
+    if _UUID_UPPER.fullmatch(uid):
+        return bytes((_TAG_UUID_UPPER,)) + bytes.fromhex(uid.replace("-", ""))
+    if _HEX_LOWER.fullmatch(uid):
+        return bytes((_TAG_HEX,)) + bytes.fromhex(uid)
+    if _DECIMAL.fullmatch(uid):
+        n = int(uid)
+        return bytes((_TAG_DECIMAL,)) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return uid.encode("ascii")
+
+
+def decode_uid(raw: bytes) -> str:
+    tag = raw[0]
+    body = raw[1:]
+    if tag in (_TAG_UUID_LOWER, _TAG_UUID_UPPER):
+        h = body.hex()
+        text = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        return text if tag == _TAG_UUID_LOWER else text.upper()
+    if tag == _TAG_HEX:
+        return body.hex()
+    if tag == _TAG_DECIMAL:
+        return str(int.from_bytes(body, "big"))
+    return raw.decode("ascii")
+
+
+def pack_day(day: int) -> bytes:
+    return day.to_bytes(2, "big")
+
+
+def unpack_day(raw: bytes) -> int:
+    return int.from_bytes(raw[:2], "big")

@@ -1,0 +1,77 @@
+"""The Redis key schema: the one place that names keys and lays out their bytes.
+
+Visitors and the match table live in *bucketed hashes* so that Redis keeps them
+as listpacks (a few bytes of overhead per field) instead of one key per entry
+(~70 bytes of overhead per key, more with a TTL). ``B`` is ``[store] match_buckets``
+(a power of two, fixed for the life of a data set; recorded in ``ps:meta``).
+
+=====================  ======  =============================================  ==========
+key                    type    fields → values                                bytes/entry
+=====================  ======  =============================================  ==========
+``u:{<vb>}``           hash    ``<uuid16>`` → ``<day2>`` visitor last seen     ~24
+                               ``<uuid16><dpid varint>`` →                     ~43 (UUID uid)
+                               ``<day2><uid codec>`` forward mapping           ~61 (36-char)
+``r:{<rb>}``           hash    ``<hash8>`` → ``<uuid16>`` reverse mapping      ~28
+``ps:meta``            hash    ``buckets`` → B                                 once
+``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
+=====================  ======  =============================================  ==========
+
+- ``uuid16``: the 38-digit visitor uuid as a 16-byte big-endian integer.
+- ``<vb>``: ``uuid mod B`` in hex. It is the visitor's hash tag: every key that
+  holds data of one visitor carries it, so on a Cluster a visitor lives in one slot.
+- ``<rb>`` and ``hash8``: from ``blake2b(dpid varint + partner uid, 12 bytes)``:
+  bytes 0-3 pick the bucket, bytes 4-11 are the field. A reverse hit is verified
+  against the forward entry, so a hash collision can never return a wrong visitor.
+- ``day2``: days since 1970-01-01, 2 bytes big-endian. Retention works on Redis 7.0
+  (no per-field TTL): reads ignore entries older than their TTL and the sweeper
+  deletes them (``Store.sweep``).
+- uid codec (``codec.encode_uid``): canonical UUIDs, long decimal and hex uids are
+  packed to binary; anything else is stored as its printable ASCII bytes.
+- No key has a Redis TTL; hashes vanish when their last field is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from .codec import uuid16, varint
+
+META_KEY: Final = b"ps:meta"
+
+
+def lock_key(job: str) -> bytes:
+    return b"ps:lock:" + job.encode()
+
+
+class KeySchema:
+    """Builds keys and fields for a given bucket count."""
+
+    def __init__(self, buckets: int) -> None:
+        if buckets < 1 or buckets & (buckets - 1):
+            raise ValueError("buckets must be a power of two")
+        self.buckets = buckets
+        self._mask = buckets - 1
+
+    def visitor_tag(self, uuid: str) -> bytes:
+        return b"{%x}" % (int(uuid) & self._mask)
+
+    def visitor_key(self, uuid: str) -> bytes:
+        return b"u:" + self.visitor_tag(uuid)
+
+    def visitor_key_of_bucket(self, bucket: int) -> bytes:
+        return b"u:{%x}" % bucket
+
+    @staticmethod
+    def visitor_field(uuid: str) -> bytes:
+        return uuid16(uuid)
+
+    @staticmethod
+    def mapping_field(uuid: str, dpid: int) -> bytes:
+        return uuid16(uuid) + varint(dpid)
+
+    def reverse_slot(self, dpid: int, uid: str) -> tuple[bytes, bytes]:
+        """(key, field) of the reverse entry for a partner uid."""
+        digest = hashlib.blake2b(varint(dpid) + uid.encode(), digest_size=12).digest()
+        bucket = int.from_bytes(digest[:4], "big") & self._mask
+        return b"r:{%x}" % bucket, digest[4:]

@@ -1,0 +1,46 @@
+"""Reading and writing the visitor cookie (SPEC §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..identity import OPT_OUT, OPT_OUT_MAX_AGE, CookieSigner, Visitor
+
+
+class VisitorCookies:
+    def __init__(self, cookies: dict[str, Any], signer: CookieSigner) -> None:
+        self.name: str = cookies["name"]
+        self._prefix = self.name.encode() + b"="
+        self.signer = signer
+        domain = f"; Domain={cookies['domain']}" if cookies["domain"] else ""
+        self._attrs = f"; Path=/; Max-Age={cookies['ttl_days'] * 86400}{domain}".encode()
+        self._secure = b"; HttpOnly; Secure; SameSite=None"
+        self._opt_out = (
+            self._prefix
+            + OPT_OUT.encode()
+            + f"; Path=/; Max-Age={OPT_OUT_MAX_AGE}{domain}".encode()
+            + self._secure
+        )
+
+    def read(self, cookie_header: bytes | None) -> str | None:
+        """The first value of our cookie in a Cookie header."""
+        if not cookie_header or self._prefix not in cookie_header:
+            return None
+        for part in cookie_header.split(b";"):
+            part = part.strip()
+            if part.startswith(self._prefix):
+                return part[len(self._prefix) :].decode("latin-1")
+        return None
+
+    def resolve(self, cookie_header: bytes | None) -> Visitor:
+        return self.signer.resolve(self.read(cookie_header))
+
+    def set_header(self, visitor: Visitor) -> tuple[bytes, bytes]:
+        """The Set-Cookie that refreshes this visitor's cookie."""
+        if visitor.uuid is None:
+            return (b"set-cookie", self._opt_out)
+        value = self.signer.sign(visitor.uuid).encode()
+        return (b"set-cookie", self._prefix + value + self._attrs + self._secure)
+
+    def opt_out_header(self) -> tuple[bytes, bytes]:
+        return (b"set-cookie", self._opt_out)

@@ -1,0 +1,227 @@
+"""/event and /demoptout.jpg (SPEC §4, §12): raw ASGI, because they are the hot path."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .. import metrics
+from ..config import Settings
+from ..errors import Code, RequestError
+from ..identity import Visitor, VisitorKind, needs_touch, today
+from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
+from ..store import Store
+from .cookies import VisitorCookies
+from .responses import (
+    GIF,
+    GIF_HEADERS,
+    Headers,
+    Receive,
+    Scope,
+    Send,
+    cors,
+    json_body,
+    json_headers,
+    send,
+)
+
+log = logging.getLogger("pixelsync.web")
+
+_FORM_TYPES: Final = (b"application/x-www-form-urlencoded", b"text/plain")
+_METHODS_EVENT: Final = frozenset({"GET", "HEAD", "POST"})
+_METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
+
+
+class _Outcomes:
+    """Pre-bound metric children: labels() on every request costs more than inc()."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._children: dict[str, Any] = {}
+        self.latency = metrics.LATENCY.labels(endpoint)
+
+    def count(self, outcome: str, started: float) -> None:
+        child = self._children.get(outcome)
+        if child is None:
+            child = self._children[outcome] = metrics.REQUESTS.labels(self.endpoint, outcome)
+        child.inc()
+        self.latency.observe(time.perf_counter() - started)
+
+
+async def _method_not_allowed(send_: Send) -> None:
+    await send(send_, 405, [(b"allow", b"GET, HEAD, POST"), (b"content-length", b"0")], b"")
+
+
+async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _wants_json(query: bytes) -> bool:
+    """Whether an answer to a request we cannot parse should be JSON."""
+    return b"d_rtbd=json" in query or b"d_cb=" in query
+
+
+class EventEndpoint:
+    """GET/HEAD/POST /event: signals in, GIF or JSON/JSONP out."""
+
+    def __init__(self, store: Store, cookies: VisitorCookies, settings: Settings) -> None:
+        self.store = store
+        self.cookies = cookies
+        self.region: int = settings.server["region"]
+        self.max_query: int = settings.limits["max_query_bytes"]
+        self.max_body: int = settings.limits["max_body_bytes"]
+        self.outcomes = _Outcomes("event")
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        if method not in _METHODS_EVENT:
+            await _method_not_allowed(send_)
+            return
+        headers = dict(scope["headers"])
+        query: bytes = scope["query_string"]
+        visitor = self.cookies.resolve(headers.get(b"cookie"))
+        tid = secrets.token_urlsafe(9)
+        req: EventRequest | None = None
+        try:
+            if len(query) > self.max_query:
+                raise RequestError(Code.MALFORMED, "query string too long", status=414)
+            pairs = parse_pairs(query)
+            if method == "POST":
+                body = await read_body(receive, self.max_body, headers)
+                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if body and ctype not in _FORM_TYPES:
+                    raise RequestError(Code.MALFORMED, "body must be form-encoded")
+                pairs += parse_pairs(body)
+            req = parse_event(pairs, headers)
+            if visitor.opted_out:
+                raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            self._record(visitor, req)
+        except RequestError as exc:
+            await self._refuse(exc, visitor, req, query, headers, tid, method, send_)
+            self.outcomes.count(f"error_{int(exc.code)}", started)
+            return
+        assert visitor.uuid is not None
+        out: Headers = [self.cookies.set_header(visitor)]
+        if req.answers_json:
+            doc = self._answer(visitor, req, tid)
+            await self._send_json(doc, req.callback, headers, out, send_, 200, method)
+        else:
+            await send(send_, 200, GIF_HEADERS + out, GIF, head=method == "HEAD")
+        self.outcomes.count("ok", started)
+
+    def _record(self, visitor: Visitor, req: EventRequest) -> None:
+        """Everything /event stores. Writes are buffered: no Redis round trip here."""
+        now = time.time()
+        if needs_touch(visitor, now):
+            assert visitor.uuid is not None
+            self.store.touch_visitor(visitor.uuid, today(now))
+
+    def _answer(self, visitor: Visitor, req: EventRequest, tid: str) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "uuid": visitor.uuid,
+            "tid": tid,
+            "dcs_region": self.region,
+            "stuff": [],
+            "dests": [],
+            "ibs": [],
+        }
+        if req.cts >= 1:
+            doc["segments"] = []
+        if req.cts >= 2:
+            doc["traits"] = []
+        return doc
+
+    async def _send_json(
+        self,
+        doc: dict[str, Any],
+        callback: str | None,
+        headers: Mapping[bytes, bytes],
+        out: Headers,
+        send_: Send,
+        status: int,
+        method: str,
+    ) -> None:
+        body = json_body(doc)
+        if callback is not None:
+            body = b"/**/" + callback.encode() + b"(" + body + b");"
+            resp = json_headers(body, b"application/javascript; charset=utf-8")
+        else:
+            resp = json_headers(body)
+            cors(resp, headers.get(b"origin"))
+        await send(send_, status, resp + out, body, head=method == "HEAD")
+
+    async def _refuse(
+        self,
+        exc: RequestError,
+        visitor: Visitor,
+        req: EventRequest | None,
+        query: bytes,
+        headers: Mapping[bytes, bytes],
+        tid: str,
+        method: str,
+        send_: Send,
+    ) -> None:
+        code = int(exc.code)
+        log.info(
+            "event refused",
+            extra={"tid": tid, "code": code, "reason": exc.msg, "status": exc.status},
+        )
+        # Refresh a cookie the browser already had; never issue one on a refusal.
+        out: Headers = [] if visitor.kind is VisitorKind.NEW else [self.cookies.set_header(visitor)]
+        out.append((b"x-error", str(code).encode()))
+        as_json = req.answers_json if req is not None else _wants_json(query)
+        if not as_json:
+            await send(send_, exc.status, GIF_HEADERS + out, GIF, head=method == "HEAD")
+            return
+        doc: dict[str, Any] = {"errors": [{"code": code, "msg": exc.msg}], "tid": tid}
+        if exc.code is Code.OPTED_OUT:
+            doc.update({"dcs_region": self.region, "stuff": [], "dests": [], "ibs": []})
+        # A refused callback name is never echoed: the error goes out as plain JSON.
+        callback = req.callback if req is not None else None
+        if callback is not None and not CALLBACK.fullmatch(callback):
+            callback = None
+        await self._send_json(doc, callback, headers, out, send_, exc.status, method)
+
+
+class OptOutEndpoint:
+    """GET/HEAD /demoptout.jpg: NOTARGET cookie, erase the visitor, answer the GIF."""
+
+    def __init__(self, store: Store, cookies: VisitorCookies) -> None:
+        self.store = store
+        self.cookies = cookies
+        self.outcomes = _Outcomes("demoptout")
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        started = time.perf_counter()
+        if scope["method"] not in _METHODS_PIXEL:
+            await _method_not_allowed(send_)
+            return
+        headers = dict(scope["headers"])
+        visitor = self.cookies.resolve(headers.get(b"cookie"))
+        if visitor.kind is VisitorKind.KNOWN and visitor.uuid is not None:
+            self.store.erase_visitor(visitor.uuid)
+        out = [*GIF_HEADERS, self.cookies.opt_out_header()]
+        await send(send_, 200, out, GIF, head=scope["method"] == "HEAD")
+        self.outcomes.count("ok", started)
