@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,10 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -46,6 +51,10 @@ def serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the
+    # handler it found installed: this one, so that the embedded Valkey is stopped
+    # and the exit code is 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         uvicorn.run(
             "service.app:app_from_env",

@@ -441,21 +441,20 @@ def _read_array(
     return entries
 
 
-def _check_partner_refs(settings_raw: dict[str, Any], problems: list[str]) -> None:
-    dpids = {p["dpid"] for p in settings_raw["partners"]}
-    for table, key in (("api_keys", "partner"), ("traits", "data_source")):
-        for index, entry in enumerate(settings_raw[table]):
+def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> None:
+    """Every dpid a key refers to must be a configured partner."""
+    dpids = {p.get("dpid") for p in raw["partners"] if isinstance(p, dict)}
+    refs = (("api_keys", "partner", "name"), ("traits", "data_source", "sid"))
+    for table, key, id_key in (*refs, ("destinations", "partner", "id")):
+        for index, entry in enumerate(raw[table]):
+            if not isinstance(entry, dict):
+                continue
+            where = _entry_label(table, index, entry, id_key)
             ref = entry.get(key)
-            if ref is not None and ref not in dpids:
-                where = _entry_label(table, index, entry, "name" if table == "api_keys" else "sid")
+            if _is_kind(ref, "int") and ref not in dpids:
                 problems.append(f"{where}: key '{key}': no partner with dpid {ref}")
-    for index, dest in enumerate(settings_raw["destinations"]):
-        where = _entry_label("destinations", index, dest, "id")
-        ref = dest.get("partner")
-        if ref is not None and ref not in dpids:
-            problems.append(f"{where}: key 'partner': no partner with dpid {ref}")
-        if ref is None and dest.get("type") in ("s2s", "file"):
-            problems.append(f"{where}: key 'partner': required for type {dest['type']}")
+            if table == "destinations" and ref is None and entry.get("type") in ("s2s", "file"):
+                problems.append(f"{where}: key 'partner': required for type {entry['type']}")
 
 
 def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings:

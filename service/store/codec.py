@@ -83,3 +83,26 @@ def pack_day(day: int) -> bytes:
 
 def unpack_day(raw: bytes) -> int:
     return int.from_bytes(raw[:2], "big")
+
+
+# A visitor's record, one hash field per visitor (see keys.py):
+#   record := day2 (visitor last seen) entry*
+#   entry  := varint(dpid) varint(len(rest)) rest,   rest := day2 (mapping last seen) uid codec
+def pack_entry(dpid: int, rest: bytes) -> bytes:
+    return varint(dpid) + varint(len(rest)) + rest
+
+
+def parse_record(value: bytes) -> tuple[int, dict[int, bytes]]:
+    """(visitor last-seen day, {dpid: day2 + uid codec})."""
+    entries: dict[int, bytes] = {}
+    pos = 2
+    while pos < len(value):
+        dpid, pos = read_varint(value, pos)
+        size, pos = read_varint(value, pos)
+        entries[dpid] = value[pos : pos + size]
+        pos += size
+    return unpack_day(value), entries
+
+
+def build_record(day: int, entries: dict[int, bytes]) -> bytes:
+    return pack_day(day) + b"".join(pack_entry(d, rest) for d, rest in entries.items())

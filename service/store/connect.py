@@ -19,7 +19,7 @@ EMBEDDED_CONFIG: Final[dict[str, str]] = {
     "appendfilename": "pixelsync.aof",
     "save": "",
     "hash-max-listpack-entries": "512",
-    "hash-max-listpack-value": "300",
+    "hash-max-listpack-value": "1024",
     "maxmemory-policy": "noeviction",
 }
 

@@ -5,16 +5,24 @@ as listpacks (a few bytes of overhead per field) instead of one key per entry
 (~70 bytes of overhead per key, more with a TTL). ``B`` is ``[store] match_buckets``
 (a power of two, fixed for the life of a data set; recorded in ``ps:meta``).
 
-=====================  ======  =============================================  ==========
-key                    type    fields → values                                bytes/entry
-=====================  ======  =============================================  ==========
-``u:{<vb>}``           hash    ``<uuid16>`` → ``<day2>`` visitor last seen     ~24
-                               ``<uuid16><dpid varint>`` →                     ~43 (UUID uid)
-                               ``<day2><uid codec>`` forward mapping           ~61 (36-char)
-``r:{<rb>}``           hash    ``<hash8>`` → ``<uuid16>`` reverse mapping      ~28
-``ps:meta``            hash    ``buckets`` → B                                 once
+=====================  ======  =============================================  ===========
+key                    type    fields -> values                               bytes
+=====================  ======  =============================================  ===========
+``u:{<vb>}``           hash    ``<uuid16>`` -> visitor record:                ~22/visitor
+                               ``<day2>`` (visitor last seen), then per       +~22/mapping
+                               partner ``varint(dpid) varint(len) <day2>``    (UUID uid),
+                               ``<uid codec>`` (mapping last seen, uid)       +~41 (36 chars)
+``r:{<rb>}``           hash    ``<hash8>`` -> ``<uuid16>`` reverse mapping    ~28/mapping
+``ps:meta``            hash    ``buckets`` -> B                               once
 ``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
-=====================  ======  =============================================  ==========
+=====================  ======  =============================================  ===========
+
+One field per visitor holds all of its mappings: one HGET answers "what are this
+visitor's partner uids", and the 16-byte uuid is stored once, not once per partner.
+The record is edited in place by a Lua script (store.py ``_UPSERT``) so concurrent
+writers never lose each other's entries. Values longer than the server's
+``hash-max-listpack-value`` (default 64; the embedded Valkey uses 1024) turn a bucket
+into a hashtable, which costs several times more memory: see deploy/README.md.
 
 - ``uuid16``: the 38-digit visitor uuid as a 16-byte big-endian integer.
 - ``<vb>``: ``uuid mod B`` in hex. It is the visitor's hash tag: every key that
@@ -65,10 +73,6 @@ class KeySchema:
     @staticmethod
     def visitor_field(uuid: str) -> bytes:
         return uuid16(uuid)
-
-    @staticmethod
-    def mapping_field(uuid: str, dpid: int) -> bytes:
-        return uuid16(uuid) + varint(dpid)
 
     def reverse_slot(self, dpid: int, uid: str) -> tuple[bytes, bytes]:
         """(key, field) of the reverse entry for a partner uid."""

@@ -7,34 +7,99 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from redis.exceptions import NoScriptError, RedisError
 
 from .. import metrics
-from .codec import decode_uid, encode_uid, pack_day, read_varint, unpack_day, uuid16, uuid_from16
+from .codec import (
+    build_record,
+    decode_uid,
+    encode_uid,
+    pack_day,
+    parse_record,
+    unpack_day,
+    uuid16,
+    uuid_from16,
+    varint,
+)
 from .connect import Client
 from .keys import META_KEY, KeySchema, lock_key
 
 log = logging.getLogger("pixelsync.store")
 
-# Set a hash field, answer its previous value.
+# Set a hash field, answer its previous value (reverse entries: uid hash -> uuid16).
 _SWAP: Final = b"""
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return old
 """
-# Delete a hash field only if its value (after skipping ARGV[3] bytes) is ARGV[2].
+# Delete a hash field only if its value is still ARGV[2].
 _DEL_IF: Final = b"""
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and string.sub(v, tonumber(ARGV[3]) + 1) == ARGV[2] then
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
 """
-_SCRIPTS: Final = (_SWAP, _DEL_IF)
+# Replace a hash field's value only if it is still ARGV[2] ('' as ARGV[3] deletes it).
+_CAS: Final = b"""
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+# Edit one visitor record (codec.parse_record's layout) in place:
+# ARGV[1] field (uuid16), ARGV[2] visitor day2 or '' (keep), ARGV[3] dpid varint or ''
+# (touch only), ARGV[4] new entry body (day2 + uid codec) or '' (remove the entry),
+# ARGV[5] '' or the uid codec the current entry must have for anything to change.
+# Answers the entry body it replaced or removed (false if none).
+_UPSERT: Final = b"""
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '' then
+  if v then v = string.sub(v, 3) else v = '' end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. v)
+  return false
+end
+local out = {}
+local old = false
+if v then
+  local pos, n = 3, #v
+  while pos <= n do
+    local s = pos
+    while string.byte(v, pos) >= 128 do pos = pos + 1 end
+    local dp = string.sub(v, s, pos)
+    pos = pos + 1
+    local len, mul = 0, 1
+    while true do
+      local b = string.byte(v, pos)
+      pos = pos + 1
+      len = len + (b % 128) * mul
+      mul = mul * 128
+      if b < 128 then break end
+    end
+    if dp == ARGV[3] then old = string.sub(v, pos, pos + len - 1)
+    else out[#out + 1] = string.sub(v, s, pos + len - 1) end
+    pos = pos + len
+  end
+end
+if ARGV[5] ~= '' and (not old or string.sub(old, 3) ~= ARGV[5]) then return false end
+if ARGV[4] ~= '' then
+  local n, len = #ARGV[4], ''
+  while n >= 128 do len = len .. string.char(n % 128 + 128); n = math.floor(n / 128) end
+  out[#out + 1] = ARGV[3] .. len .. string.char(n) .. ARGV[4]
+elseif not v then
+  return false
+end
+local day = ARGV[2]
+if day == '' then
+  if v then day = string.sub(v, 1, 2) else day = string.sub(ARGV[4], 1, 2) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], day .. table.concat(out))
+return old
+"""
+_SCRIPTS: Final = (_SWAP, _DEL_IF, _CAS, _UPSERT)
 _BATCH: Final = 512
 
 
@@ -50,9 +115,8 @@ class PartnerUid:
 
 @dataclass(frozen=True, slots=True)
 class _Touch:
-    key: bytes
-    field: bytes
-    value: bytes
+    uuid: str
+    day: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +226,10 @@ class Store:
         return True
 
     def touch_visitor(self, uuid: str, day: int) -> bool:
-        s = self.schema
-        return self._enqueue(_Touch(s.visitor_key(uuid), s.visitor_field(uuid), pack_day(day)))
+        return self._enqueue(_Touch(uuid, day))
 
     def put_mapping(self, uuid: str, dpid: int, uid: str, day: int) -> bool:
-        """Store visitor ↔ (dpid, uid); the latest mapping wins in both directions."""
+        """Store visitor <-> (dpid, uid); the latest mapping wins in both directions."""
         return self._enqueue(_Map(uuid, dpid, encode_uid(uid), day))
 
     def erase_visitor(self, uuid: str) -> bool:
@@ -250,16 +313,12 @@ class Store:
         s = self.schema
         pipe = self.client.pipeline(transaction=False)
         for op in run:
+            vkey, u16, day = s.visitor_key(op.uuid), uuid16(op.uuid), pack_day(op.day)
             if isinstance(op, _Touch):
-                pipe.hset(op.key, op.field, op.value)
+                self._eval(pipe, _UPSERT, vkey, u16, day, b"", b"", b"")
                 continue
-            vkey = s.visitor_key(op.uuid)
-            u16 = uuid16(op.uuid)
-            day = pack_day(op.day)
-            pipe.hset(vkey, u16, day)
-            self._eval(pipe, _SWAP, vkey, s.mapping_field(op.uuid, op.dpid), day + op.enc)
-            rkey, rfield = s.reverse_slot(op.dpid, decode_uid(op.enc))
-            self._eval(pipe, _SWAP, rkey, rfield, u16)
+            self._eval(pipe, _UPSERT, vkey, u16, day, varint(op.dpid), day + op.enc, b"")
+            self._eval(pipe, _SWAP, *s.reverse_slot(op.dpid, decode_uid(op.enc)), u16)
         results = await self._execute(pipe)
 
         cleanup = self.client.pipeline(transaction=False)
@@ -270,106 +329,85 @@ class Store:
                 pos += 1
                 metrics.WRITES.labels("touch").inc()
                 continue
-            old_fwd, old_rev = results[pos + 1], results[pos + 2]
-            pos += 3
+            old_fwd, old_rev = results[pos], results[pos + 1]
+            pos += 2
             metrics.WRITES.labels("mapping").inc()
             if old_fwd is not None and old_fwd[2:] != op.enc:
                 # The visitor had another uid at this partner: unlink that uid.
                 rkey, rfield = s.reverse_slot(op.dpid, decode_uid(old_fwd[2:]))
-                self._eval(cleanup, _DEL_IF, rkey, rfield, uuid16(op.uuid), 0)
+                self._eval(cleanup, _DEL_IF, rkey, rfield, uuid16(op.uuid))
                 pending += 1
             if old_rev is not None and old_rev != uuid16(op.uuid):
-                # The uid belonged to another visitor: drop that visitor's forward entry.
+                # The uid belonged to another visitor: remove it from that visitor.
                 other = uuid_from16(old_rev)
-                key = s.visitor_key(other)
-                self._eval(cleanup, _DEL_IF, key, s.mapping_field(other, op.dpid), op.enc, 2)
+                args = (b"", varint(op.dpid), b"", op.enc)
+                self._eval(cleanup, _UPSERT, s.visitor_key(other), old_rev, *args)
                 pending += 1
         if pending:
             await self._execute(cleanup)
 
-    async def _visitor_fields(self, uuid: str) -> dict[bytes, bytes]:
-        """Every field of one visitor (its record and its mappings)."""
-        prefix = uuid16(uuid)
-        raw = cast(dict[bytes, bytes], await self.client.hgetall(self.schema.visitor_key(uuid)))
-        return {f: v for f, v in raw.items() if f.startswith(prefix)}
+    async def _record(self, uuid: str) -> bytes | None:
+        s = self.schema
+        return cast(bytes | None, await self.client.hget(s.visitor_key(uuid), uuid16(uuid)))
+
+    def _unlink(self, pipe: Any, uuid16_: bytes, entries: Mapping[int, bytes]) -> int:
+        """Queue the removal of the reverse entries that point at this visitor."""
+        for dpid, rest in entries.items():
+            self._eval(
+                pipe, _DEL_IF, *self.schema.reverse_slot(dpid, decode_uid(rest[2:])), uuid16_
+            )
+        return len(entries)
 
     async def _erase(self, uuid: str) -> None:
-        fields = await self._visitor_fields(uuid)
-        if not fields:
+        record = await self._record(uuid)
+        if record is None:
             return
         pipe = self.client.pipeline(transaction=False)
-        for unlink in self._unlink_reverse(uuid, fields):
-            self._eval(pipe, _DEL_IF, *unlink)
-        pipe.hdel(self.schema.visitor_key(uuid), *fields)
+        self._unlink(pipe, uuid16(uuid), parse_record(record)[1])
+        pipe.hdel(self.schema.visitor_key(uuid), uuid16(uuid))
         await self._execute(pipe)
         metrics.WRITES.labels("erase").inc()
-
-    def _unlink_reverse(
-        self, uuid: str, fields: Mapping[bytes, bytes]
-    ) -> Iterable[tuple[bytes, bytes, bytes, int]]:
-        u16 = uuid16(uuid)
-        for field, value in fields.items():
-            if len(field) > 16:
-                dpid, _ = read_varint(field, 16)
-                rkey, rfield = self.schema.reverse_slot(dpid, decode_uid(value[2:]))
-                yield rkey, rfield, u16, 0
 
     # ------------------------------------------------------------------ reads
 
     async def visitor_last_seen(self, uuid: str) -> int | None:
-        s = self.schema
-        raw = cast(bytes | None, await self.client.hget(s.visitor_key(uuid), s.visitor_field(uuid)))
-        return None if raw is None else unpack_day(raw)
+        record = await self._record(uuid)
+        return None if record is None else unpack_day(record)
 
-    async def mappings(self, uuid: str, dpids: Sequence[int], today: int) -> dict[int, PartnerUid]:
-        """The visitor's live uid at each of the given partners."""
-        if not dpids:
-            return {}
-        s = self.schema
-        fields = [s.mapping_field(uuid, d) for d in dpids]
-        values = cast(list[bytes | None], await self.client.hmget(s.visitor_key(uuid), fields))
-        found: dict[int, PartnerUid] = {}
-        for dpid, value in zip(dpids, values, strict=True):
-            if value is not None:
-                day = unpack_day(value)
-                if self.retention.mapping_alive(dpid, day, today):
-                    found[dpid] = PartnerUid(decode_uid(value[2:]), day)
-        return found
+    def _live(self, entries: Mapping[int, bytes], today: int) -> dict[int, PartnerUid]:
+        live: dict[int, PartnerUid] = {}
+        for dpid, rest in entries.items():
+            day = unpack_day(rest)
+            if self.retention.mapping_alive(dpid, day, today):
+                live[dpid] = PartnerUid(decode_uid(rest[2:]), day)
+        return live
 
-    async def all_mappings(self, uuid: str, today: int) -> dict[int, PartnerUid]:
-        """Every live mapping of the visitor, configured partner or not."""
-        found: dict[int, PartnerUid] = {}
-        for field, value in (await self._visitor_fields(uuid)).items():
-            if len(field) > 16:
-                dpid, _ = read_varint(field, 16)
-                day = unpack_day(value)
-                if self.retention.mapping_alive(dpid, day, today):
-                    found[dpid] = PartnerUid(decode_uid(value[2:]), day)
-        return found
+    async def mappings(self, uuid: str, today: int) -> dict[int, PartnerUid]:
+        """Every live mapping of the visitor: dpid -> partner uid. One HGET."""
+        record = await self._record(uuid)
+        return {} if record is None else self._live(parse_record(record)[1], today)
 
     async def lookup(self, dpid: int, uids: Sequence[str], today: int) -> dict[str, str]:
-        """Partner uids → the visitor that last claimed each (unmatched left out)."""
+        """Partner uids -> the visitor that last claimed each (unmatched left out)."""
         s = self.schema
         pipe = self.client.pipeline(transaction=False)
         for uid in uids:
             pipe.hget(*s.reverse_slot(dpid, uid))
         owners = await pipe.execute()
-        claimed = [(uid, uuid_from16(o)) for uid, o in zip(uids, owners, strict=True) if o]
+        claimed = [(uid, o) for uid, o in zip(uids, owners, strict=True) if o]
         if not claimed:
             return {}
         pipe = self.client.pipeline(transaction=False)
-        for _, uuid in claimed:
-            pipe.hget(s.visitor_key(uuid), s.mapping_field(uuid, dpid))
-        forwards = await pipe.execute()
+        for _, owner in claimed:
+            pipe.hget(s.visitor_key(uuid_from16(owner)), owner)
+        records = await pipe.execute()
         matches: dict[str, str] = {}
-        for (uid, uuid), fwd in zip(claimed, forwards, strict=True):
-            # Verify: guards against hash collisions and entries not yet swept.
-            if (
-                fwd is not None
-                and fwd[2:] == encode_uid(uid)
-                and self.retention.mapping_alive(dpid, unpack_day(fwd), today)
-            ):
-                matches[uid] = uuid
+        for (uid, owner), record in zip(claimed, records, strict=True):
+            # Verify against the forward entry: guards against hash collisions and
+            # against entries that expired but were not swept yet.
+            live = self._live(parse_record(record)[1], today) if record else {}
+            if dpid in live and live[dpid].uid == uid:
+                matches[uid] = uuid_from16(owner)
         return matches
 
     # ------------------------------------------------------------------ retention
@@ -382,40 +420,44 @@ class Store:
     async def sweep(self, today: int, *, buckets_per_round: int = 64) -> dict[str, int]:
         """Delete visitors and mappings past their retention. Answers the counts."""
         s = self.schema
-        counts = {"visitors": 0, "mappings": 0}
+        counts = {"visitors": 0, "records": 0, "mappings": 0}
         for start in range(0, s.buckets, buckets_per_round):
             keys = [s.visitor_key_of_bucket(b) for b in range(start, start + buckets_per_round)]
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
             contents = await pipe.execute()
-            cleanup = self.client.pipeline(transaction=False)
-            pending = 0
-            for key, fields in zip(keys, contents, strict=True):
-                for field in self._expired_fields(fields, today, counts):
-                    if len(field) > 16:
-                        dpid, _ = read_varint(field, 16)
-                        rkey, rfield = s.reverse_slot(dpid, decode_uid(fields[field][2:]))
-                        self._eval(cleanup, _DEL_IF, rkey, rfield, field[:16], 0)
-                    cleanup.hdel(key, field)
-                    pending += 1
-            if pending:
-                await self._execute(cleanup)
+            plans = [
+                plan
+                for key, fields in zip(keys, contents, strict=True)
+                for field, record in fields.items()
+                if (plan := self._sweep_plan(key, field, record, today)) is not None
+            ]
+            if not plans:
+                continue
+            pipe = self.client.pipeline(transaction=False)
+            for key, field, record, new, _ in plans:
+                self._eval(pipe, _CAS, key, field, record, new)
+            done = await self._execute(pipe)
+            # Unlink reverse entries only where the record changed as planned.
+            pipe = self.client.pipeline(transaction=False)
+            for (_, field, _, new, gone), ok in zip(plans, done, strict=True):
+                if ok:
+                    counts["visitors" if not new else "records"] += 1
+                    counts["mappings"] += self._unlink(pipe, field, gone)
+            await self._execute(pipe)
         return counts
 
-    def _expired_fields(
-        self, fields: Mapping[bytes, bytes], today: int, counts: dict[str, int]
-    ) -> Iterable[bytes]:
-        silent: set[bytes] = set()
-        for field, value in fields.items():
-            if len(field) == 16 and today - unpack_day(value) > self.retention.visitor_days:
-                silent.add(field)
-                counts["visitors"] += 1
-        for field, value in fields.items():
-            if field[:16] in silent:
-                yield field
-            elif len(field) > 16:
-                dpid, _ = read_varint(field, 16)
-                if not self.retention.mapping_alive(dpid, unpack_day(value), today):
-                    counts["mappings"] += 1
-                    yield field
+    def _sweep_plan(
+        self, key: bytes, field: bytes, record: bytes, today: int
+    ) -> tuple[bytes, bytes, bytes, bytes, dict[int, bytes]] | None:
+        """(key, field, current record, new record or b"" to delete, removed entries)."""
+        seen, entries = parse_record(record)
+        if today - seen > self.retention.visitor_days:
+            return key, field, record, b"", entries
+        live = self._live(entries, today)
+        if len(live) == len(entries):
+            return None
+        kept = {d: r for d, r in entries.items() if d in live}
+        gone = {d: r for d, r in entries.items() if d not in live}
+        return key, field, record, build_record(seen, kept), gone

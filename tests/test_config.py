@@ -1,0 +1,279 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """
+[server]
+public_url = "https://sync.example.test"
+secret_keys = ["new", "old"]
+vendor_id = 755
+
+[cookies]
+domain = ".example.test"
+ttl_days = 30
+
+[sync]
+refresh_days = 3
+
+[[partners]]
+dpid = 1234
+name = "acme-dsp"
+sync_url = "https://sync.acme.test/match?aam=${DD_UUID}&redir=${CALLBACK}"
+redirect_domains = ["acme.test"]
+realtime_traits = { "abc" = 5001 }
+
+[[partners]]
+dpid = 99
+name = "other"
+mapping_ttl_days = 30
+
+[[api_keys]]
+name = "acme"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+partner = 1234
+scopes = ["read", "write"]
+
+[[traits]]
+sid = 100
+name = "Sports readers"
+rule = 'c_section == "sports"'
+
+[[traits]]
+sid = 5001
+name = "acme abc"
+type = "onboarded"
+data_source = 1234
+
+[[segments]]
+sid = 500
+name = "Sports fans"
+rule = "100T"
+
+[[destinations]]
+id = 9
+name = "acme pixel"
+type = "url"
+partner = 1234
+mappings = { "500" = "sportsfan" }
+url = "https://px.acme.test/seg?s=%ALIAS%"
+render = "iframe"
+
+[[destinations]]
+id = 10
+name = "acme file"
+type = "file"
+partner = 1234
+mappings = { "500" = "sportsfan" }
+schedule = "03:30"
+"""
+
+
+def test_good_config_is_read_with_defaults_filled_in() -> None:
+    settings = parse_settings(tomllib.loads(GOOD))
+    assert settings.public_url == "https://sync.example.test"
+    assert settings.secret_keys == ["new", "old"]
+    assert settings.cookies["domain"] == ".example.test"
+    assert settings.cookies["name"] == "uuid"  # default
+    acme, other = settings.partners
+    assert acme.refresh_days == 3  # inherits [sync] refresh_days
+    assert acme.mapping_ttl_days == 90
+    assert other.mapping_ttl_days == 30
+    assert settings.destinations[0].options["render"] == "iframe"
+    assert settings.destinations[0].options["track"] == "redirect"
+    assert settings.destinations[1].options["split_lines"] == 1_000_000
+
+
+def test_example_config_is_valid() -> None:
+    settings = load_settings(ROOT / "deploy" / "pixelsync.example.toml", environ={})
+    assert settings.redis_url == ""
+    assert settings.store["match_buckets"] == 65536
+
+
+def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(None, environ={})
+    assert settings.source == "<defaults>"
+    assert settings.partners == []
+    assert settings.public_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("description", "toml", "expected"),
+    [
+        ("unknown table", "[sever]\n", ["[sever]: unknown table"]),
+        ("unknown key", "[server]\npublic_ur = 'x'\n", ["[server]: key 'public_ur': unknown key"]),
+        (
+            "wrong type",
+            "[cookies]\nttl_days = '180'\n",
+            ["[cookies]: key 'ttl_days': must be an integer"],
+        ),
+        ("bool is not an int", "[sync]\nrefresh_days = true\n", ["key 'refresh_days'"]),
+        ("negative", "[cookies]\nttl_days = -1\n", ["[cookies]: key 'ttl_days': must be > 0"]),
+        (
+            "bad redis url",
+            "[server]\nredis_url = 'http://x'\n",
+            ["[server]: key 'redis_url': must be empty or a redis://"],
+        ),
+        ("empty secret keys", "[server]\nsecret_keys = []\n", ["key 'secret_keys': must not"]),
+        ("gdpr_default", "[privacy]\ngdpr_default = 2\n", ["key 'gdpr_default': must be 0 or 1"]),
+        (
+            "buckets not a power of two",
+            "[store]\nmatch_buckets = 1000\n",
+            ["[store]: key 'match_buckets': must be a power of two"],
+        ),
+        (
+            "missing required",
+            "[[partners]]\nname = 'x'\n",
+            ["[[partners]] entry 1: key 'dpid': required"],
+        ),
+        (
+            "duplicate dpid",
+            "[[partners]]\ndpid = 7\nname = 'a'\n[[partners]]\ndpid = 7\nname = 'b'\n",
+            ["[[partners]] entry 2 (dpid 7): key 'dpid': duplicate dpid 7 (also entry 1)"],
+        ),
+        (
+            "unknown partner key names the entry",
+            "[[partners]]\ndpid = 7\nname = 'a'\nsync_ur = 'x'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'sync_ur': unknown key"],
+        ),
+        (
+            "non-http sync url",
+            "[[partners]]\ndpid = 7\nname = 'a'\nsync_url = 'javascript:alert(1)'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'sync_url': must be an absolute http(s) URL"],
+        ),
+        (
+            "bad scope",
+            "[[api_keys]]\nname = 'k'\nsha256 = '" + "a" * 64 + "'\nscopes = ['root']\n",
+            ["[[api_keys]] entry 1 (name 'k'): key 'scopes': unknown scope(s) root"],
+        ),
+        (
+            "bad sha256",
+            "[[api_keys]]\nname = 'k'\nsha256 = 'abc'\n",
+            ["key 'sha256': must be 64 hex digits"],
+        ),
+        (
+            "api key for unknown partner",
+            "[[api_keys]]\nname = 'k'\nsha256 = '" + "a" * 64 + "'\npartner = 5\n",
+            ["[[api_keys]] entry 1 (name 'k'): key 'partner': no partner with dpid 5"],
+        ),
+        (
+            "rule trait without rule",
+            "[[traits]]\nsid = 1\nname = 't'\n",
+            ["[[traits]] entry 1 (sid 1): key 'rule': required for type rule"],
+        ),
+        (
+            "duplicate trait sid",
+            "[[traits]]\nsid = 1\nname = 't'\nrule = 'a == 1'\n"
+            "[[traits]]\nsid = 1\nname = 'u'\nrule = 'a == 2'\n",
+            ["[[traits]] entry 2 (sid 1): key 'sid': duplicate sid 1"],
+        ),
+        (
+            "segment without rule",
+            "[[segments]]\nsid = 5\nname = 's'\n",
+            ["[[segments]] entry 1 (sid 5): key 'rule': required"],
+        ),
+        (
+            "destination key of another type",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nmappings = {}\n"
+            "url = 'https://x.test/'\ncookie_name = 'c'\n",
+            ["[[destinations]] entry 1 (id 1): key 'cookie_name': unknown key"],
+        ),
+        (
+            "s2s destination without partner",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 's2s'\nmappings = {}\n"
+            "url = 'https://x.test/'\n",
+            ["[[destinations]] entry 1 (id 1): key 'partner': required for type s2s"],
+        ),
+        (
+            "bad schedule",
+            "[[partners]]\ndpid = 7\nname = 'a'\n[[destinations]]\nid = 1\nname = 'd'\n"
+            "type = 'file'\npartner = 7\nmappings = {}\nschedule = '25:00'\n",
+            ["[[destinations]] entry 1 (id 1): key 'schedule': must be \"HH:MM\" (UTC)"],
+        ),
+        (
+            "array written as a table",
+            "[partners]\ndpid = 1\n",
+            ["[[partners]]: must be an array of tables"],
+        ),
+    ],
+)
+def test_each_mistake_is_named(description: str, toml: str, expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(toml))
+    text = str(caught.value)
+    for fragment in expected:
+        assert fragment in text, f"{description}: {fragment!r} not in {text!r}"
+
+
+def test_all_problems_are_reported_together() -> None:
+    toml = (
+        "[server]\nbogus = 1\n[cookies]\nttl_days = 'x'\n"
+        "[[partners]]\ndpid = 0\nname = ''\n[[partners]]\ndpid = 0\nname = 'b'\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(toml))
+    assert len(caught.value.problems) == 6, caught.value.problems  # 2 + 2 + 2
+
+
+def test_environment_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\nredis_url = "redis://file:6379"\n')
+    env = {
+        "REDIS_URL": "redis://generic:6379",
+        "PIXELSYNC_REDIS_URL": "redis://specific:6379",
+        "PIXELSYNC_SECRET_KEYS": "k2, k1",
+        "PIXELSYNC_PUBLIC_URL": "https://px.example.test/",
+    }
+    settings = load_settings(path, environ=env)
+    assert settings.redis_url == "redis://specific:6379"
+    assert settings.secret_keys == ["k2", "k1"]
+    assert settings.public_url == "https://px.example.test"
+    assert load_settings(path, environ={"REDIS_URL": "redis://g:1"}).redis_url == "redis://g:1"
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    path = tmp_path / "env.toml"
+    path.write_text("[cookies]\nname = 'vid'\n")
+    settings = load_settings(None, environ={"PIXELSYNC_CONFIG": str(path)})
+    assert settings.cookies["name"] == "vid"
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(path, environ={})
+
+
+def _check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    ok = _check_config(good)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 partners" in ok.stdout and "ok" in ok.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nbogus = 1\n[[partners]]\nname = 'x'\n")
+    refused = _check_config(bad)
+    assert refused.returncode == 2
+    assert "[server]: key 'bogus': unknown key" in refused.stderr
+    assert "[[partners]] entry 1: key 'dpid': required" in refused.stderr

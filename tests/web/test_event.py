@@ -1,0 +1,314 @@
+"""/event, /demoptout.jpg and the visitor cookie, over real HTTP to `pixelsync serve`."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from service.identity import CookieSigner, new_uuid
+from service.store import PartnerUid, Store
+from service.web.responses import GIF
+from tests.conftest import Service, wait_for
+
+NEW_KEY, OLD_KEY = "test-key-new", "test-key-old"  # the `service` fixture's keys
+DAY = int(time.time() // 86400)
+COOKIE_RE = re.compile(r"^uuid=(\d{38})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+@pytest.fixture
+async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        yield client
+
+
+def set_cookie(resp: httpx.Response) -> list[str]:
+    values = resp.headers.get_list("set-cookie")
+    assert len(values) == 1, values
+    return [part.strip() for part in values[0].split(";")]
+
+
+def cookie_uuid(resp: httpx.Response) -> str:
+    match = COOKIE_RE.match(set_cookie(resp)[0])
+    assert match, set_cookie(resp)
+    return match.group(1)
+
+
+def cookie_value(resp: httpx.Response) -> str:
+    return set_cookie(resp)[0].split("=", 1)[1]
+
+
+def assert_gif(resp: httpx.Response, status: int = 200) -> None:
+    assert resp.status_code == status
+    assert resp.headers["content-type"] == "image/gif"
+    assert resp.content == GIF and len(resp.content) == 43
+    assert resp.headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    assert resp.headers["pragma"] == "no-cache"
+    assert resp.headers["expires"] == "0"
+
+
+# --------------------------------------------------------------------------- answers
+
+
+async def test_gif_answer_and_cookie_attributes(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/event?c_section=sports")
+    assert_gif(resp)
+    assert "x-error" not in resp.headers
+    parts = set_cookie(resp)
+    assert COOKIE_RE.match(parts[0])
+    assert parts[1:] == ["Path=/", f"Max-Age={180 * 86400}", "HttpOnly", "Secure", "SameSite=None"]
+
+
+async def test_cookie_domain_when_configured(service_factory: Callable[..., Service]) -> None:
+    svc = service_factory('[cookies]\ndomain = ".sync.example.test"\nttl_days = 30\n')
+    resp = httpx.get(svc.url + "/event")
+    parts = set_cookie(resp)
+    assert "Domain=.sync.example.test" in parts
+    assert f"Max-Age={30 * 86400}" in parts
+
+
+async def test_head_and_post(http: httpx.AsyncClient) -> None:
+    head = await http.head("/event?c_a=1")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == "image/gif"
+    assert_gif(await http.post("/event", data={"c_a": "1"}))
+    beacon = await http.post(
+        "/event", content=b"d_rtbd=json&c_a=1", headers={"content-type": "text/plain"}
+    )
+    assert beacon.status_code == 200 and "uuid" in beacon.json()
+    bad = await http.put("/event")
+    assert bad.status_code == 405
+
+
+async def test_every_answer_refreshes_the_same_uuid(http: httpx.AsyncClient) -> None:
+    first = await http.get("/event")
+    uuid = cookie_uuid(first)
+    again = await http.get("/event", headers={"cookie": f"other=1; uuid={cookie_value(first)}"})
+    assert cookie_uuid(again) == uuid
+    as_json = await http.get(
+        "/event?d_rtbd=json", headers={"cookie": f"uuid={cookie_value(again)}"}
+    )
+    assert as_json.json()["uuid"] == uuid and cookie_uuid(as_json) == uuid
+
+
+async def test_json_answer(http: httpx.AsyncClient) -> None:
+    resp = await http.get(
+        "/event?d_rtbd=json&c_section=sports", headers={"origin": "https://pub.example.test"}
+    )
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["access-control-allow-origin"] == "https://pub.example.test"
+    assert resp.headers["access-control-allow-credentials"] == "true"
+    doc = resp.json()
+    assert doc["uuid"] == cookie_uuid(resp)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{12}", doc["tid"])
+    assert doc["dcs_region"] == 0
+    assert doc["stuff"] == [] and doc["dests"] == [] and doc["ibs"] == []
+    assert "segments" not in doc and "traits" not in doc
+    cts = (await http.get("/event?d_rtbd=json&d_cts=2")).json()
+    assert cts["segments"] == [] and cts["traits"] == []
+    assert "traits" not in (await http.get("/event?d_rtbd=json&d_cts=1")).json()
+
+
+async def test_jsonp_answer(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/event?d_cb=window.cb_1$")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("application/javascript")
+    assert resp.headers["x-content-type-options"] == "nosniff"
+    match = re.fullmatch(r"/\*\*/window\.cb_1\$\((.*)\);", resp.text)
+    assert match
+    assert json.loads(match.group(1))["uuid"] == cookie_uuid(resp)
+
+
+@pytest.mark.parametrize(
+    "name", ["1abc", "alert(1)", "a" * 65, "cb;x", "<script>", "", "cb%0A", "caf%C3%A9"]
+)
+async def test_invalid_callback_is_refused_and_never_echoed(
+    http: httpx.AsyncClient, name: str
+) -> None:
+    resp = await http.get(f"/event?d_cb={name}")
+    assert resp.status_code == 400
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["x-error"] == "311"
+    assert resp.json()["errors"][0]["code"] == 311
+    if name:
+        assert name not in resp.text
+    assert "set-cookie" not in resp.headers  # nothing issued on a refusal
+
+
+# --------------------------------------------------------------------------- identity
+
+
+async def test_key_rotation_and_tampering(http: httpx.AsyncClient) -> None:
+    uuid = new_uuid()
+    old = CookieSigner([OLD_KEY]).sign(uuid)
+    resp = await http.get("/event", headers={"cookie": f"uuid={old}"})
+    assert cookie_uuid(resp) == uuid  # an older key still verifies
+    fresh = cookie_value(resp)
+    assert CookieSigner([NEW_KEY]).verify(fresh) is not None  # re-signed with the newest
+    assert CookieSigner([OLD_KEY]).verify(fresh) is None
+
+    foreign = CookieSigner(["someone-else"]).sign(uuid)
+    tampered = fresh.replace(uuid, uuid[:-1] + str((int(uuid[-1]) + 1) % 10))
+    for bad in (foreign, tampered, uuid, "garbage", "a.b.c", ""):
+        resp = await http.get("/event", headers={"cookie": f"uuid={bad}"})
+        assert_gif(resp)
+        assert cookie_uuid(resp) != uuid  # counts as absent: a new visitor
+
+
+async def test_new_visitor_is_stored(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = cookie_uuid(await http.get("/event"))
+    assert await wait_for(lambda: store.visitor_last_seen(uuid)) == DAY
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("c_a=%zz", "bad percent-encoding"),
+        ("c_a=%4", "bad percent-encoding"),
+        ("c_a=%ff%fe", "invalid UTF-8"),
+        ("c_a=x%00y", "NUL"),
+        ("c_%00=1", "NUL"),
+        ("d_cts=abc", "d_cts"),
+        ("d_cts=7", "d_cts"),
+        ("d_sid=1,x", "d_sid"),
+        ("d_cid=12345", "d_cid"),
+    ],
+)
+async def test_malformed_input_is_311(http: httpx.AsyncClient, query: str, why: str) -> None:
+    gif = await http.get(f"/event?{query}")
+    assert_gif(gif, 400)
+    assert gif.headers["x-error"] == "311"
+    resp = await http.get(f"/event?d_rtbd=json&{query}")
+    assert resp.status_code == 400
+    assert resp.headers["x-error"] == "311"
+    (error,) = resp.json()["errors"]
+    assert error["code"] == 311 and why in error["msg"]
+
+
+async def test_malformed_input_stores_nothing(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = new_uuid()
+    cookie = CookieSigner([NEW_KEY]).sign(uuid)
+    resp = await http.get("/event?c_a=%zz", headers={"cookie": f"uuid={cookie}"})
+    assert resp.status_code == 400
+    assert cookie_uuid(resp) == uuid  # a known visitor's cookie is still refreshed
+    ok = await http.get("/event?d_rtbd=json")  # something that does write, to wait behind
+    await wait_for(lambda: store.visitor_last_seen(ok.json()["uuid"]))
+    assert await store.visitor_last_seen(uuid) is None
+
+
+async def test_size_limits(http: httpx.AsyncClient) -> None:
+    fits = await http.get("/event?c_a=" + "x" * (8192 - 4))
+    assert fits.status_code == 200
+    too_long = await http.get("/event?c_a=" + "x" * 8192)
+    assert too_long.status_code == 414 and too_long.headers["x-error"] == "311"
+    too_long_json = await http.get("/event?d_rtbd=json&c_a=" + "x" * 9000)
+    assert too_long_json.status_code == 414
+    assert too_long_json.json()["errors"][0]["code"] == 311
+
+    assert (await http.post("/event", content=b"c_a=" + b"x" * (32768 - 4))).status_code == 400
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    ok = await http.post("/event", content=b"c_a=" + b"x" * (32768 - 4), headers=form)
+    assert ok.status_code == 200
+    big = await http.post("/event", content=b"c_a=" + b"x" * 32768, headers=form)
+    assert big.status_code == 413 and big.headers["x-error"] == "311"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"x" * 1024
+
+    streamed = await http.post("/event", content=chunks(), headers=form)
+    assert streamed.status_code == 413
+
+
+async def test_form_post_rejects_other_content_types(http: httpx.AsyncClient) -> None:
+    resp = await http.post(
+        "/event", content=b'{"a": 1}', headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 400 and resp.headers["x-error"] == "311"
+
+
+# --------------------------------------------------------------------------- opt-out
+
+
+async def test_opt_out(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = new_uuid()
+    cookie = CookieSigner([NEW_KEY]).sign(uuid)
+    store.put_mapping(uuid, 1234, "partner-uid-" + uuid[:8], DAY)
+    await store.drain()
+    assert await store.mappings(uuid, DAY) == {1234: PartnerUid("partner-uid-" + uuid[:8], DAY)}
+
+    resp = await http.get("/demoptout.jpg", headers={"cookie": f"uuid={cookie}"})
+    assert_gif(resp)
+    parts = set_cookie(resp)
+    assert parts[0] == "uuid=NOTARGET"
+    assert f"Max-Age={10 * 365 * 86400}" in parts and "Secure" in parts
+    gone = await wait_for(lambda: _erased(store, uuid))
+    assert gone
+    assert await store.lookup(1234, ["partner-uid-" + uuid[:8]], DAY) == {}
+
+    opted = {"cookie": "uuid=NOTARGET"}
+    gif = await http.get("/event?c_a=1", headers=opted)
+    assert_gif(gif)
+    assert gif.headers["x-error"] == "171"
+    assert set_cookie(gif)[0] == "uuid=NOTARGET"
+    doc = await http.get("/event?d_rtbd=json", headers=opted)
+    assert doc.status_code == 200 and doc.headers["x-error"] == "171"
+    body = doc.json()
+    assert body["errors"] == [{"code": 171, "msg": "visitor opted out"}]
+    assert "uuid" not in body
+    assert await store.visitor_last_seen(uuid) is None
+
+
+async def _erased(store: Store, uuid: str) -> bool:
+    return await store.visitor_last_seen(uuid) is None and not await store.mappings(uuid, DAY)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+async def test_health_readiness_and_metrics(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).status_code == 200
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    await http.get("/event?c_x=%zz")
+    text = (await http.get("/metrics")).text
+    assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} [1-9]', text)
+    assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="error_311"\}', text)
+    assert 'pixelsync_request_seconds_bucket{endpoint="event"' in text
+    assert "pixelsync_redis_errors_total" in text
+
+
+async def test_redis_down(service_factory: Callable[..., Service]) -> None:
+    from tests.conftest import free_port
+
+    svc = service_factory("", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with httpx.AsyncClient(base_url=svc.url, timeout=5) as http:
+        assert (await http.get("/readyz")).status_code == 503
+        started = time.perf_counter()
+        resp = await http.get("/event")
+        assert_gif(resp)
+        assert time.perf_counter() - started < 0.5
+        assert (await http.get("/healthz")).status_code == 200
+        text = (await http.get("/metrics")).text
+        assert re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text)
+
+
+async def test_log_lines_are_json_without_private_values(
+    service_factory: Callable[..., Service],
+) -> None:
+    svc = service_factory()
+    httpx.get(svc.url + "/event?p_secret=hunter2&c_a=%zz")
+    httpx.get(svc.url + "/event?p_secret=hunter2")
+    lines = [line for line in svc.log().splitlines() if line.strip()]
+    docs = [json.loads(line) for line in lines]
+    refused = [d for d in docs if d.get("msg") == "event refused"]
+    assert refused and refused[0]["code"] == 311 and len(refused[0]["tid"]) == 12
+    assert "hunter2" not in svc.log()
