@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from service.identity import (
+    OPT_OUT,
+    CookieSigner,
+    Visitor,
+    VisitorKind,
+    is_uuid,
+    needs_touch,
+    new_uuid,
+)
+
+
+def test_uuid_is_38_random_digits() -> None:
+    uuids = {new_uuid() for _ in range(1000)}
+    assert len(uuids) == 1000
+    assert all(is_uuid(u) for u in uuids)
+    assert {u[0] for u in uuids} == set("0123456789")  # leading zeros are kept
+
+
+def test_sign_and_verify_with_rotation() -> None:
+    uuid = new_uuid()
+    old = CookieSigner(["k1"])
+    rotated = CookieSigner(["k2", "k1"])
+    assert rotated.verify(old.sign(uuid)) is not None
+    assert rotated.verify(old.sign(uuid))[0] == uuid  # type: ignore[index]
+    assert old.verify(rotated.sign(uuid)) is None  # the newest key signs
+    assert CookieSigner(["k2"]).verify(rotated.sign(uuid)) is not None
+
+
+def test_resolve() -> None:
+    signer = CookieSigner(["k"])
+    uuid = new_uuid()
+    known = signer.resolve(signer.sign(uuid))
+    assert known.kind is VisitorKind.KNOWN and known.uuid == uuid and known.signed_at > 0
+    assert signer.resolve(OPT_OUT).opted_out
+    for absent in (None, "", "garbage", uuid, signer.sign("123"), signer.sign(uuid) + "x"):
+        visitor = signer.resolve(absent)
+        assert visitor.kind is VisitorKind.NEW and visitor.uuid != uuid
+        assert visitor.uuid is not None and is_uuid(visitor.uuid)
+
+
+def test_touch_at_most_once_a_day() -> None:
+    day = 20_000 * 86400
+    assert needs_touch(Visitor(VisitorKind.NEW, new_uuid()), day)
+    assert not needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day + 10), day + 3600)
+    assert needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day - 10), day + 3600)
+    assert not needs_touch(Visitor(VisitorKind.OPTED_OUT, None), day)

@@ -1,0 +1,66 @@
+"""Stop and restart `pixelsync serve` on its embedded Valkey: stored data survives."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from service.store import KeySchema, PartnerUid, Retention, Store, connect
+from tests.conftest import Service, start_service
+
+DAY = int(time.time() // 86400)
+
+
+def embedded_port(service: Service) -> int:
+    for line in service.log().splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == "embedded valkey started":
+            return int(json.loads(line)["port"])
+    raise AssertionError(f"no embedded valkey in the log:\n{service.log()}")
+
+
+def store_for(port: int) -> Store:
+    return Store(
+        connect(f"redis://127.0.0.1:{port}/0", cluster=False),
+        KeySchema(65536),
+        Retention(180, {}, 90),
+    )
+
+
+async def test_restart_keeps_what_was_stored(tmp_path: Path) -> None:
+    first = start_service(tmp_path, "", redis_url=None)
+    try:
+        resp = httpx.get(first.url + "/event?d_rtbd=json", timeout=10)
+        uuid = resp.json()["uuid"]
+        cookie = resp.headers["set-cookie"].split(";")[0]
+        store = store_for(embedded_port(first))
+        await store.start()
+        store.put_mapping(uuid, 1234, "acme-uid-1", DAY)  # as an ID sync stores it
+        await store.drain()
+        for _ in range(100):  # the service's own write reaches Valkey asynchronously
+            if await store.visitor_last_seen(uuid) is not None:
+                break
+            time.sleep(0.05)
+        config = await store.client.config_get("append*")
+        assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
+        await store.close()
+    finally:
+        assert first.stop() == 0, first.log()  # SIGTERM: graceful, exit 0
+
+    aof = list((tmp_path / "data" / "valkey").rglob("*.aof*"))
+    assert aof, "the embedded Valkey keeps an append-only file in data_dir"
+
+    second = start_service(tmp_path, "", redis_url=None)
+    try:
+        store = store_for(embedded_port(second))
+        await store.start()
+        assert await store.visitor_last_seen(uuid) == DAY
+        assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-1", DAY)}
+        assert await store.lookup(1234, ["acme-uid-1"], DAY) == {"acme-uid-1": uuid}
+        await store.close()
+        again = httpx.get(second.url + "/event?d_rtbd=json", headers={"cookie": cookie}, timeout=10)
+        assert again.json()["uuid"] == uuid
+    finally:
+        assert second.stop() == 0
