@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from service.identity import (
     OPT_OUT,
     CookieSigner,
@@ -46,3 +49,9 @@ def test_touch_at_most_once_a_day() -> None:
     assert not needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day + 10), day + 3600)
     assert needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day - 10), day + 3600)
     assert not needs_touch(Visitor(VisitorKind.OPTED_OUT, None), day)
+
+
+@given(st.text(max_size=200))
+def test_any_cookie_value_resolves(value: str) -> None:
+    visitor = CookieSigner(["k"]).resolve(value)
+    assert visitor.kind in (VisitorKind.NEW, VisitorKind.OPTED_OUT)
