@@ -35,6 +35,10 @@ BUFFER_OVERFLOW: Final = Counter(
     "pixelsync_write_buffer_overflow_total",
     "Writes refused because the buffer was full (Redis unreachable too long)",
 )
+WRITE_FAILURES: Final = Counter(
+    "pixelsync_write_failures_total",
+    "Writes Redis refused on their own (not an outage), dropped after retries",
+)
 WRITES: Final = Counter("pixelsync_store_writes_total", "Buffered writes applied", ["op"])
 REDIS_UP: Final = Gauge(
     "pixelsync_redis_up", "1 when Redis answered the last flush", multiprocess_mode="min"
@@ -49,6 +53,7 @@ __all__ = [
     "REDIS_UP",
     "REQUESTS",
     "WRITES",
+    "WRITE_FAILURES",
     "render",
 ]
 

@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import metrics
 from .codec import (
@@ -101,6 +103,7 @@ return old
 """
 _SCRIPTS: Final = (_SWAP, _DEL_IF, _CAS, _UPSERT)
 _BATCH: Final = 512
+_POISON_AFTER: Final = 5  # failed flushes of one batch before it is split
 
 
 class StoreError(Exception):
@@ -246,18 +249,25 @@ class Store:
 
     async def _flush_loop(self) -> None:
         backoff = 0.05
+        failures = 0
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._buffer:
                 batch = [self._buffer[i] for i in range(min(_BATCH, len(self._buffer)))]
                 try:
-                    await self._apply(batch)
-                except (RedisError, OSError) as exc:
+                    if failures >= _POISON_AFTER and await self.ping():
+                        # Redis answers, yet this batch keeps failing: apply it op by op
+                        # and give up on the ops that fail on their own.
+                        await self._apply_one_by_one(batch)
+                    else:
+                        await self._apply(batch)
+                except Exception as exc:  # the flusher must never die
+                    failures += 1
                     metrics.REDIS_ERRORS.labels("flush").inc()
                     metrics.REDIS_UP.set(0)
                     if self.healthy:
-                        log.error("redis write failed, buffering", extra={"error": str(exc)})
+                        log.error("redis write failed, buffering", extra={"error": repr(exc)})
                     self.healthy = False
                     metrics.BUFFERED.set(len(self._buffer))
                     await asyncio.sleep(backoff)
@@ -268,10 +278,23 @@ class Store:
                 if not self.healthy:
                     log.info("redis writes resumed", extra={"buffered": len(self._buffer)})
                 self.healthy = True
-                backoff = 0.05
+                backoff, failures = 0.05, 0
                 metrics.REDIS_UP.set(1)
                 metrics.BUFFERED.set(len(self._buffer))
             self._idle.set()
+
+    async def _apply_one_by_one(self, batch: Sequence[_Op]) -> None:
+        for op in batch:
+            try:
+                await self._apply([op])
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                raise  # Redis went away after all: keep the rest buffered
+            except Exception as exc:
+                metrics.WRITE_FAILURES.inc()
+                log.error(
+                    "write failed on its own, dropped",
+                    extra={"op": type(op).__name__.strip("_"), "error": repr(exc)},
+                )
 
     async def _apply(self, batch: Sequence[_Op]) -> None:
         run: list[_Touch | _Map] = []
@@ -285,11 +308,13 @@ class Store:
         await self._write_run(run)
 
     def _eval(self, pipe: Any, script: bytes, key: bytes, *args: bytes | int) -> None:
+        # execute_command, not pipe.evalsha(): redis-py refuses the latter on a Cluster
+        # pipeline, though the command itself routes by its key like any other.
         sha = self._sha.get(script)
         if sha is None:
-            pipe.eval(script, 1, key, *args)
+            pipe.execute_command("EVAL", script, 1, key, *args)
         else:
-            pipe.evalsha(sha, 1, key, *args)
+            pipe.execute_command("EVALSHA", sha, 1, key, *args)
 
     async def _load_scripts(self) -> None:
         for script in _SCRIPTS:

