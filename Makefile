@@ -28,7 +28,12 @@ pytest: $(VENV)/.installed
 test: lint typecheck pytest
 
 bench: $(VENV)/.installed
-	$(PY) -m bench
+	@command -v wrk >/dev/null 2>&1 || { \
+	    SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk \
+	    || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk; }; \
+	} || echo 'make bench: could not install wrk (apt-get install wrk)'
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

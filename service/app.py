@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import Settings, load_settings
 from .identity import CookieSigner, today
@@ -48,7 +49,24 @@ async def _sweep_forever(store: Store, interval_s: int) -> None:
         await asyncio.sleep(interval_s)
 
 
-def create_app(settings: Settings) -> Starlette:
+class HotPaths:
+    """Sends the hot endpoints straight to their raw ASGI handlers, past Starlette's
+    middleware and router; everything else (and the lifespan) goes to Starlette.
+    An exception in a handler is answered 500 by the server, as Starlette would."""
+
+    def __init__(self, app: Starlette, hot: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.state = app.state
+        self._hot = hot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (handler := self._hot.get(scope["path"])) is not None:
+            await handler(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings) -> HotPaths:
     embedded: EmbeddedValkey | None = None
     url = settings.redis_url
     if not url:
@@ -75,9 +93,12 @@ def create_app(settings: Settings) -> Starlette:
                 embedded.stop()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
+    hot: dict[str, ASGIApp] = {
+        "/event": EventEndpoint(store, cookies, settings),
+        "/demoptout.jpg": OptOutEndpoint(store, cookies),
+    }
     routes = [
-        Route("/event", EventEndpoint(store, cookies, settings)),
-        Route("/demoptout.jpg", OptOutEndpoint(store, cookies)),
+        *(Route(path, handler) for path, handler in hot.items()),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -85,9 +106,9 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
-    return app
+    return HotPaths(app, hot)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> HotPaths:
     """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
     return create_app(load_settings())

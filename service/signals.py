@@ -40,6 +40,14 @@ def _decode(part: bytes, plus_is_space: bool) -> str:
 
 def parse_pairs(raw: bytes, *, plus_is_space: bool = True) -> list[tuple[str, str]]:
     """Strictly decode an application/x-www-form-urlencoded string, one pair at a time."""
+    if b"%" not in raw and b"+" not in raw and raw.isascii() and b"\x00" not in raw:
+        # The common case: nothing encoded, so decoding is splitting.
+        fast: list[tuple[str, str]] = []
+        for part in raw.decode("ascii").split("&"):
+            left, _, right = part.partition("=")
+            if left:
+                fast.append((left, right))
+        return fast
     pairs: list[tuple[str, str]] = []
     for chunk in raw.split(b"&"):
         if not chunk:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,3 +57,15 @@ def test_touch_at_most_once_a_day() -> None:
 def test_any_cookie_value_resolves(value: str) -> None:
     visitor = CookieSigner(["k"]).resolve(value)
     assert visitor.kind in (VisitorKind.NEW, VisitorKind.OPTED_OUT)
+
+
+def test_a_fresh_cookie_is_sent_back_as_it_is() -> None:
+    signer = CookieSigner(["new", "old"])
+    uuid = new_uuid()
+    value = signer.sign(uuid)
+    assert signer.resolve(value).reusable == value  # signed today with the newest key
+    tomorrow = signer.resolve(value, now=time.time() + 86400)
+    assert tomorrow.uuid == uuid and tomorrow.reusable is None  # re-signed once a day
+    old = CookieSigner(["old"]).sign(uuid)
+    rotated = signer.resolve(old)
+    assert rotated.uuid == uuid and rotated.reusable is None  # re-signed with the new key

@@ -180,6 +180,7 @@ class Store:
         """Check the bucket count against the data set, then start the flusher."""
         try:
             await self._check_meta()
+            await self._check_server_config()
         except RedisError as exc:
             # Serving goes on: writes are buffered until Redis is back.
             log.warning("redis not reachable at start", extra={"error": str(exc)})
@@ -194,6 +195,22 @@ class Store:
             raise StoreError(
                 f"[store] match_buckets is {want.decode()} but the data set was written with "
                 f"{have_text}; the bucket count cannot change once data is stored"
+            )
+
+    async def _check_server_config(self) -> None:
+        """Warn when the server would store buckets as hashtables (several times the
+        memory of listpacks). Managed services may refuse CONFIG: then say nothing."""
+        try:
+            got = cast(dict[str, Any], await self.client.config_get("hash-max-listpack-*"))
+        except RedisError:
+            return
+        wanted = {"hash-max-listpack-entries": 256, "hash-max-listpack-value": 512}
+        low = {k: v for k, v in wanted.items() if int(got.get(k, v)) < v}
+        if low:
+            log.warning(
+                "redis keeps small hashes compact only up to limits too low for the "
+                "match table; memory per mapping will be several times higher",
+                extra={"have": {k: got.get(k) for k in low}, "recommended": low},
             )
 
     async def close(self, timeout: float = 10.0) -> None:

@@ -39,7 +39,7 @@ class VisitorCookies:
         """The Set-Cookie that refreshes this visitor's cookie."""
         if visitor.uuid is None:
             return (b"set-cookie", self._opt_out)
-        value = self.signer.sign(visitor.uuid).encode()
+        value = (visitor.reusable or self.signer.sign(visitor.uuid)).encode()
         return (b"set-cookie", self._prefix + value + self._attrs + self._secure)
 
     def opt_out_header(self) -> tuple[bytes, bytes]:

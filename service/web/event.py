@@ -77,6 +77,11 @@ async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]
     return b"".join(chunks)
 
 
+def new_tid() -> str:
+    """A 12-character transaction id for support, in JSON answers and in the logs."""
+    return secrets.token_urlsafe(9)
+
+
 def _wants_json(query: bytes) -> bool:
     """Whether an answer to a request we cannot parse should be JSON."""
     return b"d_rtbd=json" in query or b"d_cb=" in query
@@ -102,7 +107,6 @@ class EventEndpoint:
         headers = dict(scope["headers"])
         query: bytes = scope["query_string"]
         visitor = self.cookies.resolve(headers.get(b"cookie"))
-        tid = secrets.token_urlsafe(9)
         req: EventRequest | None = None
         try:
             if len(query) > self.max_query:
@@ -119,13 +123,13 @@ class EventEndpoint:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
             self._record(visitor, req)
         except RequestError as exc:
-            await self._refuse(exc, visitor, req, query, headers, tid, method, send_)
+            await self._refuse(exc, visitor, req, query, headers, method, send_)
             self.outcomes.count(f"error_{int(exc.code)}", started)
             return
         assert visitor.uuid is not None
         out: Headers = [self.cookies.set_header(visitor)]
         if req.answers_json:
-            doc = self._answer(visitor, req, tid)
+            doc = self._answer(visitor, req)
             await self._send_json(doc, req.callback, headers, out, send_, 200, method)
         else:
             await send(send_, 200, GIF_HEADERS + out, GIF, head=method == "HEAD")
@@ -138,10 +142,10 @@ class EventEndpoint:
             assert visitor.uuid is not None
             self.store.touch_visitor(visitor.uuid, today(now))
 
-    def _answer(self, visitor: Visitor, req: EventRequest, tid: str) -> dict[str, Any]:
+    def _answer(self, visitor: Visitor, req: EventRequest) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "uuid": visitor.uuid,
-            "tid": tid,
+            "tid": new_tid(),
             "dcs_region": self.region,
             "stuff": [],
             "dests": [],
@@ -179,11 +183,11 @@ class EventEndpoint:
         req: EventRequest | None,
         query: bytes,
         headers: Mapping[bytes, bytes],
-        tid: str,
         method: str,
         send_: Send,
     ) -> None:
         code = int(exc.code)
+        tid = new_tid()
         log.info(
             "event refused",
             extra={"tid": tid, "code": code, "reason": exc.msg, "status": exc.status},

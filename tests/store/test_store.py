@@ -213,3 +213,23 @@ async def test_a_write_redis_refuses_on_its_own_does_not_block_the_others(
     assert await store.lookup(7, ["fine-uid"], DAY) == {"fine-uid": fine}
     assert store.buffered == 0 and store.healthy
     assert REGISTRY.get_sample_value("pixelsync_write_failures_total") == failures_before + 1
+
+
+async def test_warns_when_the_server_would_not_keep_buckets_compact(
+    private_valkey: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.store.connect import EMBEDDED_CONFIG
+
+    client = connect(private_valkey, cluster=False)
+    await client.config_set("hash-max-listpack-value", 64)
+    store = Store(client, KeySchema(4), Retention(30, {}, 90))
+    with caplog.at_level("WARNING", logger="pixelsync.store"):
+        await store.start()
+    assert "too low for the match table" in caplog.text
+    caplog.clear()
+    for key in ("hash-max-listpack-value", "hash-max-listpack-entries"):
+        await client.config_set(key, EMBEDDED_CONFIG[key])
+    with caplog.at_level("WARNING", logger="pixelsync.store"):
+        await store._check_server_config()
+    assert "too low" not in caplog.text
+    await store.close()

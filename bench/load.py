@@ -1,0 +1,457 @@
+"""Requests per second and latency with wrk: pixelsync's /event against a bare GIF server.
+
+For each worker count, a bare server (bench.bare) and a pixelsync server (fresh embedded
+Valkey in a temporary data_dir) run side by side on free 127.0.0.1 ports. Every scenario
+gets a short warm-up, then the repetitions are interleaved (rep 1 of every scenario, then
+rep 2, ...) so that a slow drift of the machine hits every scenario alike. Only one server
+is under load at a time; the idle one costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+HOST: Final = "127.0.0.1"
+WRK_THREADS: Final = 1  # 2-core machines: wrk, the server and Valkey share the cores
+START_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 20.0  # pixelsync serve allows 10 s of graceful shutdown
+PROBE_TIMEOUT_S: Final = 5.0
+
+Progress = Callable[[str], None]
+
+
+class BenchError(Exception):
+    """The benchmark could not run or measured something it should not have."""
+
+
+WRK_MISSING: Final = (
+    "wrk is not installed: install it with `apt-get install wrk` "
+    "(`make bench` does that when it can)"
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    server: str  # "bare" | "pixelsync"
+    path: str
+    cookie: bool  # send the returning visitor's Cookie header
+    answer: str  # expected content type: "gif" | "json"
+
+
+# The bare server gets the very request event_gif_cookie sends: the ratio then measures
+# what pixelsync does with it, not a difference in what goes over the wire.
+SCENARIOS: Final = (
+    Scenario("bare_gif", "bare", "/event?c_section=sports&c_price=12", True, "gif"),
+    Scenario("event_gif_cookie", "pixelsync", "/event?c_section=sports&c_price=12", True, "gif"),
+    Scenario("event_gif_new", "pixelsync", "/event?c_section=sports&c_price=12", False, "gif"),
+    Scenario("event_json", "pixelsync", "/event?d_rtbd=json&c_section=sports", True, "json"),
+)
+CEILING: Final = "bare_gif"
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    workers: tuple[int, ...] = (1, 2)
+    connections: int = 32
+    duration_s: int = 10
+    warmup_s: int = 2
+    reps: int = 3
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: int
+
+
+# --- wrk ---------------------------------------------------------------------------------
+
+_UNIT_MS: Final = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+_NUMBER: Final = r"([\d.]+)(us|ms|s|m|h)"
+
+
+def _percentile_ms(text: str, percent: int) -> float:
+    found = re.search(rf"^\s*{percent}%\s+{_NUMBER}\s*$", text, re.MULTILINE)
+    if found is None:
+        raise BenchError(f"no {percent}% latency in wrk output (was --latency given?)")
+    return float(found[1]) * _UNIT_MS[found[2]]
+
+
+def parse_wrk(text: str) -> WrkRun:
+    """The figures of one `wrk --latency` report."""
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    requests = re.search(r"^\s*(\d+) requests in ", text, re.MULTILINE)
+    if rps is None or requests is None:
+        raise BenchError(f"unreadable wrk output:\n{text}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    return WrkRun(
+        rps=float(rps[1]),
+        p50_ms=_percentile_ms(text, 50),
+        p99_ms=_percentile_ms(text, 99),
+        requests=int(requests[1]),
+        non_2xx_3xx=int(non_2xx[1]) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in sockets.groups()) if sockets else 0,
+    )
+
+
+def _run(argv: Sequence[str], timeout_s: float) -> str:
+    """Run a command in its own session and return its output; the group dies on timeout."""
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"{argv[0]} did not finish within {timeout_s:.0f} s") from exc
+    finally:
+        if process.poll() is None:
+            _kill_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+    if process.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited with {process.returncode}:\n{output}")
+    return output
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise BenchError(WRK_MISSING)
+    return path
+
+
+def wrk_version() -> str:
+    # `wrk -v` prints its version and usage, and exits 1.
+    result = subprocess.run(
+        [require_wrk(), "-v"], capture_output=True, text=True, timeout=10, check=False
+    )
+    first = (result.stdout or result.stderr).splitlines()[0]
+    return first.split(" Copyright", 1)[0].strip()
+
+
+def run_wrk(url: str, headers: Sequence[str], *, connections: int, duration_s: int) -> WrkRun:
+    argv = [require_wrk(), f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration_s}s"]
+    argv += ["--latency", "--timeout", "5s"]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
+    return parse_wrk(_run(argv, timeout_s=duration_s + 30))
+
+
+# --- servers -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+        os.killpg(pgid, sig)
+
+
+def _get(
+    port: int, path: str, headers: dict[str, str], timeout_s: float
+) -> tuple[http.client.HTTPResponse, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response, response.read()
+    finally:
+        conn.close()
+
+
+def _child_env() -> dict[str, str]:
+    # Never let an inherited Redis URL or config point the bench at someone's data.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELSYNC_")}
+    for key in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(key, None)
+    return env
+
+
+class Server:
+    """A server child process in its own session; stop() ends its whole process group."""
+
+    def __init__(self, name: str, argv: list[str], port: int, log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+        self.left_behind: list[str] = []  # still running in its group after it exited
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                env=_child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise BenchError(
+                    f"{self.name} exited with {self._process.returncode}" + self.tail()
+                )
+            try:
+                if _get(self.port, "/healthz", {}, timeout_s=1.0)[0].status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise BenchError(f"{self.name} not healthy within {START_TIMEOUT_S:.0f} s" + self.tail())
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n  " + "\n  ".join(text) if text else ""
+
+    def stop(self) -> None:
+        """SIGTERM the leader, wait for it, then end whatever it left in its group."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        pgid = process.pid  # start_new_session: the leader's pid is the group id
+        try:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    _kill_group(pgid, signal.SIGKILL)
+                    process.wait(timeout=5)
+        finally:
+            # Helpers such as multiprocessing's resource tracker leave on their own, shortly.
+            if not _wait_group_empty(pgid, 3.0):
+                self.left_behind = _group_members(pgid)
+                _kill_group(pgid, signal.SIGTERM)
+                if not _wait_group_empty(pgid, 5.0):
+                    _kill_group(pgid, signal.SIGKILL)
+
+
+def _group_members(pgid: int) -> list[str]:
+    """The live (not zombie) processes of a process group, by name."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :]
+        state, _ppid, group = rest.split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append(name)
+    return members
+
+
+def _wait_group_empty(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _bare_argv(port: int, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "bench.bare:app",
+        "--host", HOST, "--port", str(port), "--workers", str(workers),
+        "--lifespan", "off", "--no-access-log", "--no-server-header",
+    ]  # fmt: skip
+
+
+def _pixelsync_argv(port: int, workers: int, workdir: Path) -> list[str]:
+    config = workdir / "pixelsync-bench.toml"
+    data_dir = workdir / "data"
+    config.write_text(
+        "[server]\n"
+        f"data_dir = {json.dumps(str(data_dir))}\n"
+        'secret_keys = ["bench-only-not-a-secret"]\n'
+    )
+    return [
+        sys.executable, "-m", "service", "serve", "--config", str(config),
+        "--host", HOST, "--port", str(port), "--workers", str(workers),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def running(server: Server, progress: Progress) -> Iterator[Server]:
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        if server.left_behind:
+            progress(
+                f"note: {server.name} exited but left {', '.join(server.left_behind)} "
+                "running in its process group; the harness ended it"
+            )
+
+
+# --- scenarios ---------------------------------------------------------------------------
+
+
+def visitor_cookie(port: int) -> str:
+    """A returning visitor's `name=value`, from the Set-Cookie of a first request."""
+    response, _ = _get(port, "/event", {}, PROBE_TIMEOUT_S)
+    set_cookie = response.getheader("set-cookie")
+    if response.status != 200 or not set_cookie:
+        raise BenchError(f"/event answered {response.status} without a visitor cookie")
+    return set_cookie.split(";", 1)[0].strip()
+
+
+def _uuid_of(cookie: str) -> str:
+    return cookie.split("=", 1)[1].split(".", 1)[0]
+
+
+def _check(scenario: Scenario, port: int, headers: dict[str, str]) -> None:
+    """One request by hand: the load must be the request the scenario means to measure."""
+    response, body = _get(port, scenario.path, headers, PROBE_TIMEOUT_S)
+    problem = ""
+    content_type = response.getheader("content-type", "")
+    if response.status != 200:
+        problem = f"status {response.status}"
+    elif scenario.answer == "gif" and (content_type != "image/gif" or len(body) != 43):
+        problem = f"not the 43-byte GIF ({content_type}, {len(body)} bytes)"
+    elif scenario.answer == "json" and not content_type.startswith("application/json"):
+        problem = f"not JSON ({content_type})"
+    elif scenario.server == "pixelsync":
+        set_cookie = response.getheader("set-cookie", "")
+        answered = _uuid_of(set_cookie.split(";", 1)[0]) if "=" in set_cookie else ""
+        sent = _uuid_of(headers["Cookie"]) if "Cookie" in headers else None
+        if sent is not None and answered != sent:
+            problem = "the visitor cookie was not recognised (a new visitor was made)"
+        elif sent is None and not answered:
+            problem = "no visitor cookie set for a new visitor"
+        elif scenario.answer == "json" and json.loads(body).get("uuid") != answered:
+            problem = "the JSON uuid is not the visitor's"
+    if problem:
+        raise BenchError(f"{scenario.name}: {scenario.path} answered wrong: {problem}")
+
+
+def _summary(scenario: Scenario, workers: int, runs: list[WrkRun]) -> dict[str, Any]:
+    return {
+        "scenario": scenario.name,
+        "workers": workers,
+        "path": scenario.path,
+        "cookie": scenario.cookie,
+        "rps_median": round(statistics.median(r.rps for r in runs), 1),
+        "p50_ms_median": round(statistics.median(r.p50_ms for r in runs), 3),
+        "p99_ms_median": round(statistics.median(r.p99_ms for r in runs), 3),
+        "non_2xx_3xx": sum(r.non_2xx_3xx for r in runs),
+        "socket_errors": sum(r.socket_errors for r in runs),
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[dict[str, Any]]:
+    """Every scenario at one worker count; rows in SCENARIOS order, with ratios to bare."""
+    with (
+        tempfile.TemporaryDirectory(prefix="pixelsync-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        workdir = Path(tmp)
+        ports = {"bare": free_port(), "pixelsync": free_port()}
+        argvs = {
+            "bare": _bare_argv(ports["bare"], workers),
+            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir),
+        }
+        for name, argv in argvs.items():
+            server = Server(name, argv, ports[name], workdir / f"{name}.log")
+            stack.enter_context(running(server, progress))
+        cookie = visitor_cookie(ports["pixelsync"])
+        requests: dict[str, tuple[str, list[str]]] = {}
+        for scenario in SCENARIOS:
+            headers = {"Cookie": cookie} if scenario.cookie else {}
+            _check(scenario, ports[scenario.server], headers)
+            url = f"http://{HOST}:{ports[scenario.server]}{scenario.path}"
+            requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()])
+        for scenario in SCENARIOS:
+            url, header_lines = requests[scenario.name]
+            progress(f"  workers={workers} warm-up {scenario.name} ({options.warmup_s} s)")
+            run_wrk(url, header_lines, connections=options.connections, duration_s=options.warmup_s)
+        runs: dict[str, list[WrkRun]] = {s.name: [] for s in SCENARIOS}
+        for rep in range(1, options.reps + 1):
+            for scenario in SCENARIOS:
+                url, header_lines = requests[scenario.name]
+                time.sleep(0.5)  # let the previous run's connections and writes settle
+                run = run_wrk(
+                    url,
+                    header_lines,
+                    connections=options.connections,
+                    duration_s=options.duration_s,
+                )
+                runs[scenario.name].append(run)
+                progress(
+                    f"  workers={workers} rep {rep}/{options.reps} {scenario.name:<17} "
+                    f"{run.rps:>9.0f} rps  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
+                )
+    rows = [_summary(s, workers, runs[s.name]) for s in SCENARIOS]
+    ceiling = next(r["rps_median"] for r in rows if r["scenario"] == CEILING)
+    for row in rows:
+        row["ratio_to_bare"] = round(row["rps_median"] / ceiling, 3) if ceiling else None
+    return rows
+
+
+def run_http(options: HttpOptions, progress: Progress) -> dict[str, Any]:
+    require_wrk()
+    rows: list[dict[str, Any]] = []
+    for workers in options.workers:
+        progress(f"HTTP, {workers} worker(s)")
+        rows += run_workers(workers, options, progress)
+    return {
+        "wrk": {
+            "threads": WRK_THREADS,
+            "connections": options.connections,
+            "duration_s": options.duration_s,
+            "warmup_s": options.warmup_s,
+            "reps": options.reps,
+        },
+        "scenarios": rows,
+    }
