@@ -59,7 +59,7 @@ def parse_pairs(raw: bytes, *, plus_is_space: bool = True) -> list[tuple[str, st
     return pairs
 
 
-@dataclass
+@dataclass(slots=True)
 class EventRequest:
     """What /event was asked, split by prefix. Private (p_) values live only here."""
 

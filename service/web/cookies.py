@@ -24,12 +24,16 @@ class VisitorCookies:
 
     def read(self, cookie_header: bytes | None) -> str | None:
         """The first value of our cookie in a Cookie header."""
-        if not cookie_header or self._prefix not in cookie_header:
+        if not cookie_header:
             return None
-        for part in cookie_header.split(b";"):
-            part = part.strip()
-            if part.startswith(self._prefix):
-                return part[len(self._prefix) :].decode("latin-1")
+        start = 0
+        while (at := cookie_header.find(self._prefix, start)) >= 0:
+            if at == 0 or cookie_header[at - 1] in b"; ":  # a whole name, not a suffix
+                at += len(self._prefix)
+                end = cookie_header.find(b";", at)
+                value = cookie_header[at:] if end < 0 else cookie_header[at:end]
+                return value.strip().decode("latin-1")
+            start = at + 1
         return None
 
     def resolve(self, cookie_header: bytes | None) -> Visitor:
