@@ -6,10 +6,10 @@ CONFIG ?= deploy/pixelsync.example.toml
 
 .PHONY: run test lint typecheck pytest bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 run: $(VENV)/.installed

@@ -12,9 +12,9 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .config import Settings, load_settings
+from .config import ConfigError, Settings, load_settings
 from .identity import CookieSigner, today
-from .store import EmbeddedValkey, KeySchema, Retention, Store, StoreError, connect
+from .store import KeySchema, Retention, Store, connect
 from .web.cookies import VisitorCookies
 from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ops import healthz, metrics_endpoint, readyz
@@ -67,21 +67,20 @@ class HotPaths:
 
 
 def create_app(settings: Settings) -> HotPaths:
-    embedded: EmbeddedValkey | None = None
-    url = settings.redis_url
-    if not url:
-        embedded = EmbeddedValkey(settings.data_dir)
-        url = embedded.start()
-    store = build_store(settings, url)
+    if not settings.redis_url:
+        # Several workers must share one server: `pixelsync serve` starts it once.
+        raise ConfigError(
+            [
+                "[server]: key 'redis_url': empty; run `pixelsync serve`, which "
+                "starts the embedded Valkey, or set a Redis URL"
+            ]
+        )
+    store = build_store(settings, settings.redis_url)
     cookies = VisitorCookies(settings.cookies, CookieSigner(settings.secret_keys))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await store.start()
-        except StoreError as exc:
-            log.critical(str(exc))
-            raise
+        await store.start()  # a bucket-count mismatch (StoreError) stops start-up
         sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
         log.info("pixelsync ready", extra={"public_url": settings.public_url})
         try:
@@ -89,8 +88,6 @@ def create_app(settings: Settings) -> HotPaths:
         finally:
             sweeper.cancel()
             await store.close()
-            if embedded is not None:
-                embedded.stop()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
     hot: dict[str, ASGIApp] = {
@@ -98,7 +95,6 @@ def create_app(settings: Settings) -> HotPaths:
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
     }
     routes = [
-        *(Route(path, handler) for path, handler in hot.items()),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

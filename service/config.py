@@ -118,6 +118,18 @@ def _redis_url(v: str) -> str | None:
     return "must be empty or a redis://, rediss:// or unix:// URL"
 
 
+def _secret_keys(v: list[str]) -> str | None:
+    if not v:
+        return "must not be empty"
+    return "must not contain an empty key" if any(not k for k in v) else None
+
+
+def _realtime_url(v: str) -> str | None:
+    if v and "${DP_UUID}" not in v:
+        return "must contain ${DP_UUID} (the partner's uid for the visitor)"
+    return _http_url_or_empty(v)
+
+
 def _cookie_name(v: str) -> str | None:
     ok = v != "" and all(c.isascii() and (c.isalnum() or c in "-_.") for c in v)
     return None if ok else "must be a non-empty token of letters, digits, '-', '_' or '.'"
@@ -158,7 +170,7 @@ _TABLES: Final[dict[str, dict[str, _Key]]] = {
         "redis_url": _Key("str", "", _redis_url),
         "redis_cluster": _Key("bool", False),
         "data_dir": _Key("str", "var", _non_empty),
-        "secret_keys": _Key("list[str]", ["dev-only-change-me"], _non_empty),
+        "secret_keys": _Key("list[str]", ["dev-only-change-me"], _secret_keys),
         "vendor_id": _Key("int", 0, _non_negative),
         "region": _Key("int", 0, _non_negative),
         "trusted_proxies": _Key("list[str]", []),
@@ -185,8 +197,7 @@ _TABLES: Final[dict[str, dict[str, _Key]]] = {
     "store": {
         "match_buckets": _Key("int", 65536, _power_of_two),
         "buffer_max_ops": _Key("int", 100_000, _positive),
-        "flush_interval_ms": _Key("int", 5, _positive),
-        "sweep_interval_s": _Key("int", 3600, _positive),
+        "sweep_interval_s": _Key("int", 86400, _positive),
     },
     "limits": {
         "max_query_bytes": _Key("int", 8192, _positive),
@@ -203,7 +214,7 @@ _PARTNER: Final = {
     "refresh_days": _Key("int", None, _positive),
     "mapping_ttl_days": _Key("int", None, _positive),
     "gvl_id": _Key("int", 0, _non_negative),
-    "realtime_url": _Key("str", "", _http_url_or_empty),
+    "realtime_url": _Key("str", "", _realtime_url),
     "realtime_traits": _Key("dict[str,int]", {}),
 }
 
@@ -443,7 +454,9 @@ def _read_array(
 
 def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> None:
     """Every dpid a key refers to must be a configured partner."""
-    dpids = {p.get("dpid") for p in raw["partners"] if isinstance(p, dict)}
+    dpids = {
+        p["dpid"] for p in raw["partners"] if isinstance(p, dict) and _is_kind(p.get("dpid"), "int")
+    }
     refs = (("api_keys", "partner", "name"), ("traits", "data_source", "sid"))
     for table, key, id_key in (*refs, ("destinations", "partner", "id")):
         for index, entry in enumerate(raw[table]):
@@ -488,7 +501,8 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         return values
 
     def read_destination(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-        type_keys = _DEST_BY_TYPE.get(raw.get("type", ""), {})
+        kind = raw.get("type")
+        type_keys = _DEST_BY_TYPE.get(kind, {}) if isinstance(kind, str) else {}
         values = _read_keys(raw, _DEST_COMMON, where, problems, extra_ok=frozenset(type_keys))
         values["options"] = _read_keys(
             {k: v for k, v in raw.items() if k in type_keys},
@@ -547,7 +561,9 @@ def find_config_path(explicit: str | None, environ: Mapping[str, str]) -> Path |
 
 
 def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    server = dict(doc.get("server", {})) if isinstance(doc.get("server", {}), dict) else {}
+    if not isinstance(doc.get("server", {}), dict):
+        return doc  # validation reports it
+    server = dict(doc.get("server", {}))
     redis_url = environ.get("PIXELSYNC_REDIS_URL") or environ.get("REDIS_URL")
     if redis_url:
         server["redis_url"] = redis_url

@@ -139,10 +139,9 @@ class CookieSigner:
 
 
 def needs_touch(visitor: Visitor, now: float) -> bool:
-    """Record the visitor's last-seen day at most once per day per browser: the
-    cookie's signing time tells when it was last refreshed."""
-    if visitor.kind is VisitorKind.NEW:
-        return True
+    """Refresh a returning visitor's last-seen day at most once per day per browser:
+    the cookie's signing time tells when it was last refreshed. A new visitor has
+    nothing stored to refresh (and a browser refusing cookies stays new forever)."""
     return visitor.kind is VisitorKind.KNOWN and visitor.signed_at // 86400 != int(now) // 86400
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,17 +45,32 @@ def redis_url() -> Iterator[str]:
         server.stop()
 
 
+@contextlib.asynccontextmanager
+async def open_store(
+    url: str,
+    buckets: int = DEFAULT_BUCKETS,
+    retention: Retention | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Store]:
+    """A started Store on a real server, closed afterwards."""
+    s = Store(
+        connect(url, cluster=False),
+        KeySchema(buckets),
+        retention or Retention(visitor_days=180, mapping_days={}, default_mapping_days=90),
+        **kwargs,
+    )
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
 @pytest.fixture
 async def store(redis_url: str) -> AsyncIterator[Store]:
     """A Store on the session's server, as the service builds it (default buckets)."""
-    s = Store(
-        connect(redis_url, cluster=False),
-        KeySchema(DEFAULT_BUCKETS),
-        Retention(visitor_days=180, mapping_days={}, default_mapping_days=90),
-    )
-    await s.start()
-    yield s
-    await s.close()
+    async with open_store(redis_url) as s:
+        yield s
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -77,7 +93,10 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            if sig == signal.SIGKILL:  # the whole group: workers and the embedded Valkey
+                os.killpg(self.process.pid, sig)
+            else:
+                self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -177,3 +196,14 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.05)
+
+
+def cookie_signed_days_ago(uuid: str, key: str, days: int) -> str:
+    """A visitor cookie value as the service would have signed it `days` ago."""
+    from itsdangerous import TimestampSigner
+
+    class Then(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - days * 86400
+
+    return Then([key], salt="pixelsync.visitor").sign(uuid).decode()

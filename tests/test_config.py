@@ -199,6 +199,19 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             "type = 'file'\npartner = 7\nmappings = {}\nschedule = '25:00'\n",
             ["[[destinations]] entry 1 (id 1): key 'schedule': must be \"HH:MM\" (UTC)"],
         ),
+        ("dpid of the wrong type", "[[partners]]\ndpid = [1]\nname = 'a'\n", ["key 'dpid'"]),
+        (
+            "destination type of the wrong type",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = ['url']\nmappings = {}\n",
+            ["[[destinations]] entry 1 (id 1): key 'type': must be a string"],
+        ),
+        ("server not a table", "server = 5\n", ["[server]: must be a table"]),
+        ("an empty secret key", "[server]\nsecret_keys = ['']\n", ["empty key"]),
+        (
+            "realtime url without the partner uid",
+            "[[partners]]\ndpid = 7\nname = 'a'\nrealtime_url = 'https://rt.test/?u=1'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'realtime_url': must contain ${DP_UUID}"],
+        ),
         (
             "array written as a table",
             "[partners]\ndpid = 1\n",

@@ -47,7 +47,7 @@ def test_resolve() -> None:
 
 def test_touch_at_most_once_a_day() -> None:
     day = 20_000 * 86400
-    assert needs_touch(Visitor(VisitorKind.NEW, new_uuid()), day)
+    assert not needs_touch(Visitor(VisitorKind.NEW, new_uuid()), day)  # nothing to refresh
     assert not needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day + 10), day + 3600)
     assert needs_touch(Visitor(VisitorKind.KNOWN, new_uuid(), day - 10), day + 3600)
     assert not needs_touch(Visitor(VisitorKind.OPTED_OUT, None), day)

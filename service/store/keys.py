@@ -70,6 +70,9 @@ class KeySchema:
     def visitor_key_of_bucket(self, bucket: int) -> bytes:
         return b"u:{%x}" % bucket
 
+    def reverse_key_of_bucket(self, bucket: int) -> bytes:
+        return b"r:{%x}" % bucket
+
     @staticmethod
     def visitor_field(uuid: str) -> bytes:
         return uuid16(uuid)

@@ -51,8 +51,8 @@ class _Outcomes:
         self.latency.observe(time.perf_counter() - started)
 
 
-async def _method_not_allowed(send_: Send) -> None:
-    await send(send_, 405, [(b"allow", b"GET, HEAD, POST"), (b"content-length", b"0")], b"")
+async def _method_not_allowed(send_: Send, allow: bytes) -> None:
+    await send(send_, 405, [(b"allow", allow), (b"content-length", b"0")], b"")
 
 
 async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
@@ -66,7 +66,7 @@ async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -77,14 +77,31 @@ async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]
     return b"".join(chunks)
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request was complete: nothing to answer."""
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """Header name -> value; several Cookie headers count as one (RFC 6265 §5.4)."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in headers and name == b"cookie":
+            headers[name] += b"; " + value
+        else:
+            headers[name] = value
+    return headers
+
+
 def new_tid() -> str:
     """A 12-character transaction id for support, in JSON answers and in the logs."""
     return secrets.token_urlsafe(9)
 
 
-def _wants_json(query: bytes) -> bool:
-    """Whether an answer to a request we cannot parse should be JSON."""
-    return b"d_rtbd=json" in query or b"d_cb=" in query
+def _wants_json(query: bytes, pairs: list[tuple[str, str]] | None) -> bool:
+    """Whether the refusal of a request we could not fully parse should be JSON."""
+    if pairs is None:
+        return b"d_rtbd=json" in query or b"d_cb=" in query
+    return any((k == "d_rtbd" and v == "json") or k == "d_cb" for k, v in pairs)
 
 
 class EventEndpoint:
@@ -102,12 +119,13 @@ class EventEndpoint:
         started = time.perf_counter()
         method: str = scope["method"]
         if method not in _METHODS_EVENT:
-            await _method_not_allowed(send_)
+            await _method_not_allowed(send_, b"GET, HEAD, POST")
             return
-        headers = dict(scope["headers"])
+        headers = request_headers(scope)
         query: bytes = scope["query_string"]
         visitor = self.cookies.resolve(headers.get(b"cookie"))
         req: EventRequest | None = None
+        pairs: list[tuple[str, str]] | None = None
         try:
             if len(query) > self.max_query:
                 raise RequestError(Code.MALFORMED, "query string too long", status=414)
@@ -117,19 +135,24 @@ class EventEndpoint:
                 ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
                 if body and ctype not in _FORM_TYPES:
                     raise RequestError(Code.MALFORMED, "body must be form-encoded")
-                pairs += parse_pairs(body)
+                pairs = pairs + parse_pairs(body)
             req = parse_event(pairs, headers)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
             self._record(visitor, req)
         except RequestError as exc:
-            await self._refuse(exc, visitor, req, query, headers, method, send_)
+            as_json = req.answers_json if req is not None else _wants_json(query, pairs)
+            await self._refuse(exc, visitor, req, as_json, headers, method, send_)
             self.outcomes.count(f"error_{int(exc.code)}", started)
+            return
+        except ClientGone:
+            self.outcomes.count("client_gone", started)
             return
         assert visitor.uuid is not None
         out: Headers = [self.cookies.set_header(visitor)]
         if req.answers_json:
             doc = self._answer(visitor, req)
+            log.info("event answered", extra={"tid": doc["tid"], "uuid": visitor.uuid})
             await self._send_json(doc, req.callback, headers, out, send_, 200, method)
         else:
             await send(send_, 200, GIF_HEADERS + out, GIF, head=method == "HEAD")
@@ -170,7 +193,7 @@ class EventEndpoint:
         body = json_body(doc)
         if callback is not None:
             body = b"/**/" + callback.encode() + b"(" + body + b");"
-            resp = json_headers(body, b"application/javascript; charset=utf-8")
+            resp = json_headers(body, b"application/javascript")
         else:
             resp = json_headers(body)
             cors(resp, headers.get(b"origin"))
@@ -181,7 +204,7 @@ class EventEndpoint:
         exc: RequestError,
         visitor: Visitor,
         req: EventRequest | None,
-        query: bytes,
+        as_json: bool,
         headers: Mapping[bytes, bytes],
         method: str,
         send_: Send,
@@ -195,7 +218,6 @@ class EventEndpoint:
         # Refresh a cookie the browser already had; never issue one on a refusal.
         out: Headers = [] if visitor.kind is VisitorKind.NEW else [self.cookies.set_header(visitor)]
         out.append((b"x-error", str(code).encode()))
-        as_json = req.answers_json if req is not None else _wants_json(query)
         if not as_json:
             await send(send_, exc.status, GIF_HEADERS + out, GIF, head=method == "HEAD")
             return
@@ -220,10 +242,9 @@ class OptOutEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
         started = time.perf_counter()
         if scope["method"] not in _METHODS_PIXEL:
-            await _method_not_allowed(send_)
+            await _method_not_allowed(send_, b"GET, HEAD")
             return
-        headers = dict(scope["headers"])
-        visitor = self.cookies.resolve(headers.get(b"cookie"))
+        visitor = self.cookies.resolve(request_headers(scope).get(b"cookie"))
         if visitor.kind is VisitorKind.KNOWN and visitor.uuid is not None:
             self.store.erase_visitor(visitor.uuid)
         out = [*GIF_HEADERS, self.cookies.opt_out_header()]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -39,7 +41,7 @@ from playwright.async_api import (
 if TYPE_CHECKING:
     from tests.conftest import Service
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -53,6 +55,8 @@ TIMEOUT_S = TIMEOUT_MS / 1000
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 UUID_RE = re.compile(r"^\d{38}$")
 
+if not CHROMIUM.exists() and os.environ.get("PIXELSYNC_REQUIRE_BROWSER") == "1":
+    raise RuntimeError(f"{CHROMIUM} is missing and .ci/run requires the browser tests")
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install the Debian chromium package)"
 )

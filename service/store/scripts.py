@@ -1,0 +1,100 @@
+"""Lua scripts, each touching one key (so each runs on one Cluster node), and the
+helper that queues them on a pipeline by SHA with the text as fallback."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# Set a hash field, answer its previous value (reverse entries: uid hash -> uuid16).
+SWAP: Final = b"""
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return old
+"""
+
+# Replace a hash field's value only if it is still ARGV[2] ('' as ARGV[3] deletes it).
+CAS: Final = b"""
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+# Edit one visitor record (codec.parse_record's layout) in place:
+# ARGV[1] field (uuid16), ARGV[2] visitor day2 or '' (keep), ARGV[3] dpid varint or ''
+# (touch: refresh the last-seen day of an existing record, never create one),
+# ARGV[4] new entry body (day2 + uid codec) or '' (remove the entry),
+# ARGV[5] '' or the uid codec the current entry must have for anything to change.
+# Answers the entry body it replaced or removed (false if none).
+UPSERT: Final = b"""
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[3] == '' then
+  if v then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. string.sub(v, 3)) end
+  return false
+end
+local out = {}
+local old = false
+if v then
+  local pos, n = 3, #v
+  while pos <= n do
+    local s = pos
+    while string.byte(v, pos) >= 128 do pos = pos + 1 end
+    local dp = string.sub(v, s, pos)
+    pos = pos + 1
+    local len, mul = 0, 1
+    while true do
+      local b = string.byte(v, pos)
+      pos = pos + 1
+      len = len + (b % 128) * mul
+      mul = mul * 128
+      if b < 128 then break end
+    end
+    if dp == ARGV[3] then old = string.sub(v, pos, pos + len - 1)
+    else out[#out + 1] = string.sub(v, s, pos + len - 1) end
+    pos = pos + len
+  end
+end
+if ARGV[5] ~= '' and (not old or string.sub(old, 3) ~= ARGV[5]) then return false end
+if ARGV[4] ~= '' then
+  local n, len = #ARGV[4], ''
+  while n >= 128 do len = len .. string.char(n % 128 + 128); n = math.floor(n / 128) end
+  out[#out + 1] = ARGV[3] .. len .. string.char(n) .. ARGV[4]
+elseif not v then
+  return false
+end
+local day = ARGV[2]
+if day == '' then
+  if v then day = string.sub(v, 1, 2) else day = string.sub(ARGV[4], 1, 2) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], day .. table.concat(out))
+return old
+"""
+
+ALL: Final = (SWAP, CAS, UPSERT)
+
+
+class Scripts:
+    """Queues scripts as EVALSHA once loaded, as EVAL until then (or after the server
+    lost its script cache). execute_command, not pipe.evalsha(): redis-py refuses the
+    latter on a Cluster pipeline, though the command routes by its key like any other."""
+
+    def __init__(self) -> None:
+        self._sha: dict[bytes, str] = {}
+
+    async def load(self, client: Any) -> None:
+        for script in ALL:
+            self._sha[script] = await client.script_load(script)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._sha)
+
+    def forget(self) -> None:
+        self._sha.clear()
+
+    def queue(self, pipe: Any, script: bytes, key: bytes, *args: bytes | int) -> None:
+        sha = self._sha.get(script)
+        if sha is None:
+            pipe.execute_command("EVAL", script, 1, key, *args)
+        else:
+            pipe.execute_command("EVALSHA", sha, 1, key, *args)

@@ -1,0 +1,302 @@
+"""Buffered writes: requests enqueue and return at once; one task per process applies
+the queue in pipelines, so concurrent requests share round trips.
+
+Each buffered op is one Redis command on one key, so a pipeline's answers say per op
+whether it was applied. A visitor <-> uid mapping is two ops (forward and reverse);
+what they replaced may call for conditional clean-ups, queued as ops of their own.
+
+Failures:
+- Redis unreachable or refusing writes for now (connection, timeout, OOM, READONLY,
+  MISCONF, LOADING, CLUSTERDOWN, ...): the ops stay queued, in order, and are retried
+  with backoff. The queue is bounded: beyond it new writes are refused and counted.
+  Erasures and clean-ups are never refused.
+- NOSCRIPT (the server lost its script cache): retried at once with EVAL.
+- An error that belongs to the op itself (WRONGTYPE, a script error): that op is
+  dropped, logged and counted (pixelsync_write_failures_total); the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from .. import metrics
+from . import scripts
+from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
+from .connect import Client
+from .keys import KeySchema
+
+log = logging.getLogger("pixelsync.store")
+
+_BATCH: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Refresh the last-seen day of a visitor that has a record."""
+
+    uuid: str
+    day: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The visitor's entry for a partner: (dpid, uid) as of `day`."""
+
+    uuid: str
+    dpid: int
+    enc: bytes
+    day: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reverse:
+    """The uid's owner: this visitor."""
+
+    uuid: str
+    dpid: int
+    enc: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    """Delete a reverse entry if it still names this visitor."""
+
+    key: bytes
+    field: bytes
+    owner: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Disown:
+    """Remove a visitor's entry for a partner if it still holds this uid."""
+
+    uuid: str
+    dpid: int
+    enc: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Erase:
+    uuid: str
+
+
+Op = Touch | Forward | Reverse | Unlink | Disown | Erase
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether an op's error says "not now" rather than "never"."""
+    if not isinstance(exc, ResponseError):
+        return True
+    text = str(exc)
+    return not (text.startswith("WRONGTYPE") or "script" in text.lower())
+
+
+class WriteBuffer:
+    def __init__(
+        self,
+        client: Client,
+        schema: KeySchema,
+        *,
+        capacity: int,
+        before_first_write: Callable[[], Any],
+    ) -> None:
+        self.client = client
+        self.schema = schema
+        self.scripts = scripts.Scripts()
+        self._queue: deque[Op] = deque()
+        self._capacity = capacity
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._before_first_write = before_first_write
+        self._ready = False
+        self._task: asyncio.Task[None] | None = None
+        self._written = {k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase")}
+        self.overflowed = 0
+        self.failed = 0
+        self.healthy = True
+
+    # ------------------------------------------------------------------ producer side
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, *ops: Op, bounded: bool = True) -> bool:
+        if bounded and len(self._queue) + len(ops) > self._capacity:
+            self.overflowed += len(ops)
+            metrics.BUFFER_OVERFLOW.inc(len(ops))
+            if self.overflowed <= len(ops) or self.overflowed % 1000 < len(ops):
+                log.error("write buffer full, write dropped", extra={"dropped": self.overflowed})
+            return False
+        self._queue.extend(ops)
+        self._idle.clear()
+        self._wakeup.set()
+        return True
+
+    async def drain(self) -> None:
+        """Wait until every op queued so far has been applied (or dropped as failed)."""
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="pixelsync-writes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # ------------------------------------------------------------------ consumer side
+
+    async def _loop(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
+                try:
+                    if not self._ready:
+                        await self._before_first_write()
+                        self._ready = True
+                    again, trouble = await self._apply(batch)
+                except Exception as exc:  # the writer must never die
+                    again, trouble = list(batch), exc
+                for _ in batch:
+                    self._queue.popleft()
+                self._queue.extendleft(reversed(again))
+                metrics.BUFFERED.set(len(self._queue))
+                if trouble is None:
+                    if not self.healthy:
+                        log.info("redis writes resumed", extra={"buffered": len(self._queue)})
+                    self.healthy, backoff = True, 0.05
+                    metrics.REDIS_UP.set(1)
+                    continue
+                metrics.REDIS_ERRORS.labels("flush").inc()
+                if isinstance(trouble, NoScriptError):
+                    continue  # scripts.forget() was called: EVAL from now on
+                metrics.REDIS_UP.set(0)
+                if self.healthy:
+                    log.error("redis write failed, buffering", extra={"error": repr(trouble)})
+                self.healthy = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            self._idle.set()
+
+    async def _apply(self, batch: Sequence[Op]) -> tuple[list[Op], BaseException | None]:
+        """Apply ops in order. Answers the ops to put back in front of the queue (the
+        ones not applied, then clean-ups) and the error that stopped some, if any."""
+        if not self.scripts.loaded:
+            with contextlib.suppress(ResponseError):  # EVAL with the text works as well
+                await self.scripts.load(self.client)
+        again: list[Op] = []
+        run: list[Op] = []
+        for i, op in enumerate(batch):
+            if not isinstance(op, Erase):
+                run.append(op)
+                continue
+            back, trouble = await self._pipeline(run)
+            again += back
+            run = []
+            if trouble is not None:
+                return again + list(batch[i:]), trouble
+            again += await self._erase(op)
+        back, trouble = await self._pipeline(run)
+        return again + back, trouble
+
+    async def _pipeline(self, ops: Sequence[Op]) -> tuple[list[Op], BaseException | None]:
+        if not ops:
+            return [], None
+        pipe = self.client.pipeline(transaction=False)
+        for op in ops:
+            self._queue_command(pipe, op)
+        results = await pipe.execute(raise_on_error=False)
+        not_applied: list[Op] = []
+        cleanups: list[Op] = []
+        trouble: BaseException | None = None
+        for op, result in zip(ops, results, strict=True):
+            if not isinstance(result, BaseException):
+                cleanups += self._after(op, result)
+            elif isinstance(result, NoScriptError):
+                self.scripts.forget()
+                not_applied.append(op)
+                trouble = result
+            elif _transient(result):
+                not_applied.append(op)
+                trouble = result
+            else:
+                self.failed += 1
+                metrics.WRITE_FAILURES.inc()
+                log.error(
+                    "write refused on its own, dropped",
+                    extra={"op": type(op).__name__, "error": repr(result)},
+                )
+        return not_applied + cleanups, trouble
+
+    def _queue_command(self, pipe: Any, op: Op) -> None:
+        s, run = self.schema, self.scripts.queue
+        if isinstance(op, Touch):
+            run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
+                pack_day(op.day), b"", b"", b"")  # fmt: skip
+        elif isinstance(op, Forward):
+            day = pack_day(op.day)
+            run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
+                day, varint(op.dpid), day + op.enc, b"")  # fmt: skip
+        elif isinstance(op, Reverse):
+            key, field = s.reverse_slot(op.dpid, decode_uid(op.enc))
+            run(pipe, scripts.SWAP, key, field, uuid16(op.uuid))
+        elif isinstance(op, Unlink):
+            run(pipe, scripts.CAS, op.key, op.field, op.owner, b"")
+        elif isinstance(op, Disown):
+            run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
+                b"", varint(op.dpid), b"", op.enc)  # fmt: skip
+        else:
+            raise AssertionError(op)
+
+    def _after(self, op: Op, result: Any) -> list[Op]:
+        """Count an applied op; answer the clean-ups what it replaced calls for."""
+        if isinstance(op, Touch):
+            self._written["touch"].inc()
+        elif isinstance(op, Forward):
+            self._written["mapping"].inc()
+            old = cast(bytes | None, result)
+            if old is not None and old[2:] != op.enc:
+                # The visitor had another uid at this partner: unlink that uid.
+                key, field = self.schema.reverse_slot(op.dpid, decode_uid(old[2:]))
+                return [Unlink(key, field, uuid16(op.uuid))]
+        elif isinstance(op, Reverse):
+            owner = cast(bytes | None, result)
+            if owner is not None and owner != uuid16(op.uuid):
+                # The uid belonged to another visitor: take it away from that one.
+                return [Disown(uuid_from16(owner), op.dpid, op.enc)]
+        return []
+
+    async def _erase(self, op: Erase) -> list[Op]:
+        """Delete the visitor's record; its reverse entries go as clean-ups."""
+        key, field = self.schema.visitor_key(op.uuid), uuid16(op.uuid)
+        record = cast(bytes | None, await self.client.hget(key, field))
+        if record is None:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")
+        if not (await pipe.execute())[0]:
+            return [op]  # another writer changed the record meanwhile: erase it again
+        self._written["erase"].inc()
+        return list(unlinks(self.schema, field, parse_record(record)[1]))
+
+
+def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Iterable[Unlink]:
+    """The reverse entries of these forward entries, as conditional deletions."""
+    for dpid, rest in entries.items():
+        yield Unlink(*schema.reverse_slot(dpid, decode_uid(rest[2:])), owner)
