@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 
-from service.identity import new_uuid
-from service.store import KeySchema, PartnerUid, Retention, Store, connect
-from tests.conftest import Service, cookie_signed_days_ago, start_service
+from service.identity import new_uuid, today
+from service.store import PartnerUid
+from tests.conftest import Service, cookie_signed_days_ago, open_store, start_service
 
-DAY = int(time.time() // 86400)
+DAY = today()
 
 
-def embedded_port(service: Service) -> int:
+def embedded_url(service: Service) -> str:
     for line in service.log().splitlines():
         if line.startswith("{") and json.loads(line).get("msg") == "embedded valkey started":
-            return int(json.loads(line)["port"])
+            return f"redis://127.0.0.1:{json.loads(line)['port']}/0"
     raise AssertionError(f"no embedded valkey in the log:\n{service.log()}")
-
-
-def store_for(port: int) -> Store:
-    return Store(
-        connect(f"redis://127.0.0.1:{port}/0", cluster=False),
-        KeySchema(65536),
-        Retention(180, {}, 90),
-    )
 
 
 async def test_restart_keeps_what_was_stored(tmp_path: Path) -> None:
@@ -36,27 +27,21 @@ async def test_restart_keeps_what_was_stored(tmp_path: Path) -> None:
         resp = httpx.get(first.url + "/event?d_rtbd=json", timeout=10)
         uuid = resp.json()["uuid"]
         cookie = resp.headers["set-cookie"].split(";")[0]
-        store = store_for(embedded_port(first))
-        await store.start()
-        store.put_mapping(uuid, 1234, "acme-uid-1", DAY)  # as an ID sync stores it
-        await store.drain()
-        config = await store.client.config_get("append*")
-        assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
-        await store.close()
+        async with open_store(embedded_url(first)) as store:
+            store.put_mapping(uuid, 1234, "acme-uid-1", DAY)  # as an ID sync stores it
+            await store.drain()
+            config = await store.client.config_get("append*")
+            assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
     finally:
         assert first.stop() == 0, first.log()  # SIGTERM: graceful, exit 0
-
-    aof = list((tmp_path / "data" / "valkey").rglob("*.aof*"))
-    assert aof, "the embedded Valkey keeps an append-only file in data_dir"
+    assert list((tmp_path / "data" / "valkey").rglob("*.aof*")), "an append-only file"
 
     second = start_service(tmp_path, "", redis_url=None)
     try:
-        store = store_for(embedded_port(second))
-        await store.start()
-        assert await store.visitor_last_seen(uuid) == DAY
-        assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-1", DAY)}
-        assert await store.lookup(1234, ["acme-uid-1"], DAY) == {"acme-uid-1": uuid}
-        await store.close()
+        async with open_store(embedded_url(second)) as store:
+            assert await store.visitor_last_seen(uuid) == DAY
+            assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-1", DAY)}
+            assert await store.lookup(1234, ["acme-uid-1"], DAY) == {"acme-uid-1": uuid}
         again = httpx.get(second.url + "/event?d_rtbd=json", headers={"cookie": cookie}, timeout=10)
         assert again.json()["uuid"] == uuid
     finally:
@@ -67,13 +52,11 @@ async def test_sigterm_flushes_buffered_writes(tmp_path: Path) -> None:
     service = start_service(tmp_path, "", redis_url=None)
     uuid = new_uuid()
     try:
-        store = store_for(embedded_port(service))
-        await store.start()
-        store.put_mapping(uuid, 1234, "acme-uid-2", DAY - 3)
-        await store.drain()
-        # Valkey holds every write for 3 s: the service's write waits in its buffer.
-        await store.client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-        await store.close()
+        async with open_store(embedded_url(service)) as store:
+            store.put_mapping(uuid, 1234, "acme-uid-2", DAY - 3)
+            await store.drain()
+            # Valkey holds every write for 3 s: the service's write waits in its buffer.
+            await store.client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
         cookie = cookie_signed_days_ago(uuid, "dev-only-change-me", 2)
         resp = httpx.get(service.url + "/event", headers={"cookie": f"uuid={cookie}"}, timeout=5)
         assert resp.status_code == 200
@@ -82,9 +65,7 @@ async def test_sigterm_flushes_buffered_writes(tmp_path: Path) -> None:
 
     again = start_service(tmp_path, "", redis_url=None)
     try:
-        store = store_for(embedded_port(again))
-        await store.start()
-        assert await store.visitor_last_seen(uuid) == DAY  # the buffered touch landed
-        await store.close()
+        async with open_store(embedded_url(again)) as store:
+            assert await store.visitor_last_seen(uuid) == DAY  # the buffered touch landed
     finally:
         assert again.stop() == 0

@@ -9,13 +9,13 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import start_service
-from tests.test_persistence import embedded_port
+from tests.test_persistence import embedded_url
 
 
 def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path) -> None:
     svc = start_service(tmp_path, "", redis_url=None, workers=2)
     try:
-        port = embedded_port(svc)
+        port = int(embedded_url(svc).rsplit(":", 1)[1].split("/")[0])
         with httpx.Client(base_url=svc.url, timeout=10) as http:
             for _ in range(20):
                 assert http.get("/event").status_code == 200

@@ -75,15 +75,3 @@ def test_encoded_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:
 
     pairs = [(k, v) for k, v in pairs if "\x00" not in k + v]
     assert parse_pairs(urlencode(pairs).encode()) == pairs
-
-
-def test_visitor_cookie_is_found_by_its_whole_name() -> None:
-    from service.identity import CookieSigner
-    from service.web.cookies import VisitorCookies
-
-    cookies = VisitorCookies({"name": "uuid", "domain": "", "ttl_days": 1}, CookieSigner(["k"]))
-    assert cookies.read(b"uuid=a.b.c") == "a.b.c"
-    assert cookies.read(b"xuuid=no; uuid=yes; uuid=second") == "yes"
-    assert cookies.read(b"a=1;uuid= spaced ;b=2") == "spaced"
-    assert cookies.read(b"myuuid=no") is None
-    assert cookies.read(b"") is None and cookies.read(None) is None
