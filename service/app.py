@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import ConfigError, Settings, load_settings
 from .identity import CookieSigner, today
+from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
 from .web.cookies import VisitorCookies
 from .web.event import EventEndpoint, OptOutEndpoint
@@ -77,21 +78,25 @@ def create_app(settings: Settings) -> HotPaths:
         )
     store = build_store(settings, settings.redis_url)
     cookies = VisitorCookies(settings.cookies, CookieSigner(settings.secret_keys))
+    access = AccessLog()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
         sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
+        access_writer = asyncio.create_task(access.run())
         log.info("pixelsync ready", extra={"public_url": settings.public_url})
         try:
             yield
         finally:
             sweeper.cancel()
+            access_writer.cancel()
+            access.flush()
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
     hot: dict[str, ASGIApp] = {
-        "/event": EventEndpoint(store, cookies, settings),
+        "/event": EventEndpoint(store, cookies, settings, access),
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
     }
     routes = [

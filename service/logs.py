@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import sys
 import time
-from typing import Final
+from typing import Final, TextIO
 
 _STANDARD: Final = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
@@ -14,17 +16,27 @@ _STANDARD: Final = frozenset(
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD:
-                doc[key] = value
+        for key in record.__dict__.keys() - _STANDARD:
+            doc[key] = record.__dict__[key]
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
@@ -36,3 +48,44 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class AccessLog:
+    """JSON lines for answered requests (their tid, for support), formatted and written
+    in batches by a background task: the request path only appends to a list."""
+
+    def __init__(self, stream: TextIO | None = None, *, max_pending: int = 100_000) -> None:
+        self._stream = stream
+        self._pending: list[tuple[float, str, dict[str, object]]] = []
+        self._max = max_pending
+        self._formatter = JsonFormatter()
+        self.dropped = 0
+
+    def add(self, msg: str, **fields: object) -> None:
+        if len(self._pending) < self._max:
+            self._pending.append((time.time(), msg, fields))
+        else:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        stream = self._stream or sys.stderr
+        stamp = self._formatter._time
+        stream.write(
+            "".join(
+                json.dumps(
+                    {"ts": stamp(t), "level": "info", "logger": "pixelsync.access", "msg": msg}
+                    | fields
+                )
+                + "\n"
+                for t, msg, fields in pending
+            )
+        )
+        stream.flush()
+
+    async def run(self, interval_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush()

@@ -358,10 +358,17 @@ async def test_log_lines_are_json_without_private_values(
     svc = service_factory()
     httpx.get(svc.url + "/event?p_secret=hunter2&c_a=%zz")
     httpx.get(svc.url + "/event?p_secret=hunter2")
+    tid = httpx.get(svc.url + "/event?d_rtbd=json&p_secret=hunter2").json()["tid"]
+    for _ in range(50):  # the access log is written in batches, every half second
+        if tid in svc.log():
+            break
+        time.sleep(0.1)
     lines = [line for line in svc.log().splitlines() if line.strip()]
     docs = [json.loads(line) for line in lines]
     refused = [d for d in docs if d.get("msg") == "event refused"]
     assert refused and refused[0]["code"] == 311 and len(refused[0]["tid"]) == 12
+    answered = [d for d in docs if d.get("tid") == tid]
+    assert answered and answered[0]["msg"] == "event answered"
     assert "hunter2" not in svc.log()
 
 
