@@ -16,8 +16,11 @@ from .config import ConfigError, Settings, load_settings
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
+from .sync import partner_rules
 from .web.cookies import VisitorCookies
 from .web.event import EventEndpoint, OptOutEndpoint
+from .web.ibs import PATH_FORM as IBS_PATH_FORM
+from .web.ibs import IbsEndpoint
 from .web.ops import healthz, metrics_endpoint, readyz
 
 log = logging.getLogger("pixelsync")
@@ -61,10 +64,15 @@ class HotPaths:
         self._hot = hot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (handler := self._hot.get(scope["path"])) is not None:
-            await handler(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            handler = self._hot.get(path)
+            if handler is None and path.startswith(IBS_PATH_FORM):
+                handler = self._hot["/ibs"]
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings) -> HotPaths:
@@ -98,6 +106,13 @@ def create_app(settings: Settings) -> HotPaths:
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(store, cookies, settings, access),
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
+        "/ibs": IbsEndpoint(
+            store,
+            cookies,
+            partner_rules(settings.partners),
+            bounce=settings.cookies["bounce"],
+            max_query=settings.limits["max_query_bytes"],
+        ),
     }
     routes = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

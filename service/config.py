@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .macros import Template, TemplateError
+from .redirects import browser_host
+
 __all__ = [
     "ApiKey",
     "ConfigError",
@@ -452,6 +455,17 @@ def _read_array(
     return entries
 
 
+def _check_templates(
+    values: Mapping[str, Any], keys: tuple[str, ...], where: str, problems: list[str]
+) -> None:
+    for key in keys:
+        if values.get(key):
+            try:
+                Template.parse(values[key])
+            except TemplateError as exc:
+                problems.append(f"{where}: key '{key}': {exc}")
+
+
 def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> None:
     """Every dpid a key refers to must be a configured partner."""
     dpids = {
@@ -487,6 +501,10 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
 
     def read_partner(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         values = _read_keys(raw, _PARTNER, where, problems)
+        _check_templates(values, ("sync_url", "realtime_url"), where, problems)
+        for domain in values.get("redirect_domains", []):
+            if browser_host(domain.strip()) is None:
+                problems.append(f"{where}: key 'redirect_domains': {domain!r} is not a host name")
         for key in ("refresh_days", "mapping_ttl_days"):
             if values.get(key) is None:
                 values[key] = tables["sync"].get(key)
@@ -510,6 +528,7 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
             where,
             problems,
         )
+        _check_templates(values["options"], ("url", "secure_url"), where, problems)
         return values
 
     def reader(schema: Mapping[str, _Key]) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:

@@ -35,6 +35,9 @@ BUFFER_OVERFLOW: Final = Counter(
     "pixelsync_write_buffer_overflow_total",
     "Writes refused because the buffer was full (Redis unreachable too long)",
 )
+SYNCS: Final = Counter(
+    "pixelsync_syncs_total", "ID syncs per partner (dpid) and stage", ["dpid", "stage"]
+)
 WRITE_FAILURES: Final = Counter(
     "pixelsync_write_failures_total",
     "Writes Redis refused on their own (not an outage), dropped after retries",
@@ -52,6 +55,7 @@ __all__ = [
     "REDIS_ERRORS",
     "REDIS_UP",
     "REQUESTS",
+    "SYNCS",
     "WRITES",
     "WRITE_FAILURES",
     "render",

@@ -213,6 +213,22 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[partners]] entry 1 (dpid 7): key 'realtime_url': must contain ${DP_UUID}"],
         ),
         (
+            "unknown macro in a sync url",
+            "[[partners]]\ndpid = 7\nname = 'a'\nsync_url = 'https://p.test/?u=${DD_UUDI}'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'sync_url': unknown macro ${DD_UUDI}"],
+        ),
+        (
+            "bad redirect domain",
+            "[[partners]]\ndpid = 7\nname = 'a'\nredirect_domains = ['evil.test/x']\n",
+            ["key 'redirect_domains': 'evil.test/x' is not a host name"],
+        ),
+        (
+            "unknown macro in a destination url",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nmappings = {}\n"
+            "url = 'https://x.test/?a=${ALIASS}'\n",
+            ["[[destinations]] entry 1 (id 1): key 'url': unknown macro ${ALIASS}"],
+        ),
+        (
             "array written as a table",
             "[partners]\ndpid = 1\n",
             ["[[partners]]: must be an array of tables"],

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .. import metrics
 from ..config import Settings
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, needs_touch, today
 from ..logs import AccessLog
 from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
+from .common import (
+    METHODS_PIXEL,
+    ClientGone,
+    Outcomes,
+    method_not_allowed,
+    new_tid,
+    read_body,
+    request_headers,
+)
 from .cookies import VisitorCookies
 from .responses import (
     GIF,
@@ -33,69 +40,6 @@ log = logging.getLogger("pixelsync.web")
 
 _FORM_TYPES: Final = (b"application/x-www-form-urlencoded", b"text/plain")
 _METHODS_EVENT: Final = frozenset({"GET", "HEAD", "POST"})
-_METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
-
-
-class _Outcomes:
-    """Pre-bound metric children: labels() on every request costs more than inc()."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self._children: dict[str, Any] = {}
-        self.latency = metrics.LATENCY.labels(endpoint)
-
-    def count(self, outcome: str, started: float) -> None:
-        child = self._children.get(outcome)
-        if child is None:
-            child = self._children[outcome] = metrics.REQUESTS.labels(self.endpoint, outcome)
-        child.inc()
-        self.latency.observe(time.perf_counter() - started)
-
-
-async def _method_not_allowed(send_: Send, allow: bytes) -> None:
-    await send(send_, 405, [(b"allow", allow), (b"content-length", b"0")], b"")
-
-
-async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
-    declared = headers.get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was complete: nothing to answer."""
-
-
-def request_headers(scope: Scope) -> dict[bytes, bytes]:
-    """Header name -> value; several Cookie headers count as one (RFC 6265 §5.4)."""
-    raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = dict(raw)
-    if len(headers) != len(raw):  # a repeated header: join the Cookie ones
-        cookies = [value for name, value in raw if name == b"cookie"]
-        if len(cookies) > 1:
-            headers[b"cookie"] = b"; ".join(cookies)
-    return headers
-
-
-def new_tid() -> str:
-    """A 12-character transaction id for support, in JSON answers and in the logs."""
-    return secrets.token_urlsafe(9)
 
 
 def _wants_json(query: bytes, pairs: list[tuple[str, str]] | None) -> bool:
@@ -117,13 +61,13 @@ class EventEndpoint:
         self.region: int = settings.server["region"]
         self.max_query: int = settings.limits["max_query_bytes"]
         self.max_body: int = settings.limits["max_body_bytes"]
-        self.outcomes = _Outcomes("event")
+        self.outcomes = Outcomes("event")
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
         started = time.perf_counter()
         method: str = scope["method"]
         if method not in _METHODS_EVENT:
-            await _method_not_allowed(send_, b"GET, HEAD, POST")
+            await method_not_allowed(send_, b"GET, HEAD, POST")
             return
         headers = request_headers(scope)
         query: bytes = scope["query_string"]
@@ -243,12 +187,12 @@ class OptOutEndpoint:
     def __init__(self, store: Store, cookies: VisitorCookies) -> None:
         self.store = store
         self.cookies = cookies
-        self.outcomes = _Outcomes("demoptout")
+        self.outcomes = Outcomes("demoptout")
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
         started = time.perf_counter()
-        if scope["method"] not in _METHODS_PIXEL:
-            await _method_not_allowed(send_, b"GET, HEAD")
+        if scope["method"] not in METHODS_PIXEL:
+            await method_not_allowed(send_, b"GET, HEAD")
             return
         visitor = self.cookies.resolve(request_headers(scope).get(b"cookie"))
         if visitor.kind is VisitorKind.KNOWN and visitor.uuid is not None:

@@ -1,0 +1,88 @@
+"""Partner URL templates (SPEC §5): parsed and checked once, at start-up; filled on
+every use with each value URL-encoded once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote
+
+# ${NAME}: case-sensitive. %name%: DMP-style aliases, any case.
+_TOKEN: Final = re.compile(r"\$\{([^}]*)\}|%([A-Za-z_]+)%")
+_CONSENT_N: Final = re.compile(r"GDPR_CONSENT_\d+")
+
+MACROS: Final = frozenset(
+    {
+        "DD_UUID",  # the visitor's uuid
+        "DP_UUID",  # the partner's uid for the visitor, when known
+        "CALLBACK",  # <public_url>/ibs:dpid=<dpid>&dpuuid=<callback_uid_macro>
+        "GDPR",
+        "GDPR_CONSENT",
+        "US_PRIVACY",
+        "GPP",
+        "GPP_SID",
+        "DD_RAND",  # cache buster
+        "ALIAS",  # destinations (SPEC §7)
+        "ACK_URL",  # destinations (SPEC §7)
+        "HTTP_PROTO",  # http or https, as the request came
+    }
+)
+ALIASES: Final = {"did": "DD_UUID", "rnd": "DD_RAND", "http_proto": "HTTP_PROTO", "alias": "ALIAS"}
+
+
+class TemplateError(ValueError):
+    """A configured URL uses a macro pixelsync does not know."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A URL split into literal text and macro names, ready to fill."""
+
+    parts: tuple[str, ...]  # literal, macro, literal, macro, ..., literal
+
+    @classmethod
+    def parse(cls, url: str) -> Template:
+        parts: list[str] = []
+        pos = 0
+        for match in _TOKEN.finditer(url):
+            name = match.group(1)
+            if name is None:
+                alias = match.group(2).lower()
+                if alias not in ALIASES:
+                    continue  # a literal percent sequence, e.g. an encoded %2F...
+                name = ALIASES[alias]
+            elif name not in MACROS and not _CONSENT_N.fullmatch(name):
+                raise TemplateError(f"unknown macro ${{{name}}}")
+            parts += [url[pos : match.start()], name]
+            pos = match.end()
+        parts.append(url[pos:])
+        return cls(tuple(parts))
+
+    @property
+    def macros(self) -> frozenset[str]:
+        return frozenset(self.parts[1::2])
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """Fill the macros; a value not given renders empty. Each value is URL-encoded
+        once (so ${CALLBACK} appears encoded once inside the partner's URL)."""
+        out = list(self.parts)
+        for i in range(1, len(out), 2):
+            name = out[i]
+            value = values.get(name)
+            if value is None and _CONSENT_N.fullmatch(name):
+                value = values.get("GDPR_CONSENT")  # the string, read for vendor <n>
+            out[i] = quote(value or "", safe="")
+        return "".join(out)
+
+
+def consent_values(consent: Mapping[str, str], *, gdpr: int) -> dict[str, str]:
+    """The consent macros of a request (SPEC §5, §12)."""
+    return {
+        "GDPR": str(gdpr),
+        "GDPR_CONSENT": consent.get("gdpr_consent", ""),
+        "US_PRIVACY": consent.get("us_privacy", ""),
+        "GPP": consent.get("gpp", ""),
+        "GPP_SID": consent.get("gpp_sid", ""),
+    }

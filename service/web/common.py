@@ -1,0 +1,76 @@
+"""Pieces every raw-ASGI browser endpoint uses."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from .. import metrics
+from ..errors import Code, RequestError
+from .responses import Receive, Scope, Send, send
+
+METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
+
+
+class Outcomes:
+    """Pre-bound metric children: labels() on every request costs more than inc()."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self._children: dict[str, Any] = {}
+        self.latency = metrics.LATENCY.labels(endpoint)
+
+    def count(self, outcome: str, started: float) -> None:
+        child = self._children.get(outcome)
+        if child is None:
+            child = self._children[outcome] = metrics.REQUESTS.labels(self.endpoint, outcome)
+        child.inc()
+        self.latency.observe(time.perf_counter() - started)
+
+
+async def method_not_allowed(send_: Send, allow: bytes) -> None:
+    await send(send_, 405, [(b"allow", allow), (b"content-length", b"0")], b"")
+
+
+async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
+    declared = headers.get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete: nothing to answer."""
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """Header name -> value; several Cookie headers count as one (RFC 6265 §5.4)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    headers = dict(raw)
+    if len(headers) != len(raw):  # a repeated header: join the Cookie ones
+        cookies = [value for name, value in raw if name == b"cookie"]
+        if len(cookies) > 1:
+            headers[b"cookie"] = b"; ".join(cookies)
+    return headers
+
+
+def new_tid() -> str:
+    """A 12-character transaction id for support, in JSON answers and in the logs."""
+    return secrets.token_urlsafe(9)

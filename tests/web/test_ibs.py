@@ -1,0 +1,235 @@
+"""/ibs over real HTTP, with a real partner server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+import pytest
+
+from service.identity import CookieSigner, new_uuid, today
+from service.store import PartnerUid, Store
+from service.web.responses import GIF
+from tests.conftest import Service, start_service, wait_for
+
+DAY = today()
+KEY = "ibs-test-key"
+
+
+class Partner:
+    """A partner's sync server: it records what it receives."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        partner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                partner.hits.append(self.path)
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def partner() -> Iterator[Partner]:
+    p = Partner()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def ibs_service(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: Partner
+) -> Iterator[Service]:
+    config = """
+[[partners]]
+dpid = 1234
+name = "acme"
+redirect_domains = ["localhost", "acme.test"]
+
+[[partners]]
+dpid = 99
+name = "other"
+"""
+    svc = start_service(
+        tmp_path_factory.mktemp("ibs"),
+        config,
+        redis_url=redis_url,
+        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+    )
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def http(ibs_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=ibs_service.url, timeout=10) as client:
+        yield client
+
+
+def cookie_for(uuid: str) -> dict[str, str]:
+    return {"cookie": f"uuid={CookieSigner([KEY]).sign(uuid)}"}
+
+
+async def test_path_and_query_forms_store_both_directions(
+    http: httpx.AsyncClient, store: Store
+) -> None:
+    uuid = new_uuid()
+    uid_a, uid_b = f"a-{uuid[:8]}", f"b-{uuid[:8]}"
+    resp = await http.get(f"/ibs:dpid=1234&dpuuid={uid_a}", headers=cookie_for(uuid))
+    assert resp.status_code == 200 and resp.content == GIF
+    assert resp.headers["set-cookie"].startswith("uuid=")
+    resp = await http.get(f"/ibs?dpid=99&dpuuid={uid_b}", headers=cookie_for(uuid))
+    assert resp.status_code == 200 and resp.content == GIF
+    await store.drain()
+
+    async def both() -> bool:
+        return len(await store.mappings(uuid, DAY)) == 2
+
+    assert await wait_for(both)
+    assert await store.mappings(uuid, DAY) == {
+        1234: PartnerUid(uid_a, DAY),
+        99: PartnerUid(uid_b, DAY),
+    }
+    assert await store.lookup(1234, [uid_a], DAY) == {uid_a: uuid}
+
+
+async def test_cookie_bounce(http: httpx.AsyncClient, store: Store) -> None:
+    uid = f"bounce-{new_uuid()[:10]}"
+    first = await http.get(f"/ibs:dpid=1234&dpuuid={uid}")
+    assert first.status_code == 302
+    assert first.headers["location"] == f"/ibs:dpid=1234&dpuuid={uid}&d_bounce=1"
+    cookie = first.headers["set-cookie"].split(";")[0]
+    uuid = cookie.split("=", 1)[1].split(".")[0]
+
+    refused = await http.get(first.headers["location"])  # the browser kept no cookie
+    assert refused.status_code == 200 and refused.headers["x-error"] == "172"
+    assert refused.content == GIF and "set-cookie" not in refused.headers
+
+    query_form = await http.get(f"/ibs?dpid=1234&dpuuid={uid}&gdpr=0")
+    assert query_form.headers["location"] == f"/ibs?dpid=1234&dpuuid={uid}&gdpr=0&d_bounce=1"
+
+    kept = await http.get(first.headers["location"], headers={"cookie": cookie})
+    assert kept.status_code == 200 and "x-error" not in kept.headers
+
+    async def stored() -> dict[str, str]:
+        return await store.lookup(1234, [uid], DAY)
+
+    assert await wait_for(stored) == {uid: uuid}
+
+
+async def test_redirect_to_the_partner_with_the_uuid(
+    http: httpx.AsyncClient, partner: Partner
+) -> None:
+    uuid = new_uuid()
+    # An encoded & inside redir stays inside redir; a raw & ends it.
+    redir = f"http://localhost:{partner.port}/done?u=${{DD_UUID}}&x=1"
+    resp = await http.get(
+        f"/ibs:dpid=1234&dpuuid=p-1&redir={quote(redir, safe='')}&gdpr=0",
+        headers=cookie_for(uuid),
+    )
+    assert resp.status_code == 302
+    assert resp.headers["location"] == f"http://localhost:{partner.port}/done?u={uuid}&x=1"
+    assert resp.headers["cache-control"] == "no-cache, no-store, must-revalidate"
+    async with httpx.AsyncClient(timeout=5) as client:
+        assert (await client.get(resp.headers["location"])).status_code == 200
+    assert parse_qs(urlsplit(partner.hits[-1]).query) == {"u": [uuid], "x": ["1"]}
+
+
+async def test_a_partner_initiated_sync_through_redirects(
+    http: httpx.AsyncClient, partner: Partner, store: Store
+) -> None:
+    """The partner sends the browser to /ibs with its uid and a redir to itself; the
+    browser follows every hop with its cookie, as a browser does."""
+    uuid = new_uuid()
+    uid = f"acme-{uuid[:12]}"
+    back = quote(f"http://localhost:{partner.port}/synced?ours={uid}&dmp=${{DD_UUID}}", safe="")
+    url = f"{http.base_url}/ibs:dpid=1234&dpuuid={uid}&redir={back}"
+    jar = {"uuid": CookieSigner([KEY]).sign(uuid)}
+    async with httpx.AsyncClient(timeout=5) as browser:
+        for _ in range(5):
+            resp = await browser.get(url, headers={"cookie": f"uuid={jar['uuid']}"})
+            if resp.status_code != 302:
+                break
+            url = resp.headers["location"]
+    assert resp.status_code == 200
+    assert f"/synced?ours={uid}&dmp={uuid}" == partner.hits[-1]
+
+    async def stored() -> dict[str, str]:
+        return await store.lookup(1234, [uid], DAY)
+
+    assert await wait_for(stored) == {uid: uuid}
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/ibs:dpid=5&dpuuid=x", 400, "320"),
+        ("/ibs:dpid=abc&dpuuid=x", 400, "320"),
+        ("/ibs:dpuuid=x", 400, "320"),
+        ("/ibs", 400, "320"),
+        ("/ibs:dpid=1234", 400, "322"),
+        ("/ibs:dpid=1234&dpuuid=", 400, "322"),
+        ("/ibs:dpid=1234&dpuuid=a%20b", 400, "322"),
+        ("/ibs:dpid=1234&dpuuid=%C3%A9", 400, "322"),
+        ("/ibs:dpid=1234&dpuuid=" + "x" * 257, 400, "322"),
+        ("/ibs:dpid=1234&dpuuid=x&redir=javascript:alert(1)", 400, "321"),
+        ("/ibs:dpid=1234&dpuuid=x&redir=https%3A%2F%2Fevil.test%2F", 400, "321"),
+        ("/ibs:dpid=1234&dpuuid=x&redir=https%3A%2F%2Facme.test%40evil.test%2F", 400, "321"),
+        ("/ibs:dpid=99&dpuuid=x&redir=https%3A%2F%2Facme.test%2F", 400, "321"),  # not 99's
+        ("/ibs:dpid=1234&dpuuid=x%zz", 400, "311"),
+        ("/ibs:dpid=1234&dpuuid=%00", 400, "311"),
+    ],
+)
+async def test_refusals_store_nothing(
+    http: httpx.AsyncClient, store: Store, path: str, status: int, code: str
+) -> None:
+    uuid = new_uuid()
+    resp = await http.get(path, headers=cookie_for(uuid))
+    assert resp.status_code == status
+    assert resp.headers["x-error"] == code
+    assert resp.content == GIF and "location" not in resp.headers
+    await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(uuid))  # a later write
+
+    async def marker() -> bool:
+        return 99 in await store.mappings(uuid, DAY)
+
+    assert await wait_for(marker)
+    assert 1234 not in await store.mappings(uuid, DAY)
+
+
+async def test_opted_out_browsers_are_not_synced(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/ibs:dpid=1234&dpuuid=x", headers={"cookie": "uuid=NOTARGET"})
+    assert resp.status_code == 200 and resp.headers["x-error"] == "171"
+    assert "location" not in resp.headers
+
+
+async def test_the_latest_claim_of_a_uid_wins(http: httpx.AsyncClient, store: Store) -> None:
+    first, second = new_uuid(), new_uuid()
+    uid = f"shared-{first[:10]}"
+    await http.get(f"/ibs:dpid=1234&dpuuid={uid}", headers=cookie_for(first))
+    await http.get(f"/ibs:dpid=1234&dpuuid={uid}", headers=cookie_for(second))
+
+    async def moved() -> bool:
+        return await store.lookup(1234, [uid], DAY) == {uid: second} and not (
+            await store.mappings(first, DAY)
+        )
+
+    assert await wait_for(moved)
