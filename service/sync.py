@@ -66,6 +66,15 @@ def parse_ibs(pairs: Sequence[tuple[str, str]], partners: Mapping[int, PartnerRu
     return IbsRequest(partner, uid, redir, params.get("d_bounce") == "1", consent)
 
 
+def check_declared_ids(declared: Sequence[tuple[int, str]], dpids: frozenset[int]) -> None:
+    """Declared IDs (d_cid) are stored like ID syncs, so they are checked like them."""
+    for dpid, uid in declared:
+        if dpid not in dpids:
+            raise RequestError(Code.UNKNOWN_DPID, "unknown dpid in d_cid")
+        if not valid_uid(uid):
+            raise RequestError(Code.INVALID_UID, "invalid id in d_cid")
+
+
 def redirect_target(redir: str, uuid: str) -> bytes:
     """The partner's redirect with the visitor's uuid filled in, as a Location header
     value: characters outside ASCII are percent-encoded (UTF-8), the rest kept."""

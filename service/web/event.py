@@ -13,6 +13,7 @@ from ..identity import Visitor, VisitorKind, needs_touch, today
 from ..logs import AccessLog
 from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
+from ..sync import check_declared_ids
 from .common import (
     METHODS_PIXEL,
     ClientGone,
@@ -61,6 +62,7 @@ class EventEndpoint:
         self.region: int = settings.server["region"]
         self.max_query: int = settings.limits["max_query_bytes"]
         self.max_body: int = settings.limits["max_body_bytes"]
+        self.dpids = frozenset(p.dpid for p in settings.partners)
         self.outcomes = Outcomes("event")
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
@@ -87,6 +89,7 @@ class EventEndpoint:
             req = parse_event(pairs, headers)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            check_declared_ids(req.declared_ids, self.dpids)
             self._record(visitor, req)
         except RequestError as exc:
             as_json = req.answers_json if req is not None else _wants_json(query, pairs)
@@ -110,9 +113,15 @@ class EventEndpoint:
 
     def _record(self, visitor: Visitor, req: EventRequest) -> None:
         """Everything /event stores. Writes are buffered: no Redis round trip here."""
+        if visitor.kind is not VisitorKind.KNOWN:
+            # A browser without our cookie may be one that refuses cookies: storing
+            # for it would make a new visitor on every page view.
+            return
+        assert visitor.uuid is not None
         now = time.time()
-        if needs_touch(visitor, now):
-            assert visitor.uuid is not None
+        for dpid, uid in req.declared_ids:
+            self.store.put_mapping(visitor.uuid, dpid, uid, today(now))
+        if needs_touch(visitor, now) and not req.declared_ids:
             self.store.touch_visitor(visitor.uuid, today(now))
 
     def _answer(self, visitor: Visitor, req: EventRequest) -> dict[str, Any]:

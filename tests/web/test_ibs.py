@@ -233,3 +233,53 @@ async def test_the_latest_claim_of_a_uid_wins(http: httpx.AsyncClient, store: St
         )
 
     assert await wait_for(moved)
+
+
+async def test_declared_ids_on_event(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = new_uuid()
+    a, b = f"crm-{uuid[:6]}", f"mail-{uuid[:6]}"
+    resp = await http.get(f"/event?d_cid=1234%01{a}&d_cid=99%01{b}", headers=cookie_for(uuid))
+    assert resp.status_code == 200 and "x-error" not in resp.headers
+
+    async def both() -> bool:
+        return len(await store.mappings(uuid, DAY)) == 2
+
+    assert await wait_for(both)
+    assert await store.lookup(1234, [a], DAY) == {a: uuid}
+    assert await store.lookup(99, [b], DAY) == {b: uuid}
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [("d_cid=5%01x", "320"), ("d_cid=1234%01a%20b", "322"), ("d_cid=1234%01", "322")],
+)
+async def test_bad_declared_ids_are_refused(
+    http: httpx.AsyncClient, store: Store, query: str, code: str
+) -> None:
+    uuid = new_uuid()
+    resp = await http.get(f"/event?d_cid=99%01ok&{query}", headers=cookie_for(uuid))
+    assert resp.status_code == 400 and resp.headers["x-error"] == code
+    as_json = await http.get(f"/event?d_rtbd=json&{query}", headers=cookie_for(uuid))
+    assert as_json.json()["errors"][0]["code"] == int(code)
+    await http.get("/ibs:dpid=1234&dpuuid=marker", headers=cookie_for(uuid))
+
+    async def marker() -> bool:
+        return 1234 in await store.mappings(uuid, DAY)
+
+    assert await wait_for(marker)
+    assert 99 not in await store.mappings(uuid, DAY)  # nothing of the refused request
+
+
+async def test_declared_ids_of_a_browser_without_cookie_are_not_stored(
+    http: httpx.AsyncClient, store: Store
+) -> None:
+    uid = f"anon-{new_uuid()[:10]}"
+    resp = await http.get(f"/event?d_rtbd=json&d_cid=1234%01{uid}")
+    assert resp.status_code == 200
+    await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(resp.json()["uuid"]))
+
+    async def marker() -> bool:
+        return 99 in await store.mappings(resp.json()["uuid"], DAY)
+
+    assert await wait_for(marker)
+    assert await store.lookup(1234, [uid], DAY) == {}
