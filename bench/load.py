@@ -47,6 +47,9 @@ WRK_MISSING: Final = (
 )
 
 
+BENCH_DPID: Final = 1000
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -54,6 +57,7 @@ class Scenario:
     path: str
     cookie: bool  # send the returning visitor's Cookie header
     answer: str  # expected content type: "gif" | "json"
+    lua: str = ""  # a wrk script that makes each request (e.g. a new partner uid each)
 
 
 # The bare server gets the very request event_gif_cookie sends: the ratio then measures
@@ -63,6 +67,22 @@ SCENARIOS: Final = (
     Scenario("event_gif_cookie", "pixelsync", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("event_gif_new", "pixelsync", "/event?c_section=sports&c_price=12", False, "gif"),
     Scenario("event_json", "pixelsync", "/event?d_rtbd=json&c_section=sports", True, "json"),
+    # A partner sync that stores a new mapping, both directions, on every request.
+    Scenario(
+        "ibs_cookie",
+        "pixelsync",
+        f"/ibs:dpid={BENCH_DPID}&dpuuid=bench-check",
+        True,
+        "gif",
+        lua=(
+            "counter = 0\n"
+            "request = function()\n"
+            "  counter = counter + 1\n"
+            f'  return wrk.format(nil, string.format("/ibs:dpid={BENCH_DPID}&dpuuid=u%d-%d",'
+            " math.random(1, 1000000000), counter))\n"
+            "end\n"
+        ),
+    ),
 )
 CEILING: Final = "bare_gif"
 
@@ -158,9 +178,18 @@ def wrk_version() -> str:
     return first.split(" Copyright", 1)[0].strip()
 
 
-def run_wrk(url: str, headers: Sequence[str], *, connections: int, duration_s: int) -> WrkRun:
+def run_wrk(
+    url: str,
+    headers: Sequence[str],
+    *,
+    connections: int,
+    duration_s: int,
+    script: Path | None = None,
+) -> WrkRun:
     argv = [require_wrk(), f"-t{WRK_THREADS}", f"-c{connections}", f"-d{duration_s}s"]
     argv += ["--latency", "--timeout", "5s"]
+    if script is not None:
+        argv += ["-s", str(script)]
     for header in headers:
         argv += ["-H", header]
     argv.append(url)
@@ -313,6 +342,7 @@ def _pixelsync_argv(port: int, workers: int, workdir: Path) -> list[str]:
         "[server]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
         'secret_keys = ["bench-only-not-a-secret"]\n'
+        f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n'
     )
     return [
         sys.executable, "-m", "service", "serve", "--config", str(config),
@@ -406,26 +436,37 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
             server = Server(name, argv, ports[name], workdir / f"{name}.log")
             stack.enter_context(running(server, progress))
         cookie = visitor_cookie(ports["pixelsync"])
-        requests: dict[str, tuple[str, list[str]]] = {}
+        requests: dict[str, tuple[str, list[str], Path | None]] = {}
         for scenario in SCENARIOS:
             headers = {"Cookie": cookie} if scenario.cookie else {}
             _check(scenario, ports[scenario.server], headers)
             url = f"http://{HOST}:{ports[scenario.server]}{scenario.path}"
-            requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()])
+            script = None
+            if scenario.lua:
+                script = workdir / f"{scenario.name}.lua"
+                script.write_text(scenario.lua)
+            requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
         for scenario in SCENARIOS:
-            url, header_lines = requests[scenario.name]
+            url, header_lines, script = requests[scenario.name]
             progress(f"  workers={workers} warm-up {scenario.name} ({options.warmup_s} s)")
-            run_wrk(url, header_lines, connections=options.connections, duration_s=options.warmup_s)
+            run_wrk(
+                url,
+                header_lines,
+                connections=options.connections,
+                duration_s=options.warmup_s,
+                script=script,
+            )
         runs: dict[str, list[WrkRun]] = {s.name: [] for s in SCENARIOS}
         for rep in range(1, options.reps + 1):
             for scenario in SCENARIOS:
-                url, header_lines = requests[scenario.name]
+                url, header_lines, script = requests[scenario.name]
                 time.sleep(0.5)  # let the previous run's connections and writes settle
                 run = run_wrk(
                     url,
                     header_lines,
                     connections=options.connections,
                     duration_s=options.duration_s,
+                    script=script,
                 )
                 runs[scenario.name].append(run)
                 progress(

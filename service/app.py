@@ -32,11 +32,13 @@ def build_store(settings: Settings, url: str) -> Store:
         mapping_days={p.dpid: p.mapping_ttl_days for p in settings.partners},
         default_mapping_days=settings.sync["mapping_ttl_days"],
     )
+    cluster = settings.server["redis_cluster"]
     return Store(
-        connect(url, cluster=settings.server["redis_cluster"]),
+        connect(url, cluster=cluster),
         KeySchema(settings.store["match_buckets"]),
         retention,
         buffer_max=settings.store["buffer_max_ops"],
+        write_client=connect(url, cluster=cluster, socket_timeout=None),
     )
 
 

@@ -67,10 +67,14 @@ class AccessLog:
         else:
             self.dropped += 1
 
-    def flush(self) -> None:
+    def flush(self, most: int | None = None) -> int:
+        """Write out what is pending (at most `most` lines); answers how many."""
         if not self._pending:
-            return
-        pending, self._pending = self._pending, []
+            return 0
+        if most is None or most >= len(self._pending):
+            pending, self._pending = self._pending, []
+        else:
+            pending, self._pending = self._pending[:most], self._pending[most:]
         stream = self._stream or sys.stderr
         stamp = self._formatter._time
         stream.write(
@@ -84,8 +88,12 @@ class AccessLog:
             )
         )
         stream.flush()
+        return len(pending)
 
-    async def run(self, interval_s: float = 0.5) -> None:
+    async def run(self, interval_s: float = 0.1, chunk: int = 128) -> None:
+        """Flush in small chunks, yielding between them: a burst of lines never holds
+        up the requests being served."""
         while True:
             await asyncio.sleep(interval_s)
-            self.flush()
+            while self.flush(chunk) == chunk:
+                await asyncio.sleep(0)

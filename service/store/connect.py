@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
@@ -53,13 +54,29 @@ class EmbeddedValkey:
         self._server = None
 
 
-def connect(url: str, *, cluster: bool) -> Client:
-    """A client for the given server. No I/O happens until the first command."""
+class FastPackConnection(aioredis.Connection):
+    """Packs commands with hiredis, in C: about 5 times faster than redis-py's Python
+    packer, which shows in the write path's profile."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        head = args[0]
+        if isinstance(head, str):
+            head = head.encode()
+        if b" " in head:  # redis-py's own multi-word commands, e.g. "CONFIG GET"
+            args = (*head.split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+def connect(url: str, *, cluster: bool, socket_timeout: float | None = 1.0) -> Client:
+    """A client for the given server. No I/O happens until the first command.
+    socket_timeout=None: no timeout per answer (the caller bounds whole pipelines)."""
     common: dict[str, Any] = {
-        "socket_timeout": 1.0,
+        "socket_timeout": socket_timeout,
         "socket_connect_timeout": 0.5,
         "health_check_interval": 30,
     }
     if cluster:
         return RedisCluster.from_url(url, **common)
+    if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
+        common["connection_class"] = FastPackConnection
     return aioredis.Redis.from_url(url, max_connections=64, **common)

@@ -60,12 +60,18 @@ class Store:
         retention: Retention,
         *,
         buffer_max: int = 100_000,
+        write_client: Client | None = None,
     ) -> None:
+        """`write_client`: a client for the write buffer, ideally without a timeout per
+        answer (the buffer bounds each pipeline as a whole); default: `client`."""
         self.client = client
         self.schema = schema
         self.retention = retention
         self.writes = WriteBuffer(
-            client, schema, capacity=buffer_max, before_first_write=self._check_meta
+            write_client or client,
+            schema,
+            capacity=buffer_max,
+            before_first_write=self._check_meta,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -116,6 +122,8 @@ class Store:
         except TimeoutError:
             log.error("shutdown with unflushed writes", extra={"ops": len(self.writes)})
         await self.writes.stop()
+        if self.writes.client is not self.client:
+            await self.writes.client.aclose()
         await self.client.aclose()
 
     async def ping(self, timeout: float = 0.25) -> bool:

@@ -36,6 +36,7 @@ from .keys import KeySchema
 log = logging.getLogger("pixelsync.store")
 
 _BATCH: Final = 512
+PIPELINE_TIMEOUT_S: Final = 5.0  # a whole batch; a hung server is then "unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class WriteBuffer:
         ones not applied, then clean-ups) and the error that stopped some, if any."""
         if not self.scripts.loaded:
             with contextlib.suppress(ResponseError):  # EVAL with the text works as well
-                await self.scripts.load(self.client)
+                await asyncio.wait_for(self.scripts.load(self.client), PIPELINE_TIMEOUT_S)
         again: list[Op] = []
         run: list[Op] = []
         for i, op in enumerate(batch):
@@ -221,7 +222,7 @@ class WriteBuffer:
         pipe = self.client.pipeline(transaction=False)
         for op in ops:
             self._queue_command(pipe, op)
-        results = await pipe.execute(raise_on_error=False)
+        results = await asyncio.wait_for(pipe.execute(raise_on_error=False), PIPELINE_TIMEOUT_S)
         not_applied: list[Op] = []
         cleanups: list[Op] = []
         trouble: BaseException | None = None
@@ -285,12 +286,14 @@ class WriteBuffer:
     async def _erase(self, op: Erase) -> list[Op]:
         """Delete the visitor's record; its reverse entries go as clean-ups."""
         key, field = self.schema.visitor_key(op.uuid), uuid16(op.uuid)
-        record = cast(bytes | None, await self.client.hget(key, field))
+        record = cast(
+            bytes | None, await asyncio.wait_for(self.client.hget(key, field), PIPELINE_TIMEOUT_S)
+        )
         if record is None:
             return []
         pipe = self.client.pipeline(transaction=False)
         self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")
-        if not (await pipe.execute())[0]:
+        if not (await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S))[0]:
             return [op]  # another writer changed the record meanwhile: erase it again
         self._written["erase"].inc()
         return list(unlinks(self.schema, field, parse_record(record)[1]))
