@@ -17,6 +17,7 @@ from .identity import CookieSigner, today
 from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
 from .sync import partner_rules
+from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
 from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ibs import PATH_FORM as IBS_PATH_FORM
@@ -89,6 +90,11 @@ def create_app(settings: Settings) -> HotPaths:
     store = build_store(settings, settings.redis_url)
     cookies = VisitorCookies(settings.cookies, CookieSigner(settings.secret_keys))
     access = AccessLog()
+    privacy = PrivacyRules(
+        vendor_id=settings.server["vendor_id"],
+        gdpr_default=settings.privacy["gdpr_default"],
+        honor_gpc=settings.privacy["honor_gpc"],
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,12 +112,13 @@ def create_app(settings: Settings) -> HotPaths:
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
     hot: dict[str, ASGIApp] = {
-        "/event": EventEndpoint(store, cookies, settings, access),
+        "/event": EventEndpoint(store, cookies, settings, access, privacy),
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
         "/ibs": IbsEndpoint(
             store,
             cookies,
             partner_rules(settings.partners),
+            privacy,
             bounce=settings.cookies["bounce"],
             max_query=settings.limits["max_query_bytes"],
         ),

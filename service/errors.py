@@ -18,6 +18,11 @@ class Code(IntEnum):
     INVALID_TOKEN = 323
 
     @property
+    def is_consent(self) -> bool:
+        """Refusals for want of consent: no visitor cookie is set with them."""
+        return self in (Code.CONSENT_UNPARSABLE, Code.CONSENT_REFUSED, Code.CONSENT_MISSING)
+
+    @property
     def is_policy(self) -> bool:
         """Refusals by policy answer 200; malformed input answers 400."""
         return self in _POLICY

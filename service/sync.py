@@ -23,10 +23,12 @@ class PartnerRules:
     dpid: int
     name: str
     redirect_domains: frozenset[str]
+    gvl_id: int = 0
 
     @classmethod
     def of(cls, partner: Partner) -> PartnerRules:
-        return cls(partner.dpid, partner.name, normalize_domains(partner.redirect_domains))
+        domains = normalize_domains(partner.redirect_domains)
+        return cls(partner.dpid, partner.name, domains, partner.gvl_id)
 
 
 def partner_rules(partners: Iterable[Partner]) -> dict[int, PartnerRules]:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from .. import metrics
+from ..consent import Privacy, evaluate
 from ..errors import Code, RequestError
 from .responses import Receive, Scope, Send, send
 
@@ -69,6 +70,19 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
         if len(cookies) > 1:
             headers[b"cookie"] = b"; ".join(cookies)
     return headers
+
+
+class PrivacyRules:
+    """The [privacy] settings and the host vendor id, applied to one request."""
+
+    def __init__(self, *, vendor_id: int, gdpr_default: int, honor_gpc: bool) -> None:
+        self.vendor_id = vendor_id
+        self.gdpr_default = gdpr_default
+        self.honor_gpc = honor_gpc
+
+    def evaluate(self, params: Mapping[str, str], headers: Mapping[bytes, bytes]) -> Privacy:
+        gpc = self.honor_gpc and headers.get(b"sec-gpc", b"").strip() == b"1"
+        return evaluate(params, vendor_id=self.vendor_id, gdpr_default=self.gdpr_default, gpc=gpc)
 
 
 def new_tid() -> str:

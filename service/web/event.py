@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from ..config import Settings
+from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, needs_touch, today
 from ..logs import AccessLog
@@ -18,6 +19,7 @@ from .common import (
     METHODS_PIXEL,
     ClientGone,
     Outcomes,
+    PrivacyRules,
     method_not_allowed,
     new_tid,
     read_body,
@@ -54,7 +56,12 @@ class EventEndpoint:
     """GET/HEAD/POST /event: signals in, GIF or JSON/JSONP out."""
 
     def __init__(
-        self, store: Store, cookies: VisitorCookies, settings: Settings, access: AccessLog
+        self,
+        store: Store,
+        cookies: VisitorCookies,
+        settings: Settings,
+        access: AccessLog,
+        privacy: PrivacyRules,
     ) -> None:
         self.store = store
         self.access = access
@@ -63,6 +70,8 @@ class EventEndpoint:
         self.max_query: int = settings.limits["max_query_bytes"]
         self.max_body: int = settings.limits["max_body_bytes"]
         self.dpids = frozenset(p.dpid for p in settings.partners)
+        self.gvl_ids = {p.dpid: p.gvl_id for p in settings.partners}
+        self.privacy = privacy
         self.outcomes = Outcomes("event")
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
@@ -90,7 +99,8 @@ class EventEndpoint:
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
             check_declared_ids(req.declared_ids, self.dpids)
-            self._record(visitor, req)
+            privacy = self.privacy.evaluate(req.consent, headers)
+            self._record(visitor, req, privacy)
         except RequestError as exc:
             as_json = req.answers_json if req is not None else _wants_json(query, pairs)
             await self._refuse(exc, visitor, req, as_json, headers, method, send_)
@@ -111,7 +121,7 @@ class EventEndpoint:
             await send_({"type": "http.response.body", "body": b"" if method == "HEAD" else GIF})
         self.outcomes.count("ok", started)
 
-    def _record(self, visitor: Visitor, req: EventRequest) -> None:
+    def _record(self, visitor: Visitor, req: EventRequest, privacy: Privacy) -> None:
         """Everything /event stores. Writes are buffered: no Redis round trip here."""
         if visitor.kind is not VisitorKind.KNOWN:
             # A browser without our cookie may be one that refuses cookies: storing
@@ -120,7 +130,8 @@ class EventEndpoint:
         assert visitor.uuid is not None
         now = time.time()
         for dpid, uid in req.declared_ids:
-            self.store.put_mapping(visitor.uuid, dpid, uid, today(now))
+            if privacy.partner_allowed(self.gvl_ids[dpid]):
+                self.store.put_mapping(visitor.uuid, dpid, uid, today(now))
         if needs_touch(visitor, now) and not req.declared_ids:
             self.store.touch_visitor(visitor.uuid, today(now))
 
@@ -175,7 +186,10 @@ class EventEndpoint:
             extra={"tid": tid, "code": code, "reason": exc.msg, "status": exc.status},
         )
         # Refresh a cookie the browser already had; never issue one on a refusal.
-        out: Headers = [] if visitor.kind is VisitorKind.NEW else [self.cookies.set_header(visitor)]
+        # Refresh a cookie the browser already had; never issue one on a refusal, and
+        # set none at all where consent is wanting.
+        refresh = visitor.kind is VisitorKind.KNOWN and not exc.code.is_consent
+        out: Headers = [self.cookies.set_header(visitor)] if refresh else []
         out.append((b"x-error", str(code).encode()))
         if not as_json:
             await send(send_, exc.status, GIF_HEADERS + out, GIF, head=method == "HEAD")

@@ -12,7 +12,14 @@ from ..identity import Visitor, VisitorKind, today
 from ..signals import parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
-from .common import METHODS_PIXEL, Outcomes, method_not_allowed, new_tid, request_headers
+from .common import (
+    METHODS_PIXEL,
+    Outcomes,
+    PrivacyRules,
+    method_not_allowed,
+    new_tid,
+    request_headers,
+)
 from .cookies import VisitorCookies
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send
 
@@ -27,6 +34,7 @@ class IbsEndpoint:
         store: Store,
         cookies: VisitorCookies,
         partners: dict[int, PartnerRules],
+        privacy: PrivacyRules,
         *,
         bounce: bool,
         max_query: int,
@@ -34,6 +42,7 @@ class IbsEndpoint:
         self.store = store
         self.cookies = cookies
         self.partners = partners
+        self.privacy = privacy
         self.bounce = bounce
         self.max_query = max_query
         self.outcomes = Outcomes("ibs")
@@ -52,13 +61,17 @@ class IbsEndpoint:
         params = raw_path[len(PATH_FORM) :] if raw_path.startswith(PATH_FORM.encode()) else b""
         if query:
             params = params + b"&" + query if params else query
-        visitor = self.cookies.resolve(request_headers(scope).get(b"cookie"))
+        headers = request_headers(scope)
+        visitor = self.cookies.resolve(headers.get(b"cookie"))
         try:
             if len(params) > self.max_query:
                 raise RequestError(Code.MALFORMED, "request too long", status=414)
             req = parse_ibs(parse_pairs(params), self.partners)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            privacy = self.privacy.evaluate(req.consent, headers)
+            if not privacy.partner_allowed(req.partner.gvl_id):
+                raise RequestError(Code.CONSENT_REFUSED, "no consent for this partner")
             if visitor.kind is VisitorKind.NEW and self.bounce:
                 if req.bounced:
                     raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
@@ -100,7 +113,7 @@ class IbsEndpoint:
             extra={"tid": new_tid(), "code": int(exc.code), "reason": exc.msg},
         )
         headers: Headers = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-        if visitor.kind is not VisitorKind.NEW:  # refresh a cookie; never issue one here
+        if visitor.kind is VisitorKind.KNOWN and not exc.code.is_consent:  # refresh only
             headers.append(self.cookies.set_header(visitor))
         await send_({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send_({"type": "http.response.body", "body": b"" if head else GIF})

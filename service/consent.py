@@ -1,0 +1,160 @@
+"""Privacy signals (SPEC §12): IAB TCF v2 consent strings, us_privacy, GPP section ids
+and Sec-GPC, turned into decisions. No HTTP, no Redis.
+
+The TCF v2 core segment is decoded here (a few fixed-width fields and one vendor
+section): the Python packages for it are unmaintained, and the format is small."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from .errors import Code, RequestError
+
+PURPOSE_STORAGE: Final = 1  # "Store and/or access information on a device"
+
+
+class ConsentStringError(ValueError):
+    """Not a TCF v2 consent string."""
+
+
+@dataclass(frozen=True)
+class TCString:
+    version: int
+    created_ds: int  # deciseconds since the epoch
+    updated_ds: int
+    cmp_id: int
+    cmp_version: int
+    consent_screen: int
+    consent_language: str
+    vendor_list_version: int
+    policy_version: int
+    purposes: frozenset[int]  # purposes consented to
+    vendors: frozenset[int]  # vendors consented to
+
+    def allows(self, vendor_id: int, purpose: int = PURPOSE_STORAGE) -> bool:
+        return purpose in self.purposes and vendor_id in self.vendors
+
+
+class _Bits:
+    def __init__(self, raw: bytes) -> None:
+        self._value = int.from_bytes(raw, "big")
+        self._size = len(raw) * 8
+        self._pos = 0
+
+    def read(self, width: int) -> int:
+        if self._pos + width > self._size:
+            raise ConsentStringError("consent string too short")
+        self._pos += width
+        return (self._value >> (self._size - self._pos)) & ((1 << width) - 1)
+
+    def flags(self, width: int) -> frozenset[int]:
+        """Bit i (1-based) set -> i in the set."""
+        field = self.read(width)
+        return frozenset(i + 1 for i in range(width) if field >> (width - 1 - i) & 1)
+
+
+def decode_tcf(text: str) -> TCString:
+    core = text.split(".", 1)[0]
+    if not core or not core.isascii():
+        raise ConsentStringError("empty or non-ASCII consent string")
+    try:
+        raw = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise ConsentStringError("not base64url") from exc
+    bits = _Bits(raw)
+    version = bits.read(6)
+    if version != 2:
+        raise ConsentStringError(f"TCF version {version}, not 2")
+    created, updated = bits.read(36), bits.read(36)
+    cmp_id, cmp_version, screen = bits.read(12), bits.read(12), bits.read(6)
+    language = "".join(chr(ord("A") + bits.read(6)) for _ in range(2))
+    vendor_list_version, policy_version = bits.read(12), bits.read(6)
+    bits.read(1 + 1 + 12)  # is service specific, non-standard texts, special features
+    purposes = bits.flags(24)
+    bits.read(24 + 1 + 12)  # legitimate interests, purpose one treatment, publisher CC
+    max_vendor = bits.read(16)
+    if bits.read(1):  # range encoding
+        vendors: set[int] = set()
+        for _ in range(bits.read(12)):
+            is_range = bits.read(1)
+            start = bits.read(16)
+            end = bits.read(16) if is_range else start
+            if end < start or end > max_vendor:
+                raise ConsentStringError("bad vendor range")
+            vendors.update(range(start, end + 1))
+        consented = frozenset(vendors)
+    else:
+        consented = bits.flags(max_vendor)
+    return TCString(
+        version,
+        created,
+        updated,
+        cmp_id,
+        cmp_version,
+        screen,
+        language,
+        vendor_list_version,
+        policy_version,
+        purposes,
+        consented,
+    )
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """What one request's privacy signals allow."""
+
+    gdpr_applies: bool
+    tcf: TCString | None
+    sale_opt_out: bool  # us_privacy 1?Y? or Sec-GPC: 1 (when honoured)
+
+    def partner_allowed(self, gvl_id: int) -> bool:
+        """May this partner be synced or fed? (gvl_id 0: never while GDPR applies.)"""
+        if not self.gdpr_applies:
+            return True
+        return gvl_id != 0 and self.tcf is not None and self.tcf.allows(gvl_id)
+
+    @property
+    def outbound_allowed(self) -> bool:
+        """Outbound syncs and destination fires to partners, for this request."""
+        return not self.sale_opt_out
+
+
+def us_privacy_opt_out(value: str) -> bool:
+    """`1?Y?`: opted out of sale. `1---`: not applicable. Anything else: no opt-out."""
+    return len(value) == 4 and value[0] == "1" and value[2].upper() == "Y"
+
+
+def evaluate(
+    params: Mapping[str, str],
+    *,
+    vendor_id: int,
+    gdpr_default: int,
+    gpc: bool,
+) -> Privacy:
+    """Decide, or refuse with the contract's code: 315 (GDPR applies, no consent
+    string), 313 (unparsable), 314 (this service's vendor may not store)."""
+    gdpr_param = params.get("gdpr")
+    sids = {s.strip() for s in params.get("gpp_sid", "").split(",")}
+    applies = (gdpr_param == "1") if gdpr_param in ("0", "1") else gdpr_default == 1
+    applies = applies or "2" in sids
+    tcf: TCString | None = None
+    text = params.get("gdpr_consent", "")
+    if applies and text:
+        try:
+            tcf = decode_tcf(text)
+        except ConsentStringError as exc:
+            raise RequestError(
+                Code.CONSENT_UNPARSABLE, f"consent string unparsable: {exc}"
+            ) from None
+    if applies and vendor_id:
+        if tcf is None:
+            raise RequestError(Code.CONSENT_MISSING, "GDPR applies and no consent string")
+        if not tcf.allows(vendor_id):
+            raise RequestError(Code.CONSENT_REFUSED, "no consent to store for this service")
+    opt_out = us_privacy_opt_out(params.get("us_privacy", "")) or gpc
+    return Privacy(applies, tcf, opt_out)

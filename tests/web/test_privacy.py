@@ -1,0 +1,126 @@
+"""Consent gating (SPEC §12) on /ibs and /event, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from service.identity import CookieSigner, new_uuid, today
+from service.store import Store
+from tests.conftest import Service, start_service, wait_for
+from tests.test_consent import NO_VENDORS, TRAFFECTIVE
+
+KEY = "privacy-test-key"
+DAY = today()
+
+
+@pytest.fixture(scope="module")
+def gdpr_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+    # Host vendor 2 and partner vendor 3 are consented in TRAFFECTIVE; 4 is not.
+    config = """
+[server]
+vendor_id = 2
+data_dir = "data"
+
+[[partners]]
+dpid = 1234
+name = "consented"
+gvl_id = 3
+
+[[partners]]
+dpid = 55
+name = "not-consented"
+gvl_id = 4
+
+[[partners]]
+dpid = 66
+name = "no-iab-id"
+"""
+    svc = start_service(
+        tmp_path_factory.mktemp("gdpr"),
+        config,
+        redis_url=redis_url,
+        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+    )
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+async def http(gdpr_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gdpr_service.url, timeout=10) as client:
+        yield client
+
+
+def cookie_for(uuid: str) -> dict[str, str]:
+    return {"cookie": f"uuid={CookieSigner([KEY]).sign(uuid)}"}
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("gdpr=1", 200, "315"),
+        ("gdpr=1&gdpr_consent=not-a-consent-string", 400, "313"),
+        (f"gdpr=1&gdpr_consent={NO_VENDORS}", 200, "314"),  # the host may not store
+        ("gpp_sid=2", 200, "315"),
+    ],
+)
+async def test_without_consent_nothing_is_stored_and_no_cookie_set(
+    http: httpx.AsyncClient, store: Store, query: str, status: int, code: str
+) -> None:
+    uuid = new_uuid()
+    uid = f"c-{uuid[:8]}"
+    ibs = await http.get(f"/ibs:dpid=1234&dpuuid={uid}&{query}", headers=cookie_for(uuid))
+    assert ibs.status_code == status and ibs.headers["x-error"] == code
+    assert "set-cookie" not in ibs.headers
+    event = await http.get(f"/event?d_cid=1234%01{uid}&{query}", headers=cookie_for(uuid))
+    assert event.status_code == status and event.headers["x-error"] == code
+    assert "set-cookie" not in event.headers
+    as_json = await http.get(f"/event?d_rtbd=json&{query}")
+    assert as_json.json()["errors"][0]["code"] == int(code)
+    assert "uuid" not in as_json.json() and "set-cookie" not in as_json.headers
+
+    await http.get("/ibs:dpid=1234&dpuuid=marker&gdpr=0", headers=cookie_for(uuid))
+
+    async def marker() -> bool:
+        return 1234 in await store.mappings(uuid, DAY)
+
+    assert await wait_for(marker)
+    assert await store.lookup(1234, [uid], DAY) == {}
+
+
+async def test_partners_are_synced_only_with_their_own_consent(
+    http: httpx.AsyncClient, store: Store
+) -> None:
+    uuid = new_uuid()
+    consent = f"gdpr=1&gdpr_consent={TRAFFECTIVE}"
+    ok = await http.get(f"/ibs:dpid=1234&dpuuid=yes-{uuid[:6]}&{consent}", headers=cookie_for(uuid))
+    assert ok.status_code == 200 and "x-error" not in ok.headers
+    for dpid in (55, 66):  # gvl 4 not consented; no gvl id at all
+        refused = await http.get(f"/ibs:dpid={dpid}&dpuuid=no&{consent}", headers=cookie_for(uuid))
+        assert refused.status_code == 200 and refused.headers["x-error"] == "314"
+    # Declared IDs follow the same rule: stored for 1234, silently not for 55.
+    event = await http.get(
+        f"/event?d_cid=1234%01cid-{uuid[:6]}&d_cid=55%01nope&{consent}", headers=cookie_for(uuid)
+    )
+    assert event.status_code == 200 and "x-error" not in event.headers
+
+    async def stored() -> bool:
+        got = await store.mappings(uuid, DAY)
+        return got.get(1234) is not None and got[1234].uid == f"cid-{uuid[:6]}"
+
+    assert await wait_for(stored)
+    assert set(await store.mappings(uuid, DAY)) == {1234}
+
+
+async def test_outside_gdpr_everything_flows(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = new_uuid()
+    resp = await http.get("/ibs:dpid=66&dpuuid=free&gdpr=0", headers=cookie_for(uuid))
+    assert resp.status_code == 200 and "x-error" not in resp.headers
+
+    async def stored() -> bool:
+        return 66 in await store.mappings(uuid, DAY)
+
+    assert await wait_for(stored)
