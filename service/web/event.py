@@ -188,7 +188,7 @@ class EventEndpoint:
         # Refresh a cookie the browser already had; never issue one on a refusal.
         # Refresh a cookie the browser already had; never issue one on a refusal, and
         # set none at all where consent is wanting.
-        refresh = visitor.kind is VisitorKind.KNOWN and not exc.code.is_consent
+        refresh = visitor.kind is not VisitorKind.NEW and not exc.code.is_consent
         out: Headers = [self.cookies.set_header(visitor)] if refresh else []
         out.append((b"x-error", str(code).encode()))
         if not as_json:

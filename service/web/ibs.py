@@ -113,7 +113,7 @@ class IbsEndpoint:
             extra={"tid": new_tid(), "code": int(exc.code), "reason": exc.msg},
         )
         headers: Headers = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-        if visitor.kind is VisitorKind.KNOWN and not exc.code.is_consent:  # refresh only
+        if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:  # refresh only
             headers.append(self.cookies.set_header(visitor))
         await send_({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send_({"type": "http.response.body", "body": b"" if head else GIF})

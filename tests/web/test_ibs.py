@@ -283,3 +283,8 @@ async def test_declared_ids_of_a_browser_without_cookie_are_not_stored(
 
     assert await wait_for(marker)
     assert await store.lookup(1234, [uid], DAY) == {}
+
+
+async def test_an_opted_out_cookie_is_kept_on_ibs(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/ibs:dpid=1234&dpuuid=x", headers={"cookie": "uuid=NOTARGET"})
+    assert resp.headers["set-cookie"].startswith("uuid=NOTARGET;")
