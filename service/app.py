@@ -16,9 +16,10 @@ from .config import ConfigError, Settings, load_settings
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
-from .sync import partner_rules
+from .sync import outbound_partners, partner_rules
 from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
+from .web.dest5 import Dest5Endpoint, SyncOffers
 from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
@@ -111,8 +112,16 @@ def create_app(settings: Settings) -> HotPaths:
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
+    offers = SyncOffers(
+        store,
+        outbound_partners(settings.partners),
+        settings.cookies,
+        limit=settings.sync["max_partners_per_page"],
+        public_url=settings.public_url,
+    )
     hot: dict[str, ASGIApp] = {
-        "/event": EventEndpoint(store, cookies, settings, access, privacy),
+        "/event": EventEndpoint(store, cookies, settings, access, privacy, offers),
+        "/dest5.html": Dest5Endpoint(offers, cookies, privacy, settings.limits["max_query_bytes"]),
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
         "/ibs": IbsEndpoint(
             store,

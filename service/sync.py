@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from .config import Partner
 from .errors import Code, RequestError
+from .macros import Template
 from .redirects import normalize_domains, redirect_allowed
 from .signals import CONSENT_KEYS
 
@@ -81,3 +82,100 @@ def redirect_target(redir: str, uuid: str) -> bytes:
     """The partner's redirect with the visitor's uuid filled in, as a Location header
     value: characters outside ASCII are percent-encoded (UTF-8), the rest kept."""
     return quote(redir.replace("${DD_UUID}", uuid), safe=_URL_SAFE).encode("ascii")
+
+
+# --------------------------------------------------------------------------- outbound
+
+DEXTP_MAX_ENTRIES: Final = 200  # a garbage or hostile cookie cannot make us loop long
+
+
+@dataclass(frozen=True)
+class OutboundPartner:
+    """A partner we hand syncs out for: its sync_url template, prepared once."""
+
+    dpid: int
+    name: str
+    template: Template
+    refresh_days: int
+    gvl_id: int
+    callback_uid_macro: str
+
+    @classmethod
+    def of(cls, partner: Partner) -> OutboundPartner:
+        return cls(
+            partner.dpid,
+            partner.name,
+            Template.parse(partner.sync_url),
+            partner.refresh_days,
+            partner.gvl_id,
+            partner.callback_uid_macro,
+        )
+
+
+def outbound_partners(partners: Iterable[Partner]) -> list[OutboundPartner]:
+    return [OutboundPartner.of(p) for p in partners if p.sync_url]
+
+
+def parse_dextp(value: str | None) -> dict[int, int]:
+    """`<dpid>-1-<unix ms>|…` -> {dpid: ms}. Anything unreadable is ignored."""
+    handed: dict[int, int] = {}
+    if not value:
+        return handed
+    for entry in value.split("|")[:DEXTP_MAX_ENTRIES]:
+        parts = entry.split("-")
+        if len(parts) == 3 and all(p.isascii() and p.isdigit() and len(p) < 16 for p in parts):
+            handed[int(parts[0])] = int(parts[2])
+    return handed
+
+
+def format_dextp(handed: Mapping[int, int]) -> str:
+    return "|".join(f"{dpid}-1-{ms}" for dpid, ms in sorted(handed.items()))
+
+
+def due_partners(
+    partners: Sequence[OutboundPartner],
+    handed: Mapping[int, int],
+    synced_days: Mapping[int, int],
+    *,
+    now: float,
+    limit: int,
+) -> list[OutboundPartner]:
+    """The partners to sync now: never synced, or last synced (handed out, or seen in
+    the match table) longer ago than their refresh_days. At most `limit`, the longest
+    waiting first, so every partner is served in turn."""
+    now_ms = int(now * 1000)
+    today = int(now) // 86400
+    due: list[tuple[int, int, OutboundPartner]] = []
+    for p in partners:
+        refresh_ms = p.refresh_days * 86_400_000
+        last_handed = handed.get(p.dpid, -1)
+        if last_handed >= 0 and now_ms - last_handed < refresh_ms:
+            continue
+        day = synced_days.get(p.dpid)
+        if day is not None and today - day < p.refresh_days:
+            continue
+        due.append((last_handed, p.dpid, p))
+    due.sort(key=lambda item: (item[0], item[1]))
+    return [p for _, _, p in due[:limit]]
+
+
+def sync_url(
+    partner: OutboundPartner,
+    *,
+    uuid: str,
+    partner_uid: str,
+    public_url: str,
+    proto: str,
+    consent: Mapping[str, str],
+    rand: str,
+) -> str:
+    callback = f"{public_url}/ibs:dpid={partner.dpid}&dpuuid={partner.callback_uid_macro}"
+    values = {
+        "DD_UUID": uuid,
+        "DP_UUID": partner_uid,
+        "CALLBACK": callback,
+        "DD_RAND": rand,
+        "HTTP_PROTO": proto,
+        **consent,
+    }
+    return partner.template.render(values)

@@ -26,6 +26,7 @@ from .common import (
     request_headers,
 )
 from .cookies import VisitorCookies
+from .dest5 import SyncOffers, ibs_entries
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -62,7 +63,9 @@ class EventEndpoint:
         settings: Settings,
         access: AccessLog,
         privacy: PrivacyRules,
+        offers: SyncOffers,
     ) -> None:
+        self.offers = offers
         self.store = store
         self.access = access
         self.cookies = cookies
@@ -113,6 +116,12 @@ class EventEndpoint:
         out: Headers = [self.cookies.set_header(visitor)]
         if req.answers_json:
             doc = self._answer(visitor, req)
+            offers, dextp = await self.offers.offer(
+                visitor, privacy, headers, req.consent, scope.get("scheme", "http")
+            )
+            doc["ibs"] = ibs_entries(offers)
+            if dextp is not None:
+                out.append(dextp)
             self.access.add("event answered", tid=doc["tid"], uuid=visitor.uuid)
             await self._send_json(doc, req.callback, headers, out, send_, 200, method)
         else:  # the hottest answer: straight to the server, no helper coroutine

@@ -1,0 +1,219 @@
+"""Service-initiated ID syncs (SPEC §5): which partners to sync now, handed out in
+the `dest5.html` iframe and in the `ibs` list of JSON /event answers."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from .. import metrics
+from ..consent import Privacy
+from ..errors import Code, RequestError
+from ..identity import Visitor, VisitorKind, today
+from ..signals import CONSENT_KEYS, parse_pairs
+from ..store import Store
+from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
+from .common import (
+    METHODS_PIXEL,
+    Outcomes,
+    PrivacyRules,
+    method_not_allowed,
+    new_tid,
+    request_headers,
+)
+from .cookies import VisitorCookies
+from .responses import NO_CACHE, NOSNIFF, Headers, Receive, Scope, Send
+
+log = logging.getLogger("pixelsync.web")
+
+MAPPING_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
+CSP: Final = (b"content-security-policy", b"default-src 'none'; img-src *; frame-src *")
+
+
+@dataclass(frozen=True)
+class Offer:
+    partner: OutboundPartner
+    url: str
+
+
+class SyncOffers:
+    """Picks the due partners for a visitor and records them in the dextp cookie."""
+
+    def __init__(
+        self,
+        store: Store,
+        partners: list[OutboundPartner],
+        cookies: Mapping[str, Any],
+        *,
+        limit: int,
+        public_url: str,
+    ) -> None:
+        self.store = store
+        self.partners = partners
+        self.limit = limit
+        self.public_url = public_url
+        self.name: str = cookies["sync_name"]
+        self._prefix = self.name.encode() + b"="
+        domain = f"; Domain={cookies['domain']}" if cookies["domain"] else ""
+        self._attrs = (
+            f"; Path=/; Max-Age={cookies['ttl_days'] * 86400}{domain}"
+            "; HttpOnly; Secure; SameSite=None"
+        ).encode()
+        self._instructed = {
+            p.dpid: metrics.SYNCS.labels(str(p.dpid), "instructed") for p in partners
+        }
+
+    def _dextp(self, cookie_header: bytes | None) -> str | None:
+        if not cookie_header:
+            return None
+        for part in cookie_header.split(b";"):
+            part = part.strip()
+            if part.startswith(self._prefix):
+                return part[len(self._prefix) :].decode("latin-1")
+        return None
+
+    async def offer(
+        self,
+        visitor: Visitor,
+        privacy: Privacy,
+        headers: Mapping[bytes, bytes],
+        consent: Mapping[str, str],
+        proto: str,
+        now: float | None = None,
+    ) -> tuple[list[Offer], tuple[bytes, bytes] | None]:
+        """(syncs to hand out, the dextp Set-Cookie recording them or None)."""
+        if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
+            return [], None
+        now = time.time() if now is None else now
+        handed = parse_dextp(self._dextp(headers.get(b"cookie")))
+        candidates = [p for p in self.partners if privacy.partner_allowed(p.gvl_id)]
+        everyone = len(candidates)
+        if not due_partners(candidates, handed, {}, now=now, limit=everyone):
+            return [], None  # the cookie says all were handed out recently: no read
+        mapped = await self._mappings(visitor) if visitor.kind is VisitorKind.KNOWN else {}
+        synced = {dpid: day for dpid, (_, day) in mapped.items()}
+        due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
+        if not due:
+            return [], None
+        values = {
+            "GDPR": "1" if privacy.gdpr_applies else "0",
+            "GDPR_CONSENT": consent.get("gdpr_consent", ""),
+            "US_PRIVACY": consent.get("us_privacy", ""),
+            "GPP": consent.get("gpp", ""),
+            "GPP_SID": consent.get("gpp_sid", ""),
+        }
+        offers = []
+        now_ms = int(now * 1000)
+        for p in due:
+            url = sync_url(
+                p,
+                uuid=visitor.uuid,
+                partner_uid=mapped.get(p.dpid, ("", 0))[0],
+                public_url=self.public_url,
+                proto=proto,
+                consent=values,
+                rand=str(secrets.randbelow(10**9)),
+            )
+            offers.append(Offer(p, url))
+            handed[p.dpid] = now_ms
+            self._instructed[p.dpid].inc()
+        return offers, (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
+
+    async def _mappings(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
+        assert visitor.uuid is not None
+        try:
+            found = await asyncio.wait_for(
+                self.store.mappings(visitor.uuid, today()), MAPPING_READ_TIMEOUT_S
+            )
+        except (RedisError, OSError):
+            metrics.REDIS_ERRORS.labels("read").inc()
+            return {}  # Redis unreachable: the dextp cookie alone decides
+        return {dpid: (m.uid, m.day) for dpid, m in found.items()}
+
+
+def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:
+    """The `ibs` list of a JSON /event answer; ttl in minutes until due again."""
+    return [
+        {
+            "id": str(o.partner.dpid),
+            "tag": "img",
+            "url": [o.url],
+            "ttl": o.partner.refresh_days * 1440,
+        }
+        for o in offers
+    ]
+
+
+def page(offers: list[Offer]) -> bytes:
+    """The iframe page: one image per sync, every URL escaped, no script."""
+    images = "".join(
+        f'<img src="{html.escape(o.url, quote=True)}" width="1" height="1" alt="">' for o in offers
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>pixelsync</title></head>'
+        f"<body>{images}</body></html>"
+    ).encode()
+
+
+class Dest5Endpoint:
+    """GET/HEAD /dest5.html."""
+
+    def __init__(
+        self, offers: SyncOffers, cookies: VisitorCookies, privacy: PrivacyRules, max_query: int
+    ) -> None:
+        self.offers = offers
+        self.cookies = cookies
+        self.privacy = privacy
+        self.max_query = max_query
+        self.outcomes = Outcomes("dest5")
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        started = time.perf_counter()
+        if scope["method"] not in METHODS_PIXEL:
+            await method_not_allowed(send_, b"GET, HEAD")
+            return
+        headers = request_headers(scope)
+        visitor = self.cookies.resolve(headers.get(b"cookie"))
+        out: Headers = [CSP, NOSNIFF, *NO_CACHE]
+        offers: list[Offer] = []
+        status = 200
+        try:
+            query: bytes = scope["query_string"]
+            if len(query) > self.max_query:
+                raise RequestError(Code.MALFORMED, "query string too long", status=414)
+            consent = {k: v for k, v in parse_pairs(query) if k in CONSENT_KEYS}
+            privacy = self.privacy.evaluate(consent, headers)
+            if visitor.opted_out:
+                raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            offers, dextp = await self.offers.offer(
+                visitor, privacy, headers, consent, scope.get("scheme", "http")
+            )
+            out.append(self.cookies.set_header(visitor))
+            if dextp is not None:
+                out.append(dextp)
+            outcome = "ok"
+        except RequestError as exc:
+            log.info("dest5 refused", extra={"tid": new_tid(), "code": int(exc.code)})
+            status = exc.status
+            out.append((b"x-error", str(int(exc.code)).encode()))
+            if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:
+                out.append(self.cookies.set_header(visitor))
+            outcome = f"error_{int(exc.code)}"
+        body = page(offers)
+        out += [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send_({"type": "http.response.start", "status": status, "headers": out})
+        await send_(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+        self.outcomes.count(outcome, started)

@@ -1,0 +1,207 @@
+"""dest5.html and the JSON `ibs` list, with real partner servers that redirect back."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from service.identity import CookieSigner, new_uuid, today
+from service.store import Store
+from tests.conftest import Service, start_service, wait_for
+
+KEY = "dest5-test-key"
+DAY = today()
+
+
+class SyncingPartner:
+    """Receives our sync call and redirects the browser back to ${CALLBACK} with its
+    own uid in place of $UID, as partners do."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, list[str]]] = []
+        partner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                partner.calls.append(query)
+                uid = f"partner-{len(partner.calls)}-{query['aam'][0][:6]}"
+                self.send_response(302)
+                self.send_header("location", query["redir"][0].replace("$UID", uid))
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def partner() -> Iterator[SyncingPartner]:
+    p = SyncingPartner()
+    yield p
+    p.close()
+
+
+@pytest.fixture(scope="module")
+def svc(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: SyncingPartner
+) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp("dest5")
+    blocks = "".join(
+        f"""
+[[partners]]
+dpid = {dpid}
+name = "p{dpid}"
+sync_url = "http://localhost:{partner.port}/sync?p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
+"""
+        for dpid in (11, 12, 13)
+    )
+    config = f"""
+[server]
+data_dir = "data"
+public_url = "http://127.0.0.1:PORT"
+
+[sync]
+max_partners_per_page = 2
+{blocks}
+[[partners]]
+dpid = 14
+name = "hostile"
+sync_url = 'https://p.test/?a="><script>alert(1)</script>&u=${{DD_UUID}}'
+refresh_days = 1
+"""
+    # The public URL must be this service's own: start once to learn the port.
+    service = start_service(
+        tmp,
+        config.replace("PORT", "0"),
+        redis_url=redis_url,
+        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+        yield client
+
+
+def cookie_for(uuid: str, dextp: str = "") -> dict[str, str]:
+    value = f"uuid={CookieSigner([KEY]).sign(uuid)}"
+    return {"cookie": value + (f"; dextp={dextp}" if dextp else "")}
+
+
+def dextp_of(resp: httpx.Response) -> str:
+    for value in resp.headers.get_list("set-cookie"):
+        if value.startswith("dextp="):
+            assert "Secure" in value and "SameSite=None" in value and "Path=/" in value
+            return value.split(";")[0].split("=", 1)[1]
+    return ""
+
+
+def images(resp: httpx.Response) -> list[str]:
+    return re.findall(r'<img src="([^"]*)"', resp.text)
+
+
+async def test_the_iframe_hands_out_due_syncs_in_turn(http: httpx.AsyncClient) -> None:
+    uuid = new_uuid()
+    first = await http.get("/dest5.html?gdpr=0", headers=cookie_for(uuid))
+    assert first.status_code == 200
+    assert first.headers["content-type"] == "text/html; charset=utf-8"
+    assert first.headers["content-security-policy"] == "default-src 'none'; img-src *; frame-src *"
+    assert first.headers["x-content-type-options"] == "nosniff"
+    assert "<script" not in first.text.lower()
+    urls = images(first)
+    assert len(urls) == 2 and "p=11&amp;" in urls[0] and "p=12&amp;" in urls[1]
+    assert f"aam={uuid}" in urls[0]
+    handed = dextp_of(first)
+    assert re.fullmatch(r"11-1-\d+\|12-1-\d+", handed)
+
+    second = await http.get("/dest5.html", headers=cookie_for(uuid, handed))
+    assert [u for u in images(second) if "p=13&amp;" in u]  # the next ones in turn
+    assert any("p.test" in u for u in images(second))
+    hostile = next(u for u in images(second) if "p.test" in u)
+    assert "&quot;&gt;&lt;script&gt;" in hostile  # escaped, never markup
+    third = await http.get("/dest5.html", headers=cookie_for(uuid, dextp_of(second)))
+    assert images(third) == []  # everyone was handed out recently
+
+
+async def test_a_partner_redirecting_back_completes_the_sync(
+    http: httpx.AsyncClient, partner: SyncingPartner, store: Store, svc: Service
+) -> None:
+    uuid = new_uuid()
+    page = await http.get("/dest5.html", headers=cookie_for(uuid))
+    (url,) = [u for u in images(page) if "p=11&amp;" in u]
+    # The browser loads the image: partner, then back to /ibs with the partner's uid.
+    target = url.replace("&amp;", "&")
+    async with httpx.AsyncClient(timeout=5) as browser:
+        resp = await browser.get(target)
+        assert resp.status_code == 302
+        back = resp.headers["location"]
+        assert back.startswith("http://127.0.0.1:0/ibs:dpid=11&dpuuid=partner-")
+        back = back.replace("http://127.0.0.1:0", svc.url)
+        done = await browser.get(back, headers=cookie_for(uuid))
+        assert done.status_code == 200 and "x-error" not in done.headers
+
+    async def mapped() -> bool:
+        return 11 in await store.mappings(uuid, DAY)
+
+    assert await wait_for(mapped)
+    # Without the dextp cookie the match table still says 11 is synced: not due.
+    again = await http.get("/dest5.html", headers=cookie_for(uuid))
+    assert not [u for u in images(again) if "p=11&amp;" in u]
+
+
+async def test_json_event_carries_the_ibs_list(http: httpx.AsyncClient) -> None:
+    uuid = new_uuid()
+    resp = await http.get("/event?d_rtbd=json", headers=cookie_for(uuid))
+    ibs = resp.json()["ibs"]
+    assert [e["id"] for e in ibs] == ["11", "12"]
+    assert ibs[0]["tag"] == "img" and ibs[0]["ttl"] == 7 * 1440
+    assert ibs[0]["url"][0].startswith("http://localhost:")
+    assert dextp_of(resp).startswith("11-1-")
+    gif = await http.get("/event", headers=cookie_for(uuid))
+    assert not dextp_of(gif)  # a GIF answer hands nothing out
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"us_privacy": "1YYN"}, {}],
+)
+async def test_no_outbound_syncs_after_an_opt_out_of_sale(
+    http: httpx.AsyncClient, headers: dict[str, str]
+) -> None:
+    uuid = new_uuid()
+    extra = {} if headers else {"sec-gpc": "1"}
+    query = "?us_privacy=1YYN" if headers else ""
+    resp = await http.get(f"/dest5.html{query}", headers={**cookie_for(uuid), **extra})
+    assert resp.status_code == 200 and images(resp) == [] and not dextp_of(resp)
+    as_json = await http.get(
+        f"/event?d_rtbd=json{query.replace('?', '&')}", headers={**cookie_for(uuid), **extra}
+    )
+    assert as_json.json()["ibs"] == []
+
+
+async def test_garbage_dextp_is_ignored(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/dest5.html", headers=cookie_for(new_uuid(), "%%garbage|1-x-2"))
+    assert resp.status_code == 200 and len(images(resp)) == 2
+
+
+async def test_opted_out_browsers_get_an_empty_page(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/dest5.html", headers={"cookie": "uuid=NOTARGET"})
+    assert resp.status_code == 200 and resp.headers["x-error"] == "171" and images(resp) == []
