@@ -17,6 +17,7 @@ from .identity import CookieSigner, today
 from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
 from .sync import outbound_partners, partner_rules
+from .web.api import Api, ApiKeys
 from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
 from .web.dest5 import Dest5Endpoint, SyncOffers
@@ -132,7 +133,9 @@ def create_app(settings: Settings) -> HotPaths:
             max_query=settings.limits["max_query_bytes"],
         ),
     }
+    api = Api(store, ApiKeys(settings.api_keys), (p.dpid for p in settings.partners))
     routes = [
+        *api.routes(),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

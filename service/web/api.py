@@ -1,0 +1,161 @@
+"""The server-to-server API (SPEC §10), the part over the match table: users, reverse
+and bulk lookups, erasure. Bearer tokens are checked against the sha256 of each
+configured key, in constant time; a partner-scoped key sees only its partner."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import ApiKey
+from ..identity import is_uuid, today
+from ..store import Store
+from ..sync import valid_uid
+
+MAX_LOOKUP: Final = 10_000
+ERASE_TIMEOUT_S: Final = 5.0
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    partner: int | None  # None: every partner
+    scopes: frozenset[str]
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def sees(self, dpid: int) -> bool:
+        return self.partner is None or self.partner == dpid
+
+
+class ApiKeys:
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._keys = [(bytes.fromhex(k.sha256), k) for k in keys]
+
+    def caller(self, request: Request) -> Caller | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        digest = hashlib.sha256(token.strip().encode()).digest()
+        found: ApiKey | None = None
+        for expected, key in self._keys:  # every key compared: no early exit to time
+            if hmac.compare_digest(digest, expected):
+                found = key
+        if found is None:
+            return None
+        return Caller(found.name, found.partner, frozenset(found.scopes))
+
+
+Handler = Callable[[Request, Caller], Awaitable[Response]]
+
+
+class Api:
+    def __init__(self, store: Store, keys: ApiKeys, dpids: Iterable[int]) -> None:
+        self.store = store
+        self.keys = keys
+        self.dpids = frozenset(dpids)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/users/{uuid}", self._guard("read", self.get_user), methods=["GET"]),
+            Route(
+                "/v1/users/{uuid}",
+                self._guard("write", self.delete_user),
+                methods=["DELETE"],
+                name="delete_user",
+            ),
+            Route(
+                "/v1/partners/{dpid}/users/{dpuuid:path}",
+                self._guard("read", self.partner_user),
+                methods=["GET"],
+            ),
+            Route("/v1/partners/{dpid}/lookup", self._guard("read", self.lookup), methods=["POST"]),
+        ]
+
+    def _guard(self, scope: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            caller = self.keys.caller(request)
+            if caller is None:
+                return error(401, "unauthorized", "missing or unknown bearer token")
+            if not caller.may(scope):
+                return error(403, "forbidden", f"this key lacks the {scope} scope")
+            try:
+                return await handler(request, caller)
+            except (RedisError, OSError):
+                return error(503, "unavailable", "the match table is unreachable, retry later")
+
+        return endpoint
+
+    def _dpid(self, request: Request, caller: Caller) -> int | Response:
+        raw = request.path_params["dpid"]
+        if not raw.isascii() or not raw.isdigit() or int(raw) not in self.dpids:
+            return error(404, "unknown_partner", "no partner with this dpid")
+        dpid = int(raw)
+        if not caller.sees(dpid):
+            return error(403, "forbidden", "this key is for another partner")
+        return dpid
+
+    async def get_user(self, request: Request, caller: Caller) -> Response:
+        uuid = request.path_params["uuid"]
+        if not is_uuid(uuid):
+            return error(404, "not_found", "no such user")
+        mappings = await self.store.mappings(uuid, today())
+        if not mappings and await self.store.visitor_last_seen(uuid) is None:
+            return error(404, "not_found", "no such user")
+        ids = {str(d): m.uid for d, m in sorted(mappings.items()) if caller.sees(d)}
+        return JSONResponse({"uuid": uuid, "ids": ids, "traits": [], "segments": []})
+
+    async def delete_user(self, request: Request, caller: Caller) -> Response:
+        uuid = request.path_params["uuid"]
+        if not is_uuid(uuid):
+            return error(404, "not_found", "no such user")
+        self.store.erase_visitor(uuid)
+        try:
+            await asyncio.wait_for(self.store.drain(), ERASE_TIMEOUT_S)
+        except TimeoutError:
+            # The erasure is queued and will be applied; say so rather than wait.
+            return JSONResponse({"status": "queued"}, status_code=202)
+        return Response(status_code=204)
+
+    async def partner_user(self, request: Request, caller: Caller) -> Response:
+        dpid = self._dpid(request, caller)
+        if isinstance(dpid, Response):
+            return dpid
+        uid = request.path_params["dpuuid"]
+        found = await self.store.lookup(dpid, [uid], today()) if valid_uid(uid) else {}
+        if uid not in found:
+            return error(404, "not_found", "no user matched to this partner uid")
+        return JSONResponse({"uuid": found[uid]})
+
+    async def lookup(self, request: Request, caller: Caller) -> Response:
+        dpid = self._dpid(request, caller)
+        if isinstance(dpid, Response):
+            return dpid
+        try:
+            doc: Any = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "bad_json", "the body must be JSON")
+        uids = doc.get("dpuuids") if isinstance(doc, dict) else None
+        if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
+            return error(400, "bad_request", 'expected {"dpuuids": ["…", …]}')
+        if len(uids) > MAX_LOOKUP:
+            return error(400, "too_many", f"at most {MAX_LOOKUP} dpuuids per lookup")
+        wanted = list(dict.fromkeys(u for u in uids if valid_uid(u)))
+        matches = await self.store.lookup(dpid, wanted, today()) if wanted else {}
+        return JSONResponse({"matches": matches})

@@ -1,0 +1,144 @@
+"""The match-table API over real HTTP: auth, scopes, lookups, erasure."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from service.identity import new_uuid, today
+from service.store import Store
+from tests.conftest import Service, start_service
+
+DAY = today()
+TOKENS = {"admin": "admin-token", "reader": "read-token", "acme": "acme-token"}
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+    config = f"""
+[server]
+data_dir = "data"
+
+[[partners]]
+dpid = 1234
+name = "acme"
+
+[[partners]]
+dpid = 99
+name = "other"
+
+[[api_keys]]
+name = "admin"
+sha256 = "{sha(TOKENS["admin"])}"
+scopes = ["admin"]
+
+[[api_keys]]
+name = "reader"
+sha256 = "{sha(TOKENS["reader"])}"
+scopes = ["read"]
+
+[[api_keys]]
+name = "acme"
+sha256 = "{sha(TOKENS["acme"])}"
+partner = 1234
+scopes = ["read", "write"]
+"""
+    service = start_service(tmp_path_factory.mktemp("api"), config, redis_url=redis_url)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def api(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+        yield client
+
+
+def auth(who: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {TOKENS[who]}"}
+
+
+@pytest.fixture
+async def mapped(store: Store) -> tuple[str, str, str]:
+    uuid = new_uuid()
+    a, b = f"acme/{uuid[:6]}/x", f"other-{uuid[:6]}"  # a uid with slashes
+    store.put_mapping(uuid, 1234, a, DAY)
+    store.put_mapping(uuid, 99, b, DAY)
+    await store.drain()
+    return uuid, a, b
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer nope"},
+        {"authorization": "Basic YWRtaW4="},
+        {"authorization": "Bearer "},
+    ],
+)
+async def test_unauthenticated_is_401(api: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    resp = await api.get(f"/v1/users/{new_uuid()}", headers=headers)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "unauthorized"
+
+
+async def test_get_user(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+    uuid, a, b = mapped
+    resp = await api.get(f"/v1/users/{uuid}", headers=auth("reader"))
+    assert resp.status_code == 200
+    assert resp.json() == {"uuid": uuid, "ids": {"99": b, "1234": a}, "traits": [], "segments": []}
+    scoped = await api.get(f"/v1/users/{uuid}", headers=auth("acme"))
+    assert scoped.json()["ids"] == {"1234": a}  # a partner key sees its own partner only
+    for missing in (new_uuid(), "123", "x" * 38):
+        assert (await api.get(f"/v1/users/{missing}", headers=auth("reader"))).status_code == 404
+
+
+async def test_reverse_lookup(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+    uuid, a, b = mapped
+    encoded = a.replace("/", "%2F")
+    resp = await api.get(f"/v1/partners/1234/users/{encoded}", headers=auth("acme"))
+    assert resp.status_code == 200 and resp.json() == {"uuid": uuid}
+    assert (
+        await api.get("/v1/partners/1234/users/nobody", headers=auth("acme"))
+    ).status_code == 404
+    other = await api.get(f"/v1/partners/99/users/{b}", headers=auth("acme"))
+    assert other.status_code == 403  # another partner's ids
+    assert (await api.get(f"/v1/partners/99/users/{b}", headers=auth("reader"))).json() == {
+        "uuid": uuid
+    }
+    assert (await api.get("/v1/partners/5/users/x", headers=auth("admin"))).status_code == 404
+
+
+async def test_bulk_lookup(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+    uuid, a, _ = mapped
+    body = {"dpuuids": [a, "unknown", a, "bad uid with spaces"]}
+    resp = await api.post("/v1/partners/1234/lookup", json=body, headers=auth("acme"))
+    assert resp.status_code == 200 and resp.json() == {"matches": {a: uuid}}
+    many = {"dpuuids": [f"u{i}" for i in range(10_000)] + [a]}
+    assert (
+        await api.post("/v1/partners/1234/lookup", json=many, headers=auth("acme"))
+    ).status_code == 400
+    full = {"dpuuids": [f"u{i}" for i in range(9_999)] + [a]}
+    ok = await api.post("/v1/partners/1234/lookup", json=full, headers=auth("acme"))
+    assert ok.status_code == 200 and ok.json()["matches"] == {a: uuid}
+    for bad in (b"{", b"[]", b'{"dpuuids": "x"}', b'{"dpuuids": [1]}'):
+        resp = await api.post("/v1/partners/1234/lookup", content=bad, headers=auth("acme"))
+        assert resp.status_code == 400, bad
+
+
+async def test_erasure(api: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store) -> None:
+    uuid, a, b = mapped
+    assert (await api.delete(f"/v1/users/{uuid}", headers=auth("reader"))).status_code == 403
+    resp = await api.delete(f"/v1/users/{uuid}", headers=auth("acme"))
+    assert resp.status_code == 204
+    assert await store.mappings(uuid, DAY) == {}
+    assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {}
+    assert (await api.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
