@@ -81,7 +81,7 @@ async def mapped(store: Store) -> tuple[str, str, str]:
         {},
         {"authorization": "Bearer nope"},
         {"authorization": "Basic YWRtaW4="},
-        {"authorization": "Bearer "},
+        {"authorization": "Bearer"},
     ],
 )
 async def test_unauthenticated_is_401(api: httpx.AsyncClient, headers: dict[str, str]) -> None:
