@@ -16,8 +16,9 @@ from .config import ConfigError, Settings, load_settings
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .store import KeySchema, Retention, Store, connect
-from .sync import outbound_partners, partner_rules
+from .sync import ChainTokens, outbound_partners, partner_rules
 from .web.api import Api, ApiKeys
+from .web.chain import ChainEndpoint
 from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
 from .web.dest5 import Dest5Endpoint, SyncOffers
@@ -130,6 +131,15 @@ def create_app(settings: Settings) -> HotPaths:
             partner_rules(settings.partners),
             privacy,
             bounce=settings.cookies["bounce"],
+            max_query=settings.limits["max_query_bytes"],
+            public_url=settings.public_url,
+        ),
+        "/sync/chain": ChainEndpoint(
+            offers,
+            cookies,
+            privacy,
+            ChainTokens(settings.secret_keys),
+            public_url=settings.public_url,
             max_query=settings.limits["max_query_bytes"],
         ),
     }

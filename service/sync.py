@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote
 
+from itsdangerous import BadData, URLSafeTimedSerializer
+
 from .config import Partner
 from .errors import Code, RequestError
 from .macros import Template
@@ -50,8 +52,13 @@ def valid_uid(uid: str) -> bool:
     return 0 < len(uid) <= MAX_UID_BYTES and all("!" <= c <= "~" for c in uid)
 
 
-def parse_ibs(pairs: Sequence[tuple[str, str]], partners: Mapping[int, PartnerRules]) -> IbsRequest:
-    """Validate an inbound sync; the first value of each parameter counts."""
+def parse_ibs(
+    pairs: Sequence[tuple[str, str]],
+    partners: Mapping[int, PartnerRules],
+    own_chain: tuple[str, frozenset[str]] = ("", frozenset()),
+) -> IbsRequest:
+    """Validate an inbound sync; the first value of each parameter counts. `own_chain`:
+    (our /sync/chain URL prefix, our host): hops back to us need no redirect_domains."""
     params: dict[str, str] = {}
     for key, value in pairs:
         params.setdefault(key, value)
@@ -64,7 +71,9 @@ def parse_ibs(pairs: Sequence[tuple[str, str]], partners: Mapping[int, PartnerRu
         raise RequestError(Code.INVALID_UID, "dpuuid must be 1-256 printable ASCII characters")
     redir = params.get("redir")
     if redir is not None and not redirect_allowed(redir, partner.redirect_domains):
-        raise RequestError(Code.REDIRECT_NOT_ALLOWED, "redirect target not allowed")
+        prefix, host = own_chain
+        if not (prefix and redir.startswith(prefix) and redirect_allowed(redir, host)):
+            raise RequestError(Code.REDIRECT_NOT_ALLOWED, "redirect target not allowed")
     consent = {k: v for k, v in params.items() if k in CONSENT_KEYS}
     return IbsRequest(partner, uid, redir, params.get("d_bounce") == "1", consent)
 
@@ -168,8 +177,10 @@ def sync_url(
     proto: str,
     consent: Mapping[str, str],
     rand: str,
+    callback: str | None = None,
 ) -> str:
-    callback = f"{public_url}/ibs:dpid={partner.dpid}&dpuuid={partner.callback_uid_macro}"
+    if callback is None:
+        callback = f"{public_url}/ibs:dpid={partner.dpid}&dpuuid={partner.callback_uid_macro}"
     values = {
         "DD_UUID": uuid,
         "DP_UUID": partner_uid,
@@ -179,3 +190,57 @@ def sync_url(
         **consent,
     }
     return partner.template.render(values)
+
+
+# --------------------------------------------------------------------------- redirect chains
+
+MAX_HOPS: Final = 10
+CHAIN_TOKEN_MAX_AGE_S: Final = 600
+
+
+class ChainTokens:
+    """Signed, expiring hop tokens of /sync/chain: the partners still to visit and the
+    consent parameters of the first request."""
+
+    def __init__(self, secret_keys: list[str]) -> None:
+        # itsdangerous wants keys oldest first; it signs with the last.
+        self._serializer = URLSafeTimedSerializer(
+            list(reversed(secret_keys)), salt="pixelsync.chain"
+        )
+
+    def make(self, dpids: Sequence[int], consent: Mapping[str, str]) -> str:
+        return str(self._serializer.dumps({"d": list(dpids), "c": dict(consent)}))
+
+    def read(
+        self, token: str, max_age: int = CHAIN_TOKEN_MAX_AGE_S
+    ) -> tuple[list[int], dict[str, str]]:
+        try:
+            doc = self._serializer.loads(token, max_age=max_age)
+        except BadData:
+            raise RequestError(Code.INVALID_TOKEN, "invalid or expired chain token") from None
+        dpids, consent = doc.get("d"), doc.get("c")
+        if not (
+            isinstance(dpids, list)
+            and all(isinstance(d, int) for d in dpids)
+            and isinstance(consent, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in consent.items())
+        ):
+            raise RequestError(Code.INVALID_TOKEN, "invalid chain token")
+        return dpids[:MAX_HOPS], consent
+
+
+def parse_dpid_list(value: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3]; 311 for anything else."""
+    dpids = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part.isascii() or not part.isdigit() or len(part) > 18:
+            raise RequestError(Code.MALFORMED, "dpids must be a comma-separated list of integers")
+        dpids.append(int(part))
+    return dpids
+
+
+def chain_callback(public_url: str, partner: OutboundPartner, next_hop: str | None) -> str:
+    """The ${CALLBACK} of a chain hop: back to /ibs, then on to the next hop."""
+    callback = f"{public_url}/ibs:dpid={partner.dpid}&dpuuid={partner.callback_uid_macro}"
+    return callback if next_hop is None else f"{callback}&redir={quote(next_hop, safe='')}"

@@ -113,6 +113,7 @@ def start_service(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     wait: bool = True,
+    port: int | None = None,
 ) -> Service:
     tmp.mkdir(parents=True, exist_ok=True)
     data_dir = tmp / "data"
@@ -122,7 +123,7 @@ def start_service(
         if "[server]" in config_text
         else f'[server]\ndata_dir = "{data_dir}"\n' + config_text,
     )
-    port = free_port()
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIXELSYNC_", "REDIS_URL"))}
     if redis_url:
         env["PIXELSYNC_REDIS_URL"] = redis_url

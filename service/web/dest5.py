@@ -67,6 +67,7 @@ class SyncOffers:
             f"; Path=/; Max-Age={cookies['ttl_days'] * 86400}{domain}"
             "; HttpOnly; Secure; SameSite=None"
         ).encode()
+        self.by_dpid = {p.dpid: p for p in partners}
         self._instructed = {
             p.dpid: metrics.SYNCS.labels(str(p.dpid), "instructed") for p in partners
         }
@@ -93,7 +94,7 @@ class SyncOffers:
         if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
             return [], None
         now = time.time() if now is None else now
-        handed = parse_dextp(self._dextp(headers.get(b"cookie")))
+        handed = self.handed(headers)
         candidates = [p for p in self.partners if privacy.partner_allowed(p.gvl_id)]
         everyone = len(candidates)
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):
@@ -111,7 +112,6 @@ class SyncOffers:
             "GPP_SID": consent.get("gpp_sid", ""),
         }
         offers = []
-        now_ms = int(now * 1000)
         for p in due:
             url = sync_url(
                 p,
@@ -123,9 +123,19 @@ class SyncOffers:
                 rand=str(secrets.randbelow(10**9)),
             )
             offers.append(Offer(p, url))
-            handed[p.dpid] = now_ms
+        return offers, self.hand_out(handed, due, now)
+
+    def hand_out(
+        self, handed: dict[int, int], partners: list[OutboundPartner], now: float
+    ) -> tuple[bytes, bytes]:
+        """Count the syncs handed out; answer the dextp Set-Cookie that records them."""
+        for p in partners:
+            handed[p.dpid] = int(now * 1000)
             self._instructed[p.dpid].inc()
-        return offers, (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
+        return (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
+
+    def handed(self, headers: Mapping[bytes, bytes]) -> dict[int, int]:
+        return parse_dextp(self._dextp(headers.get(b"cookie")))
 
     async def _mappings(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
         assert visitor.uuid is not None

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit
 
 from .. import metrics
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
+from ..redirects import normalize_domains
 from ..signals import parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
@@ -38,7 +40,10 @@ class IbsEndpoint:
         *,
         bounce: bool,
         max_query: int,
+        public_url: str,
     ) -> None:
+        host = urlsplit(public_url).hostname or ""
+        self.own_chain = (f"{public_url}/sync/chain?", normalize_domains([host]))
         self.store = store
         self.cookies = cookies
         self.partners = partners
@@ -66,7 +71,7 @@ class IbsEndpoint:
         try:
             if len(params) > self.max_query:
                 raise RequestError(Code.MALFORMED, "request too long", status=414)
-            req = parse_ibs(parse_pairs(params), self.partners)
+            req = parse_ibs(parse_pairs(params), self.partners, self.own_chain)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
             privacy = self.privacy.evaluate(req.consent, headers)
