@@ -9,7 +9,7 @@ import secrets
 import time
 
 from ..errors import Code, RequestError
-from ..identity import VisitorKind
+from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..sync import MAX_HOPS, ChainTokens, chain_callback, parse_dpid_list, sync_url
 from .common import (
@@ -18,6 +18,7 @@ from .common import (
     PrivacyRules,
     method_not_allowed,
     new_tid,
+    refusal_headers,
     request_headers,
 )
 from .cookies import VisitorCookies
@@ -89,13 +90,7 @@ class ChainEndpoint:
             if rest:
                 token = self.tokens.make([p.dpid for p in rest], consent)
                 next_hop = f"{self.public_url}/sync/chain?t={token}"
-            values = {
-                "GDPR": "1" if privacy.gdpr_applies else "0",
-                "GDPR_CONSENT": consent.get("gdpr_consent", ""),
-                "US_PRIVACY": consent.get("us_privacy", ""),
-                "GPP": consent.get("gpp", ""),
-                "GPP_SID": consent.get("gpp_sid", ""),
-            }
+            values = consent_values(consent, gdpr=int(privacy.gdpr_applies))
             target = sync_url(
                 first,
                 uuid=visitor.uuid,
@@ -109,9 +104,7 @@ class ChainEndpoint:
             out.append(self.offers.hand_out(self.offers.handed(headers), [first], time.time()))
         except RequestError as exc:
             log.info("chain refused", extra={"tid": new_tid(), "code": int(exc.code)})
-            refusal: Headers = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-            if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:
-                refusal.append(self.cookies.set_header(visitor))
+            refusal = [*GIF_HEADERS, *refusal_headers(exc, visitor, self.cookies)]
             await send_({"type": "http.response.start", "status": exc.status, "headers": refusal})
             await send_(
                 {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else GIF}

@@ -10,7 +10,9 @@ from typing import Any, Final
 from .. import metrics
 from ..consent import Privacy, evaluate
 from ..errors import Code, RequestError
-from .responses import Receive, Scope, Send, send
+from ..identity import Visitor, VisitorKind
+from .cookies import VisitorCookies
+from .responses import Headers, Receive, Scope, Send, send
 
 METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
 
@@ -83,6 +85,15 @@ class PrivacyRules:
     def evaluate(self, params: Mapping[str, str], headers: Mapping[bytes, bytes]) -> Privacy:
         gpc = self.honor_gpc and headers.get(b"sec-gpc", b"").strip() == b"1"
         return evaluate(params, vendor_id=self.vendor_id, gdpr_default=self.gdpr_default, gpc=gpc)
+
+
+def refusal_headers(exc: RequestError, visitor: Visitor, cookies: VisitorCookies) -> Headers:
+    """X-Error names the reason; a browser's cookie is refreshed if it had one (a
+    refusal never issues one), and none is set at all where consent is wanting."""
+    out: Headers = [(b"x-error", str(int(exc.code)).encode())]
+    if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:
+        out.append(cookies.set_header(visitor))
+    return out
 
 
 def new_tid() -> str:

@@ -18,6 +18,7 @@ from .. import metrics
 from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
+from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..store import Store
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
@@ -27,6 +28,7 @@ from .common import (
     PrivacyRules,
     method_not_allowed,
     new_tid,
+    refusal_headers,
     request_headers,
 )
 from .cookies import VisitorCookies
@@ -104,13 +106,7 @@ class SyncOffers:
         due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
         if not due:
             return [], None
-        values = {
-            "GDPR": "1" if privacy.gdpr_applies else "0",
-            "GDPR_CONSENT": consent.get("gdpr_consent", ""),
-            "US_PRIVACY": consent.get("us_privacy", ""),
-            "GPP": consent.get("gpp", ""),
-            "GPP_SID": consent.get("gpp_sid", ""),
-        }
+        values = consent_values(consent, gdpr=int(privacy.gdpr_applies))
         offers = []
         for p in due:
             url = sync_url(
@@ -213,9 +209,7 @@ class Dest5Endpoint:
         except RequestError as exc:
             log.info("dest5 refused", extra={"tid": new_tid(), "code": int(exc.code)})
             status = exc.status
-            out.append((b"x-error", str(int(exc.code)).encode()))
-            if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:
-                out.append(self.cookies.set_header(visitor))
+            out += refusal_headers(exc, visitor, self.cookies)
             outcome = f"error_{int(exc.code)}"
         body = page(offers)
         out += [

@@ -23,6 +23,7 @@ from .common import (
     method_not_allowed,
     new_tid,
     read_body,
+    refusal_headers,
     request_headers,
 )
 from .cookies import VisitorCookies
@@ -195,11 +196,7 @@ class EventEndpoint:
             extra={"tid": tid, "code": code, "reason": exc.msg, "status": exc.status},
         )
         # Refresh a cookie the browser already had; never issue one on a refusal.
-        # Refresh a cookie the browser already had; never issue one on a refusal, and
-        # set none at all where consent is wanting.
-        refresh = visitor.kind is not VisitorKind.NEW and not exc.code.is_consent
-        out: Headers = [self.cookies.set_header(visitor)] if refresh else []
-        out.append((b"x-error", str(code).encode()))
+        out = refusal_headers(exc, visitor, self.cookies)
         if not as_json:
             await send(send_, exc.status, GIF_HEADERS + out, GIF, head=method == "HEAD")
             return

@@ -20,6 +20,7 @@ from .common import (
     PrivacyRules,
     method_not_allowed,
     new_tid,
+    refusal_headers,
     request_headers,
 )
 from .cookies import VisitorCookies
@@ -117,8 +118,6 @@ class IbsEndpoint:
             "ibs refused",
             extra={"tid": new_tid(), "code": int(exc.code), "reason": exc.msg},
         )
-        headers: Headers = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-        if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:  # refresh only
-            headers.append(self.cookies.set_header(visitor))
+        headers = [*GIF_HEADERS, *refusal_headers(exc, visitor, self.cookies)]
         await send_({"type": "http.response.start", "status": exc.status, "headers": headers})
         await send_({"type": "http.response.body", "body": b"" if head else GIF})
