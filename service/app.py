@@ -25,6 +25,7 @@ from .web.dest5 import Dest5Endpoint, SyncOffers
 from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
+from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
 
 log = logging.getLogger("pixelsync")
@@ -68,6 +69,11 @@ class HotPaths:
         self.app = app
         self.state = app.state
         self._hot = hot
+
+    @property
+    def paths(self) -> list[str]:
+        """Every path served: the hot ones and Starlette's routes."""
+        return [*self._hot, *(str(getattr(r, "path", "")) for r in self.app.routes)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -149,6 +155,7 @@ def create_app(settings: Settings) -> HotPaths:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from service.app import create_app
+from service.config import load_settings
 from service.identity import new_uuid, today
 from service.store import Store
 from tests.conftest import Service, start_service
@@ -142,3 +144,11 @@ async def test_erasure(api: httpx.AsyncClient, mapped: tuple[str, str, str], sto
     assert await store.mappings(uuid, DAY) == {}
     assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {}
     assert (await api.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
+
+
+async def test_openapi_describes_every_endpoint(api: httpx.AsyncClient, svc: Service) -> None:
+    doc = (await api.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    settings = load_settings(svc.config, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
+    served = {p.replace("{dpuuid:path}", "{dpuuid}") for p in create_app(settings).paths}
+    assert served <= set(doc["paths"]), served - set(doc["paths"])

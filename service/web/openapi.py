@@ -1,0 +1,187 @@
+"""GET /openapi.json: every endpoint of the service (SPEC §10), written out by hand so
+that it says what the contract says (query forms, the path form of /ibs, GIF bodies)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+_GIF: Final = {"content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}}
+_ERROR_HEADER: Final = {
+    "X-Error": {
+        "description": "the contract's error code (SPEC §13)",
+        "schema": {"type": "integer"},
+    }
+}
+_CONSENT: Final = [
+    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+    for n in ("gdpr", "gdpr_consent", "us_privacy", "gpp", "gpp_sid")
+]
+_API_ERROR: Final = {
+    "description": "refused",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
+            }
+        }
+    },
+}
+_API_RESPONSES: Final = {"401": _API_ERROR, "403": _API_ERROR, "404": _API_ERROR}
+
+
+def _pixel(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op = {
+        "summary": summary,
+        "parameters": [*(params or []), *_CONSENT],
+        "responses": {
+            "200": {"description": "the 1x1 GIF", "headers": _ERROR_HEADER, **_GIF},
+            "400": {"description": "malformed input", "headers": _ERROR_HEADER, **_GIF},
+        },
+    }
+    return {"get": op, "head": op}
+
+
+def _query(name: str, kind: str = "string", required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": {"type": kind}}
+
+
+def _path(name: str, kind: str = "string") -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+
+def _api(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "parameters": params,
+        "responses": {"200": ok, **_API_RESPONSES},
+    }
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": "ok", "content": {"application/json": {"schema": schema}}}
+
+
+SPEC: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {"title": "pixelsync", "version": "0.1.0"},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/event": {
+            **_pixel(
+                "Data collection: GIF, JSON (d_rtbd=json) or JSONP (d_cb)",
+                [_query(n) for n in ("d_rtbd", "d_cb", "d_dst", "d_cts", "d_cid", "d_sid")],
+            ),
+            "post": {
+                "summary": "Data collection, form-encoded body",
+                "requestBody": {
+                    "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
+                },
+                "responses": {"200": {"description": "GIF or JSON", **_GIF}},
+            },
+        },
+        "/ibs": _pixel(
+            "Partner-initiated ID sync (also as /ibs:dpid=…&dpuuid=…)",
+            [
+                _query("dpid", "integer", True),
+                _query("dpuuid", required=True),
+                _query("redir"),
+                _query("d_bounce"),
+            ],
+        ),
+        "/dest5.html": {
+            "get": {
+                "summary": "The sync iframe: one image per due partner sync",
+                "parameters": _CONSENT,
+                "responses": {"200": {"description": "HTML, no script"}},
+            }
+        },
+        "/sync/chain": {
+            "get": {
+                "summary": "ID syncs as a chain of redirects",
+                "parameters": [_query("dpids"), _query("t"), *_CONSENT],
+                "responses": {
+                    "302": {"description": "to the next partner"},
+                    "200": {"description": "the end of the chain: the GIF", **_GIF},
+                    "400": {"description": "a tampered or expired token (323)", **_GIF},
+                },
+            }
+        },
+        "/demoptout.jpg": _pixel("Global opt-out"),
+        "/v1/users/{uuid}": {
+            "get": _api(
+                "A visitor's partner ids, traits and segments",
+                [_path("uuid")],
+                _json({"type": "object", "required": ["uuid", "ids", "traits", "segments"]}),
+            ),
+            "delete": {
+                "summary": "Erase everything about a visitor, both directions",
+                "security": [{"bearer": []}],
+                "parameters": [_path("uuid")],
+                "responses": {
+                    "204": {"description": "erased"},
+                    "202": {"description": "queued: Redis did not confirm in time"},
+                    **_API_RESPONSES,
+                },
+            },
+        },
+        "/v1/partners/{dpid}/users/{dpuuid}": {
+            "get": _api(
+                "Reverse lookup: the visitor a partner uid belongs to",
+                [_path("dpid", "integer"), _path("dpuuid")],
+                _json({"type": "object", "required": ["uuid"]}),
+            )
+        },
+        "/v1/partners/{dpid}/lookup": {
+            "post": {
+                **_api(
+                    "Bulk reverse lookup of up to 10,000 partner uids",
+                    [_path("dpid", "integer")],
+                    _json({"type": "object", "required": ["matches"]}),
+                ),
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "dpuuids": {
+                                        "type": "array",
+                                        "items": {"type": "string"},
+                                        "maxItems": 10000,
+                                    }
+                                },
+                            }
+                        }
+                    }
+                },
+            }
+        },
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+        "/readyz": {
+            "get": {
+                "summary": "Readiness: Redis answers",
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not"}},
+            }
+        },
+        "/metrics": {
+            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+        },
+        "/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "JSON"}}}
+        },
+    },
+}
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(SPEC)
