@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -45,6 +46,12 @@ def build_store(settings: Settings, url: str) -> Store:
         buffer_max=settings.store["buffer_max_ops"],
         write_client=connect(url, cluster=cluster, socket_timeout=None),
     )
+
+
+async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        store.flush_counts(time.time())
 
 
 async def _sweep_forever(store: Store, interval_s: int) -> None:
@@ -110,6 +117,7 @@ def create_app(settings: Settings) -> HotPaths:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
         sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
         access_writer = asyncio.create_task(access.run())
+        counter = asyncio.create_task(_flush_counts_forever(store))
         log.info("pixelsync ready", extra={"public_url": settings.public_url})
         try:
             yield
@@ -117,6 +125,8 @@ def create_app(settings: Settings) -> HotPaths:
             sweeper.cancel()
             access_writer.cancel()
             access.flush()
+            counter.cancel()
+            store.flush_counts(time.time())
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 
@@ -149,7 +159,7 @@ def create_app(settings: Settings) -> HotPaths:
             max_query=settings.limits["max_query_bytes"],
         ),
     }
-    api = Api(store, ApiKeys(settings.api_keys), (p.dpid for p in settings.partners))
+    api = Api(store, ApiKeys(settings.api_keys), settings.partners)
     routes = [
         *api.routes(),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),

@@ -14,6 +14,8 @@ key                    type    fields -> values                               by
                                ``<uid codec>`` (mapping last seen, uid)       +~41 (36 chars)
 ``r:{<rb>}``           hash    ``<hash8>`` -> ``<uuid16>`` reverse mapping    ~28/mapping
 ``ps:meta``            hash    ``buckets`` -> B                               once
+``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
+                               after 8 days (minute = unix seconds // 60)
 ``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
 =====================  ======  =============================================  ===========
 
@@ -46,6 +48,13 @@ from typing import Final
 from .codec import uuid16, varint
 
 META_KEY: Final = b"ps:meta"
+
+
+COUNTS_TTL_S: Final = 8 * 86400
+
+
+def counts_key(minute: int) -> bytes:
+    return b"ps:cnt:%d" % minute
 
 
 def lock_key(job: str) -> bytes:

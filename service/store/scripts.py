@@ -70,7 +70,15 @@ redis.call('HSET', KEYS[1], ARGV[1], day .. table.concat(out))
 return old
 """
 
-ALL: Final = (SWAP, CAS, UPSERT)
+# Add to a counter and make sure its bucket expires (one command, so that a retried
+# op never leaves a bucket without its expiry).
+COUNT: Final = b"""
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return n
+"""
+
+ALL: Final = (SWAP, CAS, UPSERT, COUNT)
 
 
 class Scripts:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from redis.exceptions import RedisError
 
+from ..tally import Tally
 from . import scripts
 from .codec import (
     build_record,
@@ -22,8 +23,8 @@ from .codec import (
     uuid_from16,
 )
 from .connect import Client
-from .keys import META_KEY, KeySchema, lock_key
-from .writes import Erase, Forward, Reverse, Touch, Unlink, WriteBuffer, unlinks
+from .keys import COUNTS_TTL_S, META_KEY, KeySchema, counts_key, lock_key
+from .writes import Count, Erase, Forward, Reverse, Touch, Unlink, WriteBuffer, unlinks
 
 log = logging.getLogger("pixelsync.store")
 
@@ -67,6 +68,7 @@ class Store:
         self.client = client
         self.schema = schema
         self.retention = retention
+        self.tally = Tally()  # counters, flushed into per-minute buckets by flush_counts()
         self.writes = WriteBuffer(
             write_client or client,
             schema,
@@ -147,6 +149,30 @@ class Store:
     def erase_visitor(self, uuid: str) -> None:
         """Erase everything about the visitor, in both directions. Never refused."""
         self.writes.push(Erase(uuid), bounded=False)
+
+    def add_counts(self, minute: int, counts: Mapping[str, int]) -> None:
+        """Add to the counters of a per-minute bucket (kept 8 days)."""
+        key = counts_key(minute)
+        self.writes.push(
+            *(Count(key, f, n, COUNTS_TTL_S) for f, n in counts.items()), bounded=False
+        )
+
+    def flush_counts(self, now: float) -> None:
+        counts = self.tally.take()
+        if counts:
+            self.add_counts(int(now) // 60, counts)
+
+    async def counts(self, minutes: range) -> dict[str, int]:
+        """The counters summed over these minutes."""
+        pipe = self.client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(counts_key(minute))
+        total: dict[str, int] = {}
+        for bucket in await pipe.execute():
+            for field, n in bucket.items():
+                name = field.decode()
+                total[name] = total.get(name, 0) + int(n)
+        return total
 
     @property
     def buffered(self) -> int:

@@ -89,7 +89,17 @@ class Erase:
     uuid: str
 
 
-Op = Touch | Forward | Reverse | Unlink | Disown | Erase
+@dataclass(frozen=True, slots=True)
+class Count:
+    """Add to a counter of a per-minute bucket (HINCRBY), which expires on its own."""
+
+    key: bytes
+    field: str
+    n: int
+    ttl_s: int
+
+
+Op = Touch | Forward | Reverse | Unlink | Disown | Erase | Count
 
 
 def _transient(exc: BaseException) -> bool:
@@ -262,6 +272,8 @@ class WriteBuffer:
         elif isinstance(op, Disown):
             run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
                 b"", varint(op.dpid), b"", op.enc)  # fmt: skip
+        elif isinstance(op, Count):
+            run(pipe, scripts.COUNT, op.key, op.field.encode(), op.n, op.ttl_s)
         else:
             raise AssertionError(op)
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -17,12 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import ApiKey
+from ..config import ApiKey, Partner
 from ..identity import is_uuid, today
 from ..store import Store
 from ..sync import valid_uid
+from ..tally import partner_field
 
 MAX_LOOKUP: Final = 10_000
+MATCH_RATE_MINUTES: Final = 7 * 1440
+_RATE_COUNTERS: Final = ("instructed", "completed", "mappings", "lookups_hit", "lookups_miss")
 ERASE_TIMEOUT_S: Final = 5.0
 
 
@@ -66,10 +70,11 @@ Handler = Callable[[Request, Caller], Awaitable[Response]]
 
 
 class Api:
-    def __init__(self, store: Store, keys: ApiKeys, dpids: Iterable[int]) -> None:
+    def __init__(self, store: Store, keys: ApiKeys, partners: Iterable[Partner]) -> None:
         self.store = store
         self.keys = keys
-        self.dpids = frozenset(dpids)
+        self.names = {p.dpid: p.name for p in partners}
+        self.dpids = frozenset(self.names)
 
     def routes(self) -> list[Route]:
         return [
@@ -86,6 +91,7 @@ class Api:
                 methods=["GET"],
             ),
             Route("/v1/partners/{dpid}/lookup", self._guard("read", self.lookup), methods=["POST"]),
+            Route("/v1/match-rates", self._guard("read", self.match_rates), methods=["GET"]),
         ]
 
     def _guard(self, scope: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -138,7 +144,7 @@ class Api:
         if isinstance(dpid, Response):
             return dpid
         uid = request.path_params["dpuuid"]
-        found = await self.store.lookup(dpid, [uid], today()) if valid_uid(uid) else {}
+        found = await self._lookup(dpid, [uid]) if valid_uid(uid) else {}
         if uid not in found:
             return error(404, "not_found", "no user matched to this partner uid")
         return JSONResponse({"uuid": found[uid]})
@@ -157,5 +163,24 @@ class Api:
         if len(uids) > MAX_LOOKUP:
             return error(400, "too_many", f"at most {MAX_LOOKUP} dpuuids per lookup")
         wanted = list(dict.fromkeys(u for u in uids if valid_uid(u)))
-        matches = await self.store.lookup(dpid, wanted, today()) if wanted else {}
+        matches = await self._lookup(dpid, wanted) if wanted else {}
         return JSONResponse({"matches": matches})
+
+    async def _lookup(self, dpid: int, uids: list[str]) -> dict[str, str]:
+        matches = await self.store.lookup(dpid, uids, today())
+        self.store.tally.add(partner_field(dpid, "lookups_hit"), len(matches))
+        self.store.tally.add(partner_field(dpid, "lookups_miss"), len(uids) - len(matches))
+        return matches
+
+    async def match_rates(self, request: Request, caller: Caller) -> Response:
+        """Per partner, over the last 7 days of per-minute buckets."""
+        now_minute = int(time.time()) // 60
+        counts = await self.store.counts(range(now_minute - MATCH_RATE_MINUTES, now_minute + 1))
+        partners = []
+        for dpid, name in self.names.items():
+            if not caller.sees(dpid):
+                continue
+            c = {k: counts.get(partner_field(dpid, k), 0) for k in _RATE_COUNTERS}
+            rate = c["completed"] / c["instructed"] if c["instructed"] else None
+            partners.append({"dpid": dpid, "name": name, **c, "match_rate": rate})
+        return JSONResponse({"partners": partners})

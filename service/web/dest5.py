@@ -22,6 +22,7 @@ from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..store import Store
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
+from ..tally import partner_field
 from .common import (
     METHODS_PIXEL,
     Outcomes,
@@ -128,6 +129,7 @@ class SyncOffers:
         for p in partners:
             handed[p.dpid] = int(now * 1000)
             self._instructed[p.dpid].inc()
+            self.store.tally.add(partner_field(p.dpid, "instructed"))
         return (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
 
     def handed(self, headers: Mapping[bytes, bytes]) -> dict[int, int]:

@@ -15,6 +15,7 @@ from ..logs import AccessLog
 from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
 from ..sync import check_declared_ids
+from ..tally import partner_field
 from .common import (
     METHODS_PIXEL,
     ClientGone,
@@ -142,6 +143,7 @@ class EventEndpoint:
         for dpid, uid in req.declared_ids:
             if privacy.partner_allowed(self.gvl_ids[dpid]):
                 self.store.put_mapping(visitor.uuid, dpid, uid, today(now))
+                self.store.tally.add(partner_field(dpid, "mappings"))
         if needs_touch(visitor, now) and not req.declared_ids:
             self.store.touch_visitor(visitor.uuid, today(now))
 

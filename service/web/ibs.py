@@ -14,6 +14,7 @@ from ..redirects import normalize_domains
 from ..signals import parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
+from ..tally import partner_field
 from .common import (
     METHODS_PIXEL,
     Outcomes,
@@ -94,6 +95,8 @@ class IbsEndpoint:
         assert visitor.uuid is not None
         self.store.put_mapping(visitor.uuid, req.partner.dpid, req.uid, today())
         self._completed[req.partner.dpid].inc()
+        self.store.tally.add(partner_field(req.partner.dpid, "completed"))
+        self.store.tally.add(partner_field(req.partner.dpid, "mappings"))
         cookie = self.cookies.set_header(visitor)
         if req.redir is not None:
             target = redirect_target(req.redir, visitor.uuid)

@@ -166,6 +166,14 @@ SPEC: Final[dict[str, Any]] = {
                 },
             }
         },
+        "/v1/match-rates": {
+            "get": _api(
+                "Per partner over 7 days: syncs handed out and completed, the match rate, "
+                "mappings stored, reverse lookups that hit and missed",
+                [],
+                _json({"type": "object", "required": ["partners"]}),
+            )
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import re
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -74,6 +76,11 @@ sync_url = "http://localhost:{partner.port}/sync?p={dpid}&aam=${{DD_UUID}}&redir
 [server]
 data_dir = "data"
 public_url = "http://127.0.0.1:PORT"
+
+[[api_keys]]
+name = "ops"
+sha256 = "{hashlib.sha256(b"ops-token").hexdigest()}"
+scopes = ["read"]
 
 [sync]
 max_partners_per_page = 2
@@ -205,3 +212,36 @@ async def test_garbage_dextp_is_ignored(http: httpx.AsyncClient) -> None:
 async def test_opted_out_browsers_get_an_empty_page(http: httpx.AsyncClient) -> None:
     resp = await http.get("/dest5.html", headers={"cookie": "uuid=NOTARGET"})
     assert resp.status_code == 200 and resp.headers["x-error"] == "171" and images(resp) == []
+
+
+async def test_match_rates_count_what_was_handed_out_and_completed(
+    http: httpx.AsyncClient, partner: SyncingPartner, svc: Service
+) -> None:
+    auth = {"authorization": "Bearer ops-token"}
+    assert (await http.get("/v1/match-rates")).status_code == 401
+
+    async def rates() -> dict[int, dict[str, object]]:
+        doc = (await http.get("/v1/match-rates", headers=auth)).json()
+        return {p["dpid"]: p for p in doc["partners"]}
+
+    await asyncio.sleep(2.5)  # let the counts of earlier tests reach Redis (every second)
+    before = await rates()
+    uuid = new_uuid()
+    page = await http.get("/dest5.html", headers=cookie_for(uuid))
+    (url,) = [u for u in images(page) if "p=11&amp;" in u]
+    async with httpx.AsyncClient(timeout=5) as browser:
+        back = (await browser.get(url.replace("&amp;", "&"))).headers["location"]
+        await browser.get(back.replace("http://127.0.0.1:0", svc.url), headers=cookie_for(uuid))
+
+    async def counted() -> bool:  # counters reach Redis about once a second
+        now = await rates()
+        return now[11]["completed"] == before[11]["completed"] + 1  # type: ignore[operator]
+
+    assert await wait_for(counted, timeout=15)
+    after = await rates()
+    assert after[11]["instructed"] == before[11]["instructed"] + 1  # type: ignore[operator]
+    assert after[12]["instructed"] == before[12]["instructed"] + 1  # type: ignore[operator]
+    assert after[11]["mappings"] == before[11]["mappings"] + 1  # type: ignore[operator]
+    rate = after[11]["match_rate"]
+    assert isinstance(rate, float) and 0 < rate <= 1
+    assert after[14]["name"] == "hostile" and set(after[14]) >= {"lookups_hit", "lookups_miss"}
