@@ -293,3 +293,21 @@ async def test_warns_when_the_server_would_not_keep_buckets_compact(
         await store._check_server_config()
     assert "too low" not in caplog.text
     await store.close()
+
+
+async def test_counts_add_up_in_expiring_minute_buckets(small_store: Store) -> None:
+    store = small_store
+    store.tally.add("p:7:instructed", 2)
+    store.tally.add("p:7:completed")
+    store.flush_counts(60 * 1000)
+    store.add_counts(1000, {"p:7:instructed": 3})
+    store.add_counts(1001, {"p:7:instructed": 1, "p:8:instructed": 5})
+    await store.drain()
+    assert await store.counts(range(1000, 1002)) == {
+        "p:7:instructed": 6,
+        "p:7:completed": 1,
+        "p:8:instructed": 5,
+    }
+    assert await store.counts(range(1001, 1002)) == {"p:7:instructed": 1, "p:8:instructed": 5}
+    assert 0 < await store.client.ttl(b"ps:cnt:1000") <= 8 * 86400
+    assert store.tally.take() == {}
