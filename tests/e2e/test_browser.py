@@ -15,51 +15,38 @@ See TESTING.md, "A real browser", and SPEC §3, §4.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import shutil
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import pytest
 from playwright.async_api import (
-    BrowserContext,
     Page,
-    Playwright,
     Request,
     Response,
-    async_playwright,
+)
+
+from tests.e2e.browser import (
+    ARTIFACTS,
+    accepting_context,
+    chromium,
+    refusing_context,
+    requires_chromium,
 )
 
 if TYPE_CHECKING:
     from tests.conftest import Service
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 15_000
 TIMEOUT_S = TIMEOUT_MS / 1000
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 UUID_RE = re.compile(r"^\d{38}$")
 
-if not CHROMIUM.exists() and os.environ.get("PIXELSYNC_REQUIRE_BROWSER") == "1":
-    raise RuntimeError(f"{CHROMIUM} is missing and .ci/run requires the browser tests")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install the Debian chromium package)"
-)
+pytestmark = requires_chromium
 
 
 # --- the publisher site ---------------------------------------------------------------
@@ -118,50 +105,6 @@ def pixel_origin(service: Service) -> str:
 
 
 # --- the browser ------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Playwright]:
-    async with async_playwright() as p:
-        yield p
-
-
-@asynccontextmanager
-async def accepting_context(p: Playwright, user_data_dir: Path) -> AsyncIterator[BrowserContext]:
-    """A browser that accepts third-party cookies."""
-    (user_data_dir / "Default").mkdir(parents=True, exist_ok=True)
-    (user_data_dir / "Default" / "Preferences").write_text(
-        json.dumps({"profile": {"cookie_controls_mode": 0}})
-    )
-    context = await p.chromium.launch_persistent_context(
-        str(user_data_dir),
-        executable_path=str(CHROMIUM),
-        args=CHROMIUM_ARGS,
-        headless=True,
-        timeout=TIMEOUT_MS,
-    )
-    try:
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context
-    finally:
-        await context.close()
-
-
-@asynccontextmanager
-async def refusing_context(p: Playwright) -> AsyncIterator[BrowserContext]:
-    """A default context: Chromium blocks third-party cookies there."""
-    browser = await p.chromium.launch(
-        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
-    )
-    try:
-        context = await browser.new_context()
-        try:
-            context.set_default_timeout(TIMEOUT_MS)
-            yield context
-        finally:
-            await context.close()
-    finally:
-        await browser.close()
 
 
 @dataclass
@@ -250,7 +193,10 @@ async def test_browser_accepting_third_party_cookies_keeps_the_uuid(
     pixel = pixel_origin(service)
     with publisher(pixel) as page_origin:
         assert urlsplit(page_origin).hostname != urlsplit(pixel).hostname  # cross-site
-        async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
+        async with (
+            chromium() as p,
+            accepting_context(p, tmp_path / "profile", TIMEOUT_MS) as context,
+        ):
             page = await context.new_page()
             seen = EventRequests()
             page.on("request", seen.listener(pixel))
@@ -307,7 +253,7 @@ async def test_browser_refusing_third_party_cookies_keeps_nothing(
     service = service_factory()
     pixel = pixel_origin(service)
     with publisher(pixel) as page_origin:
-        async with chromium() as p, refusing_context(p) as context:
+        async with chromium() as p, refusing_context(p, TIMEOUT_MS) as context:
             page = await context.new_page()
             seen = EventRequests()
             page.on("request", seen.listener(pixel))

@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import re
 import secrets
-import shutil
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,38 +42,29 @@ from playwright.async_api import (
     BrowserContext,
     Frame,
     Page,
-    Playwright,
     Response,
-    async_playwright,
 )
 
 from service.identity import today
 from service.store import Store
 from tests.conftest import Service, free_port, wait_for
+from tests.e2e.browser import (
+    ARTIFACTS,
+    accepting_context,
+    chromium,
+    refusing_context,
+    requires_chromium,
+)
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
 QUIET_S = 1.0  # no partner hit for this long: the page has settled
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 UUID_RE = re.compile(r"^\d{38}$")
 KEY = "sync-browser-test-key"
 TOKEN = "sync-browser-read-token"
 GIF_LEN = 43
 
-if not CHROMIUM.exists() and os.environ.get("PIXELSYNC_REQUIRE_BROWSER") == "1":
-    raise RuntimeError(f"{CHROMIUM} is missing and .ci/run requires the browser tests")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install the Debian chromium package)"
-)
+pytestmark = requires_chromium
 
 
 # --- the partner site, on [::1] ------------------------------------------------------
@@ -271,50 +259,6 @@ def publisher(pixel: str) -> Iterator[str]:
 # --- the browser ---------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def chromium() -> AsyncIterator[Playwright]:
-    async with async_playwright() as p:
-        yield p
-
-
-@asynccontextmanager
-async def accepting_context(p: Playwright, user_data_dir: Path) -> AsyncIterator[BrowserContext]:
-    """A browser that accepts third-party cookies."""
-    (user_data_dir / "Default").mkdir(parents=True, exist_ok=True)
-    (user_data_dir / "Default" / "Preferences").write_text(
-        json.dumps({"profile": {"cookie_controls_mode": 0}})
-    )
-    context = await p.chromium.launch_persistent_context(
-        str(user_data_dir),
-        executable_path=str(CHROMIUM),
-        args=CHROMIUM_ARGS,
-        headless=True,
-        timeout=TIMEOUT_MS,
-    )
-    try:
-        context.set_default_timeout(TIMEOUT_MS)
-        yield context
-    finally:
-        await context.close()
-
-
-@asynccontextmanager
-async def refusing_context(p: Playwright) -> AsyncIterator[BrowserContext]:
-    """A default context: Chromium blocks third-party cookies there."""
-    browser = await p.chromium.launch(
-        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, timeout=TIMEOUT_MS
-    )
-    try:
-        context = await browser.new_context()
-        try:
-            context.set_default_timeout(TIMEOUT_MS)
-            yield context
-        finally:
-            await context.close()
-    finally:
-        await browser.close()
-
-
 class Responses:
     """Every response a page sees (redirect answers included), filtered by URL prefix."""
 
@@ -402,7 +346,10 @@ async def test_an_accepting_browser_completes_every_sync_once(
     service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
     with publisher(pixel) as page_origin:
         assert len({urlsplit(u).hostname for u in (page_origin, pixel, partners.origin)}) == 3
-        async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
+        async with (
+            chromium() as p,
+            accepting_context(p, tmp_path / "profile", TIMEOUT_MS) as context,
+        ):
             page = await context.new_page()
             ibs = Responses(page, pixel + "/ibs:")
 
@@ -476,7 +423,8 @@ async def test_a_sync_chain_through_three_partners_completes_in_the_browser(
 ) -> None:
     dpids = (41, 42, 43)
     service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
-    async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
+    profile = tmp_path / "profile"
+    async with chromium() as p, accepting_context(p, profile, TIMEOUT_MS) as context:
         page = await context.new_page()
         url = f"{pixel}/sync/chain?dpids={','.join(map(str, dpids))}"
         final = await page.goto(url, wait_until="load", timeout=TIMEOUT_MS)
@@ -533,7 +481,7 @@ async def test_a_refusing_browser_stores_no_mapping(
     dpids = (51, 52, 53)
     service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
     with publisher(pixel) as page_origin:
-        async with chromium() as p, refusing_context(p) as context:
+        async with chromium() as p, refusing_context(p, TIMEOUT_MS) as context:
             page = await context.new_page()
             ibs = Responses(page, pixel + "/ibs:")
 
