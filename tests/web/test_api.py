@@ -36,6 +36,11 @@ name = "acme"
 dpid = 99
 name = "other"
 
+[[partners]]
+dpid = 7
+name = "short-lived"
+mapping_ttl_days = 1
+
 [[api_keys]]
 name = "admin"
 sha256 = "{sha(TOKENS["admin"])}"
@@ -152,3 +157,21 @@ async def test_openapi_describes_every_endpoint(api: httpx.AsyncClient, svc: Ser
     settings = load_settings(svc.config, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
     served = {p.replace("{dpuuid:path}", "{dpuuid}") for p in create_app(settings).paths}
     assert served <= set(doc["paths"]), served - set(doc["paths"])
+
+
+async def test_retention_per_partner(api: httpx.AsyncClient, store: Store) -> None:
+    """Mappings expire per partner, counted from last seen; the API stops answering
+    them at once (the sweep deletes them later)."""
+    uuid = new_uuid()
+    store.put_mapping(uuid, 7, f"short-{uuid[:6]}", DAY - 2)  # 1-day retention: expired
+    store.put_mapping(uuid, 1234, f"long-{uuid[:6]}", DAY - 2)  # default 90 days: alive
+    await store.drain()
+    resp = await api.get(f"/v1/users/{uuid}", headers=auth("admin"))
+    assert resp.json()["ids"] == {"1234": f"long-{uuid[:6]}"}
+    gone = await api.get(f"/v1/partners/7/users/short-{uuid[:6]}", headers=auth("admin"))
+    assert gone.status_code == 404
+    old = new_uuid()
+    store.put_mapping(old, 1234, f"old-{old[:6]}", DAY - 91)
+    await store.drain()
+    expired = await api.get(f"/v1/partners/1234/users/old-{old[:6]}", headers=auth("admin"))
+    assert expired.status_code == 404
