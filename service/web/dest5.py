@@ -32,7 +32,7 @@ from .common import (
     refusal_headers,
     request_headers,
 )
-from .cookies import VisitorCookies
+from .cookies import VisitorCookies, cookie_value
 from .responses import NO_CACHE, NOSNIFF, Headers, Receive, Scope, Send
 
 log = logging.getLogger("pixelsync.web")
@@ -74,15 +74,6 @@ class SyncOffers:
         self._instructed = {
             p.dpid: metrics.SYNCS.labels(str(p.dpid), "instructed") for p in partners
         }
-
-    def _dextp(self, cookie_header: bytes | None) -> str | None:
-        if not cookie_header:
-            return None
-        for part in cookie_header.split(b";"):
-            part = part.strip()
-            if part.startswith(self._prefix):
-                return part[len(self._prefix) :].decode("latin-1")
-        return None
 
     async def offer(
         self,
@@ -133,7 +124,7 @@ class SyncOffers:
         return (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
 
     def handed(self, headers: Mapping[bytes, bytes]) -> dict[int, int]:
-        return parse_dextp(self._dextp(headers.get(b"cookie")))
+        return parse_dextp(cookie_value(headers.get(b"cookie"), self._prefix))
 
     async def _mappings(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
         assert visitor.uuid is not None

