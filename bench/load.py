@@ -64,6 +64,7 @@ class Scenario:
 # what pixelsync does with it, not a difference in what goes over the wire.
 SCENARIOS: Final = (
     Scenario("bare_gif", "bare", "/event?c_section=sports&c_price=12", True, "gif"),
+    Scenario("bare_starlette", "starlette", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("event_gif_cookie", "pixelsync", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("event_gif_new", "pixelsync", "/event?c_section=sports&c_price=12", False, "gif"),
     Scenario("event_json", "pixelsync", "/event?d_rtbd=json&c_section=sports", True, "json"),
@@ -84,7 +85,12 @@ SCENARIOS: Final = (
         ),
     ),
 )
-CEILING: Final = "bare_gif"
+CEILING: Final = "bare_gif"  # raw ASGI on uvicorn: the strictest ceiling
+STARLETTE_CEILING: Final = "bare_starlette"  # the ceiling the issues' ratios refer to
+# Latency at a fixed, lower rate: each of these scenarios again at this fraction of
+# its median rate (wrk cannot pace; each connection waits between its requests).
+PACED: Final = {"ibs_cookie": 0.5}
+PACED_CONNECTIONS: Final = 16
 
 
 @dataclass(frozen=True)
@@ -327,9 +333,9 @@ def _wait_group_empty(pgid: int, timeout_s: float) -> bool:
     return True
 
 
-def _bare_argv(port: int, workers: int) -> list[str]:
+def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "bench.bare:app",
+        sys.executable, "-m", "uvicorn", app,
         "--host", HOST, "--port", str(port), "--workers", str(workers),
         "--lifespan", "off", "--no-access-log", "--no-server-header",
     ]  # fmt: skip
@@ -427,9 +433,10 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        ports = {"bare": free_port(), "pixelsync": free_port()}
+        ports = {"bare": free_port(), "starlette": free_port(), "pixelsync": free_port()}
         argvs = {
             "bare": _bare_argv(ports["bare"], workers),
+            "starlette": _bare_argv(ports["starlette"], workers, "bench.bare:starlette_app"),
             "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir),
         }
         for name, argv in argvs.items():
@@ -473,11 +480,65 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                     f"  workers={workers} rep {rep}/{options.reps} {scenario.name:<17} "
                     f"{run.rps:>9.0f} rps  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
                 )
-    rows = [_summary(s, workers, runs[s.name]) for s in SCENARIOS]
-    ceiling = next(r["rps_median"] for r in rows if r["scenario"] == CEILING)
+        rows = [_summary(s, workers, runs[s.name]) for s in SCENARIOS]
+        for scenario in SCENARIOS:
+            if scenario.name in PACED:
+                full = next(r["rps_median"] for r in rows if r["scenario"] == scenario.name)
+                rows.append(
+                    _paced(scenario, workers, full, requests[scenario.name], options, progress)
+                )
+    ceilings = {
+        key: next(r["rps_median"] for r in rows if r["scenario"] == name)
+        for key, name in (("ratio_to_bare", CEILING), ("ratio_to_starlette", STARLETTE_CEILING))
+    }
     for row in rows:
-        row["ratio_to_bare"] = round(row["rps_median"] / ceiling, 3) if ceiling else None
+        for key, ceiling in ceilings.items():
+            row[key] = round(row["rps_median"] / ceiling, 3) if ceiling else None
     return rows
+
+
+def _paced(
+    scenario: Scenario,
+    workers: int,
+    full_rps: float,
+    request: tuple[str, list[str], Path | None],
+    options: HttpOptions,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The scenario again at PACED[name] of its full rate: PACED_CONNECTIONS connections,
+    each waiting between requests so that together they aim at the target rate."""
+    url, header_lines, script = request
+    target = full_rps * PACED[scenario.name]
+    delay_ms = max(1, round(PACED_CONNECTIONS * 1000 / target))
+    paced = Path(tempfile.mkdtemp(prefix="pixelsync-bench-paced-")) / "paced.lua"
+    base = script.read_text() if script is not None else ""
+    paced.write_text(base + f"\ndelay = function()\n  return {delay_ms}\nend\n")
+    runs = []
+    try:
+        for rep in range(1, options.reps + 1):
+            time.sleep(0.5)
+            run = run_wrk(
+                url,
+                header_lines,
+                connections=PACED_CONNECTIONS,
+                duration_s=options.duration_s,
+                script=paced,
+            )
+            runs.append(run)
+            progress(
+                f"  workers={workers} rep {rep}/{options.reps} {scenario.name} paced at "
+                f"{target:.0f} rps: {run.rps:>7.0f} rps  p50 {run.p50_ms:6.2f} ms  "
+                f"p99 {run.p99_ms:6.2f} ms"
+            )
+    finally:
+        shutil.rmtree(paced.parent, ignore_errors=True)
+    paced_scenario = Scenario(
+        f"{scenario.name}_paced", scenario.server, scenario.path, scenario.cookie, scenario.answer
+    )
+    row = _summary(paced_scenario, workers, runs)
+    row["target_rps"] = round(target, 1)
+    row["fraction_of_full"] = PACED[scenario.name]
+    return row
 
 
 def run_http(options: HttpOptions, progress: Progress) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def build_store(settings: Settings, url: str) -> Store:
         retention,
         buffer_max=settings.store["buffer_max_ops"],
         write_client=connect(url, cluster=cluster, socket_timeout=None),
+        write_url=url,
     )
 
 

@@ -64,7 +64,7 @@ async def open_store(
         connect(url, cluster=False),
         KeySchema(buckets),
         retention or Retention(visitor_days=180, mapping_days={}, default_mapping_days=90),
-        **kwargs,
+        **{"write_url": url, **kwargs},
     )
     await s.start()
     try:

@@ -78,7 +78,22 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) en
 return n
 """
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT)
+# A whole mapping in one call, where one script may touch two keys (not on a Cluster,
+# whose keys of one visitor and one uid live in different slots): UPSERT on KEYS[1]
+# with ARGV[1..5], then SWAP on KEYS[2] with field ARGV[6] and owner ARGV[7].
+# Answers {what UPSERT answers, what SWAP answers}.
+MAP: Final = (
+    b"local function upsert()\n"
+    + UPSERT
+    + b"""end
+local old = upsert()
+local owner = redis.call('HGET', KEYS[2], ARGV[6])
+redis.call('HSET', KEYS[2], ARGV[6], ARGV[7])
+return {old, owner}
+"""
+)
+
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP)
 
 
 class Scripts:
@@ -101,8 +116,11 @@ class Scripts:
         self._sha.clear()
 
     def queue(self, pipe: Any, script: bytes, key: bytes, *args: bytes | int) -> None:
+        self.queue_keys(pipe, script, 1, key, *args)
+
+    def queue_keys(self, pipe: Any, script: bytes, nkeys: int, *keys_args: bytes | int) -> None:
         sha = self._sha.get(script)
         if sha is None:
-            pipe.execute_command("EVAL", script, 1, key, *args)
+            pipe.execute_command("EVAL", script, nkeys, *keys_args)
         else:
-            pipe.execute_command("EVALSHA", sha, 1, key, *args)
+            pipe.execute_command("EVALSHA", sha, nkeys, *keys_args)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ..tally import Tally
@@ -24,7 +26,9 @@ from .codec import (
 )
 from .connect import Client
 from .keys import COUNTS_TTL_S, META_KEY, KeySchema, counts_key, lock_key
-from .writes import Count, Erase, Forward, Reverse, Touch, Unlink, WriteBuffer, unlinks
+from .raw import RawConnection
+from .raw import supported as raw_supported
+from .writes import Count, Erase, Forward, Map, Reverse, Touch, Unlink, WriteBuffer, unlinks
 
 log = logging.getLogger("pixelsync.store")
 
@@ -62,10 +66,14 @@ class Store:
         *,
         buffer_max: int = 100_000,
         write_client: Client | None = None,
+        write_url: str | None = None,
     ) -> None:
         """`write_client`: a client for the write buffer, ideally without a timeout per
-        answer (the buffer bounds each pipeline as a whole); default: `client`."""
+        answer (the buffer bounds each pipeline as a whole); default: `client`.
+        `write_url`: the server's URL; a standalone redis:// one lets the write buffer
+        use its own bare pipelined connection (raw.py)."""
         self.client = client
+        self.cluster = isinstance(client, RedisCluster)
         self.schema = schema
         self.retention = retention
         self.tally = Tally()  # counters, flushed into per-minute buckets by flush_counts()
@@ -74,6 +82,11 @@ class Store:
             schema,
             capacity=buffer_max,
             before_first_write=self._check_meta,
+            raw=(
+                RawConnection(write_url)
+                if write_url and raw_supported(write_url) and not self.cluster
+                else None
+            ),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,6 +137,8 @@ class Store:
         except TimeoutError:
             log.error("shutdown with unflushed writes", extra={"ops": len(self.writes)})
         await self.writes.stop()
+        if self.writes.raw is not None:
+            await self.writes.raw.aclose()
         if self.writes.client is not self.client:
             await self.writes.client.aclose()
         await self.client.aclose()
@@ -144,7 +159,9 @@ class Store:
     def put_mapping(self, uuid: str, dpid: int, uid: str, day: int) -> bool:
         """Store visitor <-> (dpid, uid); the latest mapping wins in both directions."""
         enc = encode_uid(uid)
-        return self.writes.push(Forward(uuid, dpid, enc, day), Reverse(uuid, dpid, enc))
+        if self.cluster:  # the two keys live in different slots: one command each
+            return self.writes.push(Forward(uuid, dpid, enc, day), Reverse(uuid, dpid, enc))
+        return self.writes.push(Map(uuid, dpid, enc, day))
 
     def erase_visitor(self, uuid: str) -> None:
         """Erase everything about the visitor, in both directions. Never refused."""
@@ -244,23 +261,30 @@ class Store:
         return token if ok else None
 
     async def sweep(
-        self, today: int, *, buckets_per_round: int = 64, pause_s: float = 0.001
+        self, today: int, *, buckets_per_round: int = 16, duty: float = 0.1
     ) -> dict[str, int]:
         """Delete visitors and mappings past their retention, and reverse entries whose
-        forward entry is gone. Paced, so that serving goes on. Answers the counts."""
+        forward entry is gone. Answers the counts.
+
+        Paced so that serving goes on: after each round of buckets it rests for as long
+        as the round took, times (1 - duty) / duty; at the default duty of 10 %, a
+        sweep costs the process a tenth of a core while it runs."""
         s = self.schema
         counts = {"visitors": 0, "records": 0, "mappings": 0, "orphans": 0}
         rounds = [
             range(start, min(start + buckets_per_round, s.buckets))
             for start in range(0, s.buckets, buckets_per_round)
         ]
+        rest = (1 - duty) / duty
         for buckets in rounds:
+            began = time.perf_counter()
             await self._sweep_forward([s.visitor_key_of_bucket(b) for b in buckets], today, counts)
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep((time.perf_counter() - began) * rest)
         await self.drain()  # the unlinks of what expired, before looking for orphans
         for buckets in rounds:
+            began = time.perf_counter()
             await self._sweep_reverse([s.reverse_key_of_bucket(b) for b in buckets], counts)
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep((time.perf_counter() - began) * rest)
         await self.drain()
         return counts
 

@@ -1,9 +1,11 @@
 """Buffered writes: requests enqueue and return at once; one task per process applies
 the queue in pipelines, so concurrent requests share round trips.
 
-Each buffered op is one Redis command on one key, so a pipeline's answers say per op
-whether it was applied. A visitor <-> uid mapping is two ops (forward and reverse);
-what they replaced may call for conditional clean-ups, queued as ops of their own.
+Each buffered op is one Redis command, so a pipeline's answers say per op whether it
+was applied. A visitor <-> uid mapping is one script over both keys on a standalone
+server (Map), and two ops on a Cluster, where the keys live in different slots
+(Forward and Reverse); what they replaced may call for conditional clean-ups, queued
+as ops of their own.
 
 Failures:
 - Redis unreachable or refusing writes for now (connection, timeout, OOM, READONLY,
@@ -32,6 +34,7 @@ from . import scripts
 from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
 from .connect import Client
 from .keys import KeySchema
+from .raw import PackedPipe, RawConnection
 
 log = logging.getLogger("pixelsync.store")
 
@@ -39,7 +42,7 @@ _BATCH: Final = 512
 PIPELINE_TIMEOUT_S: Final = 5.0  # a whole batch; a hung server is then "unreachable"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Touch:
     """Refresh the last-seen day of a visitor that has a record."""
 
@@ -47,7 +50,7 @@ class Touch:
     day: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Forward:
     """The visitor's entry for a partner: (dpid, uid) as of `day`."""
 
@@ -57,7 +60,17 @@ class Forward:
     day: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class Map:
+    """Forward and Reverse in one command (standalone servers only)."""
+
+    uuid: str
+    dpid: int
+    enc: bytes
+    day: int
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Reverse:
     """The uid's owner: this visitor."""
 
@@ -66,7 +79,7 @@ class Reverse:
     enc: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Unlink:
     """Delete a reverse entry if it still names this visitor."""
 
@@ -75,7 +88,7 @@ class Unlink:
     owner: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Disown:
     """Remove a visitor's entry for a partner if it still holds this uid."""
 
@@ -84,12 +97,12 @@ class Disown:
     enc: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Erase:
     uuid: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Count:
     """Add to a counter of a per-minute bucket (HINCRBY), which expires on its own."""
 
@@ -99,7 +112,7 @@ class Count:
     ttl_s: int
 
 
-Op = Touch | Forward | Reverse | Unlink | Disown | Erase | Count
+Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count
 
 
 def _transient(exc: BaseException) -> bool:
@@ -118,8 +131,10 @@ class WriteBuffer:
         *,
         capacity: int,
         before_first_write: Callable[[], Any],
+        raw: RawConnection | None = None,
     ) -> None:
         self.client = client
+        self.raw = raw  # batches go here when set (standalone redis://), else redis-py
         self.schema = schema
         self.scripts = scripts.Scripts()
         self._queue: deque[Op] = deque()
@@ -229,10 +244,16 @@ class WriteBuffer:
     async def _pipeline(self, ops: Sequence[Op]) -> tuple[list[Op], BaseException | None]:
         if not ops:
             return [], None
-        pipe = self.client.pipeline(transaction=False)
-        for op in ops:
-            self._queue_command(pipe, op)
-        results = await asyncio.wait_for(pipe.execute(raise_on_error=False), PIPELINE_TIMEOUT_S)
+        if self.raw is not None:
+            packed = PackedPipe()
+            for op in ops:
+                self._queue_command(packed, op)
+            results = await asyncio.wait_for(self.raw.execute(packed), PIPELINE_TIMEOUT_S)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for op in ops:
+                self._queue_command(pipe, op)
+            results = await asyncio.wait_for(pipe.execute(raise_on_error=False), PIPELINE_TIMEOUT_S)
         not_applied: list[Op] = []
         cleanups: list[Op] = []
         trouble: BaseException | None = None
@@ -264,6 +285,11 @@ class WriteBuffer:
             day = pack_day(op.day)
             run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
                 day, varint(op.dpid), day + op.enc, b"")  # fmt: skip
+        elif isinstance(op, Map):
+            day, owner = pack_day(op.day), uuid16(op.uuid)
+            key, field = s.reverse_slot(op.dpid, decode_uid(op.enc))
+            self.scripts.queue_keys(pipe, scripts.MAP, 2, s.visitor_key(op.uuid), key,
+                owner, day, varint(op.dpid), day + op.enc, b"", field, owner)  # fmt: skip
         elif isinstance(op, Reverse):
             key, field = s.reverse_slot(op.dpid, decode_uid(op.enc))
             run(pipe, scripts.SWAP, key, field, uuid16(op.uuid))
@@ -281,18 +307,27 @@ class WriteBuffer:
         """Count an applied op; answer the clean-ups what it replaced calls for."""
         if isinstance(op, Touch):
             self._written["touch"].inc()
+        elif isinstance(op, Map):
+            old, owner = cast(list[bytes | None], result)
+            return self._replaced(op, old) + self._taken(op, owner)
         elif isinstance(op, Forward):
-            self._written["mapping"].inc()
-            old = cast(bytes | None, result)
-            if old is not None and old[2:] != op.enc:
-                # The visitor had another uid at this partner: unlink that uid.
-                key, field = self.schema.reverse_slot(op.dpid, decode_uid(old[2:]))
-                return [Unlink(key, field, uuid16(op.uuid))]
+            return self._replaced(op, cast(bytes | None, result))
         elif isinstance(op, Reverse):
-            owner = cast(bytes | None, result)
-            if owner is not None and owner != uuid16(op.uuid):
-                # The uid belonged to another visitor: take it away from that one.
-                return [Disown(uuid_from16(owner), op.dpid, op.enc)]
+            return self._taken(op, cast(bytes | None, result))
+        return []
+
+    def _replaced(self, op: Forward | Map, old: bytes | None) -> list[Op]:
+        self._written["mapping"].inc()
+        if old is not None and old[2:] != op.enc:
+            # The visitor had another uid at this partner: unlink that uid.
+            key, field = self.schema.reverse_slot(op.dpid, decode_uid(old[2:]))
+            return [Unlink(key, field, uuid16(op.uuid))]
+        return []
+
+    def _taken(self, op: Reverse | Map, owner: bytes | None) -> list[Op]:
+        if owner is not None and owner != uuid16(op.uuid):
+            # The uid belonged to another visitor: take it away from that one.
+            return [Disown(uuid_from16(owner), op.dpid, op.enc)]
         return []
 
     async def _erase(self, op: Erase) -> list[Op]:
