@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlsplit
 
+import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .config import ConfigError, Settings, load_settings
+from .destinations import DestinationRules, Tokens
 from .identity import CookieSigner, today
 from .logs import AccessLog
+from .outbound.s2s import S2SDestination, S2SSender
+from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
+from .taxonomy import taxonomy
 from .web.api import Api, ApiKeys
 from .web.chain import ChainEndpoint
 from .web.common import PrivacyRules
@@ -28,6 +35,8 @@ from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
+from .web.qualify import LossCounters, Profiles
+from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
 
 log = logging.getLogger("pixelsync")
 
@@ -68,27 +77,68 @@ async def _sweep_forever(store: Store, interval_s: int) -> None:
         await asyncio.sleep(interval_s)
 
 
+def s2s_from(settings: Settings, environ: Mapping[str, str]) -> list[S2SDestination]:
+    """The s2s destinations, their HMAC secrets read from the environment."""
+    out, problems = [], []
+    for d in settings.destinations:
+        if d.type != "s2s":
+            continue
+        o = d.options
+        secret = None
+        if o["hmac_secret_env"]:
+            value = environ.get(o["hmac_secret_env"])
+            if not value:
+                problems.append(
+                    f"[[destinations]] id {d.id}: key 'hmac_secret_env': "
+                    f"environment variable {o['hmac_secret_env']} is not set"
+                )
+                continue
+            secret = value.encode()
+        assert d.partner is not None  # required for s2s by the config
+        out.append(
+            S2SDestination(
+                d.id,
+                o["url"],
+                d.partner,
+                secret,
+                batch_max_users=o["batch_max_users"],
+                timeout_ms=o["timeout_ms"],
+                retries=o["retries"],
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
 class HotPaths:
     """Sends the hot endpoints straight to their raw ASGI handlers, past Starlette's
     middleware and router; everything else (and the lifespan) goes to Starlette.
     An exception in a handler is answered 500 by the server, as Starlette would."""
 
-    def __init__(self, app: Starlette, hot: dict[str, ASGIApp]) -> None:
+    def __init__(
+        self, app: Starlette, hot: dict[str, ASGIApp], prefixed: dict[str, ASGIApp]
+    ) -> None:
         self.app = app
         self.state = app.state
         self._hot = hot
+        self._prefixed = list(prefixed.items())  # /ibs:…, /fire/<token>, /ack/<token>
 
     @property
     def paths(self) -> list[str]:
         """Every path served: the hot ones and Starlette's routes."""
-        return [*self._hot, *(str(getattr(r, "path", "")) for r in self.app.routes)]
+        routes = (str(getattr(r, "path", "")) for r in self.app.routes)
+        return [*self._hot, *(p for p, _ in self._prefixed), *routes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
             handler = self._hot.get(path)
-            if handler is None and path.startswith(IBS_PATH_FORM):
-                handler = self._hot["/ibs"]
+            if handler is None:
+                for prefix, candidate in self._prefixed:
+                    if path.startswith(prefix):
+                        handler = candidate
+                        break
             if handler is not None:
                 await handler(scope, receive, send)
                 return
@@ -113,9 +163,42 @@ def create_app(settings: Settings) -> HotPaths:
         honor_gpc=settings.privacy["honor_gpc"],
     )
 
+    qualifier = Qualifier(settings.traits, settings.segments)
+    rules = DestinationRules(settings.destinations)
+    tokens = Tokens(settings.secret_keys, settings.public_url)
+    loss = LossCounters(store.tally)
+    s2s_destinations = s2s_from(settings, os.environ)
+    # One client for every partner call: keep-alive, bounded pools.
+    partner_http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+    )
+    sender = (
+        S2SSender(
+            s2s_destinations,
+            partner_http,
+            loss.count,
+            client_id=urlsplit(settings.public_url).hostname or "pixelsync",
+        )
+        if s2s_destinations
+        else None
+    )
+    profiles = Profiles(
+        store,
+        qualifier,
+        rules,
+        tokens,
+        loss,
+        s2s=sender,
+        gvl_ids={p.dpid: p.gvl_id for p in settings.partners},
+        region=settings.server["region"],
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
+        if sender is not None:
+            sender.start()
         sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
         access_writer = asyncio.create_task(access.run())
         counter = asyncio.create_task(_flush_counts_forever(store))
@@ -127,6 +210,9 @@ def create_app(settings: Settings) -> HotPaths:
             access_writer.cancel()
             access.flush()
             counter.cancel()
+            if sender is not None:
+                await sender.close(timeout=5.0)
+            await partner_http.aclose()
             store.flush_counts(time.time())
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
@@ -139,8 +225,10 @@ def create_app(settings: Settings) -> HotPaths:
         public_url=settings.public_url,
     )
     hot: dict[str, ASGIApp] = {
-        "/event": EventEndpoint(store, cookies, settings, access, privacy, offers),
-        "/dest5.html": Dest5Endpoint(offers, cookies, privacy, settings.limits["max_query_bytes"]),
+        "/event": EventEndpoint(store, cookies, settings, access, privacy, offers, profiles),
+        "/dest5.html": Dest5Endpoint(
+            offers, cookies, privacy, settings.limits["max_query_bytes"], profiles
+        ),
         "/demoptout.jpg": OptOutEndpoint(store, cookies),
         "/ibs": IbsEndpoint(
             store,
@@ -160,7 +248,19 @@ def create_app(settings: Settings) -> HotPaths:
             max_query=settings.limits["max_query_bytes"],
         ),
     }
-    api = Api(store, ApiKeys(settings.api_keys), settings.partners)
+    prefixed: dict[str, ASGIApp] = {
+        IBS_PATH_FORM: hot["/ibs"],
+        FIRE_PREFIX: TrackingEndpoint("fire", store, tokens, loss),
+        ACK_PREFIX: TrackingEndpoint("ack", store, tokens, loss),
+    }
+    api = Api(
+        store,
+        ApiKeys(settings.api_keys),
+        settings.partners,
+        qualifier=qualifier,
+        destinations=settings.destinations,
+        taxonomy=taxonomy(settings.traits, settings.segments),
+    )
     routes = [
         *api.routes(),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
@@ -171,7 +271,7 @@ def create_app(settings: Settings) -> HotPaths:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
-    return HotPaths(app, hot)
+    return HotPaths(app, hot, prefixed)
 
 
 def app_from_env() -> HotPaths:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .macros import Template, TemplateError
 from .redirects import browser_host
+from .rules import RuleError, compile_segment_rule, compile_trait_rule
 
 __all__ = [
     "ApiKey",
@@ -484,6 +485,43 @@ def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> No
                 problems.append(f"{where}: key 'partner': required for type {entry['type']}")
 
 
+def _check_rules(arrays: Mapping[str, list[dict[str, Any]]], problems: list[str]) -> None:
+    """Rules parse (SPEC §6), and every sid a rule or a mapping names exists."""
+    traits = {t["sid"]: t for t in arrays["traits"] if "sid" in t}
+    for t in arrays["traits"]:
+        if t.get("type") == "rule" and t.get("rule"):
+            try:
+                compile_trait_rule(t["rule"])
+            except RuleError as exc:
+                problems.append(f"[[traits]] sid {t.get('sid')}: key 'rule': {exc}")
+    segments = {s["sid"] for s in arrays["segments"] if "sid" in s}
+    for seg in arrays["segments"]:
+        if not seg.get("rule"):
+            continue
+        where = f"[[segments]] sid {seg.get('sid')}: key 'rule'"
+        try:
+            rule = compile_segment_rule(seg["rule"])
+        except RuleError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        for sid in sorted(rule.traits - set(traits)):
+            problems.append(f"{where}: no trait with sid {sid}")
+    for d in arrays["destinations"]:
+        for key in d.get("mappings", {}):
+            if not key.isdigit() or int(key) not in segments:
+                problems.append(
+                    f"[[destinations]] id {d.get('id')}: key 'mappings': "
+                    f"{key!r} is not the sid of a configured segment"
+                )
+    for p in arrays["partners"]:
+        for code, sid in p.get("realtime_traits", {}).items():
+            if traits.get(sid, {}).get("type") != "onboarded":
+                problems.append(
+                    f"[[partners]] dpid {p.get('dpid')}: key 'realtime_traits': "
+                    f"{code!r} -> {sid} is not an onboarded trait"
+                )
+
+
 def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
@@ -552,6 +590,7 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
     _check_partner_refs(
         {k: v if isinstance(v := doc.get(k, []), list) else [] for k in _ARRAYS}, problems
     )
+    _check_rules(arrays, problems)
 
     if problems:
         raise ConfigError(problems)

@@ -38,6 +38,16 @@ BUFFER_OVERFLOW: Final = Counter(
 SYNCS: Final = Counter(
     "pixelsync_syncs_total", "ID syncs per partner (dpid) and stage", ["dpid", "stage"]
 )
+DESTINATIONS: Final = Counter(
+    "pixelsync_destination_events_total",
+    "Destination delivery per destination id and counter (instructed, loaded, confirmed, "
+    "attempted, delivered, failed, retried, overflow)",
+    ["destination", "counter"],
+)
+SEGMENTS: Final = Counter(
+    "pixelsync_segment_changes_total", "Segment entries and exits", ["segment", "change"]
+)
+TRAITS: Final = Counter("pixelsync_trait_realizations_total", "Trait realizations", ["sid"])
 WRITE_FAILURES: Final = Counter(
     "pixelsync_write_failures_total",
     "Writes Redis refused on their own (not an outage), dropped after retries",
@@ -51,11 +61,14 @@ __all__ = [
     "BUFFERED",
     "BUFFER_OVERFLOW",
     "CONTENT_TYPE_LATEST",
+    "DESTINATIONS",
     "LATENCY",
     "REDIS_ERRORS",
     "REDIS_UP",
     "REQUESTS",
+    "SEGMENTS",
     "SYNCS",
+    "TRAITS",
     "WRITES",
     "WRITE_FAILURES",
     "render",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ..profiles import Pending, Profile
+
 _UUID_LOWER: Final = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UUID_UPPER: Final = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
 _HEX_LOWER: Final = re.compile(r"(?:[0-9a-f]{2}){8,}")
@@ -106,3 +108,65 @@ def parse_record(value: bytes) -> tuple[int, dict[int, bytes]]:
 
 def build_record(day: int, entries: dict[int, bytes]) -> bytes:
     return pack_day(day) + b"".join(pack_entry(d, rest) for d, rest in entries.items())
+
+
+# A visitor's profile, one hash field per visitor in ``p:{<vb>}`` (see keys.py and
+# profiles.py), days as offsets back from the first field to keep them one byte:
+#   profile := day2 (base: newest day in it) varint(n traits) trait*
+#              varint(n segments) varint(sid)* varint(n pending) pending*
+#   trait   := varint(sid) varint(n) (varint(base - day) varint(count))*
+#   pending := varint(destination id) varint(segment sid) varint(base - day)
+def pack_profile(profile: Profile) -> bytes:
+    """b"" for an empty profile: nothing is stored for it."""
+    if profile.empty:
+        return b""
+    days = [d for entries in profile.traits.values() for d, _ in entries]
+    days += [p.day for p in profile.pending]
+    base = max(days, default=0)
+    out = bytearray(pack_day(base))
+    out += varint(len(profile.traits))
+    for sid, entries in profile.traits.items():
+        out += varint(sid) + varint(len(entries))
+        for day, n in entries:
+            out += varint(base - day) + varint(n)
+    out += varint(len(profile.segments))
+    for sid in sorted(profile.segments):
+        out += varint(sid)
+    out += varint(len(profile.pending))
+    for p in profile.pending:
+        out += varint(p.destination) + varint(p.segment) + varint(base - p.day)
+    return bytes(out)
+
+
+def parse_profile(raw: bytes | None) -> Profile:
+    """The profile of a stored value (None or b"": empty). A value that does not
+    parse counts as empty rather than failing the request that reads it."""
+    profile = Profile()
+    if not raw:
+        return profile
+    try:
+        base = unpack_day(raw)
+        pos = 2
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            sid, pos = read_varint(raw, pos)
+            n, pos = read_varint(raw, pos)
+            entries = []
+            for _ in range(n):
+                back, pos = read_varint(raw, pos)
+                times, pos = read_varint(raw, pos)
+                entries.append((base - back, times))
+            profile.traits[sid] = entries
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            sid, pos = read_varint(raw, pos)
+            profile.segments.add(sid)
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            dest, pos = read_varint(raw, pos)
+            segment, pos = read_varint(raw, pos)
+            back, pos = read_varint(raw, pos)
+            profile.pending.append(Pending(dest, segment, base - back))
+    except IndexError:
+        return Profile()
+    return profile

@@ -13,6 +13,10 @@ key                    type    fields -> values                               by
                                partner ``varint(dpid) varint(len) <day2>``    (UUID uid),
                                ``<uid codec>`` (mapping last seen, uid)       +~41 (36 chars)
 ``r:{<rb>}``           hash    ``<hash8>`` -> ``<uuid16>`` reverse mapping    ~28/mapping
+``p:{<vb>}``           hash    ``<uuid16>`` -> profile (codec.pack_profile):  ~20/visitor
+                               trait realizations by day, segments,           +~4/trait
+                               pending URL fires                              +~2/segment
+``ps:once:<nonce>``    string  ``1``, EX 1 day: a /fire or /ack token counted ~60/token
 ``ps:meta``            hash    ``buckets`` -> B                               once
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
                                after 8 days (minute = unix seconds // 60)
@@ -51,10 +55,15 @@ META_KEY: Final = b"ps:meta"
 
 
 COUNTS_TTL_S: Final = 8 * 86400
+ONCE_TTL_S: Final = 86400
 
 
 def counts_key(minute: int) -> bytes:
     return b"ps:cnt:%d" % minute
+
+
+def once_key(nonce: bytes) -> bytes:
+    return b"ps:once:" + nonce
 
 
 def lock_key(job: str) -> bytes:
@@ -75,6 +84,12 @@ class KeySchema:
 
     def visitor_key(self, uuid: str) -> bytes:
         return b"u:" + self.visitor_tag(uuid)
+
+    def profile_key(self, uuid: str) -> bytes:
+        return b"p:" + self.visitor_tag(uuid)
+
+    def profile_key_of_bucket(self, bucket: int) -> bytes:
+        return b"p:{%x}" % bucket
 
     def visitor_key_of_bucket(self, bucket: int) -> bytes:
         return b"u:{%x}" % bucket

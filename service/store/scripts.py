@@ -20,6 +20,15 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+# Replace a hash field's value only if it is still ARGV[2], where '' means absent
+# ('' as ARGV[3] deletes it). Answers 1 when done, 0 when the value was not ARGV[2].
+REPLACE: Final = b"""
+if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
 # Edit one visitor record (codec.parse_record's layout) in place:
 # ARGV[1] field (uuid16), ARGV[2] visitor day2 or '' (keep), ARGV[3] dpid varint or ''
 # (touch: refresh the last-seen day of an existing record, never create one),
@@ -93,7 +102,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE)
 
 
 class Scripts:

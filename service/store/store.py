@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,10 +25,23 @@ from .codec import (
     uuid_from16,
 )
 from .connect import Client
-from .keys import COUNTS_TTL_S, META_KEY, KeySchema, counts_key, lock_key
+from .keys import COUNTS_TTL_S, META_KEY, ONCE_TTL_S, KeySchema, counts_key, lock_key, once_key
 from .raw import RawConnection
 from .raw import supported as raw_supported
-from .writes import Count, Erase, Forward, Map, Reverse, Touch, Unlink, WriteBuffer, unlinks
+from .writes import (
+    Count,
+    Erase,
+    Forward,
+    Map,
+    Once,
+    Redo,
+    Reverse,
+    SaveProfile,
+    Touch,
+    Unlink,
+    WriteBuffer,
+    unlinks,
+)
 
 log = logging.getLogger("pixelsync.store")
 
@@ -163,6 +176,19 @@ class Store:
             return self.writes.push(Forward(uuid, dpid, enc, day), Reverse(uuid, dpid, enc))
         return self.writes.push(Map(uuid, dpid, enc, day))
 
+    def save_profile(self, uuid: str, expected: bytes, new: bytes, redo: Redo) -> bool:
+        """Store the visitor's profile if nobody changed it since it was read as
+        `expected` (b"": none); otherwise `redo` re-applies the change. Never refused:
+        a profile write is the outcome of a request already answered."""
+        if expected == new:
+            return True
+        return self.writes.push(SaveProfile(uuid, expected, new, redo), bounded=False)
+
+    def count_once(self, nonce: bytes, first: Callable[[], None]) -> None:
+        """Run `first` (count something) only the first time this nonce is seen within
+        a day, across all processes."""
+        self.writes.push(Once(once_key(nonce), ONCE_TTL_S, first), bounded=False)
+
     def erase_visitor(self, uuid: str) -> None:
         """Erase everything about the visitor, in both directions. Never refused."""
         self.writes.push(Erase(uuid), bounded=False)
@@ -178,6 +204,16 @@ class Store:
         counts = self.tally.take()
         if counts:
             self.add_counts(int(now) // 60, counts)
+
+    async def counts_by_minute(self, minutes: range) -> list[dict[str, int]]:
+        """The counters of each minute's bucket, in order (one pipeline)."""
+        pipe = self.client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(counts_key(minute))
+        return [
+            {field.decode(): int(n) for field, n in bucket.items()}
+            for bucket in await pipe.execute()
+        ]
 
     async def counts(self, minutes: range) -> dict[str, int]:
         """The counters summed over these minutes."""
@@ -212,6 +248,18 @@ class Store:
         return cast(bytes | None, await self.client.hget(s.visitor_key(uuid), uuid16(uuid)))
 
     # ------------------------------------------------------------------ reads
+
+    async def visitor_state(self, uuid: str) -> tuple[bytes, bytes | None]:
+        """(stored profile or b"", visitor record or None): one round trip."""
+        s, field = self.schema, uuid16(uuid)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(s.profile_key(uuid), field)
+        pipe.hget(s.visitor_key(uuid), field)
+        profile, record = await pipe.execute()
+        return cast(bytes | None, profile) or b"", cast(bytes | None, record)
+
+    def live_mappings(self, record: bytes | None, today: int) -> dict[int, PartnerUid]:
+        return {} if record is None else self._live(parse_record(record)[1], today)
 
     async def visitor_last_seen(self, uuid: str) -> int | None:
         record = await self._record(uuid)

@@ -40,6 +40,7 @@ log = logging.getLogger("pixelsync.store")
 
 _BATCH: Final = 512
 PIPELINE_TIMEOUT_S: Final = 5.0  # a whole batch; a hung server is then "unreachable"
+MAX_REDO: Final = 5  # concurrent profile writers: re-applied this often, then given up
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -102,6 +103,33 @@ class Erase:
     uuid: str
 
 
+# Given the profile as it now is in Redis (b"" for none), the value to store instead.
+Redo = Callable[[bytes], bytes]
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class SaveProfile:
+    """Replace the visitor's profile if it is still `expected` (b"": absent); `new`
+    b"" deletes it. When another request changed it meanwhile, `redo` applies this
+    request's change again to what is there now."""
+
+    uuid: str
+    expected: bytes
+    new: bytes
+    redo: Redo
+    attempt: int = 0
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class Once:
+    """SET key NX with an expiry; `first` runs when this op was the one that set it
+    (a tracked fire or ack counted once however often its URL is loaded)."""
+
+    key: bytes
+    ttl_s: int
+    first: Callable[[], None]
+
+
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Count:
     """Add to a counter of a per-minute bucket (HINCRBY), which expires on its own."""
@@ -112,7 +140,7 @@ class Count:
     ttl_s: int
 
 
-Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count
+Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count | SaveProfile | Once
 
 
 def _transient(exc: BaseException) -> bool:
@@ -145,7 +173,10 @@ class WriteBuffer:
         self._before_first_write = before_first_write
         self._ready = False
         self._task: asyncio.Task[None] | None = None
-        self._written = {k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase")}
+        self._written = {
+            k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase", "profile")
+        }
+        self._redos: set[asyncio.Task[None]] = set()
         self.overflowed = 0
         self.failed = 0
         self.healthy = True
@@ -169,8 +200,11 @@ class WriteBuffer:
 
     async def drain(self) -> None:
         """Wait until every op queued so far has been applied (or dropped as failed)."""
-        while self._queue or not self._idle.is_set():
-            await self._idle.wait()
+        while self._queue or not self._idle.is_set() or self._redos:
+            if self._redos:  # each pushes its op again when done
+                await asyncio.gather(*self._redos, return_exceptions=True)
+            else:
+                await self._idle.wait()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +212,8 @@ class WriteBuffer:
         self._task = asyncio.create_task(self._loop(), name="pixelsync-writes")
 
     async def stop(self) -> None:
+        for redo in list(self._redos):
+            redo.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -300,6 +336,11 @@ class WriteBuffer:
                 b"", varint(op.dpid), b"", op.enc)  # fmt: skip
         elif isinstance(op, Count):
             run(pipe, scripts.COUNT, op.key, op.field.encode(), op.n, op.ttl_s)
+        elif isinstance(op, SaveProfile):
+            run(pipe, scripts.REPLACE, s.profile_key(op.uuid), uuid16(op.uuid),
+                op.expected, op.new)  # fmt: skip
+        elif isinstance(op, Once):
+            pipe.execute_command("SET", op.key, b"1", "NX", "EX", op.ttl_s)
         else:
             raise AssertionError(op)
 
@@ -314,7 +355,35 @@ class WriteBuffer:
             return self._replaced(op, cast(bytes | None, result))
         elif isinstance(op, Reverse):
             return self._taken(op, cast(bytes | None, result))
+        elif isinstance(op, SaveProfile):
+            if result == 0:
+                self._redo_later(op)
+            else:
+                self._written["profile"].inc()
+        elif isinstance(op, Once) and result is not None:
+            op.first()
         return []
+
+    def _redo_later(self, op: SaveProfile) -> None:
+        if op.attempt >= MAX_REDO:
+            self.failed += 1
+            metrics.WRITE_FAILURES.inc()
+            log.error("profile write lost to concurrent writers", extra={"uuid": op.uuid})
+            return
+        task = asyncio.create_task(self._redo(op))
+        self._redos.add(task)
+        task.add_done_callback(self._redos.discard)
+
+    async def _redo(self, op: SaveProfile) -> None:
+        try:
+            key, field = self.schema.profile_key(op.uuid), uuid16(op.uuid)
+            now = await asyncio.wait_for(self.client.hget(key, field), PIPELINE_TIMEOUT_S)
+            current = cast(bytes | None, now) or b""
+            new = op.redo(current)
+        except Exception as exc:  # Redis gone meanwhile: apply to what we last saw
+            log.warning("profile re-read failed", extra={"error": repr(exc)})
+            current, new = op.expected, op.new
+        self.push(SaveProfile(op.uuid, current, new, op.redo, op.attempt + 1), bounded=False)
 
     def _replaced(self, op: Forward | Map, old: bytes | None) -> list[Op]:
         self._written["mapping"].inc()
@@ -331,12 +400,15 @@ class WriteBuffer:
         return []
 
     async def _erase(self, op: Erase) -> list[Op]:
-        """Delete the visitor's record; its reverse entries go as clean-ups."""
+        """Delete the visitor's profile and record; the record's reverse entries go
+        as clean-ups."""
         key, field = self.schema.visitor_key(op.uuid), uuid16(op.uuid)
-        record = cast(
-            bytes | None, await asyncio.wait_for(self.client.hget(key, field), PIPELINE_TIMEOUT_S)
-        )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hdel(self.schema.profile_key(op.uuid), field)
+        pipe.hget(key, field)
+        _, record = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
         if record is None:
+            self._written["erase"].inc()
             return []
         pipe = self.client.pipeline(transaction=False)
         self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")

@@ -18,9 +18,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import ApiKey, Partner
+from ..config import ApiKey, Destination, Partner
 from ..identity import is_uuid, today
+from ..loss import WINDOWS, Target, minutes, report
+from ..qualification import Qualifier
 from ..store import Store
+from ..store.codec import parse_profile
 from ..sync import valid_uid
 from ..tally import partner_field
 
@@ -70,11 +73,23 @@ Handler = Callable[[Request, Caller], Awaitable[Response]]
 
 
 class Api:
-    def __init__(self, store: Store, keys: ApiKeys, partners: Iterable[Partner]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: ApiKeys,
+        partners: Iterable[Partner],
+        *,
+        qualifier: Qualifier | None = None,
+        destinations: Iterable[Destination] = (),
+        taxonomy: dict[str, Any] | None = None,
+    ) -> None:
         self.store = store
         self.keys = keys
         self.names = {p.dpid: p.name for p in partners}
         self.dpids = frozenset(self.names)
+        self.qualifier = qualifier
+        self.destinations = list(destinations)
+        self.taxonomy_doc = taxonomy or {"folders": [], "traits": [], "segments": []}
 
     def routes(self) -> list[Route]:
         return [
@@ -92,6 +107,8 @@ class Api:
             ),
             Route("/v1/partners/{dpid}/lookup", self._guard("read", self.lookup), methods=["POST"]),
             Route("/v1/match-rates", self._guard("read", self.match_rates), methods=["GET"]),
+            Route("/v1/loss", self._guard("read", self.loss), methods=["GET"]),
+            Route("/v1/taxonomy", self._guard("read", self.taxonomy), methods=["GET"]),
         ]
 
     def _guard(self, scope: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -125,7 +142,17 @@ class Api:
         if not mappings and await self.store.visitor_last_seen(uuid) is None:
             return error(404, "not_found", "no such user")
         ids = {str(d): m.uid for d, m in sorted(mappings.items()) if caller.sees(d)}
-        return JSONResponse({"uuid": uuid, "ids": ids, "traits": [], "segments": []})
+        traits: list[int] = []
+        segments: list[int] = []
+        if caller.partner is None and self.qualifier is not None:
+            # A partner's key sees its own ids only, not the customer's segments.
+            raw, _ = await self.store.visitor_state(uuid)
+            profile = parse_profile(raw)
+            day = today()
+            profile.prune(day, self.qualifier.ttl_days, self.qualifier.keep_days)
+            traits = profile.realized_traits()
+            segments = sorted(self.qualifier.evaluate(profile, day))
+        return JSONResponse({"uuid": uuid, "ids": ids, "traits": traits, "segments": segments})
 
     async def delete_user(self, request: Request, caller: Caller) -> Response:
         uuid = request.path_params["uuid"]
@@ -184,3 +211,22 @@ class Api:
             rate = c["completed"] / c["instructed"] if c["instructed"] else None
             partners.append({"dpid": dpid, "name": name, **c, "match_rate": rate})
         return JSONResponse({"partners": partners})
+
+    async def loss(self, request: Request, caller: Caller) -> Response:
+        window = request.query_params.get("window", "24h")
+        if window not in WINDOWS:
+            return error(400, "bad_window", "window must be one of " + ", ".join(WINDOWS))
+        now_minute = int(time.time()) // 60
+        buckets = await self.store.counts_by_minute(minutes(window, now_minute))
+        targets = [
+            Target("d", d.id, d.name, d.type)
+            for d in self.destinations
+            if caller.partner is None or d.partner == caller.partner
+        ]
+        targets += [
+            Target("p", dpid, name) for dpid, name in self.names.items() if caller.sees(dpid)
+        ]
+        return JSONResponse(report(window, now_minute, buckets, targets))
+
+    async def taxonomy(self, request: Request, caller: Caller) -> Response:
+        return JSONResponse(self.taxonomy_doc)

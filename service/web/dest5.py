@@ -8,7 +8,7 @@ import html
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from .. import metrics
 from ..consent import Privacy
+from ..destinations import Fire
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
@@ -33,6 +34,7 @@ from .common import (
     request_headers,
 )
 from .cookies import VisitorCookies, cookie_value
+from .qualify import Profiles
 from .responses import NO_CACHE, NOSNIFF, Headers, Receive, Scope, Send
 
 log = logging.getLogger("pixelsync.web")
@@ -83,8 +85,10 @@ class SyncOffers:
         consent: Mapping[str, str],
         proto: str,
         now: float | None = None,
+        mapped: dict[int, tuple[str, int]] | None = None,
     ) -> tuple[list[Offer], tuple[bytes, bytes] | None]:
-        """(syncs to hand out, the dextp Set-Cookie recording them or None)."""
+        """(syncs to hand out, the dextp Set-Cookie recording them or None).
+        `mapped`: the visitor's mappings when the caller has read them already."""
         if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
             return [], None
         now = time.time() if now is None else now
@@ -93,7 +97,8 @@ class SyncOffers:
         everyone = len(candidates)
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):
             return [], None  # the cookie says all were handed out recently: no read
-        mapped = await self._mappings(visitor) if visitor.kind is VisitorKind.KNOWN else {}
+        if mapped is None:
+            mapped = await self._mappings(visitor) if visitor.kind is VisitorKind.KNOWN else {}
         synced = {dpid: day for dpid, (_, day) in mapped.items()}
         due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
         if not due:
@@ -151,24 +156,42 @@ def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:
     ]
 
 
-def page(offers: list[Offer]) -> bytes:
-    """The iframe page: one image per sync, every URL escaped, no script."""
-    images = "".join(
-        f'<img src="{html.escape(o.url, quote=True)}" width="1" height="1" alt="">' for o in offers
-    )
+def page(offers: Sequence[Offer], fires: Sequence[Fire] = (), *, secure: bool = False) -> bytes:
+    """The iframe page: one image per sync and one image or iframe per destination
+    fire, every URL escaped, no script."""
+    tags = [_img(o.url) for o in offers]
+    for fire in fires:
+        url = fire.secure_url if secure else fire.url
+        if fire.render == "iframe":
+            src = html.escape(url, quote=True)
+            tags.append(f'<iframe src="{src}" width="0" height="0" frameborder="0"></iframe>')
+        else:
+            tags.append(_img(url))
+    images = "".join(tags)
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>pixelsync</title></head>'
         f"<body>{images}</body></html>"
     ).encode()
 
 
+def _img(url: str) -> str:
+    return f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="">'
+
+
 class Dest5Endpoint:
     """GET/HEAD /dest5.html."""
 
     def __init__(
-        self, offers: SyncOffers, cookies: VisitorCookies, privacy: PrivacyRules, max_query: int
+        self,
+        offers: SyncOffers,
+        cookies: VisitorCookies,
+        privacy: PrivacyRules,
+        max_query: int,
+        profiles: Profiles,
     ) -> None:
         self.offers = offers
+        self.profiles = profiles
+        self.fires_possible = bool(profiles.rules.url)
         self.cookies = cookies
         self.privacy = privacy
         self.max_query = max_query
@@ -183,6 +206,7 @@ class Dest5Endpoint:
         visitor = self.cookies.resolve(headers.get(b"cookie"))
         out: Headers = [CSP, NOSNIFF, *NO_CACHE]
         offers: list[Offer] = []
+        fires: list[Fire] = []
         status = 200
         try:
             query: bytes = scope["query_string"]
@@ -192,8 +216,14 @@ class Dest5Endpoint:
             privacy = self.privacy.evaluate(consent, headers)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            mapped = None
+            if self.fires_possible and visitor.kind is VisitorKind.KNOWN:
+                state = await self.profiles.read(visitor)
+                fires = self.profiles.drain(visitor, state, privacy, consent)
+                if not state.degraded:
+                    mapped = self.profiles.mapped(state, today())
             offers, dextp = await self.offers.offer(
-                visitor, privacy, headers, consent, scope.get("scheme", "http")
+                visitor, privacy, headers, consent, scope.get("scheme", "http"), mapped=mapped
             )
             out.append(self.cookies.set_header(visitor))
             if dextp is not None:
@@ -204,7 +234,7 @@ class Dest5Endpoint:
             status = exc.status
             out += refusal_headers(exc, visitor, self.cookies)
             outcome = f"error_{int(exc.code)}"
-        body = page(offers)
+        body = page(offers, fires, secure=scope.get("scheme") == "https")
         out += [
             (b"content-type", b"text/html; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),

@@ -9,9 +9,11 @@ from typing import Any, Final
 
 from ..config import Settings
 from ..consent import Privacy
+from ..destinations import Fire
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, needs_touch, today
 from ..logs import AccessLog
+from ..qualification import Qualification
 from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
 from ..sync import check_declared_ids
@@ -29,6 +31,7 @@ from .common import (
 )
 from .cookies import VisitorCookies
 from .dest5 import SyncOffers, ibs_entries
+from .qualify import Profiles, State
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -66,8 +69,15 @@ class EventEndpoint:
         access: AccessLog,
         privacy: PrivacyRules,
         offers: SyncOffers,
+        profiles: Profiles,
     ) -> None:
         self.offers = offers
+        self.profiles = profiles
+        self.qualifier = profiles.qualifier
+        rules = profiles.rules
+        # When the answer needs the visitor's segments even if nothing was realized.
+        self.json_needs_state = bool(rules.cookie or rules.url)
+        self.gif_needs_state = bool(rules.own_cookies)
         self.store = store
         self.access = access
         self.cookies = cookies
@@ -116,10 +126,34 @@ class EventEndpoint:
             return
         assert visitor.uuid is not None
         out: Headers = [self.cookies.set_header(visitor)]
-        if req.answers_json:
+        realized = (
+            self.qualifier.realize(req.signals, req.private, req.trait_sids)
+            if self.qualifier.active
+            else []
+        )
+        json_answer = req.answers_json
+        if realized or (self.json_needs_state or req.cts if json_answer else self.gif_needs_state):
+            state, result, fires = await self._qualify(visitor, req, privacy, realized)
+            segments = result.segments
+            out += self._own_cookies(segments, privacy, headers)
+        else:
+            state, segments, fires = None, frozenset(), []
+        if json_answer:
             doc = self._answer(visitor, req)
+            if req.cts >= 1:
+                doc["segments"] = sorted(segments)
+            if req.cts >= 2:
+                doc["traits"] = realized
+            doc["stuff"] = [
+                {"cn": c.name, "cv": value, "ttl": c.ttl_days, "dmn": c.domain}
+                for c, value in self.profiles.stuff(segments, privacy)
+            ]
+            doc["dests"] = [f.doc() for f in fires]
+            mapped = None
+            if state is not None and state.stored and not state.degraded:
+                mapped = self.profiles.mapped(state, today())
             offers, dextp = await self.offers.offer(
-                visitor, privacy, headers, req.consent, scope.get("scheme", "http")
+                visitor, privacy, headers, req.consent, scope.get("scheme", "http"), mapped=mapped
             )
             doc["ibs"] = ibs_entries(offers)
             if dextp is not None:
@@ -131,6 +165,35 @@ class EventEndpoint:
             await send_({"type": "http.response.start", "status": 200, "headers": out})
             await send_({"type": "http.response.body", "body": b"" if method == "HEAD" else GIF})
         self.outcomes.count("ok", started)
+
+    async def _qualify(
+        self, visitor: Visitor, req: EventRequest, privacy: Privacy, realized: list[int]
+    ) -> tuple[State, Qualification, list[Fire]]:
+        state = await self.profiles.read(visitor)
+        result, fires = self.profiles.qualify(
+            visitor,
+            state,
+            realized,
+            privacy,
+            req.consent,
+            hand_out=req.answers_json and req.dests,
+        )
+        return state, result, fires
+
+    def _own_cookies(
+        self, segments: frozenset[int], privacy: Privacy, headers: Mapping[bytes, bytes]
+    ) -> Headers:
+        """Set-Cookie for the cookie destinations whose domain is the request host's."""
+        if not self.gif_needs_state:
+            return []
+        host = headers.get(b"host", b"").decode("latin-1")
+        values = dict(self.profiles.stuff(segments, privacy))
+        return [
+            c.set_cookie(values.get(c, ""))
+            for c in self.profiles.rules.own_cookies
+            if c.own_domain(host)
+            and (c in values or c.name.encode() in headers.get(b"cookie", b""))
+        ]
 
     def _record(self, visitor: Visitor, req: EventRequest, privacy: Privacy) -> None:
         """Everything /event stores. Writes are buffered: no Redis round trip here."""

@@ -174,6 +174,41 @@ SPEC: Final[dict[str, Any]] = {
                 _json({"type": "object", "required": ["partners"]}),
             )
         },
+        "/v1/loss": {
+            "get": _api(
+                "Loss per destination (instructed, loaded, confirmed, attempted, delivered, "
+                "failed, retried) and per partner's ID syncs, with a time series",
+                [
+                    {
+                        "name": "window",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["15m", "1h", "24h", "7d"]},
+                    }
+                ],
+                _json({"type": "object", "required": ["window", "destinations", "partners"]}),
+            )
+        },
+        "/v1/taxonomy": {
+            "get": _api(
+                "Folders, traits and segments",
+                [],
+                _json({"type": "object", "required": ["folders", "traits", "segments"]}),
+            )
+        },
+        "/fire/{token}": {
+            "get": {
+                "summary": "A destination pixel's load: counted once, then 302 to the partner",
+                "parameters": [_path("token")],
+                "responses": {
+                    "302": {"description": "to the partner's pixel"},
+                    "400": {"description": "invalid or expired token (323)", **_GIF},
+                },
+            }
+        },
+        "/ack/{token}": _pixel(
+            "A partner's confirmation of a destination pixel, counted once", [_path("token")]
+        ),
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {

@@ -156,6 +156,8 @@ async def test_openapi_describes_every_endpoint(api: httpx.AsyncClient, svc: Ser
     assert doc["openapi"].startswith("3.")
     settings = load_settings(svc.config, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
     served = {p.replace("{dpuuid:path}", "{dpuuid}") for p in create_app(settings).paths}
+    # Prefix routes are documented under their template: /fire/ as /fire/{token}.
+    served = {p + "{token}" if p.endswith("/") else p for p in served} - {"/ibs:"}
     assert served <= set(doc["paths"]), served - set(doc["paths"])
 
 

@@ -1,0 +1,99 @@
+"""A visitor's profile (SPEC §6, §7): time-stamped trait realizations, segment
+membership, and the URL destination fires waiting for a browser. Pure data and
+arithmetic on days; the byte layout lives in store/codec.py.
+
+Realizations are kept per trait as (day, count) pairs, oldest first. Days are UTC day
+numbers (identity.today()). A realization expires when its age in days reaches the
+trait's ttl_days (0: never). Only the newest `keep_days` days are kept one by one
+(enough for every FREQUENCY/RECENCY window configured); older ones are merged into one
+pair dated by the newest day merged, so that they still count for `100T` and for
+FREQUENCY without a window, and expire no earlier than the newest of them would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+PENDING_DAYS: Final = 1  # a URL fire waits this long for a browser (SPEC §7)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A URL destination fire waiting for the visitor's next JSON /event or dest5.html."""
+
+    destination: int
+    segment: int
+    day: int
+
+
+@dataclass(slots=True)
+class Profile:
+    traits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    segments: set[int] = field(default_factory=set)
+    pending: list[Pending] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.traits or self.segments or self.pending)
+
+    def realize(self, sid: int, day: int, times: int = 1) -> None:
+        entries = self.traits.setdefault(sid, [])
+        if entries and entries[-1][0] == day:
+            entries[-1] = (day, entries[-1][1] + times)
+        elif entries and entries[-1][0] > day:  # a late realization: keep days ordered
+            entries.append((day, times))
+            entries.sort()
+        else:
+            entries.append((day, times))
+
+    def prune(self, today: int, ttl_days: dict[int, int], keep_days: int) -> None:
+        """Drop expired realizations (and traits no longer configured), merge the ones
+        older than keep_days, drop pending fires older than PENDING_DAYS."""
+        for sid in list(self.traits):
+            ttl = ttl_days.get(sid)
+            entries = self.traits[sid]
+            if ttl is None:
+                del self.traits[sid]
+                continue
+            if ttl > 0:
+                entries = [(d, n) for d, n in entries if today - d < ttl]
+            old = [(d, n) for d, n in entries if today - d >= keep_days]
+            if len(old) > 1:
+                entries = [(old[-1][0], sum(n for _, n in old)), *entries[len(old) :]]
+            if entries:
+                self.traits[sid] = entries
+            else:
+                del self.traits[sid]
+        self.pending = [p for p in self.pending if today - p.day < PENDING_DAYS]
+
+    def realized_traits(self) -> list[int]:
+        return sorted(self.traits)
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """rules.History over a profile as of `today`."""
+
+    profile: Profile
+    today: int
+
+    def count(self, sids: Sequence[int], within_days: int | None) -> int:
+        traits = self.profile.traits
+        total = 0
+        for sid in sids:
+            for day, n in traits.get(sid, ()):
+                if within_days is None or self.today - day < within_days:
+                    total += n
+        return total
+
+
+def merge_pending(current: Iterable[Pending], new: Iterable[Pending]) -> list[Pending]:
+    """Pending fires without duplicates (one per destination and segment, newest day)."""
+    seen: dict[tuple[int, int], Pending] = {}
+    for p in (*current, *new):
+        key = (p.destination, p.segment)
+        if key not in seen or seen[key].day < p.day:
+            seen[key] = p
+    return list(seen.values())

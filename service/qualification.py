@@ -1,0 +1,77 @@
+"""Qualification (SPEC §6): which traits a request realizes, and which segments the
+visitor is in, entered and left as a result. Rules are compiled once (rules.py);
+profiles are plain data (profiles.py). No HTTP, no Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from .config import Segment, Trait
+from .profiles import History, Profile
+from .rules import SegmentRule, TraitIndex, compile_segment_rule, compile_trait_rule
+
+MIN_KEEP_DAYS: Final = 7  # days kept one by one even when no rule has a window
+
+
+@dataclass(frozen=True, slots=True)
+class Qualification:
+    realized: list[int]  # traits this request realized
+    segments: frozenset[int]  # the visitor's segments after it
+    entered: list[int]
+    exited: list[int]
+
+
+class Qualifier:
+    def __init__(self, traits: Sequence[Trait], segments: Sequence[Segment]) -> None:
+        self.index = TraitIndex(
+            (t.sid, compile_trait_rule(t.rule)) for t in traits if t.type == "rule"
+        )
+        self.ttl_days = {t.sid: t.ttl_days for t in traits}
+        # d_sid comes from the browser: rule traits, and onboarded ones no partner owns.
+        self.direct = frozenset(t.sid for t in traits if t.type == "rule" or t.data_source is None)
+        self.sources = {t.sid: t.data_source for t in traits if t.type == "onboarded"}
+        self.segments: list[tuple[int, SegmentRule]] = [
+            (s.sid, compile_segment_rule(s.rule)) for s in segments
+        ]
+        self.keep_days = max([MIN_KEEP_DAYS, *(w for _, r in self.segments for w in r.windows)])
+
+    @property
+    def active(self) -> bool:
+        return bool(self.ttl_days or self.segments)
+
+    def realize(
+        self,
+        signals: Mapping[str, Sequence[str]],
+        private: Mapping[str, Sequence[str]],
+        direct: Iterable[int] = (),
+    ) -> list[int]:
+        """Rule traits the signals satisfy, then the d_sid ones allowed, once each."""
+        merged = {**signals, **private} if private else signals
+        realized = self.index.realized(merged)
+        for sid in direct:
+            if sid in self.direct and sid not in realized:
+                realized.append(sid)
+        return realized
+
+    def onboarded(self, source: int, sids: Iterable[int]) -> list[int]:
+        """The traits a partner (dpid) may realize: its onboarded ones."""
+        return [sid for sid in sids if self.sources.get(sid) == source]
+
+    def evaluate(self, profile: Profile, today: int) -> frozenset[int]:
+        history = History(profile, today)
+        return frozenset(sid for sid, rule in self.segments if rule(history))
+
+    def qualify(self, profile: Profile, realized: Sequence[int], today: int) -> Qualification:
+        """Record the realizations, expire what is due, and work out the segments.
+        Changes `profile` in place."""
+        for sid in realized:
+            profile.realize(sid, today)
+        profile.prune(today, self.ttl_days, self.keep_days)
+        now = self.evaluate(profile, today)
+        before = profile.segments
+        entered = sorted(now - before)
+        exited = sorted(before - now)
+        profile.segments = set(now)
+        return Qualification(list(realized), now, entered, exited)

@@ -1,0 +1,260 @@
+"""A visitor's profile through one request: read it (with the visitor's mappings, one
+round trip), qualify, hand out or queue destination fires, send s2s changes, and
+write it back (buffered, compare-and-set). Shared by /event and dest5.html."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from .. import metrics
+from ..consent import Privacy
+from ..destinations import CookieDestination, DestinationRules, Fire, Tokens, dest_field
+from ..identity import Visitor, VisitorKind
+from ..macros import consent_values
+from ..outbound.s2s import S2SSender, SegmentChange, UserUpdate
+from ..profiles import Pending, Profile, merge_pending
+from ..qualification import Qualification, Qualifier
+from ..store import Store
+from ..store.codec import pack_profile, parse_profile
+from ..tally import Tally
+
+log = logging.getLogger("pixelsync.web")
+
+STATE_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
+
+
+class LossCounters:
+    """Destination counters: into the per-minute buckets (via the tally) and Prometheus."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def count(self, destination: int, counter: str, n: int = 1) -> None:
+        self.tally.add(dest_field(destination, counter), n)
+        child = self._children.get((destination, counter))
+        if child is None:
+            child = metrics.DESTINATIONS.labels(str(destination), counter)
+            self._children[(destination, counter)] = child
+        child.inc(n)
+
+
+@dataclass(slots=True)
+class State:
+    """A visitor's stored data as one request sees it."""
+
+    raw: bytes = b""  # the profile as read (b"": none)
+    profile: Profile = field(default_factory=Profile)
+    record: bytes | None = None  # the match-table record
+    stored: bool = False  # a KNOWN visitor whose state was read: writes go back
+    degraded: bool = False  # the read failed: no entries or exits can be trusted
+
+
+class Profiles:
+    def __init__(
+        self,
+        store: Store,
+        qualifier: Qualifier,
+        rules: DestinationRules,
+        tokens: Tokens,
+        loss: LossCounters,
+        *,
+        s2s: S2SSender | None,
+        gvl_ids: Mapping[int, int],
+        region: int,
+    ) -> None:
+        self.store = store
+        self.qualifier = qualifier
+        self.rules = rules
+        self.tokens = tokens
+        self.loss = loss
+        self.s2s = s2s
+        self.gvl_ids = gvl_ids
+        self.region = region
+
+    async def read(self, visitor: Visitor) -> State:
+        """A KNOWN visitor's profile and mappings; an empty state for anyone else
+        (nothing is stored for a browser that has not kept our cookie yet)."""
+        if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
+            return State()
+        try:
+            raw, record = await asyncio.wait_for(
+                self.store.visitor_state(visitor.uuid), STATE_READ_TIMEOUT_S
+            )
+        except (RedisError, OSError, TimeoutError):
+            metrics.REDIS_ERRORS.labels("read").inc()
+            return State(stored=True, degraded=True)
+        return State(raw, parse_profile(raw), record, stored=True)
+
+    def mapped(self, state: State, day: int) -> dict[int, tuple[str, int]]:
+        """The visitor's live partner uids: dpid -> (uid, day last seen)."""
+        live = self.store.live_mappings(state.record, day)
+        return {dpid: (m.uid, m.day) for dpid, m in live.items()}
+
+    def allowed(self, privacy: Privacy, partner: int | None) -> bool:
+        """May a destination of this partner be fed, for this request? One without a
+        partner is fed unless GDPR applies (it has no vendor id to consent to)."""
+        if not privacy.outbound_allowed:
+            return False
+        return privacy.partner_allowed(self.gvl_ids.get(partner, 0) if partner else 0)
+
+    def macro_values(
+        self, visitor: Visitor, state: State, privacy: Privacy, consent: Mapping[str, str], day: int
+    ) -> Callable[[int | None], dict[str, str] | None]:
+        base = {
+            "DD_UUID": visitor.uuid or "",
+            **consent_values(consent, gdpr=int(privacy.gdpr_applies)),
+        }
+        mapped: dict[int, tuple[str, int]] | None = None
+
+        def values(partner: int | None) -> dict[str, str] | None:
+            nonlocal mapped
+            if not self.allowed(privacy, partner):
+                return None
+            if partner is None:
+                return base
+            if mapped is None:
+                mapped = self.mapped(state, day)
+            return {**base, "DP_UUID": mapped.get(partner, ("", 0))[0]}
+
+        return values
+
+    def qualify(
+        self,
+        visitor: Visitor,
+        state: State,
+        realized: Sequence[int],
+        privacy: Privacy,
+        consent: Mapping[str, str],
+        *,
+        hand_out: bool,
+        now: float | None = None,
+    ) -> tuple[Qualification, list[Fire]]:
+        """Qualify; fire or queue the URL destinations of the segments entered; send the
+        s2s changes; write the profile back. Answers the fires handed out now."""
+        now = time.time() if now is None else now
+        day = int(now // 86400)
+        profile = state.profile
+        result = self.qualifier.qualify(profile, realized, day)
+        for sid in realized:
+            metrics.TRAITS.labels(str(sid)).inc()
+        fires: list[Fire] = []
+        due: list[Pending] = []
+        if not state.degraded:  # entries seen against an unread profile are not real
+            for sid in result.entered:
+                metrics.SEGMENTS.labels(str(sid), "entered").inc()
+            for sid in result.exited:
+                metrics.SEGMENTS.labels(str(sid), "exited").inc()
+            due = self.rules.pending_for(result.entered, day)
+            self._send_s2s(visitor, state, result, privacy, now, day)
+            if hand_out:
+                fires = self._fire(visitor, state, [*profile.pending, *due], privacy, consent, day)
+                profile.pending = []
+            elif state.stored:
+                profile.pending = merge_pending(profile.pending, due)
+        if state.stored:
+            handed = hand_out and not state.degraded
+            self._save(visitor, state, self._redo(realized, day, due, handed=handed))
+        return result, fires
+
+    def drain(
+        self, visitor: Visitor, state: State, privacy: Privacy, consent: Mapping[str, str]
+    ) -> list[Fire]:
+        """Hand out the visitor's pending URL fires (dest5.html)."""
+        profile = state.profile
+        if state.degraded or not profile.pending:
+            return []
+        day = int(time.time() // 86400)
+        fires = self._fire(visitor, state, profile.pending, privacy, consent, day)
+        profile.pending = []
+        if state.stored:
+            self._save(visitor, state, self._redo((), day, [], handed=True))
+        return fires
+
+    def stuff(
+        self, segments: Sequence[int] | frozenset[int], privacy: Privacy
+    ) -> list[tuple[CookieDestination, str]]:
+        return self.rules.stuff(segments, lambda partner: self._stuff_allowed(privacy, partner))
+
+    def _stuff_allowed(self, privacy: Privacy, partner: int | None) -> bool:
+        # Key-values for the page's own ad server are first-party: only a destination
+        # of a partner needs that partner's consent.
+        return partner is None or self.allowed(privacy, partner)
+
+    # ------------------------------------------------------------------ internals
+
+    def _fire(
+        self,
+        visitor: Visitor,
+        state: State,
+        pending: Sequence[Pending],
+        privacy: Privacy,
+        consent: Mapping[str, str],
+        day: int,
+    ) -> list[Fire]:
+        if not pending:
+            return []
+        values = self.macro_values(visitor, state, privacy, consent, day)
+        fires = self.rules.fires(pending, state.profile.segments, self.tokens, values)
+        for fire in fires:
+            self.loss.count(fire.destination, "instructed")
+        return fires
+
+    def _send_s2s(
+        self,
+        visitor: Visitor,
+        state: State,
+        result: Qualification,
+        privacy: Privacy,
+        now: float,
+        day: int,
+    ) -> None:
+        if self.s2s is None or visitor.uuid is None or not (result.entered or result.exited):
+            return
+        mapped: dict[int, tuple[str, int]] | None = None
+        for d in self.rules.s2s:
+            changes = d.changes(result.entered, result.exited)
+            if not changes or not self.allowed(privacy, d.partner):
+                continue
+            if mapped is None:
+                mapped = self.mapped(state, day)
+            uid = mapped.get(d.partner or 0)
+            if uid is None:
+                continue  # the partner does not know this visitor: nothing to send
+            update = UserUpdate(
+                visitor.uuid,
+                uid[0],
+                self.region,
+                tuple(SegmentChange(alias, entered, now) for alias, entered in changes),
+            )
+            self.s2s.submit(d.id, update)
+
+    def _redo(
+        self, realized: Sequence[int], day: int, due: list[Pending], *, handed: bool
+    ) -> Callable[[bytes], bytes]:
+        """This request's change, applied again to a profile another request changed."""
+        qualifier = self.qualifier
+
+        def redo(current: bytes) -> bytes:
+            profile = parse_profile(current)
+            qualifier.qualify(profile, realized, day)
+            profile.pending = [] if handed else merge_pending(profile.pending, due)
+            return pack_profile(profile)
+
+        return redo
+
+    def _save(self, visitor: Visitor, state: State, redo: Callable[[bytes], bytes]) -> None:
+        assert visitor.uuid is not None
+        new = pack_profile(state.profile)
+        if state.degraded:
+            # Unread: let the compare-and-set fail against what is stored and redo.
+            self.store.save_profile(visitor.uuid, b"\x00", new, redo)
+        else:
+            self.store.save_profile(visitor.uuid, state.raw, new, redo)
