@@ -256,6 +256,9 @@ class Store:
         pipe.hget(s.profile_key(uuid), field)
         pipe.hget(s.visitor_key(uuid), field)
         profile, record = await pipe.execute()
+        unwritten = self.writes.unwritten_profiles.get(uuid)
+        if unwritten is not None:  # read your own writes: ours are not in Redis yet
+            return unwritten, cast(bytes | None, record)
         return cast(bytes | None, profile) or b"", cast(bytes | None, record)
 
     def live_mappings(self, record: bytes | None, today: int) -> dict[int, PartnerUid]:

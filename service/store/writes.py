@@ -177,6 +177,9 @@ class WriteBuffer:
             k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase", "profile")
         }
         self._redos: set[asyncio.Task[None]] = set()
+        # uuid -> the newest profile value queued and not yet written: this process's
+        # next request of the visitor reads it instead of Redis's older one.
+        self.unwritten_profiles: dict[str, bytes] = {}
         self.overflowed = 0
         self.failed = 0
         self.healthy = True
@@ -194,6 +197,9 @@ class WriteBuffer:
                 log.error("write buffer full, write dropped", extra={"dropped": self.overflowed})
             return False
         self._queue.extend(ops)
+        for op in ops:
+            if isinstance(op, SaveProfile):
+                self.unwritten_profiles[op.uuid] = op.new
         self._idle.clear()
         self._wakeup.set()
         return True
@@ -360,12 +366,16 @@ class WriteBuffer:
                 self._redo_later(op)
             else:
                 self._written["profile"].inc()
+                if self.unwritten_profiles.get(op.uuid) is op.new:
+                    del self.unwritten_profiles[op.uuid]
         elif isinstance(op, Once) and result is not None:
             op.first()
         return []
 
     def _redo_later(self, op: SaveProfile) -> None:
         if op.attempt >= MAX_REDO:
+            if self.unwritten_profiles.get(op.uuid) is op.new:
+                del self.unwritten_profiles[op.uuid]
             self.failed += 1
             metrics.WRITE_FAILURES.inc()
             log.error("profile write lost to concurrent writers", extra={"uuid": op.uuid})

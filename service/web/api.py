@@ -138,17 +138,17 @@ class Api:
         uuid = request.path_params["uuid"]
         if not is_uuid(uuid):
             return error(404, "not_found", "no such user")
-        mappings = await self.store.mappings(uuid, today())
-        if not mappings and await self.store.visitor_last_seen(uuid) is None:
+        raw, record = await self.store.visitor_state(uuid)
+        if record is None and not raw:
             return error(404, "not_found", "no such user")
+        day = today()
+        mappings = self.store.live_mappings(record, day)
         ids = {str(d): m.uid for d, m in sorted(mappings.items()) if caller.sees(d)}
         traits: list[int] = []
         segments: list[int] = []
         if caller.partner is None and self.qualifier is not None:
             # A partner's key sees its own ids only, not the customer's segments.
-            raw, _ = await self.store.visitor_state(uuid)
             profile = parse_profile(raw)
-            day = today()
             profile.prune(day, self.qualifier.ttl_days, self.qualifier.keep_days)
             traits = profile.realized_traits()
             segments = sorted(self.qualifier.evaluate(profile, day))
