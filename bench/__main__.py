@@ -35,7 +35,7 @@ from .load import (
     run_http,
     wrk_version,
 )
-from .memory import measure_mappings
+from .memory import measure_mappings, measure_profiles
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 PACKAGES: Final = (
@@ -125,7 +125,15 @@ def run_memory(url: str, mappings: int) -> dict[str, Any]:
         _progress(f"memory: {mappings:,} mappings, {kind} partner uids")
         measure = measure_mappings(url, mappings=mappings, partners=PARTNERS, uid_kind=kind)
         rows.append(asyncio.run(asyncio.wait_for(measure, MEMORY_TIMEOUT_S)))
-    return {"mappings": mappings, "partners_per_visitor": PARTNERS, "results": rows}
+    visitors = max(10_000, mappings // 10)
+    _progress(f"memory: {visitors:,} profiles of 20 traits and 10 segments")
+    profiles = measure_profiles(url, visitors=visitors, traits=20, segments=10)
+    return {
+        "mappings": mappings,
+        "partners_per_visitor": PARTNERS,
+        "results": rows,
+        "profiles": asyncio.run(asyncio.wait_for(profiles, MEMORY_TIMEOUT_S)),
+    }
 
 
 # --- report ------------------------------------------------------------------------------
@@ -208,6 +216,15 @@ def _memory_markdown(section: dict[str, Any]) -> list[str]:
             f"| {row['bytes_per_mapping']} | {'—' if writes is None else f'{writes:,}'} |"
         )
     lines += ["", f"Target (SPEC §14): ≤ {TARGET_BYTES} bytes per mapping, both directions."]
+    p = section.get("profiles")
+    if p is not None:
+        lines += [
+            "",
+            f"Profiles: {p['visitors']:,} visitors with {p['traits']} traits (realized on 1-3 "
+            f"of the last 30 days each) and {p['segments']} segments: "
+            f"{p['bytes_per_visitor']} bytes per visitor in Redis "
+            f"({p['value_bytes']} bytes of packed value).",
+        ]
     return lines
 
 

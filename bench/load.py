@@ -58,8 +58,12 @@ class Scenario:
     cookie: bool  # send the returning visitor's Cookie header
     answer: str  # expected content type: "gif" | "json"
     lua: str = ""  # a wrk script that makes each request (e.g. a new partner uid each)
+    visitors: int = 0  # >0: each request sends the cookie of one of this many visitors
 
 
+# /event with 100 rule traits and 50 segments configured; the signals match 5 traits
+# (and make 20 more rules look at a present key that does not match).
+QUALIFY_SIGNALS: Final = "c_a=1&c_b=2&c_c=3&c_d=4&c_e=5&c_section=news"
 # The bare server gets the very request event_gif_cookie sends: the ratio then measures
 # what pixelsync does with it, not a difference in what goes over the wire.
 SCENARIOS: Final = (
@@ -84,7 +88,43 @@ SCENARIOS: Final = (
             "end\n"
         ),
     ),
+    Scenario(
+        "event_qualify",
+        "pixelsync",
+        f"/event?{QUALIFY_SIGNALS}",
+        True,
+        "gif",
+        lua=(
+            "request = function()\n"
+            "  local c = cookies[math.random(#cookies)]\n"
+            f'  return wrk.format(nil, "/event?{QUALIFY_SIGNALS}", {{["Cookie"] = c}})\n'
+            "end\n"
+        ),
+        visitors=1000,
+    ),
 )
+QUALIFY_TRAITS: Final = 100
+QUALIFY_SEGMENTS: Final = 50
+
+
+def qualify_config() -> str:
+    """The [[traits]] and [[segments]] of the event_qualify scenario."""
+    rules = [f'c_{k} == "{v}"' for k, v in zip("abcde", "12345", strict=True)]  # the 5 hits
+    rules += [f'c_{"abcde"[i % 5]} == "x{i}"' for i in range(20)]  # present key, no match
+    rules += [f'c_k{i} == "v{i}" OR c_n{i} > {i}' for i in range(QUALIFY_TRAITS - len(rules))]
+    text = "".join(
+        f"[[traits]]\nsid = {1000 + i}\nname = \"t{i}\"\nrule = '{rule}'\n"
+        for i, rule in enumerate(rules)
+    )
+    shapes = ("{a}T AND {b}T", "{a}T OR NOT {b}T", "FREQUENCY([{a}T, {b}T] <= 7D) >= 3",
+              "RECENCY([{a}T]) <= 3D AND {b}T", "({a}T OR {b}T) AND NOT {c}T")  # fmt: skip
+    for i in range(QUALIFY_SEGMENTS):
+        a, b, c = 1000 + i % QUALIFY_TRAITS, 1000 + (i * 7 + 3) % QUALIFY_TRAITS, 1000 + i % 5
+        rule = shapes[i % len(shapes)].format(a=a, b=b, c=c)
+        text += f'[[segments]]\nsid = {5000 + i}\nname = "s{i}"\nrule = "{rule}"\n'
+    return text
+
+
 CEILING: Final = "bare_gif"  # raw ASGI on uvicorn: the strictest ceiling
 STARLETTE_CEILING: Final = "bare_starlette"  # the ceiling the issues' ratios refer to
 # Latency at a fixed, lower rate: each of these scenarios again at this fraction of
@@ -348,7 +388,7 @@ def _pixelsync_argv(port: int, workers: int, workdir: Path) -> list[str]:
         "[server]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
         'secret_keys = ["bench-only-not-a-secret"]\n'
-        f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n'
+        f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n' + qualify_config()
     )
     return [
         sys.executable, "-m", "service", "serve", "--config", str(config),
@@ -451,7 +491,9 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
             script = None
             if scenario.lua:
                 script = workdir / f"{scenario.name}.lua"
-                script.write_text(scenario.lua)
+                cookies = [visitor_cookie(ports["pixelsync"]) for _ in range(scenario.visitors)]
+                table = ",\n".join(json.dumps(c) for c in cookies)
+                script.write_text(f"cookies = {{\n{table}\n}}\n" + scenario.lua)
             requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
         for scenario in SCENARIOS:
             url, header_lines, script = requests[scenario.name]

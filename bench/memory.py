@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import tempfile
 import time
@@ -10,7 +11,9 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
+from service.profiles import Profile
 from service.store import EmbeddedValkey, KeySchema, Retention, Store, connect
+from service.store.codec import pack_profile
 
 
 def _uid(kind: str) -> str:
@@ -36,7 +39,13 @@ async def measure_mappings(
     """Store `mappings` mappings (visitors x partners) and measure the memory they take."""
     client = connect(url, cluster=False)
     await client.execute_command("FLUSHDB", "SYNC")
-    store = Store(client, KeySchema(buckets), Retention(180, {}, 90), buffer_max=10_000_000)
+    store = Store(
+        client,
+        KeySchema(buckets),
+        Retention(180, {}, 90),
+        buffer_max=10_000_000,
+        write_url=url,
+    )
     await store.start()
     before = await _used_memory(store)
     day = int(time.time() // 86400)
@@ -60,6 +69,52 @@ async def measure_mappings(
         "buckets": buckets,
         "bytes_per_mapping": round((after - before) / (visitors * partners), 1),
         "writes_per_s": round(visitors * partners / elapsed),
+    }
+
+
+def sample_profile(traits: int, segments: int, day: int) -> Profile:
+    """A visitor of a few weeks: each trait realized on one to three of the last 30 days,
+    sids as a DMP numbers them (5-6 digits)."""
+    profile = Profile()
+    for i in range(traits):
+        for back in sorted({secrets.randbelow(30) for _ in range(1 + secrets.randbelow(3))}):
+            profile.realize(100_000 + i * 37, day - back, 1 + secrets.randbelow(4))
+    profile.segments = {500_000 + i * 11 for i in range(segments)}
+    return profile
+
+
+def _same(packed: bytes, current: bytes) -> bytes:
+    return packed
+
+
+async def measure_profiles(
+    url: str, *, visitors: int = 100_000, traits: int = 20, segments: int = 10
+) -> dict[str, Any]:
+    """Store profiles of `traits` traits and `segments` segments; bytes per visitor."""
+    client = connect(url, cluster=False)
+    await client.execute_command("FLUSHDB", "SYNC")
+    store = Store(client, KeySchema(65536), Retention(180, {}, 90), write_url=url)
+    await store.start()
+    before = await _used_memory(store)
+    day = int(time.time() // 86400)
+    sizes = 0
+    for _ in range(visitors):
+        packed = pack_profile(sample_profile(traits, segments, day))
+        sizes += len(packed)
+        uuid = f"{secrets.randbelow(10**38):038d}"
+        store.save_profile(uuid, b"", packed, functools.partial(_same, packed))
+        if store.buffered > 50_000:
+            await store.drain()
+    await store.drain()
+    after = await _used_memory(store)
+    await client.execute_command("FLUSHDB", "SYNC")
+    await store.close()
+    return {
+        "visitors": visitors,
+        "traits": traits,
+        "segments": segments,
+        "value_bytes": round(sizes / visitors, 1),
+        "bytes_per_visitor": round((after - before) / visitors, 1),
     }
 
 

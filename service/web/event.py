@@ -75,8 +75,9 @@ class EventEndpoint:
         self.profiles = profiles
         self.qualifier = profiles.qualifier
         rules = profiles.rules
-        # When the answer needs the visitor's segments even if nothing was realized.
-        self.json_needs_state = bool(rules.cookie or rules.url)
+        # When an answer needs the visitor's segments even if nothing was realized.
+        self.has_cookie_dests = bool(rules.cookie)
+        self.has_url_dests = bool(rules.url)
         self.gif_needs_state = bool(rules.own_cookies)
         self.store = store
         self.access = access
@@ -132,7 +133,13 @@ class EventEndpoint:
             else []
         )
         json_answer = req.answers_json
-        if realized or (self.json_needs_state or req.cts if json_answer else self.gif_needs_state):
+        if json_answer:
+            needs_state = bool(
+                req.cts or self.has_cookie_dests or (req.dests and self.has_url_dests)
+            )
+        else:
+            needs_state = self.gif_needs_state
+        if realized or needs_state:
             state, result, fires = await self._qualify(visitor, req, privacy, realized)
             segments = result.segments
             out += self._own_cookies(segments, privacy, headers)
