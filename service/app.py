@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -64,13 +64,15 @@ async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
         store.flush_counts(time.time())
 
 
-async def _sweep_forever(store: Store, interval_s: int) -> None:
+async def _sweep_forever(
+    store: Store, interval_s: int, profiles: Callable[[bytes, int], bytes]
+) -> None:
     """Retention (SPEC §12): one process at a time, as the Redis lock decides."""
     await asyncio.sleep(random.uniform(5, 60))
     while True:
         try:
             if await store.acquire_lock("sweep", interval_s * 1000):
-                counts = await store.sweep(today())
+                counts = await store.sweep(today(), profiles=profiles)
                 log.info("retention sweep done", extra=counts)
         except Exception as exc:  # the sweeper must outlive any failure
             log.error("retention sweep failed", extra={"error": repr(exc)})
@@ -199,7 +201,14 @@ def create_app(settings: Settings) -> HotPaths:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
         if sender is not None:
             sender.start()
-        sweeper = asyncio.create_task(_sweep_forever(store, settings.store["sweep_interval_s"]))
+        visitor_days = settings.cookies["ttl_days"]
+        sweeper = asyncio.create_task(
+            _sweep_forever(
+                store,
+                settings.store["sweep_interval_s"],
+                lambda raw, day: profiles.pruned(raw, day, visitor_days),
+            )
+        )
         access_writer = asyncio.create_task(access.run())
         counter = asyncio.create_task(_flush_counts_forever(store))
         log.info("pixelsync ready", extra={"public_url": settings.public_url})

@@ -35,7 +35,9 @@ def minutes(window: str, now_minute: int) -> range:
 
 
 def _ratio_loss(num: int, den: int) -> float | None:
-    return None if den == 0 else round(1 - num / den, 6)
+    """1 - num/den, never below 0: pixels handed out before a window and loaded in it
+    would otherwise make a negative loss."""
+    return None if den == 0 else round(max(0.0, 1 - num / den), 6)
 
 
 def loss_rate(kind: str, type_: str, c: Mapping[str, int]) -> float | None:

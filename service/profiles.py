@@ -12,6 +12,7 @@ FREQUENCY without a window, and expire no earlier than the newest of them would.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -33,6 +34,10 @@ class Profile:
     traits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     segments: set[int] = field(default_factory=set)
     pending: list[Pending] = field(default_factory=list)
+    # The day `segments` was last worked out on in full (0: never). Rules change their
+    # answer only with a realization or with the day, so on the same day only the
+    # segments of the traits realized need evaluating again.
+    evaluated: int = 0
 
     @property
     def empty(self) -> bool:
@@ -40,13 +45,15 @@ class Profile:
 
     def realize(self, sid: int, day: int, times: int = 1) -> None:
         entries = self.traits.setdefault(sid, [])
-        if entries and entries[-1][0] == day:
-            entries[-1] = (day, entries[-1][1] + times)
-        elif entries and entries[-1][0] > day:  # a late realization: keep days ordered
+        if not entries or entries[-1][0] < day:
             entries.append((day, times))
-            entries.sort()
+            return
+        # Today again, or a late realization (another process wrote a later day).
+        at = bisect.bisect_left(entries, (day, 0))
+        if at < len(entries) and entries[at][0] == day:
+            entries[at] = (day, entries[at][1] + times)
         else:
-            entries.append((day, times))
+            entries.insert(at, (day, times))
 
     def prune(self, today: int, ttl_days: dict[int, int], keep_days: int) -> None:
         """Drop expired realizations (and traits no longer configured), merge the ones
@@ -66,7 +73,8 @@ class Profile:
                 self.traits[sid] = entries
             else:
                 del self.traits[sid]
-        self.pending = [p for p in self.pending if today - p.day < PENDING_DAYS]
+        # Kept one full day at least, whatever the time of day it was queued.
+        self.pending = [p for p in self.pending if today - p.day <= PENDING_DAYS]
 
     def realized_traits(self) -> list[int]:
         return sorted(self.traits)

@@ -35,6 +35,10 @@ class Qualifier:
         self.segments: list[tuple[int, SegmentRule]] = [
             (s.sid, compile_segment_rule(s.rule)) for s in segments
         ]
+        self._by_trait: dict[int, list[tuple[int, SegmentRule]]] = {}
+        for sid, rule in self.segments:
+            for trait in rule.traits:
+                self._by_trait.setdefault(trait, []).append((sid, rule))
         self.keep_days = max([MIN_KEEP_DAYS, *(w for _, r in self.segments for w in r.windows)])
 
     @property
@@ -63,15 +67,47 @@ class Qualifier:
         history = History(profile, today)
         return frozenset(sid for sid, rule in self.segments if rule(history))
 
+    def _reevaluate(self, profile: Profile, realized: Sequence[int], today: int) -> frozenset[int]:
+        """The segments after `realized`, from those evaluated earlier today."""
+        rules = {sid: rule for t in realized for sid, rule in self._by_trait.get(t, ())}
+        if not rules:
+            return frozenset(profile.segments)
+        history = History(profile, today)
+        now = set(profile.segments)
+        for sid, rule in rules.items():
+            if rule(history):
+                now.add(sid)
+            else:
+                now.discard(sid)
+        return frozenset(now)
+
     def qualify(self, profile: Profile, realized: Sequence[int], today: int) -> Qualification:
         """Record the realizations, expire what is due, and work out the segments.
         Changes `profile` in place."""
         for sid in realized:
             profile.realize(sid, today)
-        profile.prune(today, self.ttl_days, self.keep_days)
-        now = self.evaluate(profile, today)
         before = profile.segments
+        if profile.evaluated == today:  # expiry and windows move by days only
+            now = self._reevaluate(profile, realized, today)
+        else:
+            profile.prune(today, self.ttl_days, self.keep_days)
+            now = self.evaluate(profile, today)
+            profile.evaluated = today
         entered = sorted(now - before)
         exited = sorted(before - now)
         profile.segments = set(now)
         return Qualification(list(realized), now, entered, exited)
+
+    def retain(self, profile: Profile, today: int, visitor_days: int) -> Profile | None:
+        """Retention (SPEC §12) for the sweeper: None when the visitor realized nothing
+        for visitor_days (their profile goes), else the profile without expired
+        realizations and fires, in the segments that still hold. A segment left by
+        expiry here sends no s2s exit: nobody is on the page to see it."""
+        days = [d for entries in profile.traits.values() for d, _ in entries]
+        days += [p.day for p in profile.pending]
+        if not days or today - max(days) >= visitor_days:
+            return None
+        profile.prune(today, self.ttl_days, self.keep_days)
+        profile.segments = set(self.evaluate(profile, today))
+        profile.evaluated = today
+        return None if profile.empty else profile

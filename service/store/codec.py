@@ -112,8 +112,9 @@ def build_record(day: int, entries: dict[int, bytes]) -> bytes:
 
 # A visitor's profile, one hash field per visitor in ``p:{<vb>}`` (see keys.py and
 # profiles.py), days as offsets back from the first field to keep them one byte:
-#   profile := day2 (base: newest day in it) varint(n traits) trait*
+#   profile := day2 (base: newest day in it) varint(evaluated) varint(n traits) trait*
 #              varint(n segments) varint(sid)* varint(n pending) pending*
+#   evaluated: 0 never, else 1 + base - the day segments were last worked out in full
 #   trait   := varint(sid) varint(n) (varint(base - day) varint(count))*
 #   pending := varint(destination id) varint(segment sid) varint(base - day)
 def pack_profile(profile: Profile) -> bytes:
@@ -122,8 +123,9 @@ def pack_profile(profile: Profile) -> bytes:
         return b""
     days = [d for entries in profile.traits.values() for d, _ in entries]
     days += [p.day for p in profile.pending]
-    base = max(days, default=0)
+    base = max([*days, profile.evaluated])
     out = bytearray(pack_day(base))
+    out += varint(1 + base - profile.evaluated if profile.evaluated else 0)
     out += varint(len(profile.traits))
     for sid, entries in profile.traits.items():
         out += varint(sid) + varint(len(entries))
@@ -146,7 +148,8 @@ def parse_profile(raw: bytes | None) -> Profile:
         return profile
     try:
         base = unpack_day(raw)
-        pos = 2
+        back, pos = read_varint(raw, 2)
+        profile.evaluated = 1 + base - back if back else 0
         count, pos = read_varint(raw, pos)
         for _ in range(count):
             sid, pos = read_varint(raw, pos)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from typing import Any, Final
 
 import hiredis
@@ -117,3 +118,92 @@ class RawConnection:
         if writer is not None:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
+
+
+class SharedReads:
+    """Reads of many concurrent requests over one connection, pipelined: what the
+    requests of one event-loop turn ask goes out in one write, and the replies, which
+    Redis sends in order, are handed back in order. A request that stops waiting (its
+    timeout) leaves its replies to be read and dropped; a broken connection fails every
+    request in flight and the next read reconnects."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = RawConnection(url)  # for its connect and handshake
+        self._queued: list[tuple[list[bytes], asyncio.Future[list[Any]]]] = []
+        self._in_flight: deque[tuple[int, asyncio.Future[list[Any]], list[Any]]] = deque()
+        self._flush_soon = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
+
+    async def execute(self, pipe: PackedPipe) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queued.append((pipe.commands, future))
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if not self._queued:
+            return
+        if self._writer is None:
+            if self._connecting is None:
+                self._connecting = asyncio.create_task(self._connect())
+            return  # _connect flushes once connected
+        batch, self._queued = self._queued, []
+        for commands, future in batch:
+            self._in_flight.append((len(commands), future, []))
+        self._writer.write(b"".join(c for commands, _ in batch for c in commands))
+
+    async def _connect(self) -> None:
+        try:
+            reader, writer = await self._conn._connect()
+        except Exception as exc:  # every queued read fails; the next one tries again
+            queued, self._queued = self._queued, []
+            for _, future in queued:
+                if not future.done():
+                    future.set_exception(ConnectionError(f"redis unreachable: {exc!r}"))
+            return
+        finally:
+            self._connecting = None
+        self._conn._reader = self._conn._writer = None  # the connection is ours now
+        self._writer = writer
+        self._reading = asyncio.create_task(self._read(reader, writer))
+        self._flush()
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader(replyError=ResponseError)
+        try:
+            while True:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    raise ConnectionError("redis closed the connection")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    n, future, replies = self._in_flight[0]
+                    replies.append(_reply(reply))
+                    if len(replies) == n:
+                        self._in_flight.popleft()
+                        if not future.done():
+                            future.set_result(replies)
+        except BaseException as exc:
+            self._writer = None
+            writer.close()
+            in_flight, self._in_flight = self._in_flight, deque()
+            for _, future, _ in in_flight:
+                if not future.done():
+                    future.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
+            if not isinstance(exc, Exception):
+                raise
+
+    async def aclose(self) -> None:
+        for task in (self._connecting, self._reading):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -26,7 +26,7 @@ from .codec import (
 )
 from .connect import Client
 from .keys import COUNTS_TTL_S, META_KEY, ONCE_TTL_S, KeySchema, counts_key, lock_key, once_key
-from .raw import RawConnection
+from .raw import PackedPipe, RawConnection, SharedReads
 from .raw import supported as raw_supported
 from .writes import (
     Count,
@@ -90,17 +90,16 @@ class Store:
         self.schema = schema
         self.retention = retention
         self.tally = Tally()  # counters, flushed into per-minute buckets by flush_counts()
+        bare = bool(write_url and raw_supported(write_url) and not self.cluster)
         self.writes = WriteBuffer(
             write_client or client,
             schema,
             capacity=buffer_max,
             before_first_write=self._check_meta,
-            raw=(
-                RawConnection(write_url)
-                if write_url and raw_supported(write_url) and not self.cluster
-                else None
-            ),
+            raw=RawConnection(write_url) if bare and write_url else None,
         )
+        # The hot path's reads, pipelined across concurrent requests (else redis-py).
+        self.reads = SharedReads(write_url) if bare and write_url else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -152,6 +151,8 @@ class Store:
         await self.writes.stop()
         if self.writes.raw is not None:
             await self.writes.raw.aclose()
+        if self.reads is not None:
+            await self.reads.aclose()
         if self.writes.client is not self.client:
             await self.writes.client.aclose()
         await self.client.aclose()
@@ -252,10 +253,19 @@ class Store:
     async def visitor_state(self, uuid: str) -> tuple[bytes, bytes | None]:
         """(stored profile or b"", visitor record or None): one round trip."""
         s, field = self.schema, uuid16(uuid)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(s.profile_key(uuid), field)
-        pipe.hget(s.visitor_key(uuid), field)
-        profile, record = await pipe.execute()
+        if self.reads is not None:
+            packed = PackedPipe()
+            packed.execute_command("HGET", s.profile_key(uuid), field)
+            packed.execute_command("HGET", s.visitor_key(uuid), field)
+            profile, record = await self.reads.execute(packed)
+            for reply in (profile, record):
+                if isinstance(reply, Exception):
+                    raise reply
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(s.profile_key(uuid), field)
+            pipe.hget(s.visitor_key(uuid), field)
+            profile, record = await pipe.execute()
         unwritten = self.writes.unwritten_profiles.get(uuid)
         if unwritten is not None:  # read your own writes: ours are not in Redis yet
             return unwritten, cast(bytes | None, record)
@@ -312,7 +322,12 @@ class Store:
         return token if ok else None
 
     async def sweep(
-        self, today: int, *, buckets_per_round: int = 16, duty: float = 0.1
+        self,
+        today: int,
+        *,
+        profiles: Callable[[bytes, int], bytes] | None = None,
+        buckets_per_round: int = 16,
+        duty: float = 0.1,
     ) -> dict[str, int]:
         """Delete visitors and mappings past their retention, and reverse entries whose
         forward entry is gone. Answers the counts.
@@ -337,7 +352,34 @@ class Store:
             await self._sweep_reverse([s.reverse_key_of_bucket(b) for b in buckets], counts)
             await asyncio.sleep((time.perf_counter() - began) * rest)
         await self.drain()
+        if profiles is not None:
+            counts["profiles"] = counts["profiles_pruned"] = 0
+            for buckets in rounds:
+                began = time.perf_counter()
+                keys = [s.profile_key_of_bucket(b) for b in buckets]
+                await self._sweep_profiles(keys, today, profiles, counts)
+                await asyncio.sleep((time.perf_counter() - began) * rest)
+            await self.drain()
         return counts
+
+    async def _sweep_profiles(
+        self,
+        keys: Sequence[bytes],
+        today: int,
+        prune: Callable[[bytes, int], bytes],
+        counts: dict[str, int],
+    ) -> None:
+        """Expire realizations and silent visitors' profiles: `prune(value, today)` gives
+        the value to keep (b"": delete); replaced only if unchanged meanwhile."""
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields in zip(keys, await self._hgetall(keys), strict=True):
+            for field, value in fields.items():
+                new = prune(value, today)
+                if new != value:
+                    self.writes.scripts.queue(pipe, scripts.REPLACE, key, field, value, new)
+                    counts["profiles" if not new else "profiles_pruned"] += 1
+        if len(pipe):
+            await pipe.execute()
 
     async def _hgetall(self, keys: Sequence[bytes]) -> list[dict[bytes, bytes]]:
         pipe = self.client.pipeline(transaction=False)

