@@ -41,6 +41,9 @@ def varint(n: int) -> bytes:
 
 def read_varint(raw: bytes, pos: int = 0) -> tuple[int, int]:
     """(value, next position)."""
+    byte = raw[pos]
+    if byte < 0x80:  # most values fit one byte
+        return byte, pos + 1
     shift = result = 0
     while True:
         byte = raw[pos]
@@ -117,26 +120,43 @@ def build_record(day: int, entries: dict[int, bytes]) -> bytes:
 #   evaluated: 0 never, else 1 + base - the day segments were last worked out in full
 #   trait   := varint(sid) varint(n) (varint(base - day) varint(count))*
 #   pending := varint(destination id) varint(segment sid) varint(base - day)
+def _put(out: bytearray, n: int) -> None:
+    """Append varint(n) to out (the codec's hot loop: no intermediate bytes)."""
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
 def pack_profile(profile: Profile) -> bytes:
     """b"" for an empty profile: nothing is stored for it."""
     if profile.empty:
         return b""
-    days = [d for entries in profile.traits.values() for d, _ in entries]
-    days += [p.day for p in profile.pending]
-    base = max([*days, profile.evaluated])
-    out = bytearray(pack_day(base))
-    out += varint(1 + base - profile.evaluated if profile.evaluated else 0)
-    out += varint(len(profile.traits))
-    for sid, entries in profile.traits.items():
-        out += varint(sid) + varint(len(entries))
-        for day, n in entries:
-            out += varint(base - day) + varint(n)
-    out += varint(len(profile.segments))
-    for sid in sorted(profile.segments):
-        out += varint(sid)
-    out += varint(len(profile.pending))
+    base = profile.evaluated
+    for entries in profile.traits.values():
+        for day, _ in entries:
+            if day > base:
+                base = day
     for p in profile.pending:
-        out += varint(p.destination) + varint(p.segment) + varint(base - p.day)
+        if p.day > base:
+            base = p.day
+    out = bytearray(pack_day(base))
+    _put(out, 1 + base - profile.evaluated if profile.evaluated else 0)
+    _put(out, len(profile.traits))
+    for sid, entries in profile.traits.items():
+        _put(out, sid)
+        _put(out, len(entries))
+        for day, n in entries:
+            _put(out, base - day)
+            _put(out, n)
+    _put(out, len(profile.segments))
+    for sid in sorted(profile.segments):
+        _put(out, sid)
+    _put(out, len(profile.pending))
+    for p in profile.pending:
+        _put(out, p.destination)
+        _put(out, p.segment)
+        _put(out, base - p.day)
     return bytes(out)
 
 
@@ -146,6 +166,60 @@ def parse_profile(raw: bytes | None) -> Profile:
     profile = Profile()
     if not raw:
         return profile
+    try:
+        base = unpack_day(raw)
+        back, pos = read_varint(raw, 2)
+        profile.evaluated = 1 + base - back if back else 0
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            sid, pos = read_varint(raw, pos)
+            n, pos = read_varint(raw, pos)
+            entries = []
+            for _ in range(n):
+                back, pos = read_varint(raw, pos)
+                times, pos = read_varint(raw, pos)
+                entries.append((base - back, times))
+            profile.traits[sid] = entries
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            sid, pos = read_varint(raw, pos)
+            profile.segments.add(sid)
+        count, pos = read_varint(raw, pos)
+        for _ in range(count):
+            dest, pos = read_varint(raw, pos)
+            segment, pos = read_varint(raw, pos)
+            back, pos = read_varint(raw, pos)
+            profile.pending.append(Pending(dest, segment, base - back))
+    except IndexError:
+        return Profile()
+    return profile
+    pos = 2
+
+    def get() -> int:
+        nonlocal pos
+        byte = raw[pos]
+        pos += 1
+        if byte < 0x80:
+            return byte
+        value, pos = read_varint(raw, pos - 1)
+        return value
+
+    try:
+        base = unpack_day(raw)
+        back = get()
+        profile.evaluated = 1 + base - back if back else 0
+        for _ in range(get()):
+            sid = get()
+            profile.traits[sid] = [(base - get(), get()) for _ in range(get())]
+        for _ in range(get()):
+            profile.segments.add(get())
+        for _ in range(get()):
+            dest = get()
+            segment = get()
+            profile.pending.append(Pending(dest, segment, base - get()))
+    except IndexError:
+        return Profile()
+    return profile
     try:
         base = unpack_day(raw)
         back, pos = read_varint(raw, 2)

@@ -120,6 +120,11 @@ class RawConnection:
                 await writer.wait_closed()
 
 
+def _expire(future: asyncio.Future[list[Any]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("redis read timed out"))
+
+
 class SharedReads:
     """Reads of many concurrent requests over one connection, pipelined: what the
     requests of one event-loop turn ask goes out in one write, and the replies, which
@@ -136,13 +141,20 @@ class SharedReads:
         self._connecting: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
 
-    async def execute(self, pipe: PackedPipe) -> list[Any]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    async def execute(self, pipe: PackedPipe, timeout: float) -> list[Any]:
+        """The replies, or TimeoutError after `timeout` seconds (a timer of the loop's
+        own: cheaper per request than asyncio.wait_for)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((pipe.commands, future))
         if not self._flush_soon:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return await future
+            loop.call_soon(self._flush)
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
     def _flush(self) -> None:
         self._flush_soon = False

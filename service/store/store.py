@@ -250,14 +250,15 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
-    async def visitor_state(self, uuid: str) -> tuple[bytes, bytes | None]:
-        """(stored profile or b"", visitor record or None): one round trip."""
+    async def visitor_state(self, uuid: str, timeout: float = 1.0) -> tuple[bytes, bytes | None]:
+        """(stored profile or b"", visitor record or None): one round trip, shared
+        with the reads of concurrent requests. TimeoutError after `timeout` seconds."""
         s, field = self.schema, uuid16(uuid)
         if self.reads is not None:
             packed = PackedPipe()
             packed.execute_command("HGET", s.profile_key(uuid), field)
             packed.execute_command("HGET", s.visitor_key(uuid), field)
-            profile, record = await self.reads.execute(packed)
+            profile, record = await self.reads.execute(packed, timeout)
             for reply in (profile, record):
                 if isinstance(reply, Exception):
                     raise reply
@@ -265,7 +266,7 @@ class Store:
             pipe = self.client.pipeline(transaction=False)
             pipe.hget(s.profile_key(uuid), field)
             pipe.hget(s.visitor_key(uuid), field)
-            profile, record = await pipe.execute()
+            profile, record = await asyncio.wait_for(pipe.execute(), timeout)
         unwritten = self.writes.unwritten_profiles.get(uuid)
         if unwritten is not None:  # read your own writes: ours are not in Redis yet
             return unwritten, cast(bytes | None, record)

@@ -4,7 +4,6 @@ write it back (buffered, compare-and-set). Shared by /event and dest5.html."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -94,9 +93,7 @@ class Profiles:
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
             return State()
         try:
-            raw, record = await asyncio.wait_for(
-                self.store.visitor_state(visitor.uuid), STATE_READ_TIMEOUT_S
-            )
+            raw, record = await self.store.visitor_state(visitor.uuid, STATE_READ_TIMEOUT_S)
         except (RedisError, OSError, TimeoutError):
             metrics.REDIS_ERRORS.labels("read").inc()
             return State(stored=True, degraded=True)
