@@ -485,40 +485,34 @@ def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> No
                 problems.append(f"{where}: key 'partner': required for type {entry['type']}")
 
 
-def _check_rules(arrays: Mapping[str, list[dict[str, Any]]], problems: list[str]) -> None:
-    """Rules parse (SPEC §6), and every sid a rule or a mapping names exists."""
+@dataclass
+class _Refs:
+    """Sids named by rules and mappings, checked once every array is read."""
+
+    segment_traits: list[tuple[str, frozenset[int]]] = field(default_factory=list)
+    mappings: list[tuple[str, list[str]]] = field(default_factory=list)
+    realtime: list[tuple[str, Any, dict[str, int]]] = field(default_factory=list)
+
+
+def _check_rule_refs(
+    refs: _Refs, arrays: Mapping[str, list[dict[str, Any]]], problems: list[str]
+) -> None:
     traits = {t["sid"]: t for t in arrays["traits"] if "sid" in t}
-    for t in arrays["traits"]:
-        if t.get("type") == "rule" and t.get("rule"):
-            try:
-                compile_trait_rule(t["rule"])
-            except RuleError as exc:
-                problems.append(f"[[traits]] sid {t.get('sid')}: key 'rule': {exc}")
-    segments = {s["sid"] for s in arrays["segments"] if "sid" in s}
-    for seg in arrays["segments"]:
-        if not seg.get("rule"):
-            continue
-        where = f"[[segments]] sid {seg.get('sid')}: key 'rule'"
-        try:
-            rule = compile_segment_rule(seg["rule"])
-        except RuleError as exc:
-            problems.append(f"{where}: {exc}")
-            continue
-        for sid in sorted(rule.traits - set(traits)):
-            problems.append(f"{where}: no trait with sid {sid}")
-    for d in arrays["destinations"]:
-        for key in d.get("mappings", {}):
-            if not key.isdigit() or int(key) not in segments:
+    segments = {seg["sid"] for seg in arrays["segments"] if "sid" in seg}
+    for where, sids in refs.segment_traits:
+        for sid in sorted(sids - set(traits)):
+            problems.append(f"{where}: key 'rule': no trait with sid {sid}")
+    for where, keys in refs.mappings:
+        for key in keys:
+            if not (key.isascii() and key.isdigit()) or int(key) not in segments:
+                problems.append(f"{where}: key 'mappings': {key!r} is not a segment sid")
+    for where, dpid, codes in refs.realtime:
+        for code, sid in codes.items():
+            trait = traits.get(sid, {})
+            if trait.get("type") != "onboarded" or trait.get("data_source") not in (None, dpid):
                 problems.append(
-                    f"[[destinations]] id {d.get('id')}: key 'mappings': "
-                    f"{key!r} is not the sid of a configured segment"
-                )
-    for p in arrays["partners"]:
-        for code, sid in p.get("realtime_traits", {}).items():
-            if traits.get(sid, {}).get("type") != "onboarded":
-                problems.append(
-                    f"[[partners]] dpid {p.get('dpid')}: key 'realtime_traits': "
-                    f"{code!r} -> {sid} is not an onboarded trait"
+                    f"{where}: key 'realtime_traits': {code!r} -> {sid} is not an onboarded "
+                    "trait this partner may realize"
                 )
 
 
@@ -546,7 +540,10 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         for key in ("refresh_days", "mapping_ttl_days"):
             if values.get(key) is None:
                 values[key] = tables["sync"].get(key)
+        refs.realtime.append((where, values.get("dpid"), values.get("realtime_traits", {})))
         return values
+
+    refs = _Refs()
 
     def read_trait(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         values = _read_keys(raw, _TRAIT, where, problems)
@@ -554,6 +551,20 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
             problems.append(f"{where}: key 'rule': required for type rule")
         if values.get("type") == "onboarded" and values.get("rule"):
             problems.append(f"{where}: key 'rule': not allowed for type onboarded")
+        if values.get("type") == "rule" and values.get("rule"):
+            try:
+                compile_trait_rule(values["rule"])
+            except RuleError as exc:
+                problems.append(f"{where}: key 'rule': {exc}")
+        return values
+
+    def read_segment(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+        values = _read_keys(raw, _SEGMENT, where, problems)
+        if values.get("rule"):
+            try:
+                refs.segment_traits.append((where, compile_segment_rule(values["rule"]).traits))
+            except RuleError as exc:
+                problems.append(f"{where}: key 'rule': {exc}")
         return values
 
     def read_destination(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -567,6 +578,7 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
             problems,
         )
         _check_templates(values["options"], ("url", "secure_url"), where, problems)
+        refs.mappings.append((where, list(values.get("mappings", {}))))
         return values
 
     def reader(schema: Mapping[str, _Key]) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
@@ -580,9 +592,7 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
             doc.get("api_keys", []), "api_keys", "name", problems, reader(_API_KEY)
         ),
         "traits": _read_array(doc.get("traits", []), "traits", "sid", problems, read_trait),
-        "segments": _read_array(
-            doc.get("segments", []), "segments", "sid", problems, reader(_SEGMENT)
-        ),
+        "segments": _read_array(doc.get("segments", []), "segments", "sid", problems, read_segment),
         "destinations": _read_array(
             doc.get("destinations", []), "destinations", "id", problems, read_destination
         ),
@@ -590,7 +600,7 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
     _check_partner_refs(
         {k: v if isinstance(v := doc.get(k, []), list) else [] for k in _ARRAYS}, problems
     )
-    _check_rules(arrays, problems)
+    _check_rule_refs(refs, arrays, problems)
 
     if problems:
         raise ConfigError(problems)

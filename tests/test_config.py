@@ -229,6 +229,37 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[destinations]] entry 1 (id 1): key 'url': unknown macro ${ALIASS}"],
         ),
         (
+            "trait rule that does not parse",
+            "[[traits]]\nsid = 1\nname = 't'\nrule = 'c_x == \"a\" AND'\n",
+            ["[[traits]] entry 1 (sid 1): key 'rule': expected a signal name", "column 15"],
+        ),
+        (
+            "segment rule that does not parse",
+            "[[segments]]\nsid = 5\nname = 's'\nrule = 'RECENCY([1T]) >= 3D'\n",
+            ["[[segments]] entry 1 (sid 5): key 'rule': ", "line 1, column 15"],
+        ),
+        (
+            "segment of an unknown trait",
+            "[[traits]]\nsid = 1\nname = 't'\nrule = 'a == 1'\n"
+            "[[segments]]\nsid = 5\nname = 's'\nrule = '1T OR 2T'\n",
+            ["[[segments]] entry 1 (sid 5): key 'rule': no trait with sid 2"],
+        ),
+        (
+            "mapping of an unknown segment",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nurl = 'https://x.test/'\n"
+            "mappings = { '77' = 'a', 'x' = 'b' }\n",
+            [
+                "[[destinations]] entry 1 (id 1): key 'mappings': '77' is not a segment sid",
+                "key 'mappings': 'x' is not a segment sid",
+            ],
+        ),
+        (
+            "real-time code of a rule trait",
+            "[[partners]]\ndpid = 7\nname = 'a'\nrealtime_traits = { 'abc' = 1 }\n"
+            "[[traits]]\nsid = 1\nname = 't'\nrule = 'a == 1'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'realtime_traits': 'abc' -> 1 is not"],
+        ),
+        (
             "array written as a table",
             "[partners]\ndpid = 1\n",
             ["[[partners]]: must be an array of tables"],

@@ -73,6 +73,7 @@ def config(port: int, partner_port: int) -> str:
 [server]
 data_dir = "data"
 public_url = "http://127.0.0.1:{port}"
+trusted_proxies = ["127.0.0.1"]  # the tests play the TLS-terminating proxy
 
 [[api_keys]]
 name = "admin"
@@ -408,3 +409,14 @@ async def test_loss_window_is_validated(http: httpx.AsyncClient) -> None:
     doc = (await http.get("/v1/loss?window=1h", headers=AUTH)).json()
     assert len(dest(doc, 9)["series"]) == 12
     assert [p["dpid"] for p in doc["partners"]] == [PARTNER]
+
+
+async def test_https_pages_get_the_secure_url(http: httpx.AsyncClient) -> None:
+    """Behind a trusted proxy, X-Forwarded-Proto: https makes dest5.html hand out the
+    secure_url variant."""
+    _, cookie = await new_visitor(http)
+    await http.get("/event?c_section=sports", headers=cookie)
+    page = await http.get("/dest5.html", headers={**cookie, "x-forwarded-proto": "https"})
+    [fire] = re.findall(r'<img src="([^"]*/fire/[^"]*)"', page.text)
+    target = (await http.get(fire.replace("&amp;", "&"))).headers["location"]
+    assert parse_qs(urlsplit(target).query)["secure"] == ["1"]
