@@ -20,6 +20,8 @@ from .config import ConfigError, Settings, load_settings
 from .destinations import DestinationRules, Tokens
 from .identity import CookieSigner, today
 from .logs import AccessLog
+from .macros import Template
+from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
 from .outbound.s2s import S2SDestination, S2SSender
 from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
@@ -35,7 +37,7 @@ from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
-from .web.qualify import LossCounters, Profiles
+from .web.qualify import LossCounters, Profiles, RealtimeCounters
 from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
 
 log = logging.getLogger("pixelsync")
@@ -185,6 +187,23 @@ def create_app(settings: Settings) -> HotPaths:
         if s2s_destinations
         else None
     )
+    rt = settings.realtime
+    realtime = RealtimeCaller(
+        [
+            RealtimePartner(p.dpid, Template.parse(p.realtime_url), dict(p.realtime_traits))
+            for p in settings.partners
+            if p.realtime_url
+        ],
+        partner_http,
+        RealtimeCounters(store.tally).count,
+        RealtimeSettings(
+            budget_s=rt["budget_ms"] / 1000,
+            cache_s=rt["cache_s"],
+            breaker_failures=rt["breaker_failures"],
+            breaker_open_s=rt["breaker_open_s"],
+            max_answer_bytes=rt["max_answer_bytes"],
+        ),
+    )
     profiles = Profiles(
         store,
         qualifier,
@@ -234,7 +253,9 @@ def create_app(settings: Settings) -> HotPaths:
         public_url=settings.public_url,
     )
     hot: dict[str, ASGIApp] = {
-        "/event": EventEndpoint(store, cookies, settings, access, privacy, offers, profiles),
+        "/event": EventEndpoint(
+            store, cookies, settings, access, privacy, offers, profiles, realtime or None
+        ),
         "/dest5.html": Dest5Endpoint(
             offers, cookies, privacy, settings.limits["max_query_bytes"], profiles
         ),

@@ -197,6 +197,10 @@ _TABLES: Final[dict[str, dict[str, _Key]]] = {
     },
     "realtime": {
         "budget_ms": _Key("int", 50, _positive),
+        "cache_s": _Key("int", 30, _non_negative),
+        "breaker_failures": _Key("int", 5, _positive),
+        "breaker_open_s": _Key("int", 30, _positive),
+        "max_answer_bytes": _Key("int", 65536, _positive),
     },
     "store": {
         "match_buckets": _Key("int", 65536, _power_of_two),

@@ -48,6 +48,24 @@ SEGMENTS: Final = Counter(
     "pixelsync_segment_changes_total", "Segment entries and exits", ["segment", "change"]
 )
 TRAITS: Final = Counter("pixelsync_trait_realizations_total", "Trait realizations", ["sid"])
+REALTIME_BREAKER: Final = Gauge(
+    "pixelsync_realtime_breaker_state",
+    "Real-time partner circuit breaker per dpid: 0 closed, 1 open, 2 half-open",
+    ["dpid"],
+    multiprocess_mode="max",
+)
+REALTIME_LATENCY: Final = Histogram(
+    "pixelsync_realtime_call_seconds",
+    "Real-time partner call latency per dpid (failed and cut-off calls included)",
+    ["dpid"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0),
+)
+REALTIME: Final = Counter(
+    "pixelsync_realtime_events_total",
+    "Real-time partner calls per dpid and counter (calls, timeouts, errors, "
+    "breaker_opens, cache_hits)",
+    ["dpid", "counter"],
+)
 WRITE_FAILURES: Final = Counter(
     "pixelsync_write_failures_total",
     "Writes Redis refused on their own (not an outage), dropped after retries",
@@ -63,6 +81,9 @@ __all__ = [
     "CONTENT_TYPE_LATEST",
     "DESTINATIONS",
     "LATENCY",
+    "REALTIME",
+    "REALTIME_BREAKER",
+    "REALTIME_LATENCY",
     "REDIS_ERRORS",
     "REDIS_UP",
     "REQUESTS",

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from ..config import ApiKey, Destination, Partner
 from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, minutes, report
+from ..outbound.realtime import COUNTERS as RT_COUNTERS
 from ..qualification import Qualifier
 from ..store import Store
 from ..store.codec import parse_profile
@@ -209,7 +210,10 @@ class Api:
                 continue
             c = {k: counts.get(partner_field(dpid, k), 0) for k in _RATE_COUNTERS}
             rate = c["completed"] / c["instructed"] if c["instructed"] else None
-            partners.append({"dpid": dpid, "name": name, **c, "match_rate": rate})
+            realtime = {k: counts.get(partner_field(dpid, "rt_" + k), 0) for k in RT_COUNTERS}
+            partners.append(
+                {"dpid": dpid, "name": name, **c, "match_rate": rate, "realtime": realtime}
+            )
         return JSONResponse({"partners": partners})
 
     async def loss(self, request: Request, caller: Caller) -> Response:

@@ -13,6 +13,7 @@ from ..destinations import Fire
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, needs_touch, today
 from ..logs import AccessLog
+from ..outbound.realtime import RealtimeCaller
 from ..qualification import Qualification
 from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
@@ -70,8 +71,10 @@ class EventEndpoint:
         privacy: PrivacyRules,
         offers: SyncOffers,
         profiles: Profiles,
+        realtime: RealtimeCaller | None = None,
     ) -> None:
         self.offers = offers
+        self.realtime = realtime
         self.profiles = profiles
         self.qualifier = profiles.qualifier
         rules = profiles.rules
@@ -139,9 +142,11 @@ class EventEndpoint:
             )
         else:
             needs_state = self.gif_needs_state
-        if realized or needs_state:
+        # Real-time partners need the visitor's uids at them: a read for a known visitor.
+        asks = bool(self.realtime) and visitor.kind is VisitorKind.KNOWN
+        if realized or needs_state or asks:
             state, result, fires = await self._qualify(visitor, req, privacy, realized)
-            segments = result.segments
+            segments, realized = result.segments, result.realized
             out += self._own_cookies(segments, privacy, headers)
         else:
             state, segments, fires = None, frozenset(), []
@@ -177,6 +182,12 @@ class EventEndpoint:
         self, visitor: Visitor, req: EventRequest, privacy: Privacy, realized: list[int]
     ) -> tuple[State, Qualification, list[Fire]]:
         state = await self.profiles.read(visitor)
+        if self.realtime and state.stored and not state.degraded:
+            day = today()
+            mapped = {d: uid for d, (uid, _) in self.profiles.mapped(state, day).items()}
+            values = self.profiles.macro_values(visitor, state, privacy, req.consent, day)
+            extra = await self.realtime.ask(mapped, values)
+            realized = realized + [sid for sid in extra if sid not in realized]
         result, fires = self.profiles.qualify(
             visitor,
             state,

@@ -169,7 +169,8 @@ SPEC: Final[dict[str, Any]] = {
         "/v1/match-rates": {
             "get": _api(
                 "Per partner over 7 days: syncs handed out and completed, the match rate, "
-                "mappings stored, reverse lookups that hit and missed",
+                "mappings stored, reverse lookups that hit and missed, and the real-time "
+                "calls (calls, timeouts, errors, breaker_opens, cache_hits)",
                 [],
                 _json({"type": "object", "required": ["partners"]}),
             )

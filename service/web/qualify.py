@@ -22,7 +22,7 @@ from ..profiles import Pending, Profile, merge_pending
 from ..qualification import Qualification, Qualifier
 from ..store import Store
 from ..store.codec import pack_profile, parse_profile
-from ..tally import Tally
+from ..tally import Tally, partner_field
 
 log = logging.getLogger("pixelsync.web")
 
@@ -42,6 +42,22 @@ class LossCounters:
         if child is None:
             child = metrics.DESTINATIONS.labels(str(destination), counter)
             self._children[(destination, counter)] = child
+        child.inc(n)
+
+
+class RealtimeCounters:
+    """Real-time call counters: per-minute buckets ("p:<dpid>:rt_<counter>", read by
+    /v1/match-rates) and Prometheus."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def count(self, dpid: int, counter: str, n: int = 1) -> None:
+        self.tally.add(partner_field(dpid, "rt_" + counter), n)
+        child = self._children.get((dpid, counter))
+        if child is None:
+            child = self._children[(dpid, counter)] = metrics.REALTIME.labels(str(dpid), counter)
         child.inc(n)
 
 

@@ -1,0 +1,253 @@
+"""Real-time partner calls (SPEC §8): during an /event, ask every eligible partner for
+its segments on the visitor, all at once, within a total budget.
+
+- One shared httpx.AsyncClient (keep-alive, bounded pools) for every call.
+- A partner answers `{"segments": ["abc", …]}`; the codes its `realtime_traits` maps
+  become onboarded trait realizations of the same request. Unknown codes are ignored.
+- Whatever goes wrong (slow, refused, 5xx, not JSON, too big) costs at most the budget
+  and counts as a failure; `breaker_failures` failures in a row open the partner's
+  circuit breaker for `breaker_open_s`, then one probe call decides (half-open).
+- A partner's answer for a visitor is cached `cache_s` seconds, so a burst of page
+  views does not call it each time.
+- Counted per partner (Prometheus, and the per-minute buckets for /v1/match-rates):
+  calls, timeouts, errors (invalid and oversized answers included), breaker openings,
+  cache hits, and a latency histogram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Final
+
+import httpx
+
+from .. import metrics
+from ..macros import Template
+
+log = logging.getLogger("pixelsync.realtime")
+
+CACHE_MAX: Final = 100_000  # visitors' answers kept per process
+COUNTERS: Final = ("calls", "timeouts", "errors", "breaker_opens", "cache_hits")
+
+CountFn = Callable[[int, str, int], None]
+"""(dpid, counter, n): adds n to one of COUNTERS."""
+
+
+class Breaker(IntEnum):
+    """Circuit breaker states; the values are the Prometheus gauge's."""
+
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+@dataclass
+class RealtimePartner:
+    dpid: int
+    template: Template
+    traits: dict[str, int]  # partner segment code -> onboarded trait sid
+    # Breaker bookkeeping, per process.
+    failures: int = 0
+    state: Breaker = Breaker.CLOSED
+    open_until: float = 0.0
+    probing: bool = False
+    children: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    budget_s: float = 0.05
+    cache_s: float = 30.0
+    breaker_failures: int = 5
+    breaker_open_s: float = 30.0
+    max_answer_bytes: int = 65536
+
+
+class Failure(Exception):
+    """A partner answer that cannot be used; `kind` is the counter it goes to."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class RealtimeCaller:
+    def __init__(
+        self,
+        partners: Sequence[RealtimePartner],
+        client: httpx.AsyncClient,
+        count: CountFn,
+        settings: RealtimeSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.partners = {p.dpid: p for p in partners}
+        self.client = client
+        self.count = count
+        self.settings = settings
+        self.clock = clock
+        self._cache: OrderedDict[tuple[int, str], tuple[float, tuple[str, ...]]] = OrderedDict()
+        for p in partners:
+            metrics.REALTIME_BREAKER.labels(str(p.dpid)).set(Breaker.CLOSED)
+
+    def __bool__(self) -> bool:
+        return bool(self.partners)
+
+    async def ask(
+        self,
+        mapped: Mapping[int, str],
+        values: Callable[[int], dict[str, str] | None],
+    ) -> list[int]:
+        """The onboarded traits the eligible partners' answers realize. `mapped`: the
+        visitor's partner uids; `values(dpid)`: the macro values for that partner, or
+        None when privacy forbids calling it. Returns within the budget."""
+        now = self.clock()
+        calls: dict[int, asyncio.Task[tuple[str, ...]]] = {}
+        codes: dict[int, tuple[str, ...]] = {}
+        for dpid, partner in self.partners.items():
+            uid = mapped.get(dpid)
+            if not uid:
+                continue  # a visitor the partner does not know: no call
+            cached = self._cached(dpid, uid, now)
+            if cached is not None:
+                codes[dpid] = cached
+                self.count(dpid, "cache_hits", 1)
+                continue
+            macro = values(dpid)
+            if macro is None or not self._may_call(partner, now):
+                continue
+            rand = str(secrets.randbelow(10**12))
+            url = partner.template.render({**macro, "DP_UUID": uid, "DD_RAND": rand})
+            calls[dpid] = asyncio.create_task(self._call(partner, uid, url))
+        if calls:
+            done, pending = await asyncio.wait(calls.values(), timeout=self.settings.budget_s)
+            for task in pending:  # past the budget: counted as a timeout, then dropped
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            for dpid, task in calls.items():
+                if task in done and task.exception() is None:
+                    codes[dpid] = task.result()
+        realized: list[int] = []
+        for dpid, answer in codes.items():
+            traits = self.partners[dpid].traits
+            for code in answer:
+                sid = traits.get(code)
+                if sid is not None and sid not in realized:
+                    realized.append(sid)
+        return realized
+
+    # ------------------------------------------------------------------ internals
+
+    def _cached(self, dpid: int, uid: str, now: float) -> tuple[str, ...] | None:
+        hit = self._cache.get((dpid, uid))
+        if hit is None:
+            return None
+        if hit[0] <= now:
+            del self._cache[(dpid, uid)]
+            return None
+        return hit[1]
+
+    def _remember(self, dpid: int, uid: str, codes: tuple[str, ...]) -> None:
+        if self.settings.cache_s <= 0:
+            return
+        self._cache[(dpid, uid)] = (self.clock() + self.settings.cache_s, codes)
+        self._cache.move_to_end((dpid, uid))
+        while len(self._cache) > CACHE_MAX:
+            self._cache.popitem(last=False)
+
+    def _may_call(self, p: RealtimePartner, now: float) -> bool:
+        if p.state is Breaker.CLOSED:
+            return True
+        if p.state is Breaker.OPEN:
+            if now < p.open_until:
+                return False
+            self._set_state(p, Breaker.HALF_OPEN)
+        if p.probing:  # half-open: one probe at a time
+            return False
+        p.probing = True
+        return True
+
+    def _set_state(self, p: RealtimePartner, state: Breaker) -> None:
+        if p.state is not state:
+            log.info(
+                "realtime breaker",
+                extra={"dpid": p.dpid, "from": p.state.name, "to": state.name},
+            )
+        p.state = state
+        metrics.REALTIME_BREAKER.labels(str(p.dpid)).set(state)
+
+    def _succeeded(self, p: RealtimePartner) -> None:
+        p.failures = 0
+        p.probing = False
+        self._set_state(p, Breaker.CLOSED)
+
+    def _failed(self, p: RealtimePartner, kind: str, detail: str) -> None:
+        self.count(p.dpid, kind, 1)
+        p.failures += 1
+        was_probe, p.probing = p.probing, False
+        if was_probe or (
+            p.state is Breaker.CLOSED and p.failures >= self.settings.breaker_failures
+        ):
+            p.open_until = self.clock() + self.settings.breaker_open_s
+            self._set_state(p, Breaker.OPEN)
+            self.count(p.dpid, "breaker_opens", 1)
+            log.warning(
+                "realtime partner left out",
+                extra={"dpid": p.dpid, "failures": p.failures, "error": detail},
+            )
+
+    async def _call(self, p: RealtimePartner, uid: str, url: str) -> tuple[str, ...]:
+        self.count(p.dpid, "calls", 1)
+        started = time.perf_counter()
+        try:
+            codes = await self._fetch(url)
+        except (asyncio.CancelledError, httpx.TimeoutException):  # the budget ran out
+            self._failed(p, "timeouts", "over the budget")
+            raise
+        except Failure as exc:
+            self._failed(p, "errors", f"{exc.kind}: {exc}")
+            raise
+        except (httpx.HTTPError, OSError) as exc:
+            self._failed(p, "errors", type(exc).__name__)
+            raise
+        finally:
+            metrics.REALTIME_LATENCY.labels(str(p.dpid)).observe(time.perf_counter() - started)
+        self._succeeded(p)
+        self._remember(p.dpid, uid, codes)
+        return codes
+
+    async def _fetch(self, url: str) -> tuple[str, ...]:
+        limit = self.settings.max_answer_bytes
+        async with self.client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise Failure("status", f"HTTP {response.status_code}")
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise Failure("oversized", f"answer over {limit} bytes")
+        return parse_answer(bytes(body))
+
+
+def parse_answer(body: bytes) -> tuple[str, ...]:
+    """The segment codes of `{"segments": [...]}` (strings or integers)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Failure("invalid", "answer is not JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list):
+        raise Failure("invalid", 'answer has no "segments" list')
+    return tuple(
+        str(code)
+        for code in doc["segments"]
+        if isinstance(code, str) or (isinstance(code, int) and not isinstance(code, bool))
+    )

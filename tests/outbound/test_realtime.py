@@ -1,0 +1,263 @@
+"""Real-time partner calls (SPEC §8) against real partner HTTP servers on 127.0.0.1:
+each misbehaviour costs at most the budget, and the circuit breaker opens and closes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from service.macros import Template
+from service.outbound.realtime import (
+    Breaker,
+    Failure,
+    RealtimeCaller,
+    RealtimePartner,
+    RealtimeSettings,
+    parse_answer,
+)
+from tests.conftest import free_port
+
+BUDGET_S = 0.2
+
+
+class Partner:
+    """One real-time endpoint per behaviour: /fast, /slow (3 s), /error (500), /garbage
+    (not JSON), /huge (1 MiB of JSON); `mode` switches /switch between them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, list[str]]]] = []
+        self.mode = "fast"
+        self.stop = threading.Event()
+        partner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                url = urlsplit(self.path)
+                kind = url.path.strip("/")
+                partner.calls.append((kind, parse_qs(url.query)))
+                if kind == "switch":
+                    kind = partner.mode
+                body = b'{"segments": ["abc", "unknown", 7]}'
+                status = 200
+                if kind == "slow":
+                    partner.stop.wait(3)
+                elif kind == "error":
+                    status = 500
+                elif kind == "garbage":
+                    body = b"<html>not json</html>"
+                elif kind == "huge":
+                    body = b'{"segments": ["' + b"x" * (1 << 20) + b'"]}'
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the caller gave up on us
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, *args: object) -> None:
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def kinds(self) -> Counter[str]:
+        return Counter(kind for kind, _ in self.calls)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def partner() -> Iterator[Partner]:
+    p = Partner()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as c:
+        yield c
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.n: Counter[tuple[int, str]] = Counter()
+
+    def __call__(self, dpid: int, counter: str, n: int) -> None:
+        self.n[(dpid, counter)] += n
+
+
+def rt_partner(dpid: int, url: str) -> RealtimePartner:
+    return RealtimePartner(dpid, Template.parse(url), {"abc": 5000 + dpid, "7": 6000 + dpid})
+
+
+def caller(
+    partners: list[RealtimePartner],
+    client: httpx.AsyncClient,
+    counts: Counts,
+    **settings: float,
+) -> RealtimeCaller:
+    options = {"budget_s": BUDGET_S, "cache_s": 0.0, **settings}
+    return RealtimeCaller(partners, client, counts, RealtimeSettings(**options))  # type: ignore[arg-type]
+
+
+def consent(dpid: int) -> dict[str, str]:
+    return {"GDPR": "0", "GDPR_CONSENT": ""}
+
+
+async def test_a_fast_partner_realizes_its_mapped_codes(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    counts = Counts()
+    rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}&r=%rnd%")], client, counts)
+    assert await rt.ask({31: "uid-31"}, consent) == [5031, 6031]  # "unknown" ignored
+    [(_, query)] = partner.calls
+    assert query["u"] == ["uid-31"] and query["r"][0].isdigit()
+    assert counts.n[(31, "calls")] == 1 and counts.n[(31, "errors")] == 0
+
+
+@pytest.mark.parametrize("kind", ["slow", "down", "error", "garbage", "huge"])
+async def test_a_failing_partner_costs_at_most_the_budget(
+    partner: Partner, client: httpx.AsyncClient, kind: str
+) -> None:
+    """Next to a fast partner: the answer is on time and carries the fast one's codes."""
+    counts = Counts()
+    bad = f"http://127.0.0.1:{free_port()}/" if kind == "down" else f"{partner.base}/{kind}"
+    rt = caller(
+        [
+            rt_partner(31, partner.base + "/fast?u=${DP_UUID}"),
+            rt_partner(32, bad + "?u=${DP_UUID}"),
+        ],
+        client,
+        counts,
+    )
+    started = time.perf_counter()
+    realized = await rt.ask({31: "a", 32: "b"}, consent)
+    elapsed = time.perf_counter() - started
+    assert realized == [5031, 6031]
+    assert elapsed < BUDGET_S + 0.15, elapsed
+    expected = "timeouts" if kind == "slow" else "errors"
+    assert counts.n[(32, expected)] == 1 and counts.n[(32, "calls")] == 1
+
+
+async def test_no_mapping_no_call(partner: Partner, client: httpx.AsyncClient) -> None:
+    counts = Counts()
+    rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, counts)
+    assert await rt.ask({99: "someone else"}, consent) == []
+    assert partner.calls == [] and counts.n == Counter()
+
+
+async def test_privacy_refusal_no_call(partner: Partner, client: httpx.AsyncClient) -> None:
+    rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, Counts())
+    assert await rt.ask({31: "a"}, lambda dpid: None) == []
+    assert partner.calls == []
+
+
+async def test_answers_are_cached_per_visitor(partner: Partner, client: httpx.AsyncClient) -> None:
+    counts = Counts()
+    rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, counts, cache_s=60.0)
+    for _ in range(3):
+        assert await rt.ask({31: "a"}, consent) == [5031, 6031]
+    assert await rt.ask({31: "b"}, consent) == [5031, 6031]  # another visitor: a call
+    assert partner.kinds()["fast"] == 2 and counts.n[(31, "cache_hits")] == 2
+
+
+async def test_breaker_opens_then_a_probe_closes_it(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    now = [1000.0]
+    counts = Counts()
+    p = rt_partner(31, partner.base + "/switch?u=${DP_UUID}")
+    rt = RealtimeCaller(
+        [p],
+        client,
+        counts,
+        RealtimeSettings(budget_s=BUDGET_S, cache_s=0, breaker_failures=3, breaker_open_s=30),
+        clock=lambda: now[0],
+    )
+    partner.mode = "error"
+    for _ in range(3):
+        assert await rt.ask({31: "a"}, consent) == []
+    assert p.state is Breaker.OPEN and counts.n[(31, "breaker_opens")] == 1
+    await rt.ask({31: "a"}, consent)  # left out while open: no call
+    assert partner.kinds()["switch"] == 3
+    now[0] += 31  # half-open: one probe; it fails, so open again
+    await rt.ask({31: "a"}, consent)
+    assert p.state is Breaker.OPEN and partner.kinds()["switch"] == 4
+    assert counts.n[(31, "breaker_opens")] == 2
+    now[0] += 31
+    partner.mode = "fast"  # the probe succeeds: closed, and its answer counts
+    assert await rt.ask({31: "a"}, consent) == [5031, 6031]
+    assert p.state is Breaker.CLOSED
+    assert await rt.ask({31: "a"}, consent) == [5031, 6031]
+    assert partner.kinds()["switch"] == 6
+
+
+async def test_a_slow_probe_counts_as_a_failure(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    now = [0.0]
+    p = rt_partner(31, partner.base + "/switch?u=${DP_UUID}")
+    rt = RealtimeCaller(
+        [p],
+        client,
+        Counts(),
+        RealtimeSettings(budget_s=0.1, cache_s=0, breaker_failures=1, breaker_open_s=5),
+        clock=lambda: now[0],
+    )
+    partner.mode = "slow"
+    await rt.ask({31: "a"}, consent)
+    assert p.state is Breaker.OPEN
+    now[0] += 6
+    await rt.ask({31: "a"}, consent)  # the probe runs out of budget
+    assert p.state is Breaker.OPEN and not p.probing
+
+
+@pytest.mark.parametrize(
+    ("body", "codes"),
+    [
+        (b'{"segments": ["a", 1, true, null, 2.5, {"x": 1}]}', ("a", "1")),
+        (b'{"segments": []}', ()),
+    ],
+)
+def test_parse_answer(body: bytes, codes: tuple[str, ...]) -> None:
+    assert parse_answer(body) == codes
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"segments": "a"}', b"\xff", b'{"x": []}'])
+def test_parse_answer_refuses_garbage(body: bytes) -> None:
+    with pytest.raises(Failure):
+        parse_answer(body)
+
+
+async def test_concurrent_partners_are_called_at_once(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    """Two slow partners cost one budget, not two."""
+    rt = caller(
+        [rt_partner(d, partner.base + "/slow?u=${DP_UUID}") for d in (31, 32)], client, Counts()
+    )
+    started = time.perf_counter()
+    await rt.ask({31: "a", 32: "b"}, consent)
+    assert time.perf_counter() - started < BUDGET_S * 1.75
+    await asyncio.sleep(0)
