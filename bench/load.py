@@ -59,11 +59,18 @@ class Scenario:
     answer: str  # expected content type: "gif" | "json"
     lua: str = ""  # a wrk script that makes each request (e.g. a new partner uid each)
     visitors: int = 0  # >0: each request sends the cookie of one of this many visitors
+    syncs: tuple[int, ...] = ()  # dpids each of those visitors is mapped to beforehand
 
 
 # /event with 100 rule traits and 50 segments configured; the signals match 5 traits
 # (and make 20 more rules look at a present key that does not match).
 QUALIFY_SIGNALS: Final = "c_a=1&c_b=2&c_c=3&c_d=4&c_e=5&c_section=news"
+_RANDOM_VISITOR: Final = (
+    "request = function()\n"
+    "  local c = cookies[math.random(#cookies)]\n"
+    '  return wrk.format(nil, "{path}", {{["Cookie"] = c}})\n'
+    "end\n"
+)
 # The bare server gets the very request event_gif_cookie sends: the ratio then measures
 # what pixelsync does with it, not a difference in what goes over the wire.
 SCENARIOS: Final = (
@@ -88,18 +95,35 @@ SCENARIOS: Final = (
             "end\n"
         ),
     ),
+    # The same /event for visitors mapped to two real-time partners that answer in 5 ms,
+    # and for visitors mapped to two partners without real-time calls.
+    Scenario(
+        "event_rt_off",
+        "pixelsync",
+        "/event?c_page=home",
+        True,
+        "gif",
+        lua=_RANDOM_VISITOR.format(path="/event?c_page=home"),
+        visitors=200,
+        syncs=(2003, 2004),
+    ),
+    Scenario(
+        "event_realtime",
+        "pixelsync",
+        "/event?c_page=home",
+        True,
+        "gif",
+        lua=_RANDOM_VISITOR.format(path="/event?c_page=home"),
+        visitors=200,
+        syncs=(2001, 2002),
+    ),
     Scenario(
         "event_qualify",
         "pixelsync",
         f"/event?{QUALIFY_SIGNALS}",
         True,
         "gif",
-        lua=(
-            "request = function()\n"
-            "  local c = cookies[math.random(#cookies)]\n"
-            f'  return wrk.format(nil, "/event?{QUALIFY_SIGNALS}", {{["Cookie"] = c}})\n'
-            "end\n"
-        ),
+        lua=_RANDOM_VISITOR.format(path=f"/event?{QUALIFY_SIGNALS}"),
         visitors=1000,
     ),
 )
@@ -129,7 +153,13 @@ CEILING: Final = "bare_gif"  # raw ASGI on uvicorn: the strictest ceiling
 STARLETTE_CEILING: Final = "bare_starlette"  # the ceiling the issues' ratios refer to
 # Latency at a fixed, lower rate: each of these scenarios again at this fraction of
 # its median rate (wrk cannot pace; each connection waits between its requests).
-PACED: Final = {"ibs_cookie": 0.5}
+# name -> (fraction, the scenario whose median rate it is a fraction of)
+PACED: Final = {
+    "ibs_cookie": (0.5, "ibs_cookie"),
+    # The real-time calls' added latency: both at the same rate, below saturation.
+    "event_rt_off": (0.5, "event_realtime"),
+    "event_realtime": (0.5, "event_realtime"),
+}
 PACED_CONNECTIONS: Final = 16
 
 
@@ -381,14 +411,31 @@ def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str
     ]  # fmt: skip
 
 
-def _pixelsync_argv(port: int, workers: int, workdir: Path) -> list[str]:
+def realtime_config(partner_port: int) -> str:
+    """Partners 2001 and 2002 with real-time calls to bench.bare:realtime_partner (no
+    cache: every /event calls them), 2003 and 2004 without."""
+    text = "[realtime]\ncache_s = 0\n"
+    text += '[[traits]]\nsid = 9001\nname = "real-time abc"\ntype = "onboarded"\n'
+    for dpid in (2001, 2002, 2003, 2004):
+        text += f'[[partners]]\ndpid = {dpid}\nname = "p{dpid}"\n'
+        if dpid in (2001, 2002):
+            text += (
+                f'realtime_url = "http://{HOST}:{partner_port}/rt?u=${{DP_UUID}}"\n'
+                'realtime_traits = { "abc" = 9001 }\n'
+            )
+    return text
+
+
+def _pixelsync_argv(port: int, workers: int, workdir: Path, partner_port: int) -> list[str]:
     config = workdir / "pixelsync-bench.toml"
     data_dir = workdir / "data"
     config.write_text(
         "[server]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
         'secret_keys = ["bench-only-not-a-secret"]\n'
-        f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n' + qualify_config()
+        f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n'
+        + realtime_config(partner_port)
+        + qualify_config()
     )
     return [
         sys.executable, "-m", "service", "serve", "--config", str(config),
@@ -420,6 +467,15 @@ def visitor_cookie(port: int) -> str:
     if response.status != 200 or not set_cookie:
         raise BenchError(f"/event answered {response.status} without a visitor cookie")
     return set_cookie.split(";", 1)[0].strip()
+
+
+def map_visitor(port: int, cookie: str, dpids: Sequence[int]) -> None:
+    """Map the visitor to these partners, as their ID syncs would."""
+    for dpid in dpids:
+        path = f"/ibs:dpid={dpid}&dpuuid=bench-{dpid}-{_uuid_of(cookie)[:12]}"
+        response, _ = _get(port, path, {"Cookie": cookie}, PROBE_TIMEOUT_S)
+        if response.status != 200:
+            raise BenchError(f"{path} answered {response.status}")
 
 
 def _uuid_of(cookie: str) -> str:
@@ -473,11 +529,13 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        ports = {"bare": free_port(), "starlette": free_port(), "pixelsync": free_port()}
+        names = ("bare", "starlette", "rtpartner", "pixelsync")
+        ports = {name: free_port() for name in names}
         argvs = {
             "bare": _bare_argv(ports["bare"], workers),
             "starlette": _bare_argv(ports["starlette"], workers, "bench.bare:starlette_app"),
-            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir),
+            "rtpartner": _bare_argv(ports["rtpartner"], 1, "bench.bare:realtime_partner"),
+            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, ports["rtpartner"]),
         }
         for name, argv in argvs.items():
             server = Server(name, argv, ports[name], workdir / f"{name}.log")
@@ -492,6 +550,8 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
             if scenario.lua:
                 script = workdir / f"{scenario.name}.lua"
                 cookies = [visitor_cookie(ports["pixelsync"]) for _ in range(scenario.visitors)]
+                for cookie_ in cookies:
+                    map_visitor(ports["pixelsync"], cookie_, scenario.syncs)
                 table = ",\n".join(json.dumps(c) for c in cookies)
                 script.write_text(f"cookies = {{\n{table}\n}}\n" + scenario.lua)
             requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
@@ -525,9 +585,17 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         rows = [_summary(s, workers, runs[s.name]) for s in SCENARIOS]
         for scenario in SCENARIOS:
             if scenario.name in PACED:
-                full = next(r["rps_median"] for r in rows if r["scenario"] == scenario.name)
+                fraction, reference = PACED[scenario.name]
+                full = next(r["rps_median"] for r in rows if r["scenario"] == reference)
                 rows.append(
-                    _paced(scenario, workers, full, requests[scenario.name], options, progress)
+                    _paced(
+                        scenario,
+                        workers,
+                        full * fraction,
+                        requests[scenario.name],
+                        options,
+                        progress,
+                    )
                 )
     ceilings = {
         key: next(r["rps_median"] for r in rows if r["scenario"] == name)
@@ -542,15 +610,14 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
 def _paced(
     scenario: Scenario,
     workers: int,
-    full_rps: float,
+    target: float,
     request: tuple[str, list[str], Path | None],
     options: HttpOptions,
     progress: Progress,
 ) -> dict[str, Any]:
-    """The scenario again at PACED[name] of its full rate: PACED_CONNECTIONS connections,
-    each waiting between requests so that together they aim at the target rate."""
+    """The scenario again at a target rate: PACED_CONNECTIONS connections, each waiting
+    between requests so that together they aim at it."""
     url, header_lines, script = request
-    target = full_rps * PACED[scenario.name]
     delay_ms = max(1, round(PACED_CONNECTIONS * 1000 / target))
     paced = Path(tempfile.mkdtemp(prefix="pixelsync-bench-paced-")) / "paced.lua"
     base = script.read_text() if script is not None else ""
@@ -579,7 +646,7 @@ def _paced(
     )
     row = _summary(paced_scenario, workers, runs)
     row["target_rps"] = round(target, 1)
-    row["fraction_of_full"] = PACED[scenario.name]
+    row["fraction_of"] = list(PACED[scenario.name])
     return row
 
 
