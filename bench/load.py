@@ -71,6 +71,14 @@ _RANDOM_VISITOR: Final = (
     '  return wrk.format(nil, "{path}", {{["Cookie"] = c}})\n'
     "end\n"
 )
+
+
+def _mapped_visitors(name: str, path: str, visitors: int, dpids: tuple[int, ...]) -> Scenario:
+    """GIF requests from `visitors` returning visitors at random, each mapped to `dpids`."""
+    lua = _RANDOM_VISITOR.format(path=path)
+    return Scenario(name, "pixelsync", path, True, "gif", lua=lua, visitors=visitors, syncs=dpids)
+
+
 # The bare server gets the very request event_gif_cookie sends: the ratio then measures
 # what pixelsync does with it, not a difference in what goes over the wire.
 SCENARIOS: Final = (
@@ -97,26 +105,8 @@ SCENARIOS: Final = (
     ),
     # The same /event for visitors mapped to two real-time partners that answer in 5 ms,
     # and for visitors mapped to two partners without real-time calls.
-    Scenario(
-        "event_rt_off",
-        "pixelsync",
-        "/event?c_page=home",
-        True,
-        "gif",
-        lua=_RANDOM_VISITOR.format(path="/event?c_page=home"),
-        visitors=200,
-        syncs=(2003, 2004),
-    ),
-    Scenario(
-        "event_realtime",
-        "pixelsync",
-        "/event?c_page=home",
-        True,
-        "gif",
-        lua=_RANDOM_VISITOR.format(path="/event?c_page=home"),
-        visitors=200,
-        syncs=(2001, 2002),
-    ),
+    _mapped_visitors("event_rt_off", "/event?c_page=home", 200, (2003, 2004)),
+    _mapped_visitors("event_realtime", "/event?c_page=home", 200, (2001, 2002)),
     Scenario(
         "event_qualify",
         "pixelsync",
