@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,6 +49,7 @@ from tests.e2e.test_sync_browser import (
     sha256,
     uuid_of,
 )
+from tests.partners import GIF, Answer, PartnerServer, Request
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -77,79 +75,25 @@ pytestmark = requires_chromium
 # --- the partner site, on [::1] ------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pixel:
-    """One destination pixel the partner received."""
-
-    query: dict[str, list[str]]
-    headers: dict[str, str]  # lower-case names
-
-
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-
-
-class Partner:
+class Partner(PartnerServer):
     """The partner's pixel endpoint, http://[::1]:<port>/px?…: records the request and
-    answers 302 to its `ack` parameter (the ${ACK_URL}) — or the GIF without one."""
+    answers 302 to its `ack` parameter (the ${ACK_URL}), or the GIF without one."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pixels: list[Pixel] = []
-        partner = self
+        super().__init__(self.answer, host="::1")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                split = urlsplit(self.path)
-                if split.path != "/px":
-                    self.send_response(404)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                query = parse_qs(split.query)
-                pixel = Pixel(query, {k.lower(): v for k, v in self.headers.items()})
-                with partner._lock:
-                    partner._pixels.append(pixel)
-                ack = query.get("ack", [""])[0]
-                if ack:
-                    self.send_response(302)
-                    self.send_header("location", ack)
-                    self.send_header("content-length", "0")
-                else:
-                    self.send_response(200)
-                    self.send_header("content-type", "image/gif")
-                    self.send_header("content-length", str(len(_GIF)))
-                self.send_header("cache-control", "no-store")
-                self.end_headers()
-                if not ack:
-                    self.wfile.write(_GIF)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = _V6Server(("::1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.origin = f"http://[::1]:{self.port}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="dest-partner", daemon=True
-        )
-        self._thread.start()
+    @staticmethod
+    def answer(request: Request) -> Answer:
+        if request.path != "/px":
+            return Answer(404)
+        ack = request.arg("ack")
+        if ack:
+            return Answer(302, {"location": ack, "cache-control": "no-store"})
+        return Answer(200, {"content-type": "image/gif", "cache-control": "no-store"}, GIF)
 
     @property
-    def pixels(self) -> list[Pixel]:
-        with self._lock:
-            return list(self._pixels)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(TIMEOUT_S)
-
-
-_GIF = bytes.fromhex(
-    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
-)
+    def pixels(self) -> list[Request]:
+        return self.seen("/px")
 
 
 @pytest.fixture

@@ -25,13 +25,10 @@ import asyncio
 import hashlib
 import re
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -56,6 +53,7 @@ from tests.e2e.browser import (
     requires_chromium,
     serve_page,
 )
+from tests.partners import Answer, PartnerServer, Request
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -82,62 +80,31 @@ class PartnerCall:
     at: float
 
 
-class _V6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    daemon_threads = True
-
-
-class Partners:
+class Partners(PartnerServer):
     """The sync endpoint of every partner, on http://[::1]:<port>/sync?p=<dpid>&…"""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._calls: list[PartnerCall] = []
-        partners = self
+        super().__init__(self.answer, host="::1")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                try:
-                    dpid = int(query["p"][0])
-                    aam = query["aam"][0]
-                    redir = query["redir"][0]
-                except (KeyError, ValueError):
-                    self.send_response(400)
-                    self.send_header("content-length", "0")
-                    self.end_headers()
-                    return
-                # unique across runs: the session's Redis may outlive one test run
-                uid = f"uid-{dpid}-{secrets.token_hex(6)}"
-                location = redir.replace("$UID", uid)
-                with partners._lock:
-                    partners._calls.append(PartnerCall(dpid, aam, uid, location, time.monotonic()))
-                self.send_response(302)
-                self.send_header("location", location)
-                self.send_header("cache-control", "no-store")
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = _V6Server(("::1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.origin = f"http://[::1]:{self.port}"
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, name="partners", daemon=True
-        )
-        self._thread.start()
+    def answer(self, request: Request) -> Answer:
+        try:
+            dpid = int(request.query["p"][0])
+            aam = request.query["aam"][0]
+            redir = request.query["redir"][0]
+        except (KeyError, ValueError):
+            return Answer(400)
+        # unique across runs: the session's Redis may outlive one test run
+        uid = f"uid-{dpid}-{secrets.token_hex(6)}"
+        location = redir.replace("$UID", uid)
+        with self._lock:
+            self._calls.append(PartnerCall(dpid, aam, uid, location, time.monotonic()))
+        return Answer(302, {"location": location, "cache-control": "no-store"})
 
     @property
     def calls(self) -> list[PartnerCall]:
         with self._lock:
             return list(self._calls)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(TIMEOUT_S)
 
 
 @pytest.fixture

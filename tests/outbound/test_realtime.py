@@ -8,8 +8,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -24,66 +22,49 @@ from service.outbound.realtime import (
     parse_answer,
 )
 from tests.conftest import free_port
+from tests.partners import Answer, PartnerServer, Request
 
 BUDGET_S = 0.2
 
 
-class Partner:
+class Partner(PartnerServer):
     """One real-time endpoint per behaviour: /fast, /slow (3 s), /error (500), /garbage
-    (not JSON), /huge (1 MiB of JSON); `mode` switches /switch between them."""
+    (not JSON), /huge (1 MiB of JSON); `mode` picks the behaviour of /switch."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, list[str]]]] = []
         self.mode = "fast"
         self.stop = threading.Event()
-        partner = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                url = urlsplit(self.path)
-                kind = url.path.strip("/")
-                partner.calls.append((kind, parse_qs(url.query)))
-                if kind == "switch":
-                    kind = partner.mode
-                body = b'{"segments": ["abc", "unknown", 7]}'
-                status = 200
-                if kind == "slow":
-                    partner.stop.wait(3)
-                elif kind == "error":
-                    status = 500
-                elif kind == "garbage":
-                    body = b"<html>not json</html>"
-                elif kind == "huge":
-                    body = b'{"segments": ["' + b"x" * (1 << 20) + b'"]}'
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the caller gave up on us
+    def answer(self, request: Request) -> Answer:
+        kind = request.path.strip("/")
+        if kind == "switch":
+            kind = self.mode
+        body = b'{"segments": ["abc", "unknown", 7]}'
+        if kind == "slow":
+            self.stop.wait(3)
+        elif kind == "error":
+            return Answer(500)
+        elif kind == "garbage":
+            body = b"<html>not json</html>"
+        elif kind == "huge":
+            body = b'{"segments": ["' + b"x" * (1 << 20) + b'"]}'
+        return Answer(200, {"content-type": "application/json"}, body)
 
-            def log_message(self, *args: object) -> None:
-                pass
+    @property
+    def base(self) -> str:
+        return self.origin
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, *args: object) -> None:
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+    @property
+    def calls(self) -> list[tuple[str, dict[str, list[str]]]]:
+        return [(r.path.strip("/"), r.query) for r in self.seen()]
 
     def kinds(self) -> Counter[str]:
         return Counter(kind for kind, _ in self.calls)
 
     def close(self) -> None:
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture

@@ -6,14 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -21,67 +18,42 @@ import pytest
 
 from service.outbound import S2SDestination, S2SSender, SegmentChange, UserUpdate
 from tests.conftest import free_port
+from tests.partners import Answer, PartnerServer, Request
 
 SECRET = b"s2s-test-secret"
 NOW = 1796011856.0  # 2026-11-30T04:10:56Z
 CHANGED = 1796011800.0  # 2026-11-30T04:10:00Z
 
 
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads(self.body)
-        return doc
-
-
-class Partner:
+class Partner(PartnerServer):
     """A partner's s2s endpoint. `answers` are the statuses of the first requests (then
     200); `hold` keeps requests waiting (up to 5 s) until `release()`."""
 
     def __init__(self, answers: tuple[int, ...] = (), *, hold: bool = False) -> None:
-        self.received: list[Received] = []
         self.answers = list(answers)
         self.held = threading.Event()
         if not hold:
             self.held.set()
-        partner = self
+        super().__init__(self.answer)
+        self.url = f"{self.origin}/s2s"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                partner.received.append(Received(dict(self.headers.items()), body))
-                partner.held.wait(5)
-                status = partner.answers.pop(0) if partner.answers else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
+    def answer(self, request: Request) -> Answer:
+        self.held.wait(5)
+        return Answer(self.answers.pop(0) if self.answers else 200)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, *args: object) -> None:
-                pass  # we hung up on a held request: its late answer has nowhere to go
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/s2s"
-        # A short poll interval: shutdown() waits up to one of them.
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+    @property
+    def received(self) -> list[Request]:
+        return self.seen()
 
     def release(self) -> None:
         self.held.set()
 
     def close(self) -> None:
         self.release()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
     def users(self) -> list[str]:
-        return [u["AAM_UUID"] for r in self.received for u in r.doc["Users"]]
+        return [u["AAM_UUID"] for r in self.received for u in r.json()["Users"]]
 
 
 class Counts:
@@ -169,14 +141,14 @@ async def test_signed_batches_of_at_most_batch_max_users(
     assert all(sender.submit(21, update(i)) for i in range(25))
     await until(lambda: len(partner.users()) == 25)
 
-    assert sorted(len(r.doc["Users"]) for r in partner.received) == [5, 10, 10]
+    assert sorted(len(r.json()["Users"]) for r in partner.received) == [5, 10, 10]
     assert sorted(partner.users()) == [f"uuid-{i:03d}" for i in range(25)]
     for r in partner.received:
-        assert r.headers["Content-Type"] == "application/json"
+        assert r.headers["content-type"] == "application/json"
         expected = hmac.new(SECRET, r.body, hashlib.sha256).hexdigest()
-        assert r.headers["X-Signature"] == f"sha256={expected}"
+        assert r.headers["x-signature"] == f"sha256={expected}"
         assert b" " not in r.body  # compact
-        doc = r.doc
+        doc = r.json()
         assert list(doc) == [
             "ProcessTime",
             "User_DPID",
@@ -214,8 +186,8 @@ async def test_no_secret_no_signature_and_a_lone_update_goes_after_linger(
     sender = senders([dest(partner.url, secret=None)], counts, linger_s=0.05)
     assert sender.submit(21, update(1))
     await until(lambda: partner.received)  # not held back for a full batch of 10
-    assert "X-Signature" not in partner.received[0].headers
-    assert partner.received[0].doc["User_count"] == 1
+    assert "x-signature" not in partner.received[0].headers
+    assert partner.received[0].json()["User_count"] == 1
     await counts.reach(21, {"attempted": 1, "delivered": 1})
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -16,39 +13,22 @@ import pytest
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
 from tests.conftest import Service, start_service, wait_for
+from tests.partners import Answer, PartnerServer, Request
 
 KEY = "dest5-test-key"
 DAY = today()
 
 
-class SyncingPartner:
+class SyncingPartner(PartnerServer):
     """Receives our sync call and redirects the browser back to ${CALLBACK} with its
     own uid in place of $UID, as partners do."""
 
     def __init__(self) -> None:
-        self.calls: list[dict[str, list[str]]] = []
-        partner = self
+        super().__init__(self.answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = parse_qs(urlsplit(self.path).query)
-                partner.calls.append(query)
-                uid = f"partner-{len(partner.calls)}-{query['aam'][0][:6]}"
-                self.send_response(302)
-                self.send_header("location", query["redir"][0].replace("$UID", uid))
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer(self, request: Request) -> Answer:
+        uid = f"partner-{len(self.requests)}-{(request.arg('aam') or '')[:6]}"
+        return Answer(302, {"location": (request.arg("redir") or "").replace("$UID", uid)})
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -14,49 +12,23 @@ from service.identity import CookieSigner, new_uuid, today
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
 from tests.conftest import Service, start_service, wait_for
+from tests.partners import Answer, PartnerServer
 
 DAY = today()
 KEY = "ibs-test-key"
 
 
-class Partner:
-    """A partner's sync server: it records what it receives."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        partner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                partner.hits.append(self.path)
-                self.send_response(200)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
-def partner() -> Iterator[Partner]:
-    p = Partner()
+def partner() -> Iterator[PartnerServer]:
+    """A partner's sync server: it records what it receives."""
+    p = PartnerServer(lambda request: Answer(200, {}, b"ok"))
     yield p
     p.close()
 
 
 @pytest.fixture(scope="module")
 def ibs_service(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: Partner
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
 ) -> Iterator[Service]:
     config = """
 [[partners]]
@@ -136,7 +108,7 @@ async def test_cookie_bounce(http: httpx.AsyncClient, store: Store) -> None:
 
 
 async def test_redirect_to_the_partner_with_the_uuid(
-    http: httpx.AsyncClient, partner: Partner
+    http: httpx.AsyncClient, partner: PartnerServer
 ) -> None:
     uuid = new_uuid()
     # An encoded & inside redir stays inside redir; a raw & ends it.
@@ -150,11 +122,11 @@ async def test_redirect_to_the_partner_with_the_uuid(
     assert resp.headers["cache-control"] == "no-cache, no-store, must-revalidate"
     async with httpx.AsyncClient(timeout=5) as client:
         assert (await client.get(resp.headers["location"])).status_code == 200
-    assert parse_qs(urlsplit(partner.hits[-1]).query) == {"u": [uuid], "x": ["1"]}
+    assert partner.requests[-1].query == {"u": [uuid], "x": ["1"]}
 
 
 async def test_a_partner_initiated_sync_through_redirects(
-    http: httpx.AsyncClient, partner: Partner, store: Store
+    http: httpx.AsyncClient, partner: PartnerServer, store: Store
 ) -> None:
     """The partner sends the browser to /ibs with its uid and a redir to itself; the
     browser follows every hop with its cookie, as a browser does."""
@@ -170,7 +142,8 @@ async def test_a_partner_initiated_sync_through_redirects(
                 break
             url = resp.headers["location"]
     assert resp.status_code == 200
-    assert f"/synced?ours={uid}&dmp={uuid}" == partner.hits[-1]
+    last = partner.requests[-1]
+    assert (last.path, last.query) == ("/synced", {"ours": [uid], "dmp": [uuid]})
 
     async def stored() -> dict[str, str]:
         return await store.lookup(1234, [uid], DAY)

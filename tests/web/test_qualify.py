@@ -8,9 +8,7 @@ import hashlib
 import hmac
 import json
 import re
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,51 +16,21 @@ import httpx
 import pytest
 
 from tests.conftest import Service, free_port, start_service, wait_for
+from tests.partners import Answer, PartnerServer, Request
 
 S2S_SECRET = "s2s-test-secret"
 ADMIN = "qualify-admin-token"
 PARTNER = 21
 
 
-class Partner:
-    """Receives url pixels (GET /px...) and s2s batches (POST /s2s)."""
-
-    def __init__(self) -> None:
-        self.pixels: list[dict[str, list[str]]] = []
-        self.batches: list[tuple[dict[str, Any], str, bytes]] = []
-        partner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                partner.pixels.append(parse_qs(urlsplit(self.path).query))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                partner.batches.append(
-                    (json.loads(body), self.headers.get("x-signature", ""), body)
-                )
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def partner_answer(request: Request) -> Answer:
+    """Pixels (GET /px...) get an empty 200, s2s batches (POST /s2s) too."""
+    return Answer(200)
 
 
 @pytest.fixture(scope="module")
-def partner() -> Iterator[Partner]:
-    p = Partner()
+def partner() -> Iterator[PartnerServer]:
+    p = PartnerServer(partner_answer)
     yield p
     p.close()
 
@@ -176,7 +144,7 @@ mappings = {{ "500" = "sports", "503" = "onboarded" }}
 
 @pytest.fixture(scope="module")
 def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: Partner
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
 ) -> Iterator[Service]:
     port = free_port()
     service = start_service(
@@ -269,7 +237,7 @@ async def test_new_visitors_qualify_in_the_answer_without_storage(
 
 
 async def test_url_destination_through_dest5_fire_and_ack(
-    http: httpx.AsyncClient, partner: Partner
+    http: httpx.AsyncClient, partner: PartnerServer
 ) -> None:
     uuid, cookie = await new_visitor(http)
     await http.get(f"/ibs:dpid={PARTNER}&dpuuid=dsp-uid-7", headers=cookie)
@@ -348,14 +316,16 @@ async def test_cookie_destination_stuff_and_own_cookie(http: httpx.AsyncClient) 
 
 
 async def test_s2s_batches_are_signed_and_counted(
-    http: httpx.AsyncClient, partner: Partner
+    http: httpx.AsyncClient, partner: PartnerServer
 ) -> None:
     uuid, cookie = await new_visitor(http)
     await http.get(f"/ibs:dpid={PARTNER}&dpuuid=dsp-s2s-1", headers=cookie)
     await event(http, cookie, "c_section=sports")
 
     async def received() -> list[tuple[dict[str, Any], str, bytes]]:
-        return [b for b in partner.batches if b[0]["Users"][0]["AAM_UUID"] == uuid]
+        batches = [(json.loads(r.body), r.headers.get("x-signature", ""), r.body)
+                   for r in partner.seen("/s2s")]  # fmt: skip
+        return [b for b in batches if b[0]["Users"][0]["AAM_UUID"] == uuid]
 
     [(doc, signature, body)] = await wait_for(received)
     expected = hmac.new(S2S_SECRET.encode(), body, hashlib.sha256).hexdigest()
