@@ -83,7 +83,7 @@ def sample_profile(traits: int, segments: int, day: int) -> Profile:
     return profile
 
 
-def _same(packed: bytes, current: bytes) -> bytes:
+def _same(packed: bytes, current: bytes, record: bytes | None) -> bytes:
     return packed
 
 

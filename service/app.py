@@ -67,7 +67,7 @@ async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
 
 
 async def _sweep_forever(
-    store: Store, interval_s: int, profiles: Callable[[bytes, int], bytes]
+    store: Store, interval_s: int, profiles: Callable[[bytes, int, int | None], bytes]
 ) -> None:
     """Retention (SPEC §12): one process at a time, as the Redis lock decides."""
     await asyncio.sleep(random.uniform(5, 60))
@@ -225,7 +225,7 @@ def create_app(settings: Settings) -> HotPaths:
             _sweep_forever(
                 store,
                 settings.store["sweep_interval_s"],
-                lambda raw, day: profiles.pruned(raw, day, visitor_days),
+                lambda raw, day, seen: profiles.pruned(raw, day, visitor_days, seen),
             )
         )
         access_writer = asyncio.create_task(access.run())

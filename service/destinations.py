@@ -200,10 +200,16 @@ class DestinationRules:
             for sid in u.mappings:
                 self._url_by_segment.setdefault(sid, []).append(u.id)
 
-    def pending_for(self, entered: Iterable[int], day: int) -> list[Pending]:
-        """The URL fires due because the visitor entered these segments."""
+    def pending_for(
+        self, entered: Iterable[int], day: int, allowed: Callable[[int | None], bool]
+    ) -> list[Pending]:
+        """The URL fires due because the visitor entered these segments, for the
+        destinations this request's privacy signals allow feeding."""
         return [
-            Pending(dest, sid, day) for sid in entered for dest in self._url_by_segment.get(sid, ())
+            Pending(dest, sid, day)
+            for sid in entered
+            for dest in self._url_by_segment.get(sid, ())
+            if allowed(self.url[dest].partner)
         ]
 
     def fires(
@@ -215,11 +221,12 @@ class DestinationRules:
     ) -> list[Fire]:
         """The pixels for these pending fires. `values(partner)` gives the macro values
         for a destination's partner, or None when privacy forbids feeding it."""
+        member = set(segments)
         by_dest: dict[int, list[int]] = {}
         for p in pending:
-            if p.destination in self.url:
+            # A segment left since the fire was queued is not sent any more.
+            if p.destination in self.url and p.segment in member:
                 by_dest.setdefault(p.destination, []).append(p.segment)
-        member = list(segments)
         fires = []
         for dest_id, sids in by_dest.items():
             d = self.url[dest_id]

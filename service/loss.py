@@ -27,6 +27,7 @@ class Target:
     id: int
     name: str
     type: str = ""  # destinations: url | cookie | s2s | file
+    tracked: bool = True  # url destinations with track = "none": loads are not seen
 
 
 def minutes(window: str, now_minute: int) -> range:
@@ -40,13 +41,14 @@ def _ratio_loss(num: int, den: int) -> float | None:
     return None if den == 0 else round(max(0.0, 1 - num / den), 6)
 
 
-def loss_rate(kind: str, type_: str, c: Mapping[str, int]) -> float | None:
+def loss_rate(kind: str, type_: str, c: Mapping[str, int], tracked: bool = True) -> float | None:
     """url 1 - loaded/instructed, s2s failed/attempted, file and cookie 0, partners
-    1 - completed/instructed; None when the denominator is 0."""
+    1 - completed/instructed; None when the denominator is 0, or when loads are not
+    seen (an untracked url destination)."""
     if kind == "p":
         return _ratio_loss(c["completed"], c["instructed"])
     if type_ == "url":
-        return _ratio_loss(c["loaded"], c["instructed"])
+        return _ratio_loss(c["loaded"], c["instructed"]) if tracked else None
     if type_ == "s2s":
         return None if c["attempted"] == 0 else round(c["failed"] / c["attempted"], 6)
     return 0.0
@@ -83,13 +85,16 @@ def report(
                 if v:
                     totals[n] += v
                     series[-1][n] += v
-        row: dict[str, Any] = {"loss_rate": loss_rate(t.kind, t.type, totals), "series": series}
+        rate = loss_rate(t.kind, t.type, totals, t.tracked)
+        row: dict[str, Any] = {"loss_rate": rate, "series": series}
         if t.kind == "p":
             partners.append({"dpid": t.id, "name": t.name, **totals, **row})
         else:
             extra = {}
             if t.type == "url":
-                extra["ack_loss_rate"] = _ratio_loss(totals["confirmed"], totals["loaded"])
+                extra["ack_loss_rate"] = (
+                    _ratio_loss(totals["confirmed"], totals["loaded"]) if t.tracked else None
+                )
             destinations.append(
                 {"id": t.id, "name": t.name, "type": t.type, **totals, **row, **extra}
             )

@@ -4,10 +4,10 @@ arithmetic on days; the byte layout lives in store/codec.py.
 
 Realizations are kept per trait as (day, count) pairs, oldest first. Days are UTC day
 numbers (identity.today()). A realization expires when its age in days reaches the
-trait's ttl_days (0: never). Only the newest `keep_days` days are kept one by one
-(enough for every FREQUENCY/RECENCY window configured); older ones are merged into one
-pair dated by the newest day merged, so that they still count for `100T` and for
-FREQUENCY without a window, and expire no earlier than the newest of them would.
+trait's ttl_days: a trait keeps at most ttl_days pairs. A trait that never expires
+(ttl_days 0) keeps its newest `keep_days` days one by one (enough for every
+FREQUENCY/RECENCY window configured) and merges older ones into one pair, which still
+counts for `100T` and for FREQUENCY without a window.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ class Profile:
     traits: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     segments: set[int] = field(default_factory=set)
     pending: list[Pending] = field(default_factory=list)
-    # The day `segments` was last worked out on in full (0: never). Rules change their
-    # answer only with a realization or with the day, so on the same day only the
-    # segments of the traits realized need evaluating again.
+    # The day `segments` was last worked out on in full (0: never), and with which
+    # rules (Qualifier.fingerprint). Rules change their answer only with a realization
+    # or with the day, so on the same day, with the same rules, only the segments of
+    # the traits realized need evaluating again.
     evaluated: int = 0
+    rules: int = 0
 
     @property
     def empty(self) -> bool:
@@ -66,9 +68,10 @@ class Profile:
                 continue
             if ttl > 0:
                 entries = [(d, n) for d, n in entries if today - d < ttl]
-            old = [(d, n) for d, n in entries if today - d >= keep_days]
-            if len(old) > 1:
-                entries = [(old[-1][0], sum(n for _, n in old)), *entries[len(old) :]]
+            else:  # never expires: days no window looks at can be one entry
+                old = [(d, n) for d, n in entries if today - d >= keep_days]
+                if len(old) > 1:
+                    entries = [(old[-1][0], sum(n for _, n in old)), *entries[len(old) :]]
             if entries:
                 self.traits[sid] = entries
             else:

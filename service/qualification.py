@@ -4,6 +4,7 @@ profiles are plain data (profiles.py). No HTTP, no Redis."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -40,6 +41,12 @@ class Qualifier:
             for trait in rule.traits:
                 self._by_trait.setdefault(trait, []).append((sid, rule))
         self.keep_days = max([MIN_KEEP_DAYS, *(w for _, r in self.segments for w in r.windows)])
+        # Which rules a stored segment set was worked out with (16 bits, in profiles).
+        text = "\n".join(
+            [f"t{t.sid}:{t.ttl_days}:{t.rule}" for t in traits]
+            + [f"s{s.sid}:{s.rule}" for s in segments]
+        )
+        self.fingerprint = zlib.crc32(text.encode()) & 0xFFFF or 1
 
     @property
     def active(self) -> bool:
@@ -87,27 +94,33 @@ class Qualifier:
         for sid in realized:
             profile.realize(sid, today)
         before = profile.segments
-        if profile.evaluated == today:  # expiry and windows move by days only
+        if profile.evaluated == today and profile.rules == self.fingerprint:
             now = self._reevaluate(profile, realized, today)
-        else:
+        else:  # a new day (expiry and windows move by days) or new rules: everything
             profile.prune(today, self.ttl_days, self.keep_days)
             now = self.evaluate(profile, today)
-            profile.evaluated = today
+            profile.evaluated, profile.rules = today, self.fingerprint
         entered = sorted(now - before)
         exited = sorted(before - now)
         profile.segments = set(now)
         return Qualification(list(realized), now, entered, exited)
 
-    def retain(self, profile: Profile, today: int, visitor_days: int) -> Profile | None:
-        """Retention (SPEC §12) for the sweeper: None when the visitor realized nothing
-        for visitor_days (their profile goes), else the profile without expired
-        realizations and fires, in the segments that still hold. A segment left by
-        expiry here sends no s2s exit: nobody is on the page to see it."""
+    def retain(
+        self, profile: Profile, today: int, visitor_days: int, seen: int | None = None
+    ) -> Profile | None:
+        """Retention (SPEC §12) for the sweeper: None when the visitor has been silent
+        for visitor_days (last seen by the match table, `seen`, or by its newest
+        realization), else the profile without expired realizations and fires.
+        Segments are left for the next request to work out in full, so that it sees
+        (and acts on) the entries and exits that expiry causes."""
         days = [d for entries in profile.traits.values() for d, _ in entries]
         days += [p.day for p in profile.pending]
+        if seen is not None:
+            days.append(seen)
         if not days or today - max(days) >= visitor_days:
             return None
+        before = (len(profile.pending), {sid: list(e) for sid, e in profile.traits.items()})
         profile.prune(today, self.ttl_days, self.keep_days)
-        profile.segments = set(self.evaluate(profile, today))
-        profile.evaluated = today
+        if (len(profile.pending), profile.traits) != before:
+            profile.evaluated = 0
         return None if profile.empty else profile

@@ -542,13 +542,16 @@ def test_pending_for() -> None:
             s2s_dest(30),
         ]
     )
-    assert rules.pending_for([500, 501, 999], DAY) == [
+    everyone = lambda partner: True  # noqa: E731
+    assert rules.pending_for([500, 501, 999], DAY, everyone) == [
         Pending(9, 500, DAY),
         Pending(9, 501, DAY),
         Pending(10, 501, DAY),
     ]
-    assert rules.pending_for([999], DAY) == []
-    assert rules.pending_for([], DAY) == []
+    assert rules.pending_for([999], DAY, everyone) == []
+    assert rules.pending_for([], DAY, everyone) == []
+    # Privacy decides per destination's partner: nothing queued for one not allowed.
+    assert rules.pending_for([500, 501], DAY, lambda partner: False) == []
 
 
 def test_rules_by_type() -> None:

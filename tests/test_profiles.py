@@ -161,23 +161,15 @@ def test_prune_merges_old_days(before: Entries, keep_days: int, after: Entries) 
     assert profile.traits == {100: after}
 
 
-def test_prune_merge_after_expiry() -> None:
-    """Expired days are dropped first; only live ones are merged (and counted)."""
+def test_an_expiring_trait_is_never_merged() -> None:
+    """Each day of a trait with a ttl expires on its own day: FREQUENCY never counts a
+    realization past its ttl_days (merging would date old ones by a newer day)."""
     profile = Profile(traits={100: [(TODAY - 50, 100), (TODAY - 20, 1), (TODAY - 10, 2)]})
     profile.prune(TODAY, {100: 45}, keep_days=7)
-    assert profile.traits == {100: [(TODAY - 10, 3)]}
-
-
-def test_merged_entry_expires_with_its_newest_day() -> None:
-    profile = Profile(traits={100: [(TODAY - 20, 1), (TODAY - 10, 2), (TODAY - 1, 1)]})
-    profile.prune(TODAY, {100: 30}, keep_days=7)
-    assert profile.traits == {100: [(TODAY - 10, 3), (TODAY - 1, 1)]}
-    # 19 days later the newest merged day (TODAY-10) is 29 days old: still live.
-    profile.prune(TODAY + 19, {100: 30}, keep_days=7)
-    assert profile.traits == {100: [(TODAY - 1, 4)]}
-    profile.prune(TODAY + 28, {100: 30}, keep_days=7)
-    assert profile.traits == {100: [(TODAY - 1, 4)]}
-    profile.prune(TODAY + 29, {100: 30}, keep_days=7)
+    assert profile.traits == {100: [(TODAY - 20, 1), (TODAY - 10, 2)]}
+    profile.prune(TODAY + 25, {100: 45}, keep_days=7)  # TODAY-20 is 45 days old now
+    assert profile.traits == {100: [(TODAY - 10, 2)]}
+    profile.prune(TODAY + 35, {100: 45}, keep_days=7)
     assert profile.traits == {}
 
 

@@ -284,9 +284,30 @@ def test_retain_expires_realizations_and_silent_visitors() -> None:
     q.qualify(profile, [100, 101], DAY)
     assert profile.segments == {501, 502}  # 503 needs NOT 101T
     kept = q.retain(profile, DAY + 3, visitor_days=180)  # 101 expired, 100 three days old
-    assert kept is not None and sorted(kept.traits) == [100] and kept.segments == {503}
+    assert kept is not None and sorted(kept.traits) == [100]
+    # The segments stay as they were: the next request works them out in full, and so
+    # sees the entries and exits that the expiry causes.
+    assert kept.segments == {501, 502} and kept.evaluated == 0
+    after = q.qualify(kept, [], DAY + 3)
+    assert (after.entered, after.exited) == ([503], [501, 502])
     assert q.retain(kept, DAY + 180, visitor_days=180) is None  # silent for 180 days
     assert q.retain(Profile(), DAY, visitor_days=180) is None
+
+
+def test_retain_keeps_a_visitor_the_match_table_saw_lately() -> None:
+    q = qualifier([onboarded_trait(201, None, ttl_days=0)], [segment(600, "201T")])
+    profile = Profile()
+    q.qualify(profile, [201], DAY)
+    assert q.retain(profile, DAY + 200, visitor_days=180, seen=DAY + 199) is not None
+    assert q.retain(profile, DAY + 200, visitor_days=180, seen=DAY + 10) is None
+
+
+def test_new_rules_are_worked_out_the_same_day() -> None:
+    """A segment added to the config counts at once, not from the next day."""
+    profile = Profile()
+    qualifier().qualify(profile, [100], DAY)
+    newer = qualifier(TRAITS, [*SEGMENTS, segment(599, "100T")])
+    assert 599 in newer.qualify(profile, [], DAY).entered
 
 
 def test_same_day_evaluation_is_incremental_and_exact() -> None:

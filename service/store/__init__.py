@@ -5,8 +5,10 @@ from __future__ import annotations
 from .connect import Client, EmbeddedValkey, connect
 from .keys import KeySchema
 from .store import PartnerUid, Retention, Store, StoreError
+from .writes import UNREAD
 
 __all__ = [
+    "UNREAD",
     "Client",
     "EmbeddedValkey",
     "KeySchema",

@@ -115,9 +115,11 @@ def build_record(day: int, entries: dict[int, bytes]) -> bytes:
 
 # A visitor's profile, one hash field per visitor in ``p:{<vb>}`` (see keys.py and
 # profiles.py), days as offsets back from the first field to keep them one byte:
-#   profile := day2 (base: newest day in it) varint(evaluated) varint(n traits) trait*
-#              varint(n segments) varint(sid)* varint(n pending) pending*
+#   profile := day2 (base: newest day in it) varint(evaluated) varint(rules)
+#              varint(n traits) trait* varint(n segments) varint(sid)*
+#              varint(n pending) pending*
 #   evaluated: 0 never, else 1 + base - the day segments were last worked out in full
+#   rules:     the fingerprint of the rules they were worked out with (16 bits)
 #   trait   := varint(sid) varint(n) (varint(base - day) varint(count))*
 #   pending := varint(destination id) varint(segment sid) varint(base - day)
 def _put(out: bytearray, n: int) -> None:
@@ -142,6 +144,7 @@ def pack_profile(profile: Profile) -> bytes:
             base = p.day
     out = bytearray(pack_day(base))
     _put(out, 1 + base - profile.evaluated if profile.evaluated else 0)
+    _put(out, profile.rules)
     _put(out, len(profile.traits))
     for sid, entries in profile.traits.items():
         _put(out, sid)
@@ -170,6 +173,7 @@ def parse_profile(raw: bytes | None) -> Profile:
         base = unpack_day(raw)
         back, pos = read_varint(raw, 2)
         profile.evaluated = 1 + base - back if back else 0
+        profile.rules, pos = read_varint(raw, pos)
         count, pos = read_varint(raw, pos)
         for _ in range(count):
             sid, pos = read_varint(raw, pos)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Final
 
 import hiredis
@@ -21,6 +22,8 @@ from redis.exceptions import NoScriptError, ResponseError
 
 READ_CHUNK: Final = 65536
 CONNECT_TIMEOUT_S: Final = 0.5
+STALL_S: Final = 1.0  # reads waiting this long on a silent connection: it is dropped
+MAX_WAITING: Final = 10_000  # reads waiting at most, on the shared connection
 
 
 def supported(url: str) -> bool:
@@ -120,22 +123,21 @@ class RawConnection:
                 await writer.wait_closed()
 
 
-def _expire(future: asyncio.Future[list[Any]]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("redis read timed out"))
-
-
 class SharedReads:
     """Reads of many concurrent requests over one connection, pipelined: what the
     requests of one event-loop turn ask goes out in one write, and the replies, which
-    Redis sends in order, are handed back in order. A request that stops waiting (its
-    timeout) leaves its replies to be read and dropped; a broken connection fails every
-    request in flight and the next read reconnects."""
+    Redis sends in order, are handed back in order.
+
+    A request that stops waiting (its timeout) leaves its replies to be read and
+    dropped. A connection that answers nothing for STALL_S while reads wait (a hung
+    server, a half-open socket) is dropped like a broken one: every read in flight
+    fails, and the next read reconnects. At most MAX_WAITING reads wait at a time;
+    beyond that a read fails at once."""
 
     def __init__(self, url: str) -> None:
         self._conn = RawConnection(url)  # for its connect and handshake
         self._queued: list[tuple[list[bytes], asyncio.Future[list[Any]]]] = []
-        self._in_flight: deque[tuple[int, asyncio.Future[list[Any]], list[Any]]] = deque()
+        self._in_flight: deque[_InFlight] = deque()
         self._flush_soon = False
         self._writer: asyncio.StreamWriter | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -144,17 +146,26 @@ class SharedReads:
     async def execute(self, pipe: PackedPipe, timeout: float) -> list[Any]:
         """The replies, or TimeoutError after `timeout` seconds (a timer of the loop's
         own: cheaper per request than asyncio.wait_for)."""
+        if len(self._in_flight) + len(self._queued) >= MAX_WAITING:
+            raise ConnectionError("too many redis reads waiting")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         self._queued.append((pipe.commands, future))
         if not self._flush_soon:
             self._flush_soon = True
             loop.call_soon(self._flush)
-        timer = loop.call_later(timeout, _expire, future)
+        timer = loop.call_later(timeout, self._expire, future)
         try:
             return await future
         finally:
             timer.cancel()
+
+    def _expire(self, future: asyncio.Future[list[Any]]) -> None:
+        if not future.done():
+            future.set_exception(TimeoutError("redis read timed out"))
+        oldest = self._in_flight[0] if self._in_flight else None
+        if oldest is not None and asyncio.get_running_loop().time() - oldest.sent > STALL_S:
+            self._drop(ConnectionError("redis stopped answering"))
 
     def _flush(self) -> None:
         self._flush_soon = False
@@ -165,14 +176,18 @@ class SharedReads:
                 self._connecting = asyncio.create_task(self._connect())
             return  # _connect flushes once connected
         batch, self._queued = self._queued, []
+        sent = asyncio.get_running_loop().time()
         for commands, future in batch:
-            self._in_flight.append((len(commands), future, []))
+            self._in_flight.append(_InFlight(len(commands), future, [], sent))
         self._writer.write(b"".join(c for commands, _ in batch for c in commands))
 
     async def _connect(self) -> None:
         try:
-            reader, writer = await self._conn._connect()
+            # The handshake (AUTH, SELECT) included: a server that accepts and then
+            # says nothing must not hold the reads forever.
+            reader, writer = await asyncio.wait_for(self._conn._connect(), 2 * CONNECT_TIMEOUT_S)
         except Exception as exc:  # every queued read fails; the next one tries again
+            self._conn.close()
             queued, self._queued = self._queued, []
             for _, future in queued:
                 if not future.done():
@@ -194,21 +209,28 @@ class SharedReads:
                     raise ConnectionError("redis closed the connection")
                 parser.feed(data)
                 while (reply := parser.gets()) is not False:
-                    n, future, replies = self._in_flight[0]
-                    replies.append(_reply(reply))
-                    if len(replies) == n:
+                    waiting = self._in_flight[0]
+                    waiting.replies.append(_reply(reply))
+                    if len(waiting.replies) == waiting.n:
                         self._in_flight.popleft()
-                        if not future.done():
-                            future.set_result(replies)
-        except BaseException as exc:
-            self._writer = None
+                        if not waiting.future.done():
+                            waiting.future.set_result(waiting.replies)
+        except Exception as exc:
+            if self._writer is writer:
+                self._drop(exc)
+
+    def _drop(self, exc: BaseException) -> None:
+        """Close the connection; every read in flight fails with `exc`."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
             writer.close()
-            in_flight, self._in_flight = self._in_flight, deque()
-            for _, future, _ in in_flight:
-                if not future.done():
-                    future.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
-            if not isinstance(exc, Exception):
-                raise
+        reading, self._reading = self._reading, None
+        if reading is not None and reading is not asyncio.current_task():
+            reading.cancel()
+        in_flight, self._in_flight = self._in_flight, deque()
+        for waiting in in_flight:
+            if not waiting.future.done():
+                waiting.future.set_exception(ConnectionError(f"redis connection lost: {exc!r}"))
 
     async def aclose(self) -> None:
         for task in (self._connecting, self._reading):
@@ -219,3 +241,11 @@ class SharedReads:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+@dataclass(slots=True)
+class _InFlight:
+    n: int  # replies expected
+    future: asyncio.Future[list[Any]]
+    replies: list[Any]
+    sent: float  # loop time

@@ -29,6 +29,12 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
 
+# A visitor's profile (KEYS[1]) and record (KEYS[2]), both at field ARGV[1]: the two
+# keys share the visitor's hash tag, so this runs on one Cluster node too.
+REREAD: Final = b"""
+return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
+"""
+
 # Edit one visitor record (codec.parse_record's layout) in place:
 # ARGV[1] field (uuid16), ARGV[2] visitor day2 or '' (keep), ARGV[3] dpid varint or ''
 # (touch: refresh the last-seen day of an existing record, never create one),
@@ -102,7 +108,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE, REREAD)
 
 
 class Scripts:

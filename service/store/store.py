@@ -179,16 +179,17 @@ class Store:
 
     def save_profile(self, uuid: str, expected: bytes, new: bytes, redo: Redo) -> bool:
         """Store the visitor's profile if nobody changed it since it was read as
-        `expected` (b"": none); otherwise `redo` re-applies the change. Never refused:
-        a profile write is the outcome of a request already answered."""
+        `expected` (b"": none; UNREAD: the read failed); otherwise `redo` re-applies
+        the change to what is there. Bounded like every buffered write: False (and
+        counted) when the buffer is full."""
         if expected == new:
             return True
-        return self.writes.push(SaveProfile(uuid, expected, new, redo), bounded=False)
+        return self.writes.push(SaveProfile(uuid, expected, new, redo))
 
-    def count_once(self, nonce: bytes, first: Callable[[], None]) -> None:
+    def count_once(self, nonce: bytes, first: Callable[[], None]) -> bool:
         """Run `first` (count something) only the first time this nonce is seen within
         a day, across all processes."""
-        self.writes.push(Once(once_key(nonce), ONCE_TTL_S, first), bounded=False)
+        return self.writes.push_once(Once(once_key(nonce), ONCE_TTL_S, first))
 
     def erase_visitor(self, uuid: str) -> None:
         """Erase everything about the visitor, in both directions. Never refused."""
@@ -326,7 +327,7 @@ class Store:
         self,
         today: int,
         *,
-        profiles: Callable[[bytes, int], bytes] | None = None,
+        profiles: Callable[[bytes, int, int | None], bytes] | None = None,
         buckets_per_round: int = 16,
         duty: float = 0.1,
     ) -> dict[str, int]:
@@ -357,25 +358,28 @@ class Store:
             counts["profiles"] = counts["profiles_pruned"] = 0
             for buckets in rounds:
                 began = time.perf_counter()
-                keys = [s.profile_key_of_bucket(b) for b in buckets]
-                await self._sweep_profiles(keys, today, profiles, counts)
+                await self._sweep_profiles(buckets, today, profiles, counts)
                 await asyncio.sleep((time.perf_counter() - began) * rest)
             await self.drain()
         return counts
 
     async def _sweep_profiles(
         self,
-        keys: Sequence[bytes],
+        buckets: range,
         today: int,
-        prune: Callable[[bytes, int], bytes],
+        prune: Callable[[bytes, int, int | None], bytes],
         counts: dict[str, int],
     ) -> None:
-        """Expire realizations and silent visitors' profiles: `prune(value, today)` gives
-        the value to keep (b"": delete); replaced only if unchanged meanwhile."""
+        """Expire realizations and silent visitors' profiles: `prune(value, today,
+        last seen by the match table or None)` gives the value to keep (b"": delete);
+        replaced only if unchanged meanwhile."""
+        keys = [self.schema.profile_key_of_bucket(b) for b in buckets]
+        records = await self._hgetall([self.schema.visitor_key_of_bucket(b) for b in buckets])
         pipe = self.client.pipeline(transaction=False)
-        for key, fields in zip(keys, await self._hgetall(keys), strict=True):
+        for key, fields, seen in zip(keys, await self._hgetall(keys), records, strict=True):
             for field, value in fields.items():
-                new = prune(value, today)
+                record = seen.get(field)
+                new = prune(value, today, unpack_day(record) if record else None)
                 if new != value:
                     self.writes.scripts.queue(pipe, scripts.REPLACE, key, field, value, new)
                     counts["profiles" if not new else "profiles_pruned"] += 1

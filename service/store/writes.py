@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, cast
@@ -41,6 +42,10 @@ log = logging.getLogger("pixelsync.store")
 _BATCH: Final = 512
 PIPELINE_TIMEOUT_S: Final = 5.0  # a whole batch; a hung server is then "unreachable"
 MAX_REDO: Final = 5  # concurrent profile writers: re-applied this often, then given up
+OVERLAY_MAX: Final = 100_000  # profiles kept for reading back before they are written
+NONCES_MAX: Final = 10_000  # Once keys remembered, to skip reloads of the same URL
+ERASED_MAX: Final = 100_000  # erased visitors remembered...
+ERASED_S: Final = 600.0  # ...this long
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -103,8 +108,11 @@ class Erase:
     uuid: str
 
 
-# Given the profile as it now is in Redis (b"" for none), the value to store instead.
-Redo = Callable[[bytes], bytes]
+# Given the profile and the visitor record as they now are in Redis (b"" / None for
+# none), the profile value to store instead.
+Redo = Callable[[bytes, bytes | None], bytes]
+UNREAD: Final = b"\x00"  # SaveProfile.expected of a request that could not read: never
+# matches a stored value, so the write goes through a Reread and the request's redo
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -118,6 +126,14 @@ class SaveProfile:
     new: bytes
     redo: Redo
     attempt: int = 0
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class Reread:
+    """A SaveProfile that lost its compare-and-set: read what is there now (profile and
+    visitor record, one script) and apply `redo` to it, as a new SaveProfile."""
+
+    save: SaveProfile
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -140,7 +156,7 @@ class Count:
     ttl_s: int
 
 
-Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count | SaveProfile | Once
+Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count | SaveProfile | Reread | Once
 
 
 def _transient(exc: BaseException) -> bool:
@@ -176,10 +192,13 @@ class WriteBuffer:
         self._written = {
             k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase", "profile")
         }
-        self._redos: set[asyncio.Task[None]] = set()
         # uuid -> the newest profile value queued and not yet written: this process's
         # next request of the visitor reads it instead of Redis's older one.
         self.unwritten_profiles: dict[str, bytes] = {}
+        # Visitors erased lately (uuid -> when): writes for them queued or redone after
+        # the erasure are dropped, so that an erasure is not undone by a write in flight.
+        self._erased: OrderedDict[str, float] = OrderedDict()
+        self._nonces: OrderedDict[bytes, None] = OrderedDict()  # Once keys pushed lately
         self.overflowed = 0
         self.failed = 0
         self.healthy = True
@@ -190,27 +209,67 @@ class WriteBuffer:
         return len(self._queue)
 
     def push(self, *ops: Op, bounded: bool = True) -> bool:
+        if self._erased:
+            ops = tuple(op for op in ops if not self._for_erased(op))
+            if not ops:
+                return True
         if bounded and len(self._queue) + len(ops) > self._capacity:
             self.overflowed += len(ops)
             metrics.BUFFER_OVERFLOW.inc(len(ops))
             if self.overflowed <= len(ops) or self.overflowed % 1000 < len(ops):
                 log.error("write buffer full, write dropped", extra={"dropped": self.overflowed})
             return False
-        self._queue.extend(ops)
         for op in ops:
-            if isinstance(op, SaveProfile):
+            if isinstance(op, Erase):
+                self._forget(op.uuid)
+            elif (
+                isinstance(op, SaveProfile)
+                and op.expected != UNREAD  # built on nothing read: not worth reading back
+                and len(self.unwritten_profiles) < OVERLAY_MAX
+            ):
                 self.unwritten_profiles[op.uuid] = op.new
+        self._queue.extend(ops)
         self._idle.clear()
         self._wakeup.set()
         return True
 
+    def push_once(self, op: Once) -> bool:
+        """Push a Once unless this process pushed the same key lately (a reloaded
+        tracking URL costs nothing then)."""
+        if op.key in self._nonces:
+            return True
+        self._nonces[op.key] = None
+        while len(self._nonces) > NONCES_MAX:
+            self._nonces.popitem(last=False)
+        return self.push(op)
+
+    def _forget(self, uuid: str) -> None:
+        """An erasure: drop the visitor's queued writes and read-back value, and refuse
+        its writes for a while (a request or a redo in flight would bring data back)."""
+        now = time.monotonic()
+        self._erased[uuid] = now
+        self._erased.move_to_end(uuid)
+        while self._erased and (
+            len(self._erased) > ERASED_MAX or next(iter(self._erased.values())) < now - ERASED_S
+        ):
+            self._erased.popitem(last=False)
+        self.unwritten_profiles.pop(uuid, None)
+        kept = [op for op in self._queue if not _of_visitor(op, uuid)]
+        if len(kept) != len(self._queue):
+            self._queue = deque(kept)
+            metrics.BUFFERED.set(len(self._queue))
+
+    def _for_erased(self, op: Op) -> bool:
+        uuid = _visitor_of(op)
+        if uuid is None:
+            return False
+        when = self._erased.get(uuid)
+        return when is not None and when > time.monotonic() - ERASED_S
+
     async def drain(self) -> None:
         """Wait until every op queued so far has been applied (or dropped as failed)."""
-        while self._queue or not self._idle.is_set() or self._redos:
-            if self._redos:  # each pushes its op again when done
-                await asyncio.gather(*self._redos, return_exceptions=True)
-            else:
-                await self._idle.wait()
+        while self._queue or not self._idle.is_set():
+            await self._idle.wait()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,8 +277,6 @@ class WriteBuffer:
         self._task = asyncio.create_task(self._loop(), name="pixelsync-writes")
 
     async def stop(self) -> None:
-        for redo in list(self._redos):
-            redo.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,7 +336,10 @@ class WriteBuffer:
             run = []
             if trouble is not None:
                 return again + list(batch[i:]), trouble
-            again += await self._erase(op)
+            try:
+                again += await self._erase(op)
+            except Exception as exc:  # the ops before it are done: only it and the rest
+                return again + list(batch[i:]), exc
         back, trouble = await self._pipeline(run)
         return again + back, trouble
 
@@ -345,6 +405,10 @@ class WriteBuffer:
         elif isinstance(op, SaveProfile):
             run(pipe, scripts.REPLACE, s.profile_key(op.uuid), uuid16(op.uuid),
                 op.expected, op.new)  # fmt: skip
+        elif isinstance(op, Reread):
+            uuid = op.save.uuid
+            self.scripts.queue_keys(pipe, scripts.REREAD, 2, s.profile_key(uuid),
+                s.visitor_key(uuid), uuid16(uuid))  # fmt: skip
         elif isinstance(op, Once):
             pipe.execute_command("SET", op.key, b"1", "NX", "EX", op.ttl_s)
         else:
@@ -362,38 +426,43 @@ class WriteBuffer:
         elif isinstance(op, Reverse):
             return self._taken(op, cast(bytes | None, result))
         elif isinstance(op, SaveProfile):
-            if result == 0:
-                self._redo_later(op)
+            if result != 0:
+                self._saved(op.uuid, op.new)
+            elif op.attempt >= MAX_REDO:
+                self._saved(op.uuid, op.new)
+                self.failed += 1
+                metrics.WRITE_FAILURES.inc()
+                log.error("profile write lost to concurrent writers", extra={"uuid": op.uuid})
             else:
-                self._written["profile"].inc()
-                if self.unwritten_profiles.get(op.uuid) is op.new:
-                    del self.unwritten_profiles[op.uuid]
+                return [Reread(op)]  # someone else wrote meanwhile: read it, redo on it
+        elif isinstance(op, Reread):
+            return self._redo(op.save, *cast(list[bytes | None], result))
         elif isinstance(op, Once) and result is not None:
             op.first()
         return []
 
-    def _redo_later(self, op: SaveProfile) -> None:
-        if op.attempt >= MAX_REDO:
-            if self.unwritten_profiles.get(op.uuid) is op.new:
-                del self.unwritten_profiles[op.uuid]
+    def _saved(self, uuid: str, value: bytes) -> None:
+        self._written["profile"].inc()
+        if self.unwritten_profiles.get(uuid) is value:
+            del self.unwritten_profiles[uuid]
+
+    def _redo(self, save: SaveProfile, profile: bytes | None, record: bytes | None) -> list[Op]:
+        current = profile or b""
+        if self._for_erased(save):
+            return []
+        if current == save.new:  # applied already (a retried batch whose answer was lost)
+            self._saved(save.uuid, save.new)
+            return []
+        try:
+            new = save.redo(current, record)
+        except Exception as exc:  # a domain bug must not stop the writer
             self.failed += 1
             metrics.WRITE_FAILURES.inc()
-            log.error("profile write lost to concurrent writers", extra={"uuid": op.uuid})
-            return
-        task = asyncio.create_task(self._redo(op))
-        self._redos.add(task)
-        task.add_done_callback(self._redos.discard)
-
-    async def _redo(self, op: SaveProfile) -> None:
-        try:
-            key, field = self.schema.profile_key(op.uuid), uuid16(op.uuid)
-            now = await asyncio.wait_for(self.client.hget(key, field), PIPELINE_TIMEOUT_S)
-            current = cast(bytes | None, now) or b""
-            new = op.redo(current)
-        except Exception as exc:  # Redis gone meanwhile: apply to what we last saw
-            log.warning("profile re-read failed", extra={"error": repr(exc)})
-            current, new = op.expected, op.new
-        self.push(SaveProfile(op.uuid, current, new, op.redo, op.attempt + 1), bounded=False)
+            log.error("profile redo failed", extra={"uuid": save.uuid, "error": repr(exc)})
+            return []
+        if save.uuid in self.unwritten_profiles:
+            self.unwritten_profiles[save.uuid] = new
+        return [SaveProfile(save.uuid, current, new, save.redo, save.attempt + 1)]
 
     def _replaced(self, op: Forward | Map, old: bytes | None) -> list[Op]:
         self._written["mapping"].inc()
@@ -432,3 +501,16 @@ def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Itera
     """The reverse entries of these forward entries, as conditional deletions."""
     for dpid, rest in entries.items():
         yield Unlink(*schema.reverse_slot(dpid, decode_uid(rest[2:])), owner)
+
+
+def _visitor_of(op: Op) -> str | None:
+    """The visitor whose data an op writes (None: an op of no one visitor)."""
+    if isinstance(op, Touch | Map | Forward | Reverse | SaveProfile):
+        return op.uuid
+    if isinstance(op, Reread):
+        return op.save.uuid
+    return None
+
+
+def _of_visitor(op: Op, uuid: str) -> bool:
+    return _visitor_of(op) == uuid

@@ -223,7 +223,7 @@ class Api:
         now_minute = int(time.time()) // 60
         buckets = await self.store.counts_by_minute(minutes(window, now_minute))
         targets = [
-            Target("d", d.id, d.name, d.type)
+            Target("d", d.id, d.name, d.type, d.options.get("track") != "none")
             for d in self.destinations
             if caller.partner is None or d.partner == caller.partner
         ]

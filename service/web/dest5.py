@@ -220,8 +220,7 @@ class Dest5Endpoint:
             if self.fires_possible and visitor.kind is VisitorKind.KNOWN:
                 state = await self.profiles.read(visitor)
                 fires = self.profiles.drain(visitor, state, privacy, consent)
-                if not state.degraded:
-                    mapped = self.profiles.mapped(state, today())
+                mapped = self.profiles.mapped(state, today())  # {} when the read failed
             offers, dextp = await self.offers.offer(
                 visitor, privacy, headers, consent, scope.get("scheme", "http"), mapped=mapped
             )

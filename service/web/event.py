@@ -30,7 +30,7 @@ from .common import (
     refusal_headers,
     request_headers,
 )
-from .cookies import VisitorCookies
+from .cookies import VisitorCookies, cookie_value
 from .dest5 import SyncOffers, ibs_entries
 from .qualify import Profiles, State
 from .responses import (
@@ -147,7 +147,8 @@ class EventEndpoint:
         if realized or needs_state or asks:
             state, result, fires = await self._qualify(visitor, req, privacy, realized)
             segments, realized = result.segments, result.realized
-            out += self._own_cookies(segments, privacy, headers)
+            if not state.degraded:  # segments unknown: leave the page's cookie alone
+                out += self._own_cookies(segments, privacy, headers)
         else:
             state, segments, fires = None, frozenset(), []
         if json_answer:
@@ -161,9 +162,9 @@ class EventEndpoint:
                 for c, value in self.profiles.stuff(segments, privacy)
             ]
             doc["dests"] = [f.doc() for f in fires]
-            mapped = None
-            if state is not None and state.stored and not state.degraded:
-                mapped = self.profiles.mapped(state, today())
+            mapped = None  # unread: offer() reads them if it needs them
+            if state is not None and state.stored:
+                mapped = self.profiles.mapped(state, today())  # {} when the read failed
             offers, dextp = await self.offers.offer(
                 visitor, privacy, headers, req.consent, scope.get("scheme", "http"), mapped=mapped
             )
@@ -206,11 +207,12 @@ class EventEndpoint:
             return []
         host = headers.get(b"host", b"").decode("latin-1")
         values = dict(self.profiles.stuff(segments, privacy))
+        sent = headers.get(b"cookie")
         return [
-            c.set_cookie(values.get(c, ""))
+            c.set_cookie(values.get(c, ""))  # "": the visitor left them all, expire it
             for c in self.profiles.rules.own_cookies
             if c.own_domain(host)
-            and (c in values or c.name.encode() in headers.get(b"cookie", b""))
+            and (c in values or cookie_value(sent, c.name.encode() + b"=") is not None)
         ]
 
     def _record(self, visitor: Visitor, req: EventRequest, privacy: Privacy) -> None:

@@ -20,8 +20,9 @@ from ..macros import consent_values
 from ..outbound.s2s import S2SSender, SegmentChange, UserUpdate
 from ..profiles import Pending, Profile, merge_pending
 from ..qualification import Qualification, Qualifier
-from ..store import Store
+from ..store import UNREAD, Store
 from ..store.codec import pack_profile, parse_profile
+from ..store.writes import Redo
 from ..tally import Tally, partner_field
 
 log = logging.getLogger("pixelsync.web")
@@ -116,8 +117,12 @@ class Profiles:
         return State(raw, parse_profile(raw), record, stored=True)
 
     def mapped(self, state: State, day: int) -> dict[int, tuple[str, int]]:
-        """The visitor's live partner uids: dpid -> (uid, day last seen)."""
-        live = self.store.live_mappings(state.record, day)
+        """The visitor's live partner uids: dpid -> (uid, day last seen). Empty when
+        the read failed (a second read would only wait as long again)."""
+        return self.mapped_from(state.record, day)
+
+    def mapped_from(self, record: bytes | None, day: int) -> dict[int, tuple[str, int]]:
+        live = self.store.live_mappings(record, day)
         return {dpid: (m.uid, m.day) for dpid, m in live.items()}
 
     def allowed(self, privacy: Privacy, partner: int | None) -> bool:
@@ -160,30 +165,34 @@ class Profiles:
         now: float | None = None,
     ) -> tuple[Qualification, list[Fire]]:
         """Qualify; fire or queue the URL destinations of the segments entered; send the
-        s2s changes; write the profile back. Answers the fires handed out now."""
+        s2s changes; write the profile back. Answers the fires handed out now.
+
+        Only a stored visitor (one that kept our cookie) gets fires and s2s changes: a
+        browser refusing cookies would get them again on every page view. When the
+        read failed, nothing is acted on here: the write's redo works out the entries
+        against the stored profile and acts on them then."""
         now = time.time() if now is None else now
         day = int(now // 86400)
         profile = state.profile
         result = self.qualifier.qualify(profile, realized, day)
         for sid in realized:
             self._counter(metrics.TRAITS, str(sid)).inc()
+        if not state.stored:
+            return result, []
         fires: list[Fire] = []
         due: list[Pending] = []
-        if not state.degraded:  # entries seen against an unread profile are not real
-            for sid in result.entered:
-                self._counter(metrics.SEGMENTS, str(sid), "entered").inc()
-            for sid in result.exited:
-                self._counter(metrics.SEGMENTS, str(sid), "exited").inc()
-            due = self.rules.pending_for(result.entered, day)
-            self._send_s2s(visitor, state, result, privacy, now, day)
+        handed: set[tuple[int, int]] = set()
+        if not state.degraded:
+            due = self._act(visitor, state.record, result, privacy, now, day)
             if hand_out:
-                fires = self._fire(visitor, state, [*profile.pending, *due], privacy, consent, day)
-                profile.pending = []
-            elif state.stored:
+                pending = merge_pending(profile.pending, due)
+                fires = self._fire(visitor, state, pending, privacy, consent, day)
+                handed = {(p.destination, p.segment) for p in pending}
+                profile.pending, due = [], []
+            else:
                 profile.pending = merge_pending(profile.pending, due)
-        if state.stored:
-            handed = hand_out and not state.degraded
-            self._save(visitor, state, self._redo(realized, day, due, handed=handed))
+        redo = self._redo(visitor, realized, day, now, privacy, due, handed, act=state.degraded)
+        self._save(visitor, state, redo)
         return result, fires
 
     def drain(
@@ -191,18 +200,19 @@ class Profiles:
     ) -> list[Fire]:
         """Hand out the visitor's pending URL fires (dest5.html)."""
         profile = state.profile
-        if state.degraded or not profile.pending:
+        if not state.stored or state.degraded or not profile.pending:
             return []
-        day = int(time.time() // 86400)
+        now = time.time()
+        day = int(now // 86400)
         fires = self._fire(visitor, state, profile.pending, privacy, consent, day)
+        handed = {(p.destination, p.segment) for p in profile.pending}
         profile.pending = []
-        if state.stored:
-            self._save(visitor, state, self._redo((), day, [], handed=True))
+        self._save(visitor, state, self._redo(visitor, (), day, now, privacy, [], handed))
         return fires
 
-    def pruned(self, raw: bytes, day: int, visitor_days: int) -> bytes:
+    def pruned(self, raw: bytes, day: int, visitor_days: int, seen: int | None) -> bytes:
         """A stored profile after retention, packed (b"": delete it)."""
-        profile = self.qualifier.retain(parse_profile(raw), day, visitor_days)
+        profile = self.qualifier.retain(parse_profile(raw), day, visitor_days, seen)
         return b"" if profile is None else pack_profile(profile)
 
     def stuff(
@@ -234,10 +244,29 @@ class Profiles:
             self.loss.count(fire.destination, "instructed")
         return fires
 
+    def _act(
+        self,
+        visitor: Visitor,
+        record: bytes | None,
+        result: Qualification,
+        privacy: Privacy,
+        now: float,
+        day: int,
+    ) -> list[Pending]:
+        """Count the entries and exits, send the s2s changes; answer the URL fires due."""
+        for sid in result.entered:
+            self._counter(metrics.SEGMENTS, str(sid), "entered").inc()
+        for sid in result.exited:
+            self._counter(metrics.SEGMENTS, str(sid), "exited").inc()
+        self._send_s2s(visitor, record, result, privacy, now, day)
+        return self.rules.pending_for(
+            result.entered, day, lambda partner: self.allowed(privacy, partner)
+        )
+
     def _send_s2s(
         self,
         visitor: Visitor,
-        state: State,
+        record: bytes | None,
         result: Qualification,
         privacy: Privacy,
         now: float,
@@ -251,7 +280,7 @@ class Profiles:
             if not changes or not self.allowed(privacy, d.partner):
                 continue
             if mapped is None:
-                mapped = self.mapped(state, day)
+                mapped = self.mapped_from(record, day)
             uid = mapped.get(d.partner or 0)
             if uid is None:
                 continue  # the partner does not know this visitor: nothing to send
@@ -264,24 +293,36 @@ class Profiles:
             self.s2s.submit(d.id, update)
 
     def _redo(
-        self, realized: Sequence[int], day: int, due: list[Pending], *, handed: bool
-    ) -> Callable[[bytes], bytes]:
-        """This request's change, applied again to a profile another request changed."""
-        qualifier = self.qualifier
+        self,
+        visitor: Visitor,
+        realized: Sequence[int],
+        day: int,
+        now: float,
+        privacy: Privacy,
+        due: list[Pending],
+        handed: set[tuple[int, int]],
+        *,
+        act: bool = False,
+    ) -> Redo:
+        """This request's change, applied again to the profile as stored now (another
+        request wrote it meanwhile, or this one could not read it). The fires it handed
+        out leave the queue; with `act` (nothing was acted on), the entries found now
+        are acted on: counted, sent to s2s, and their URL fires queued."""
 
-        def redo(current: bytes) -> bytes:
+        def redo(current: bytes, record: bytes | None) -> bytes:
             profile = parse_profile(current)
-            qualifier.qualify(profile, realized, day)
-            profile.pending = [] if handed else merge_pending(profile.pending, due)
+            result = self.qualifier.qualify(profile, realized, day)
+            pending = [p for p in profile.pending if (p.destination, p.segment) not in handed]
+            found = self._act(visitor, record, result, privacy, now, day) if act else due
+            profile.pending = merge_pending(pending, found)
             return pack_profile(profile)
 
         return redo
 
-    def _save(self, visitor: Visitor, state: State, redo: Callable[[bytes], bytes]) -> None:
+    def _save(self, visitor: Visitor, state: State, redo: Redo) -> None:
         assert visitor.uuid is not None
         new = pack_profile(state.profile)
-        if state.degraded:
-            # Unread: let the compare-and-set fail against what is stored and redo.
-            self.store.save_profile(visitor.uuid, b"\x00", new, redo)
-        else:
-            self.store.save_profile(visitor.uuid, state.raw, new, redo)
+        # Unread: the compare-and-set fails against whatever is stored, and redo runs.
+        expected = UNREAD if state.degraded else state.raw
+        if not self.store.save_profile(visitor.uuid, expected, new, redo):
+            metrics.REDIS_ERRORS.labels("profile_dropped").inc()

@@ -182,7 +182,7 @@ async def test_writes_wait_for_redis_and_are_replayed() -> None:
     assert not store.touch_visitor(visitor(), DAY)  # over capacity: refused and counted
     assert store.overflowed == 1
     store.erase_visitor(erased)  # erasures are never refused
-    assert store.buffered == 4
+    assert store.buffered == 3  # and they drop the erased visitor's queued writes
     server = ValkeyServer(port=port)
     server.start(timeout=30)
     try:
@@ -322,10 +322,10 @@ def _profile(*sids: int, day: int = DAY) -> bytes:
     return pack_profile(p)
 
 
-def _add(sid: int) -> Callable[[bytes], bytes]:
+def _add(sid: int) -> Callable[[bytes, bytes | None], bytes]:
     """A redo: add one realization of `sid` to whatever is stored."""
 
-    def redo(current: bytes) -> bytes:
+    def redo(current: bytes, record: bytes | None) -> bytes:
         p = parse_profile(current)
         p.realize(sid, DAY)
         return pack_profile(p)
@@ -367,7 +367,7 @@ async def test_sweep_prunes_and_deletes_profiles(small_store: Store) -> None:
     store.save_profile(gone, b"", _profile(101), _add(101))
     await store.drain()
 
-    def prune(raw: bytes, day: int) -> bytes:  # trait 101 expired
+    def prune(raw: bytes, day: int, seen: int | None) -> bytes:  # trait 101 expired
         p = parse_profile(raw)
         p.traits.pop(101, None)
         return pack_profile(p) if p.traits else b""
