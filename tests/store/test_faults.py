@@ -1,0 +1,218 @@
+"""The hot path's own Redis connections under faults, through a real TCP proxy in front
+of the real server: shared pipelined reads (raw.SharedReads) and the profile writes
+of the write buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from service.profiles import Profile
+from service.store import UNREAD, KeySchema, Retention, Store, connect
+from service.store.codec import pack_profile, parse_profile
+from service.store.raw import STALL_S
+from tests.proxy import FaultProxy
+
+DAY = int(time.time() // 86400)
+
+
+def visitor() -> str:
+    return f"{secrets.randbelow(10**38):038d}"
+
+
+def profile_of(*sids: int) -> bytes:
+    p = Profile()
+    for sid in sids:
+        p.realize(sid, DAY)
+    return pack_profile(p)
+
+
+def add(sid: int):  # type: ignore[no-untyped-def]
+    def redo(current: bytes, record: bytes | None) -> bytes:
+        p = parse_profile(current)
+        p.realize(sid, DAY)
+        return pack_profile(p)
+
+    return redo
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    p = FaultProxy(redis_url)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
+    """A store whose hot-path connections (shared reads, raw writes) go through the
+    proxy; `store.client` (redis-py) too, so checks must use `direct`."""
+    s = Store(
+        connect(proxy.url, cluster=False),
+        KeySchema(16),
+        Retention(180, {}, 90),
+        write_url=proxy.url,
+    )
+    await s.start()
+    yield s
+    proxy.set("pass")
+    await s.close()
+
+
+@pytest.fixture
+async def direct(redis_url: str) -> AsyncIterator[Store]:
+    s = Store(connect(redis_url, cluster=False), KeySchema(16), Retention(180, {}, 90))
+    yield s
+    await s.client.aclose()
+
+
+async def test_concurrent_reads_share_the_connection_and_keep_their_order(
+    store: Store, direct: Store
+) -> None:
+    visitors = [visitor() for _ in range(200)]
+    for i, v in enumerate(visitors):
+        store.save_profile(v, b"", profile_of(i + 1), add(i + 1))
+    await store.drain()
+    store.writes.unwritten_profiles.clear()  # read them from Redis, not from memory
+    results = await asyncio.gather(*(store.visitor_state(v, 2.0) for v in visitors))
+    for i, (raw, record) in enumerate(results):
+        assert sorted(parse_profile(raw).traits) == [i + 1] and record is None
+
+
+async def test_a_hung_server_times_reads_out_and_the_connection_is_dropped(
+    store: Store, proxy: FaultProxy
+) -> None:
+    """Requests swallowed by a hung server never get replies: the connection must be
+    dropped, or the replies of later reads would go to the wrong requests."""
+    v = visitor()
+    store.save_profile(v, b"", profile_of(5), add(5))
+    await store.drain()
+    store.writes.unwritten_profiles.clear()
+    assert parse_profile((await store.visitor_state(v, 1.0))[0]).traits == {5: [(DAY, 1)]}
+    proxy.set("blackhole")
+    started = time.perf_counter()
+    with pytest.raises(TimeoutError):
+        await store.visitor_state(v, 0.05)
+    assert time.perf_counter() - started < 0.5
+    # Reads keep timing out; once one has waited STALL_S the silent connection goes.
+    deadline = time.monotonic() + STALL_S + 0.5
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            await store.visitor_state(v, 0.05)
+        await asyncio.sleep(0.05)
+    proxy.set("pass")  # the old connection is still open at the proxy: not cut
+    raw, _ = await store.visitor_state(v, 1.0)
+    assert parse_profile(raw).traits == {5: [(DAY, 1)]}
+
+
+async def test_a_half_open_connection_is_dropped_and_replaced(
+    store: Store, proxy: FaultProxy
+) -> None:
+    """A connection that swallows everything without closing: reads time out until one
+    has waited STALL_S, then the connection is dropped and a new one answers."""
+    v = visitor()
+    assert await store.visitor_state(v, 1.0) == (b"", None)
+    proxy.half_open()
+    await asyncio.sleep(0.1)
+    answered = False
+    deadline = time.monotonic() + 3.0  # STALL_S (1 s) and a reconnect, with room to spare
+    while time.monotonic() < deadline and not answered:
+        try:
+            answered = await store.visitor_state(v, 0.1) == (b"", None)
+        except (TimeoutError, ConnectionError):
+            await asyncio.sleep(0.05)
+    assert answered, "still reading from the dead connection"
+
+
+async def test_a_cut_connection_fails_the_reads_in_flight_then_reconnects(
+    store: Store, proxy: FaultProxy
+) -> None:
+    v = visitor()
+    assert await store.visitor_state(v, 1.0) == (b"", None)
+    proxy.set("blackhole")
+    waiting = asyncio.ensure_future(store.visitor_state(v, 5.0))
+    await asyncio.sleep(0.2)
+    proxy.cut()
+    with pytest.raises(ConnectionError):
+        await waiting
+    proxy.set("pass")
+    assert await store.visitor_state(v, 1.0) == (b"", None)
+
+
+async def test_a_server_that_never_answers_the_handshake(redis_url: str) -> None:
+    """SELECT of a database other than 0 is a handshake: a server that accepts and says
+    nothing must fail the read, not hold it forever."""
+    proxy = FaultProxy(redis_url.rsplit("/", 1)[0] + "/1")
+    try:
+        proxy.set("blackhole")
+        s = Store(
+            connect(proxy.url, cluster=False),
+            KeySchema(16),
+            Retention(180, {}, 90),
+            write_url=proxy.url,
+        )
+        for _ in range(3):
+            with pytest.raises((TimeoutError, ConnectionError)):
+                await s.visitor_state(visitor(), 0.2)
+        await asyncio.sleep(1.2)  # the connect attempt gives up
+        proxy.set("pass")
+        proxy.cut()
+        for _ in range(30):
+            try:
+                await s.visitor_state(visitor(), 0.5)
+                break
+            except (TimeoutError, ConnectionError):
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("never connected after the handshake hung")
+        await s.close()
+    finally:
+        proxy.close()
+
+
+async def test_profile_writes_made_blind_during_an_outage_all_land(
+    store: Store, proxy: FaultProxy, direct: Store
+) -> None:
+    """Requests that could not read (UNREAD) during an outage: after it, each write is
+    re-applied to what is stored, none is lost, none applied twice."""
+    visitors = [visitor() for _ in range(300)]
+    for v in visitors:  # each visitor already has trait 1
+        store.save_profile(v, b"", profile_of(1), add(1))
+    await store.drain()
+    proxy.set("refuse")
+    proxy.cut()
+    for v in visitors:
+        store.save_profile(v, UNREAD, profile_of(2), add(2))
+    await asyncio.sleep(0.5)
+    assert not store.healthy
+    proxy.set("pass")
+    await asyncio.wait_for(store.drain(), 30)
+    for v in visitors:
+        raw, _ = await direct.visitor_state(v)
+        assert parse_profile(raw).traits == {1: [(DAY, 1)], 2: [(DAY, 1)]}, v
+    assert store.writes.failed == 0
+
+
+async def test_an_erasure_drops_the_visitors_queued_and_later_writes(
+    store: Store, proxy: FaultProxy, direct: Store
+) -> None:
+    v, other = visitor(), visitor()
+    store.save_profile(v, b"", profile_of(1), add(1))
+    store.put_mapping(v, 7, f"uid-{v[:8]}", DAY)
+    await store.drain()
+    proxy.set("refuse")
+    proxy.cut()
+    store.save_profile(v, UNREAD, profile_of(2), add(2))  # queued in the outage
+    store.save_profile(other, b"", profile_of(3), add(3))
+    store.erase_visitor(v)
+    store.save_profile(v, UNREAD, profile_of(4), add(4))  # a request in flight
+    proxy.set("pass")
+    await asyncio.wait_for(store.drain(), 30)
+    assert await direct.visitor_state(v) == (b"", None)
+    assert parse_profile((await direct.visitor_state(other))[0]).traits == {3: [(DAY, 1)]}
+    assert v not in store.writes.unwritten_profiles
