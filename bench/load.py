@@ -53,7 +53,7 @@ BENCH_DPID: Final = 1000
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    server: str  # "bare" | "pixelsync"
+    server: str  # "bare" | "starlette" | "pixelsync" | "realtime" (with real-time partners)
     path: str
     cookie: bool  # send the returning visitor's Cookie header
     answer: str  # expected content type: "gif" | "json"
@@ -73,10 +73,12 @@ _RANDOM_VISITOR: Final = (
 )
 
 
-def _mapped_visitors(name: str, path: str, visitors: int, dpids: tuple[int, ...]) -> Scenario:
+def _mapped_visitors(
+    name: str, path: str, visitors: int, dpids: tuple[int, ...], server: str
+) -> Scenario:
     """GIF requests from `visitors` returning visitors at random, each mapped to `dpids`."""
     lua = _RANDOM_VISITOR.format(path=path)
-    return Scenario(name, "pixelsync", path, True, "gif", lua=lua, visitors=visitors, syncs=dpids)
+    return Scenario(name, server, path, True, "gif", lua=lua, visitors=visitors, syncs=dpids)
 
 
 # The bare server gets the very request event_gif_cookie sends: the ratio then measures
@@ -105,8 +107,8 @@ SCENARIOS: Final = (
     ),
     # The same /event for visitors mapped to two real-time partners that answer in 5 ms,
     # and for visitors mapped to two partners without real-time calls.
-    _mapped_visitors("event_rt_off", "/event?c_page=home", 200, (2003, 2004)),
-    _mapped_visitors("event_realtime", "/event?c_page=home", 200, (2001, 2002)),
+    _mapped_visitors("event_rt_off", "/event?c_page=home", 200, (2001, 2002), "pixelsync"),
+    _mapped_visitors("event_realtime", "/event?c_page=home", 200, (2001, 2002), "realtime"),
     Scenario(
         "event_qualify",
         "pixelsync",
@@ -401,14 +403,16 @@ def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str
     ]  # fmt: skip
 
 
-def realtime_config(partner_port: int) -> str:
-    """Partners 2001 and 2002 with real-time calls to bench.bare:realtime_partner (no
-    cache: every /event calls them), 2003 and 2004 without."""
-    text = "[realtime]\ncache_s = 0\n"
+def realtime_config(partner_port: int | None) -> str:
+    """Partners 2001 and 2002; with a port, they are real-time partners answering at
+    bench.bare:realtime_partner (no cache: every /event calls them; no breaker: a
+    partner slowed down by the full-rate runs on these shared cores must not be left
+    out of the paced run that measures the added latency)."""
+    text = "[realtime]\ncache_s = 0\nbreaker_failures = 1000000000\n"
     text += '[[traits]]\nsid = 9001\nname = "real-time abc"\ntype = "onboarded"\n'
-    for dpid in (2001, 2002, 2003, 2004):
+    for dpid in (2001, 2002):
         text += f'[[partners]]\ndpid = {dpid}\nname = "p{dpid}"\n'
-        if dpid in (2001, 2002):
+        if partner_port is not None:
             text += (
                 f'realtime_url = "http://{HOST}:{partner_port}/rt?u=${{DP_UUID}}"\n'
                 'realtime_traits = { "abc" = 9001 }\n'
@@ -416,9 +420,13 @@ def realtime_config(partner_port: int) -> str:
     return text
 
 
-def _pixelsync_argv(port: int, workers: int, workdir: Path, partner_port: int) -> list[str]:
-    config = workdir / "pixelsync-bench.toml"
-    data_dir = workdir / "data"
+def _pixelsync_argv(
+    port: int, workers: int, workdir: Path, partner_port: int | None, name: str = "pixelsync"
+) -> list[str]:
+    """`partner_port`: a server whose partners 2001 and 2002 make real-time calls
+    (configured on its own: every /event of a known visitor then reads its mappings)."""
+    config = workdir / f"{name}-bench.toml"
+    data_dir = workdir / f"{name}-data"
     config.write_text(
         "[server]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
@@ -483,7 +491,7 @@ def _check(scenario: Scenario, port: int, headers: dict[str, str]) -> None:
         problem = f"not the 43-byte GIF ({content_type}, {len(body)} bytes)"
     elif scenario.answer == "json" and not content_type.startswith("application/json"):
         problem = f"not JSON ({content_type})"
-    elif scenario.server == "pixelsync":
+    elif scenario.server in ("pixelsync", "realtime"):
         set_cookie = response.getheader("set-cookie", "")
         answered = _uuid_of(set_cookie.split(";", 1)[0]) if "=" in set_cookie else ""
         sent = _uuid_of(headers["Cookie"]) if "Cookie" in headers else None
@@ -519,13 +527,16 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        names = ("bare", "starlette", "rtpartner", "pixelsync")
+        names = ("bare", "starlette", "rtpartner", "pixelsync", "realtime")
         ports = {name: free_port() for name in names}
         argvs = {
             "bare": _bare_argv(ports["bare"], workers),
             "starlette": _bare_argv(ports["starlette"], workers, "bench.bare:starlette_app"),
             "rtpartner": _bare_argv(ports["rtpartner"], 1, "bench.bare:realtime_partner"),
-            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, ports["rtpartner"]),
+            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, None),
+            "realtime": _pixelsync_argv(
+                ports["realtime"], workers, workdir, ports["rtpartner"], "realtime"
+            ),
         }
         for name, argv in argvs.items():
             server = Server(name, argv, ports[name], workdir / f"{name}.log")
@@ -539,9 +550,10 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
             script = None
             if scenario.lua:
                 script = workdir / f"{scenario.name}.lua"
-                cookies = [visitor_cookie(ports["pixelsync"]) for _ in range(scenario.visitors)]
+                port = ports[scenario.server]
+                cookies = [visitor_cookie(port) for _ in range(scenario.visitors)]
                 for cookie_ in cookies:
-                    map_visitor(ports["pixelsync"], cookie_, scenario.syncs)
+                    map_visitor(port, cookie_, scenario.syncs)
                 table = ",\n".join(json.dumps(c) for c in cookies)
                 script.write_text(f"cookies = {{\n{table}\n}}\n" + scenario.lua)
             requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
