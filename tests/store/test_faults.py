@@ -16,6 +16,7 @@ from service.profiles import Profile
 from service.store import UNREAD, KeySchema, Retention, Store, connect
 from service.store.codec import pack_profile, parse_profile
 from service.store.raw import STALL_S
+from tests.conftest import DEFAULT_BUCKETS
 from tests.proxy import FaultProxy
 
 DAY = int(time.time() // 86400)
@@ -54,7 +55,7 @@ async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
     proxy; `store.client` (redis-py) too, so checks must use `direct`."""
     s = Store(
         connect(proxy.url, cluster=False),
-        KeySchema(16),
+        KeySchema(DEFAULT_BUCKETS),
         Retention(180, {}, 90),
         write_url=proxy.url,
     )
@@ -66,7 +67,7 @@ async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def direct(redis_url: str) -> AsyncIterator[Store]:
-    s = Store(connect(redis_url, cluster=False), KeySchema(16), Retention(180, {}, 90))
+    s = Store(connect(redis_url, cluster=False), KeySchema(DEFAULT_BUCKETS), Retention(180, {}, 90))
     yield s
     await s.client.aclose()
 
@@ -152,7 +153,7 @@ async def test_a_server_that_never_answers_the_handshake(redis_url: str) -> None
         proxy.set("blackhole")
         s = Store(
             connect(proxy.url, cluster=False),
-            KeySchema(16),
+            KeySchema(DEFAULT_BUCKETS),
             Retention(180, {}, 90),
             write_url=proxy.url,
         )
