@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -79,6 +80,75 @@ async def _sweep_forever(
         except Exception as exc:  # the sweeper must outlive any failure
             log.error("retention sweep failed", extra={"error": repr(exc)})
         await asyncio.sleep(interval_s)
+
+
+@dataclass
+class Domain:
+    """The domain objects wired to a store: shared by the web app and the batch jobs."""
+
+    qualifier: Qualifier
+    rules: DestinationRules
+    tokens: Tokens
+    loss: LossCounters
+    partner_http: httpx.AsyncClient  # one client for every partner call
+    sender: S2SSender | None
+    realtime: RealtimeCaller
+    profiles: Profiles
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store) -> Domain:
+        qualifier = Qualifier(settings.traits, settings.segments)
+        rules = DestinationRules(settings.destinations)
+        tokens = Tokens(settings.secret_keys, settings.public_url)
+        loss = LossCounters(store.tally)
+        s2s_destinations = s2s_from(settings, os.environ)
+        partner_http = httpx.AsyncClient(  # keep-alive, bounded pools
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
+        sender = (
+            S2SSender(
+                s2s_destinations,
+                partner_http,
+                loss.count,
+                client_id=urlsplit(settings.public_url).hostname or "pixelsync",
+            )
+            if s2s_destinations
+            else None
+        )
+        rt = settings.realtime
+        realtime = RealtimeCaller(
+            [
+                RealtimePartner(p.dpid, Template.parse(p.realtime_url), dict(p.realtime_traits))
+                for p in settings.partners
+                if p.realtime_url
+            ],
+            partner_http,
+            RealtimeCounters(store.tally).count,
+            RealtimeSettings(
+                budget_s=rt["budget_ms"] / 1000,
+                cache_s=rt["cache_s"],
+                breaker_failures=rt["breaker_failures"],
+                breaker_open_s=rt["breaker_open_s"],
+                max_answer_bytes=rt["max_answer_bytes"],
+            ),
+        )
+        profiles = Profiles(
+            store,
+            qualifier,
+            rules,
+            tokens,
+            loss,
+            s2s=sender,
+            gvl_ids={p.dpid: p.gvl_id for p in settings.partners},
+            region=settings.server["region"],
+        )
+        return cls(qualifier, rules, tokens, loss, partner_http, sender, realtime, profiles)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self.sender is not None:
+            await self.sender.close(timeout=timeout)
+        await self.partner_http.aclose()
 
 
 def s2s_from(settings: Settings, environ: Mapping[str, str]) -> list[S2SDestination]:
@@ -167,53 +237,9 @@ def create_app(settings: Settings) -> HotPaths:
         honor_gpc=settings.privacy["honor_gpc"],
     )
 
-    qualifier = Qualifier(settings.traits, settings.segments)
-    rules = DestinationRules(settings.destinations)
-    tokens = Tokens(settings.secret_keys, settings.public_url)
-    loss = LossCounters(store.tally)
-    s2s_destinations = s2s_from(settings, os.environ)
-    # One client for every partner call: keep-alive, bounded pools.
-    partner_http = httpx.AsyncClient(
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-        follow_redirects=False,
-    )
-    sender = (
-        S2SSender(
-            s2s_destinations,
-            partner_http,
-            loss.count,
-            client_id=urlsplit(settings.public_url).hostname or "pixelsync",
-        )
-        if s2s_destinations
-        else None
-    )
-    rt = settings.realtime
-    realtime = RealtimeCaller(
-        [
-            RealtimePartner(p.dpid, Template.parse(p.realtime_url), dict(p.realtime_traits))
-            for p in settings.partners
-            if p.realtime_url
-        ],
-        partner_http,
-        RealtimeCounters(store.tally).count,
-        RealtimeSettings(
-            budget_s=rt["budget_ms"] / 1000,
-            cache_s=rt["cache_s"],
-            breaker_failures=rt["breaker_failures"],
-            breaker_open_s=rt["breaker_open_s"],
-            max_answer_bytes=rt["max_answer_bytes"],
-        ),
-    )
-    profiles = Profiles(
-        store,
-        qualifier,
-        rules,
-        tokens,
-        loss,
-        s2s=sender,
-        gvl_ids={p.dpid: p.gvl_id for p in settings.partners},
-        region=settings.server["region"],
-    )
+    domain = Domain.build(settings, store)
+    qualifier, tokens, loss = domain.qualifier, domain.tokens, domain.loss
+    sender, realtime, profiles = domain.sender, domain.realtime, domain.profiles
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -238,9 +264,7 @@ def create_app(settings: Settings) -> HotPaths:
             access_writer.cancel()
             access.flush()
             counter.cancel()
-            if sender is not None:
-                await sender.close(timeout=5.0)
-            await partner_http.aclose()
+            await domain.close(timeout=5.0)
             store.flush_counts(time.time())
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})

@@ -1,15 +1,18 @@
-"""pixelsync serve | check-config (import, export and worker come with the batch work)."""
+"""pixelsync serve | check-config | import (export and worker: the batch work to come)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import logs
+from .batch.run import batch_redis, import_files, url_file
 from .config import ConfigError, Settings, find_config_path, load_settings
 from .store import EmbeddedValkey
 
@@ -43,9 +46,11 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
     embedded: EmbeddedValkey | None = None
     if not settings.redis_url:
-        # One embedded server for all workers, owned by this (parent) process.
+        # One embedded server for all workers, owned by this (parent) process; its
+        # URL noted for the batch commands run beside it.
         embedded = EmbeddedValkey(settings.data_dir)
         os.environ["PIXELSYNC_REDIS_URL"] = embedded.start()
+        url_file(settings).write_text(os.environ["PIXELSYNC_REDIS_URL"])
     if args.workers > 1:
         metrics_dir = settings.data_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -73,8 +78,18 @@ def serve(args: argparse.Namespace) -> int:
         )
     finally:
         if embedded is not None:
+            url_file(settings).unlink(missing_ok=True)
             embedded.stop()
     return 0
+
+
+def import_command(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    logs.setup()
+    with batch_redis(settings) as url:
+        return asyncio.run(
+            import_files(settings, url, [Path(f) for f in args.files], force=args.force)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(run=serve)
+
+    p = sub.add_parser("import", help="import inbound batch files (SPEC §9)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--config")
+    p.add_argument("--force", action="store_true", help="re-import files imported before")
+    p.set_defaults(run=import_command)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config")

@@ -70,6 +70,19 @@ class Qualifier:
         """The traits a partner (dpid) may realize: its onboarded ones."""
         return [sid for sid in sids if self.sources.get(sid) == source]
 
+    def importable(self, source: int, sids: Iterable[int]) -> list[int]:
+        """The traits a batch file of this data source may realize or remove: the
+        onboarded ones that are its own or nobody's."""
+        return [
+            sid
+            for sid in dict.fromkeys(sids)
+            if sid in self.sources and self.sources[sid] in (None, source)
+        ]
+
+    def owned_by(self, source: int, profile: Profile) -> list[int]:
+        """The visitor's traits that this data source realized (what .overwrite replaces)."""
+        return [sid for sid in profile.traits if self.sources.get(sid) == source]
+
     def evaluate(self, profile: Profile, today: int) -> frozenset[int]:
         history = History(profile, today)
         return frozenset(sid for sid, rule in self.segments if rule(history))
@@ -88,14 +101,23 @@ class Qualifier:
                 now.discard(sid)
         return frozenset(now)
 
-    def qualify(self, profile: Profile, realized: Sequence[int], today: int) -> Qualification:
-        """Record the realizations, expire what is due, and work out the segments.
-        Changes `profile` in place."""
+    def qualify(
+        self,
+        profile: Profile,
+        realized: Sequence[int],
+        today: int,
+        removed: Sequence[int] = (),
+    ) -> Qualification:
+        """Remove traits, record the realizations, expire what is due, and work out the
+        segments. Changes `profile` in place."""
+        for sid in removed:
+            profile.traits.pop(sid, None)
         for sid in realized:
             profile.realize(sid, today)
+        touched = [*realized, *removed]  # the segments of both need evaluating again
         before = profile.segments
         if profile.evaluated == today and profile.rules == self.fingerprint:
-            now = self._reevaluate(profile, realized, today)
+            now = self._reevaluate(profile, touched, today)
         else:  # a new day (expiry and windows move by days) or new rules: everything
             profile.prune(today, self.ttl_days, self.keep_days)
             now = self.evaluate(profile, today)

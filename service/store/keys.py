@@ -18,6 +18,7 @@ key                    type    fields -> values                               by
                                pending URL fires                              +~2/segment
 ``ps:once:<nonce>``    string  ``1``, EX 1 day: a /fire or /ack token counted ~60/token
 ``ps:meta``            hash    ``buckets`` -> B                               once
+``ps:imports``         hash    inbound file name -> its sha256 (hex)          ~100/file
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
                                after 8 days (minute = unix seconds // 60)
 ``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
@@ -52,6 +53,7 @@ from typing import Final
 from .codec import uuid16, varint
 
 META_KEY: Final = b"ps:meta"
+IMPORTS_KEY: Final = b"ps:imports"
 
 
 COUNTS_TTL_S: Final = 8 * 86400

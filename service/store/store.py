@@ -25,7 +25,16 @@ from .codec import (
     uuid_from16,
 )
 from .connect import Client
-from .keys import COUNTS_TTL_S, META_KEY, ONCE_TTL_S, KeySchema, counts_key, lock_key, once_key
+from .keys import (
+    COUNTS_TTL_S,
+    IMPORTS_KEY,
+    META_KEY,
+    ONCE_TTL_S,
+    KeySchema,
+    counts_key,
+    lock_key,
+    once_key,
+)
 from .raw import PackedPipe, RawConnection, SharedReads
 from .raw import supported as raw_supported
 from .writes import (
@@ -272,6 +281,28 @@ class Store:
         if unwritten is not None:  # read your own writes: ours are not in Redis yet
             return unwritten, cast(bytes | None, record)
         return cast(bytes | None, profile) or b"", cast(bytes | None, record)
+
+    async def visitor_states(self, uuids: Sequence[str]) -> list[tuple[bytes, bytes | None]]:
+        """visitor_state of many visitors: one pipeline (batch jobs)."""
+        s = self.schema
+        pipe = self.client.pipeline(transaction=False)
+        for uuid in uuids:
+            field = uuid16(uuid)
+            pipe.hget(s.profile_key(uuid), field)
+            pipe.hget(s.visitor_key(uuid), field)
+        replies = await pipe.execute()
+        return [
+            (cast(bytes | None, replies[i]) or b"", cast(bytes | None, replies[i + 1]))
+            for i in range(0, len(replies), 2)
+        ]
+
+    async def imported(self, name: str) -> str | None:
+        """The sha256 an inbound file of this name was imported with, if it was."""
+        sha = cast(bytes | None, await self.client.hget(IMPORTS_KEY, name.encode()))
+        return None if sha is None else sha.decode()
+
+    async def mark_imported(self, name: str, sha256: str) -> None:
+        await self.client.hset(IMPORTS_KEY, name.encode(), sha256.encode())
 
     def live_mappings(self, record: bytes | None, today: int) -> dict[int, PartnerUid]:
         return {} if record is None else self._live(parse_record(record)[1], today)

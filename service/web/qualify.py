@@ -163,6 +163,7 @@ class Profiles:
         *,
         hand_out: bool,
         now: float | None = None,
+        removed: Sequence[int] = (),
     ) -> tuple[Qualification, list[Fire]]:
         """Qualify; fire or queue the URL destinations of the segments entered; send the
         s2s changes; write the profile back. Answers the fires handed out now.
@@ -174,7 +175,7 @@ class Profiles:
         now = time.time() if now is None else now
         day = int(now // 86400)
         profile = state.profile
-        result = self.qualifier.qualify(profile, realized, day)
+        result = self.qualifier.qualify(profile, realized, day, removed)
         for sid in realized:
             self._counter(metrics.TRAITS, str(sid)).inc()
         if not state.stored:
@@ -191,7 +192,9 @@ class Profiles:
                 profile.pending, due = [], []
             else:
                 profile.pending = merge_pending(profile.pending, due)
-        redo = self._redo(visitor, realized, day, now, privacy, due, handed, act=state.degraded)
+        redo = self._redo(
+            visitor, realized, day, now, privacy, due, handed, act=state.degraded, removed=removed
+        )
         self._save(visitor, state, redo)
         return result, fires
 
@@ -303,6 +306,7 @@ class Profiles:
         handed: set[tuple[int, int]],
         *,
         act: bool = False,
+        removed: Sequence[int] = (),
     ) -> Redo:
         """This request's change, applied again to the profile as stored now (another
         request wrote it meanwhile, or this one could not read it). The fires it handed
@@ -311,7 +315,7 @@ class Profiles:
 
         def redo(current: bytes, record: bytes | None) -> bytes:
             profile = parse_profile(current)
-            result = self.qualifier.qualify(profile, realized, day)
+            result = self.qualifier.qualify(profile, realized, day, removed)
             pending = [p for p in profile.pending if (p.destination, p.segment) not in handed]
             found = self._act(visitor, record, result, privacy, now, day) if act else due
             profile.pending = merge_pending(pending, found)

@@ -1,0 +1,1 @@
+"""Batch files (SPEC §9): inbound import, outbound export, the scheduled worker."""

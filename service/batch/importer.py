@@ -1,0 +1,176 @@
+"""`pixelsync import` (SPEC §9): inbound files into visitors' profiles.
+
+The file is read as a stream, in chunks of CHUNK lines: each chunk's partner uids are
+translated through the match table (two pipelined round trips), the matched visitors'
+profiles read (one), changed as a request of theirs would change them (realizations,
+removals, `.overwrite`, key-value signals against rule traits, segments worked out,
+destinations acted on), and written through the write buffer, which is drained when
+it fills: memory stays bounded whatever the file size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, Protocol
+
+from ..consent import Privacy
+from ..identity import Visitor, VisitorKind
+from ..qualification import Qualifier
+from ..store import Store
+from ..store.codec import pack_profile, parse_profile
+from ..web.qualify import Profiles, State
+from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
+
+CHUNK: Final = 2000  # lines per round of lookups and writes
+DRAIN_AT: Final = 20_000  # buffered writes: wait for them before reading more
+# Server-to-server data carries no browser's privacy signals: the partner's contract
+# with the customer covers it.
+BATCH_PRIVACY: Final = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
+
+Progress = Callable[[Receipt, int], None]  # (receipt so far, bytes read)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def _lines(fh: LineReader) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, line without its ending) or (n, None) for a line too long to read:
+    such a line is skipped to its end without holding it in memory."""
+    number = 0
+    while raw := fh.readline(MAX_LINE_BYTES + 2):
+        number += 1
+        if not raw.endswith(b"\n") and len(raw) > MAX_LINE_BYTES:
+            while (rest := fh.readline(1 << 16)) and not rest.endswith(b"\n"):
+                pass
+            yield number, None
+            continue
+        yield number, raw.rstrip(b"\r\n")
+
+
+class Importer:
+    def __init__(self, store: Store, qualifier: Qualifier, profiles: Profiles) -> None:
+        self.store = store
+        self.qualifier = qualifier
+        self.profiles = profiles
+
+    async def run(
+        self,
+        path: Path,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+        now: float | None = None,
+    ) -> Receipt:
+        """Import one file; the receipt is also written beside it (<name>.receipt.json)."""
+        receipt = Receipt(path.name)
+        name = parse_name(path.name)
+        if name is None:
+            raise ValueError(
+                f"{path.name}: not an inbound file name "
+                "(ftp_dpm_<DPID>[_<TARGET_DPID>]_<unix seconds>.sync|overwrite[.<n>][.gz])"
+            )
+        sha = file_sha256(path)
+        if not force and await self.store.imported(path.name) == sha:
+            receipt.skipped = "imported before (same name and sha256); --force re-imports"
+            return receipt
+        receipt.started_at = _now()
+        now = time.time() if now is None else now
+        overflowed = self.store.overflowed
+        with path.open("rb") as raw_fh:
+            # raw_fh.tell(): the bytes of the file read so far, for the progress bar
+            fh: LineReader = gzip.GzipFile(fileobj=raw_fh) if name.gzip else raw_fh
+            chunk: list[tuple[int, Line]] = []
+            try:
+                for number, raw in _lines(fh):
+                    if raw is None:
+                        receipt.records_received += 1
+                        receipt.error(number, f"line longer than {MAX_LINE_BYTES // 1024} KiB")
+                        continue
+                    try:
+                        line = parse_line(raw)
+                    except LineError as exc:
+                        receipt.records_received += 1
+                        receipt.error(number, str(exc))
+                        continue
+                    if line is None:
+                        continue  # an empty line (a trailing newline, say)
+                    receipt.records_received += 1
+                    chunk.append((number, line))
+                    if len(chunk) >= CHUNK:
+                        await self._chunk(chunk, name, receipt, now)
+                        chunk = []
+                        if progress is not None:
+                            progress(receipt, raw_fh.tell())
+            except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt gzip
+                receipt.error(receipt.records_received + 1, f"file unreadable: {exc}")
+            if chunk:
+                await self._chunk(chunk, name, receipt, now)
+        await self.store.drain()
+        receipt.stored_records = receipt.records_processed - (self.store.overflowed - overflowed)
+        await self.store.mark_imported(path.name, sha)
+        receipt.finished_at = _now()
+        if progress is not None:
+            progress(receipt, path.stat().st_size)
+        beside = path.with_name(path.name + ".receipt.json")
+        beside.write_text(json.dumps(receipt.doc(), indent=2) + "\n")
+        return receipt
+
+    async def _chunk(
+        self, chunk: list[tuple[int, Line]], name: InboundName, receipt: Receipt, now: float
+    ) -> None:
+        day = int(now // 86400)
+        uids = list(dict.fromkeys(line.uid for _, line in chunk))
+        owners = await self.store.lookup(name.target, uids, day)
+        matched = [(line, owners[line.uid]) for _, line in chunk if line.uid in owners]
+        receipt.no_matching_id += len(chunk) - len(matched)
+        uuids = list(dict.fromkeys(uuid for _, uuid in matched))
+        states = {
+            uuid: State(raw, parse_profile(raw), record, stored=True)
+            for uuid, (raw, record) in zip(
+                uuids, await self.store.visitor_states(uuids), strict=True
+            )
+        }
+        q = self.qualifier
+        for line, uuid in matched:
+            state = states[uuid]
+            realize = q.importable(name.dpid, line.realize)
+            if line.signals:
+                realize += [s for s in q.realize(line.signals, {}) if s not in realize]
+            remove = q.importable(name.dpid, line.remove)
+            if name.overwrite:  # the data source's traits are what this line says
+                remove += [s for s in q.owned_by(name.dpid, state.profile) if s not in realize]
+            gone = [s for s in remove if s in state.profile.traits and s not in realize]
+            if not realize and not gone:
+                receipt.no_trait_realized += 1
+                continue
+            visitor = Visitor(VisitorKind.KNOWN, uuid)
+            self.profiles.qualify(
+                visitor, state, realize, BATCH_PRIVACY, {}, hand_out=False, now=now, removed=gone
+            )
+            # The next line of this visitor builds on what was just queued.
+            state.raw = pack_profile(state.profile)
+            receipt.records_processed += 1
+            receipt.realized_traits += len(realize)
+            receipt.removed_traits += len(gone)
+        if self.store.buffered > DRAIN_AT:
+            await self.store.drain()
