@@ -148,6 +148,7 @@ class Domain:
     async def close(self, timeout: float = 5.0) -> None:
         if self.sender is not None:
             await self.sender.close(timeout=timeout)
+        await self.realtime.close()
         await self.partner_http.aclose()
 
 

@@ -19,6 +19,14 @@ key                    type    fields -> values                               by
 ``ps:once:<nonce>``    string  ``1``, EX 1 day: a /fire or /ack token counted ~60/token
 ``ps:meta``            hash    ``buckets`` -> B                               once
 ``ps:imports``         hash    inbound file name -> its sha256 (hex)          ~100/file
+``x:<dest>:{<vb>}``    hash    ``<uuid16>`` -> varint sids: the segments the   ~22/visitor
+                               last successful export of file destination     (exported)
+                               <dest> sent for the visitor (iter mode)
+``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
+                               '' = delete; moved into ``x:`` once its files  export
+                               are complete (scripts.COMMIT)
+``ps:export:<dest>``   hash    ``state`` (staging|committing), ``last_day``,  once
+                               ``last_ms`` of the last successful export
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
                                after 8 days (minute = unix seconds // 60)
 ``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
@@ -68,6 +76,10 @@ def once_key(nonce: bytes) -> bytes:
     return b"ps:once:" + nonce
 
 
+def export_key(destination: int) -> bytes:
+    return b"ps:export:%d" % destination
+
+
 def lock_key(job: str) -> bytes:
     return b"ps:lock:" + job.encode()
 
@@ -92,6 +104,9 @@ class KeySchema:
 
     def profile_key_of_bucket(self, bucket: int) -> bytes:
         return b"p:{%x}" % bucket
+
+    def export_key_of_bucket(self, destination: int, bucket: int, *, staged: bool) -> bytes:
+        return b"%s:%d:{%x}" % (b"xs" if staged else b"x", destination, bucket)
 
     def visitor_key_of_bucket(self, bucket: int) -> bytes:
         return b"u:{%x}" % bucket

@@ -35,6 +35,26 @@ REREAD: Final = b"""
 return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1])}
 """
 
+# Move a staged bucket of export marks (KEYS[1]) into the marks (KEYS[2]): a staged
+# value '' deletes the mark. Same hash tag: one Cluster node.
+COMMIT: Final = b"""
+local staged = redis.call('HGETALL', KEYS[1])
+for i = 1, #staged, 2 do
+  if staged[i + 1] == '' then redis.call('HDEL', KEYS[2], staged[i])
+  else redis.call('HSET', KEYS[2], staged[i], staged[i + 1]) end
+end
+redis.call('DEL', KEYS[1])
+return #staged / 2
+"""
+
+# A lock (KEYS[1]) held by token ARGV[1]: ARGV[2] > 0 renews it for that many ms,
+# 0 releases it. Answers 1 when the token still held it.
+LOCK: Final = b"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
 # Edit one visitor record (codec.parse_record's layout) in place:
 # ARGV[1] field (uuid16), ARGV[2] visitor day2 or '' (keep), ARGV[3] dpid varint or ''
 # (touch: refresh the last-seen day of an existing record, never create one),
@@ -108,7 +128,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE, REREAD)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE, REREAD, COMMIT, LOCK)
 
 
 class Scripts:

@@ -32,6 +32,7 @@ from .keys import (
     ONCE_TTL_S,
     KeySchema,
     counts_key,
+    export_key,
     lock_key,
     once_key,
 )
@@ -349,10 +350,90 @@ class Store:
 
     # ------------------------------------------------------------------ retention
 
+    # ------------------------------------------------------------------ exports
+
+    async def scan_for_export(
+        self, destination: int, buckets: range
+    ) -> list[tuple[bytes, bytes, bytes | None, bytes | None]]:
+        """(field, visitor record, profile or None, last exported mark or None) of
+        every visitor with a record in these buckets: one pipeline."""
+        s = self.schema
+        keys: list[bytes] = []
+        for b in buckets:
+            keys += [
+                s.visitor_key_of_bucket(b),
+                s.profile_key_of_bucket(b),
+                s.export_key_of_bucket(destination, b, staged=False),
+            ]
+        found = await self._hgetall(keys)
+        rows = []
+        for i in range(0, len(found), 3):
+            records, profiles, marks = found[i : i + 3]
+            for field, record in records.items():
+                rows.append((field, record, profiles.get(field), marks.get(field)))
+        return rows
+
+    async def stage_marks(self, destination: int, marks: Mapping[bytes, bytes]) -> None:
+        """Stage export marks (field -> packed sids, b"" to delete) for commit_marks."""
+        if not marks:
+            return
+        s = self.schema
+        pipe = self.client.pipeline(transaction=False)
+        for field, value in marks.items():
+            bucket = int.from_bytes(field, "big") & (s.buckets - 1)
+            pipe.hset(s.export_key_of_bucket(destination, bucket, staged=True), field, value)
+        await pipe.execute()
+
+    async def export_state(self, destination: int) -> dict[str, str]:
+        state = await self.client.hgetall(export_key(destination))
+        return {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], state).items()}
+
+    async def set_export_state(self, destination: int, **values: str) -> None:
+        await self.client.hset(export_key(destination), mapping=values)  # type: ignore[arg-type]
+
+    async def drop_staged_marks(self, destination: int, *, per_round: int = 256) -> None:
+        """Forget what a failed export staged: the marks stay as the last success left."""
+        s = self.schema
+        for start in range(0, s.buckets, per_round):
+            keys = [
+                s.export_key_of_bucket(destination, b, staged=True)
+                for b in range(start, min(start + per_round, s.buckets))
+            ]
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.delete(key)
+            await pipe.execute()
+
+    async def commit_marks(self, destination: int, *, per_round: int = 256) -> None:
+        """Move the staged marks into the marks, bucket by bucket (each atomically)."""
+        s = self.schema
+        for start in range(0, s.buckets, per_round):
+            pipe = self.client.pipeline(transaction=False)
+            for b in range(start, min(start + per_round, s.buckets)):
+                self.writes.scripts.queue_keys(
+                    pipe,
+                    scripts.COMMIT,
+                    2,
+                    s.export_key_of_bucket(destination, b, staged=True),
+                    s.export_key_of_bucket(destination, b, staged=False),
+                )
+            await pipe.execute()
+
     async def acquire_lock(self, job: str, ttl_ms: int) -> str | None:
         token = secrets.token_hex(8)
         ok = await self.client.set(lock_key(job), token, nx=True, px=ttl_ms)
         return token if ok else None
+
+    async def renew_lock(self, job: str, token: str, ttl_ms: int) -> bool:
+        """Extend a lock this token holds; False when it was lost (expired, taken)."""
+        pipe = self.client.pipeline(transaction=False)
+        self.writes.scripts.queue(pipe, scripts.LOCK, lock_key(job), token.encode(), ttl_ms)
+        return bool((await pipe.execute())[0])
+
+    async def release_lock(self, job: str, token: str) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        self.writes.scripts.queue(pipe, scripts.LOCK, lock_key(job), token.encode(), 0)
+        await pipe.execute()
 
     async def sweep(
         self,
