@@ -30,7 +30,7 @@ from ..qualification import Qualifier
 from ..store import Store
 from ..store.codec import parse_profile, read_varint, varint
 
-BUCKETS_PER_ROUND: Final = 64
+BUCKETS_PER_ROUND: Final = 256
 
 
 def pack_sids(sids: Sequence[int]) -> bytes:

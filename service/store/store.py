@@ -55,6 +55,8 @@ from .writes import (
 
 log = logging.getLogger("pixelsync.store")
 
+SCAN_TIMEOUT_S = 30.0  # one round of a bucket scan (sweep, export)
+
 
 class StoreError(Exception):
     """The store cannot serve a read (Redis unreachable or misconfigured)."""
@@ -110,6 +112,9 @@ class Store:
         )
         # The hot path's reads, pipelined across concurrent requests (else redis-py).
         self.reads = SharedReads(write_url) if bare and write_url else None
+        # Bucket scans (sweep, export) on a connection of their own: their big answers
+        # must not hold up, nor look like a stall to, the hot path's reads.
+        self.bulk = SharedReads(write_url) if bare and write_url else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -161,8 +166,9 @@ class Store:
         await self.writes.stop()
         if self.writes.raw is not None:
             await self.writes.raw.aclose()
-        if self.reads is not None:
-            await self.reads.aclose()
+        for shared in (self.reads, self.bulk):
+            if shared is not None:
+                await shared.aclose()
         if self.writes.client is not self.client:
             await self.writes.client.aclose()
         await self.client.aclose()
@@ -499,6 +505,20 @@ class Store:
             await pipe.execute()
 
     async def _hgetall(self, keys: Sequence[bytes]) -> list[dict[bytes, bytes]]:
+        """Many hashes in one pipeline: on the bare connection when there is one (a
+        scan of every bucket is mostly empty answers: redis-py's cost per answer
+        would dominate)."""
+        if self.bulk is not None:
+            packed = PackedPipe()
+            for key in keys:
+                packed.execute_command("HGETALL", key)
+            replies = await self.bulk.execute(packed, SCAN_TIMEOUT_S)
+            out = []
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+                out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
+            return out
         pipe = self.client.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(key)
