@@ -1,4 +1,4 @@
-"""pixelsync serve | check-config | import (export and worker: the batch work to come)."""
+"""pixelsync serve | check-config | import | export | worker."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import logs
-from .batch.run import batch_redis, import_files, url_file
+from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
 from .config import ConfigError, Settings, find_config_path, load_settings
 from .store import EmbeddedValkey
 
@@ -83,6 +83,29 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def export(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    logs.setup()
+    with batch_redis(settings) as url:
+        out = Path(args.out) if args.out else None
+        return asyncio.run(export_command(settings, url, args.destination, args.mode, out))
+
+
+def worker(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    logs.setup()
+
+    async def run(url: str) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # finish the job under way, then stop
+            loop.add_signal_handler(sig, stop.set)
+        return await worker_command(settings, url, stop)
+
+    with batch_redis(settings) as url:
+        return asyncio.run(run(url))
+
+
 def import_command(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
@@ -108,6 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config")
     p.add_argument("--force", action="store_true", help="re-import files imported before")
     p.set_defaults(run=import_command)
+
+    p = sub.add_parser("export", help="export a file destination now (SPEC §9)")
+    p.add_argument("--destination", type=int, required=True, metavar="ID")
+    p.add_argument("--mode", choices=("iter", "full"), required=True)
+    p.add_argument("--out", metavar="DIR", help="default: out_dir, or data_dir/outbound/ID")
+    p.add_argument("--config")
+    p.set_defaults(run=export)
+
+    p = sub.add_parser("worker", help="run the scheduled exports and inbound imports")
+    p.add_argument("--config")
+    p.set_defaults(run=worker)
 
     p = sub.add_parser("check-config", help="validate a configuration file")
     p.add_argument("--config")

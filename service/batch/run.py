@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -115,3 +116,40 @@ async def import_files(settings: Settings, url: str, paths: Sequence[Path], *, f
                 print()
             print(json.dumps(receipt.doc()), flush=True)
     return status
+
+
+async def export_command(
+    settings: Settings, url: str, destination_id: int, mode: str, out: Path | None
+) -> int:
+    """Run one file destination's export now; print the result as a JSON line."""
+    from .exporter import Exporter
+    from .worker import Worker
+
+    found = [d for d in settings.destinations if d.id == destination_id]
+    if not found or found[0].type != "file":
+        print(f"no file destination with id {destination_id}", file=sys.stderr)
+        return 2
+    async with running(settings, url) as (store, domain):
+        exporter = Exporter(store, domain.qualifier)
+        importer = Importer(store, domain.qualifier, domain.profiles)
+        folder = out or Worker(store, exporter, importer, [], settings.data_dir).out_dir(found[0])
+        result = await exporter.run(found[0], mode, folder)
+        print(json.dumps(result.doc()), flush=True)
+    return 0
+
+
+async def worker_command(settings: Settings, url: str, stop: asyncio.Event) -> int:
+    from .exporter import Exporter
+    from .worker import Worker
+
+    async with running(settings, url) as (store, domain):
+        worker = Worker(
+            store,
+            Exporter(store, domain.qualifier),
+            Importer(store, domain.qualifier, domain.profiles),
+            [d for d in settings.destinations if d.type == "file"],
+            settings.data_dir,
+        )
+        worker.inbound.mkdir(parents=True, exist_ok=True)
+        await worker.run(stop)
+    return 0
