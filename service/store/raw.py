@@ -146,6 +146,8 @@ class SharedReads:
     async def execute(self, pipe: PackedPipe, timeout: float) -> list[Any]:
         """The replies, or TimeoutError after `timeout` seconds (a timer of the loop's
         own: cheaper per request than asyncio.wait_for)."""
+        if not pipe.commands:  # nothing to wait for: no reply would ever come
+            return []
         if len(self._in_flight) + len(self._queued) >= MAX_WAITING:
             raise ConnectionError("too many redis reads waiting")
         loop = asyncio.get_running_loop()

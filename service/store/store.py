@@ -292,16 +292,12 @@ class Store:
     async def visitor_states(self, uuids: Sequence[str]) -> list[tuple[bytes, bytes | None]]:
         """visitor_state of many visitors: one pipeline (batch jobs)."""
         s = self.schema
-        pipe = self.client.pipeline(transaction=False)
+        slots = []
         for uuid in uuids:
             field = uuid16(uuid)
-            pipe.hget(s.profile_key(uuid), field)
-            pipe.hget(s.visitor_key(uuid), field)
-        replies = await pipe.execute()
-        return [
-            (cast(bytes | None, replies[i]) or b"", cast(bytes | None, replies[i + 1]))
-            for i in range(0, len(replies), 2)
-        ]
+            slots += [(s.profile_key(uuid), field), (s.visitor_key(uuid), field)]
+        replies = await self._hgets(slots)
+        return [(replies[i] or b"", replies[i + 1]) for i in range(0, len(replies), 2)]
 
     async def imported(self, name: str) -> str | None:
         """The sha256 an inbound file of this name was imported with, if it was."""
@@ -331,20 +327,32 @@ class Store:
         record = await self._record(uuid)
         return {} if record is None else self._live(parse_record(record)[1], today)
 
+    async def _hgets(self, slots: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        """HGET of many (key, field): one pipeline, on the bulk connection if any."""
+        if self.bulk is not None:
+            packed = PackedPipe()
+            for key, field in slots:
+                packed.execute_command("HGET", key, field)
+            replies = await self.bulk.execute(packed, SCAN_TIMEOUT_S)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return cast(list[bytes | None], replies)
+        pipe = self.client.pipeline(transaction=False)
+        for key, field in slots:
+            pipe.hget(key, field)
+        return cast(list[bytes | None], await pipe.execute())
+
     async def lookup(self, dpid: int, uids: Sequence[str], today: int) -> dict[str, str]:
         """Partner uids -> the visitor that last claimed each (unmatched left out)."""
         s = self.schema
-        pipe = self.client.pipeline(transaction=False)
-        for uid in uids:
-            pipe.hget(*s.reverse_slot(dpid, uid))
-        owners = await pipe.execute()
+        owners = await self._hgets([s.reverse_slot(dpid, uid) for uid in uids])
         claimed = [(uid, o) for uid, o in zip(uids, owners, strict=True) if o]
         if not claimed:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for _, owner in claimed:
-            pipe.hget(s.visitor_key(uuid_from16(owner)), owner)
-        records = await pipe.execute()
+        records = await self._hgets(
+            [(s.visitor_key(uuid_from16(owner)), owner) for _, owner in claimed]
+        )
         matches: dict[str, str] = {}
         for (uid, owner), record in zip(claimed, records, strict=True):
             # Verify against the forward entry: guards against hash collisions and

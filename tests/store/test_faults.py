@@ -217,3 +217,8 @@ async def test_an_erasure_drops_the_visitors_queued_and_later_writes(
     assert await direct.visitor_state(v) == (b"", None)
     assert parse_profile((await direct.visitor_state(other))[0]).traits == {3: [(DAY, 1)]}
     assert v not in store.writes.unwritten_profiles
+
+
+async def test_an_empty_batch_of_reads_answers_at_once(store: Store) -> None:
+    assert await store.visitor_states([]) == []
+    assert await store.lookup(7, [], DAY) == {}
