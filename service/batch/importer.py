@@ -24,7 +24,7 @@ from ..consent import Privacy
 from ..identity import Visitor, VisitorKind
 from ..qualification import Qualifier
 from ..store import Store
-from ..store.codec import pack_profile, parse_profile
+from ..store.codec import parse_profile
 from ..web.qualify import Profiles, State
 from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
 
@@ -167,8 +167,6 @@ class Importer:
             self.profiles.qualify(
                 visitor, state, realize, BATCH_PRIVACY, {}, hand_out=False, now=now, removed=gone
             )
-            # The next line of this visitor builds on what was just queued.
-            state.raw = pack_profile(state.profile)
             receipt.records_processed += 1
             receipt.realized_traits += len(realize)
             receipt.removed_traits += len(gone)

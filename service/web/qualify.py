@@ -330,3 +330,6 @@ class Profiles:
         expected = UNREAD if state.degraded else state.raw
         if not self.store.save_profile(visitor.uuid, expected, new, redo):
             metrics.REDIS_ERRORS.labels("profile_dropped").inc()
+        # What a later save built on this state expects to find (batch jobs apply
+        # several lines of one visitor in a row).
+        state.raw = new
