@@ -103,7 +103,7 @@ class Domain:
         loss = LossCounters(store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
         partner_http = httpx.AsyncClient(  # keep-alive, bounded pools
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
             follow_redirects=False,
         )
         sender = (

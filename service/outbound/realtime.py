@@ -35,6 +35,7 @@ from ..macros import Template
 log = logging.getLogger("pixelsync.realtime")
 
 CACHE_MAX: Final = 100_000  # visitors' answers kept per process
+LATE_S: Final = 2.0  # a call past its budget goes on in the background this long at most
 COUNTERS: Final = ("calls", "timeouts", "errors", "breaker_opens", "cache_hits")
 
 CountFn = Callable[[int, str, int], None]
@@ -71,6 +72,11 @@ class RealtimeSettings:
     max_answer_bytes: int = 65536
 
 
+@dataclass
+class _Late:
+    late: bool = False
+
+
 class Failure(Exception):
     """A partner answer that cannot be used; `kind` is the counter it goes to."""
 
@@ -95,7 +101,7 @@ class RealtimeCaller:
         self.settings = settings
         self.clock = clock
         self._cache: OrderedDict[tuple[int, str], tuple[float, tuple[str, ...]]] = OrderedDict()
-        self._cancelled: set[asyncio.Task[tuple[str, ...]]] = set()
+        self._background: set[asyncio.Task[tuple[str, ...]]] = set()
         for p in partners:
             metrics.REALTIME_BREAKER.labels(str(p.dpid)).set(Breaker.CLOSED)
 
@@ -111,7 +117,7 @@ class RealtimeCaller:
         visitor's partner uids; `values(dpid)`: the macro values for that partner, or
         None when privacy forbids calling it. Returns within the budget."""
         now = self.clock()
-        calls: dict[int, asyncio.Task[tuple[str, ...]]] = {}
+        calls: dict[int, tuple[asyncio.Task[tuple[str, ...]], _Late]] = {}
         codes: dict[int, tuple[str, ...]] = {}
         for dpid, partner in self.partners.items():
             uid = mapped.get(dpid)
@@ -127,18 +133,25 @@ class RealtimeCaller:
                 continue
             rand = str(secrets.randbelow(10**12))
             url = partner.template.render({**macro, "DP_UUID": uid, "DD_RAND": rand})
-            calls[dpid] = asyncio.create_task(self._call(partner, uid, url))
+            late = _Late()
+            calls[dpid] = (asyncio.create_task(self._call(partner, uid, url, late)), late)
         if calls:
-            done, pending = await asyncio.wait(calls.values(), timeout=self.settings.budget_s)
-            for task in pending:  # past the budget: counted as a timeout, then dropped
-                # Not awaited: closing the connection it leaves behind takes a while
-                # (measured: 40-80 ms), and this answer is already due.
-                task.cancel()
-                self._cancelled.add(task)
+            tasks = [task for task, _ in calls.values()]
+            done, _ = await asyncio.wait(tasks, timeout=self.settings.budget_s)
+            for dpid, (task, late) in calls.items():
+                if task in done:
+                    if task.exception() is None:
+                        codes[dpid] = task.result()
+                    continue
+                # Past the budget: a timeout, and this answer goes without it. The call
+                # is not cancelled: it finishes in the background (bounded by LATE_S),
+                # so its connection is reused rather than torn down and opened again
+                # (under load, that churn alone made calls miss the budget), and a
+                # late answer still warms the cache.
+                late.late = True
+                self._failed(self.partners[dpid], "timeouts", "over the budget")
+                self._background.add(task)
                 task.add_done_callback(self._reap)
-            for dpid, task in calls.items():
-                if task in done and task.exception() is None:
-                    codes[dpid] = task.result()
         realized: list[int] = []
         for dpid, answer in codes.items():
             traits = self.partners[dpid].traits
@@ -151,14 +164,16 @@ class RealtimeCaller:
     # ------------------------------------------------------------------ internals
 
     def _reap(self, task: asyncio.Task[tuple[str, ...]]) -> None:
-        self._cancelled.discard(task)
+        self._background.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: counted already, not "never retrieved"
 
     async def close(self) -> None:
-        """Wait for the calls cut off at the budget to finish closing their sockets."""
-        if self._cancelled:
-            await asyncio.gather(*self._cancelled, return_exceptions=True)
+        """Stop the calls still running past their budget."""
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _cached(self, dpid: int, uid: str, now: float) -> tuple[str, ...] | None:
         hit = self._cache.get((dpid, uid))
@@ -218,23 +233,30 @@ class RealtimeCaller:
                 extra={"dpid": p.dpid, "failures": p.failures, "error": detail},
             )
 
-    async def _call(self, p: RealtimePartner, uid: str, url: str) -> tuple[str, ...]:
+    async def _call(self, p: RealtimePartner, uid: str, url: str, late: _Late) -> tuple[str, ...]:
+        """One call. Once `late` (past the budget, counted as a timeout already) its
+        outcome no longer counts, except that an answer is cached."""
         self.count(p.dpid, "calls", 1)
         started = time.perf_counter()
         try:
-            codes = await self._fetch(url)
-        except (asyncio.CancelledError, httpx.TimeoutException):  # the budget ran out
-            self._failed(p, "timeouts", "over the budget")
+            async with asyncio.timeout(LATE_S):
+                codes = await self._fetch(url)
+        except (TimeoutError, httpx.TimeoutException):
+            if not late.late:
+                self._failed(p, "timeouts", "no answer")
             raise
         except Failure as exc:
-            self._failed(p, "errors", f"{exc.kind}: {exc}")
+            if not late.late:
+                self._failed(p, "errors", f"{exc.kind}: {exc}")
             raise
         except (httpx.HTTPError, OSError) as exc:
-            self._failed(p, "errors", type(exc).__name__)
+            if not late.late:
+                self._failed(p, "errors", type(exc).__name__)
             raise
         finally:
             metrics.REALTIME_LATENCY.labels(str(p.dpid)).observe(time.perf_counter() - started)
-        self._succeeded(p)
+        if not late.late:
+            self._succeeded(p)
         self._remember(p.dpid, uid, codes)
         return codes
 

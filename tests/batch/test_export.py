@@ -21,47 +21,9 @@ from service.config import Destination, parse_settings
 from service.profiles import Profile
 from service.store import Store
 from service.store.codec import pack_profile
+from tests.batch.configs import file_config
 
 DAY = int(time.time() // 86400)
-
-
-def config(dpid: int, dest: int) -> str:
-    return f"""
-[server]
-secret_keys = ["export-test"]
-
-[[partners]]
-dpid = {dpid}
-name = "file partner"
-
-[[traits]]
-sid = 300
-name = "bought"
-type = "onboarded"
-
-[[traits]]
-sid = 301
-name = "browsed"
-type = "onboarded"
-
-[[segments]]
-sid = 800
-name = "buyers"
-rule = "300T"
-
-[[segments]]
-sid = 801
-name = "browsers"
-rule = "301T"
-
-[[destinations]]
-id = {dest}
-name = "daily file"
-type = "file"
-partner = {dpid}
-split_lines = 2
-mappings = {{ "800" = "buyers", "801" = "browsers" }}
-"""
 
 
 class Case:
@@ -91,7 +53,7 @@ class Case:
 @pytest.fixture
 async def case(redis_url: str) -> AsyncIterator[Case]:
     dpid, dest = 7000 + secrets.randbelow(10**6), 1 + secrets.randbelow(10**6)
-    settings = parse_settings(tomllib.loads(config(dpid, dest)))
+    settings = parse_settings(tomllib.loads(file_config(dpid, dest, destination="split_lines = 2")))
     async with running(settings, redis_url) as (store, domain):
         yield Case(store, domain, settings.destinations[0])
 

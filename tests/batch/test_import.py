@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from service.app import Domain
-from service.batch.files import parse_line, parse_name
+from service.batch.files import Receipt, parse_line, parse_name
 from service.batch.importer import Importer
-from service.batch.run import running
+from service.batch.run import Bar, running
 from service.config import Settings, parse_settings
 from service.store import Store
 from service.store.codec import parse_profile
@@ -250,3 +250,11 @@ def test_the_command(redis_url: str, tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 1 and "not an inbound file name" in bad.stderr
+
+
+def test_the_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    receipt = Receipt("f", records_received=1000, format_errors=100, no_matching_id=90)
+    Bar("f.sync", 2000, time.monotonic() - 2)(receipt, 500)
+    out = capsys.readouterr().out
+    assert out.startswith("\rf.sync:  25.0%  1,000 lines")
+    assert " lines/s  matched 90.0%" in out and "\n" not in out

@@ -22,6 +22,7 @@ from service.batch.run import running
 from service.batch.worker import Worker
 from service.config import Settings, parse_settings
 from service.store import Store
+from tests.batch.configs import file_config
 from tests.conftest import wait_for
 
 DAY = 20_800  # an injected day
@@ -29,34 +30,13 @@ AT_14 = DAY * 86400 + 14 * 3600
 
 
 def config(dpid: int, dest: int, data_dir: Path) -> str:
-    return f"""
-[server]
-data_dir = "{data_dir}"
-secret_keys = ["worker-test"]
-
-[[partners]]
-dpid = {dpid}
-name = "file partner"
-
-[[traits]]
-sid = 300
-name = "bought"
-type = "onboarded"
-
-[[segments]]
-sid = 800
-name = "buyers"
-rule = "300T"
-
-[[destinations]]
-id = {dest}
-name = "daily"
-type = "file"
-partner = {dpid}
-schedule = "14:00"
-mode = "full"
-mappings = {{ "800" = "buyers" }}
-"""
+    return file_config(
+        dpid,
+        dest,
+        server=f'data_dir = "{data_dir}"',
+        destination='schedule = "14:00"\nmode = "full"',
+        mappings='{ "800" = "buyers" }',
+    )
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from service.batch.run import running
 from service.config import parse_settings
 from service.identity import CookieSigner
 from service.store import KeySchema, PartnerUid, Retention, Store, connect
+from tests.batch.configs import file_config
 from tests.conftest import start_service, wait_for
 
 BUCKETS = 1024
@@ -421,34 +422,10 @@ scopes = ["admin"]
 async def test_import_and_export_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
     """The batch jobs' pipelines and scripts (profile compare-and-set and read-back,
     export marks staged and committed per bucket) each stay within one slot."""
-    settings = parse_settings(
-        tomllib.loads(
-            f"""
-[server]
-redis_url = "{cluster.url}"
-redis_cluster = true
-[store]
-match_buckets = {BUCKETS}
-[[partners]]
-dpid = 77
-name = "file partner"
-[[traits]]
-sid = 300
-name = "bought"
-type = "onboarded"
-[[segments]]
-sid = 800
-name = "buyers"
-rule = "300T"
-[[destinations]]
-id = 5
-name = "daily"
-type = "file"
-partner = 77
-mappings = {{ "800" = "buyers" }}
-"""
-        )
+    server = (
+        f'redis_url = "{cluster.url}"\nredis_cluster = true\n[store]\nmatch_buckets = {BUCKETS}'
     )
+    settings = parse_settings(tomllib.loads(file_config(77, 5, server=server)))
     async with running(settings, cluster.url) as (store, domain):
         visitors = [(new_uuid(), f"cl-{i}-{secrets.token_hex(4)}") for i in range(30)]
         for uuid, uid in visitors:
