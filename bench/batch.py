@@ -2,7 +2,7 @@
 client in the same run, `pixelsync export` lines/s, and the peak RSS of each job for
 two file sizes (it must not grow with the file).
 
-Each job runs as the real command, in a child process (os.wait4 gives its peak RSS),
+Each job runs as the real command, in a child process that reports its own peak RSS,
 against a dedicated embedded Valkey the harness starts.
 """
 
@@ -57,18 +57,37 @@ mappings = {{ "800" = "buyers" }}
 """
 
 
-def _child(argv: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """(seconds, peak RSS in KiB, stdout) of a command."""
+# Runs `python -m service ...` and, at exit, prints the process's own peak RSS (VmHWM,
+# which starts afresh at exec). rusage's ru_maxrss would not do: Linux carries it over
+# exec, so it shows the bench process's own size at fork, not the job's.
+_WITH_PEAK: Final = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            print('PEAK_RSS_KIB', line.split()[1], file=sys.stderr)\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['pixelsync', *sys.argv[1:]]\n"
+    "runpy.run_module('service', run_name='__main__')\n"
+)
+
+
+def _child(args: list[str], env: dict[str, str]) -> tuple[float, int, str]:
+    """(seconds, peak RSS in KiB, stdout) of `pixelsync <args>`."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITH_PEAK, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+        check=False,
+    )
     elapsed = time.perf_counter() - started
-    assert process.stdout is not None and process.stderr is not None
-    out, err = process.stdout.read().decode(), process.stderr.read().decode()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[2:4])} failed: {err[-2000:]}")
-    return elapsed, usage.ru_maxrss, out
+    if done.returncode != 0:
+        raise RuntimeError(f"pixelsync {args[0]} failed: {done.stderr[-2000:]}")
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KIB ")]
+    return elapsed, int(peak[-1].split()[1]) if peak else 0, done.stdout
 
 
 async def _map_visitors(url: str, n: int) -> tuple[list[str], float]:
@@ -117,18 +136,13 @@ def run_batch(sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict[str, Any]:
                     for uid in uids:
                         fh.write(f"{uid}\t300\n")
                 del uids
-                seconds, rss, out = _child(
-                    [sys.executable, "-m", "service", "import", "--config", str(config),
-                     str(inbound)],
-                    env,
-                )  # fmt: skip
+                seconds, rss, out = _child(["import", "--config", str(config), str(inbound)], env)
                 receipt = json.loads(out.strip().splitlines()[-1])
                 if receipt["records_processed"] != n:
                     raise RuntimeError(f"import processed {receipt['records_processed']} of {n}")
                 e_seconds, e_rss, e_out = _child(
-                    [sys.executable, "-m", "service", "export", "--config", str(config),
-                     "--destination", str(DESTINATION), "--mode", "full",
-                     "--out", str(work / f"out-{n}")],
+                    ["export", "--config", str(config), "--destination", str(DESTINATION),
+                     "--mode", "full", "--out", str(work / f"out-{n}")],
                     env,
                 )  # fmt: skip
                 exported = json.loads(e_out.strip().splitlines()[-1])
