@@ -131,6 +131,7 @@ class Domain:
                 breaker_failures=rt["breaker_failures"],
                 breaker_open_s=rt["breaker_open_s"],
                 max_answer_bytes=rt["max_answer_bytes"],
+                max_in_flight=rt["max_in_flight"],
             ),
         )
         profiles = Profiles(

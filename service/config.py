@@ -201,6 +201,7 @@ _TABLES: Final[dict[str, dict[str, _Key]]] = {
         "breaker_failures": _Key("int", 5, _positive),
         "breaker_open_s": _Key("int", 30, _positive),
         "max_answer_bytes": _Key("int", 65536, _positive),
+        "max_in_flight": _Key("int", 16, _positive),
     },
     "store": {
         "match_buckets": _Key("int", 65536, _power_of_two),

@@ -11,7 +11,8 @@ its segments on the visitor, all at once, within a total budget.
   views does not call it each time.
 - Counted per partner (Prometheus, and the per-minute buckets for /v1/match-rates):
   calls, timeouts, errors (invalid and oversized answers included), breaker openings,
-  cache hits, and a latency histogram.
+  cache hits, calls shed (max_in_flight per partner running already), and a latency
+  histogram.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ log = logging.getLogger("pixelsync.realtime")
 
 CACHE_MAX: Final = 100_000  # visitors' answers kept per process
 LATE_S: Final = 2.0  # a call past its budget goes on in the background this long at most
-COUNTERS: Final = ("calls", "timeouts", "errors", "breaker_opens", "cache_hits")
+COUNTERS: Final = ("calls", "timeouts", "errors", "breaker_opens", "cache_hits", "shed")
 
 CountFn = Callable[[int, str, int], None]
 """(dpid, counter, n): adds n to one of COUNTERS."""
@@ -60,6 +61,7 @@ class RealtimePartner:
     state: Breaker = Breaker.CLOSED
     open_until: float = 0.0
     probing: bool = False
+    in_flight: int = 0
     children: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +72,7 @@ class RealtimeSettings:
     breaker_failures: int = 5
     breaker_open_s: float = 30.0
     max_answer_bytes: int = 65536
+    max_in_flight: int = 16  # calls running at once per partner; more are shed
 
 
 @dataclass
@@ -130,6 +133,12 @@ class RealtimeCaller:
                 continue
             macro = values(dpid)
             if macro is None or not self._may_call(partner, now):
+                continue
+            if partner.in_flight >= self.settings.max_in_flight:
+                # The partner has that many calls running already (slow, or we are
+                # overloaded): one more would only queue in the client's pool, where
+                # every waiting request makes the others slower. Left out, counted.
+                self.count(dpid, "shed", 1)
                 continue
             rand = str(secrets.randbelow(10**12))
             url = partner.template.render({**macro, "DP_UUID": uid, "DD_RAND": rand})
@@ -238,6 +247,7 @@ class RealtimeCaller:
         outcome no longer counts, except that an answer is cached."""
         self.count(p.dpid, "calls", 1)
         started = time.perf_counter()
+        p.in_flight += 1
         try:
             async with asyncio.timeout(LATE_S):
                 codes = await self._fetch(url)
@@ -254,6 +264,7 @@ class RealtimeCaller:
                 self._failed(p, "errors", type(exc).__name__)
             raise
         finally:
+            p.in_flight -= 1
             metrics.REALTIME_LATENCY.labels(str(p.dpid)).observe(time.perf_counter() - started)
         if not late.late:
             self._succeeded(p)

@@ -170,7 +170,7 @@ SPEC: Final[dict[str, Any]] = {
             "get": _api(
                 "Per partner over 7 days: syncs handed out and completed, the match rate, "
                 "mappings stored, reverse lookups that hit and missed, and the real-time "
-                "calls (calls, timeouts, errors, breaker_opens, cache_hits)",
+                "calls (calls, timeouts, errors, breaker_opens, cache_hits, shed)",
                 [],
                 _json({"type": "object", "required": ["partners"]}),
             )

@@ -242,3 +242,26 @@ async def test_concurrent_partners_are_called_at_once(
     await rt.ask({31: "a", 32: "b"}, consent)
     assert time.perf_counter() - started < BUDGET_S * 1.75
     await asyncio.sleep(0)
+
+
+async def test_calls_beyond_max_in_flight_are_shed(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    """A slow partner's calls go on past the budget; while max_in_flight of them run,
+    further ones are not made (they would only queue in the client's pool)."""
+    counts = Counts()
+    p = rt_partner(31, partner.base + "/slow?u=${DP_UUID}")
+    rt = RealtimeCaller(
+        [p],
+        client,
+        counts,
+        RealtimeSettings(budget_s=0.05, cache_s=0, breaker_failures=100, max_in_flight=2),
+    )
+    for i in range(4):
+        assert await rt.ask({31: f"v{i}"}, consent) == []
+    assert counts.n[(31, "calls")] == 2 and counts.n[(31, "shed")] == 2
+    assert counts.n[(31, "timeouts")] == 2 and p.in_flight == 2
+    partner.stop.set()  # the partner answers now: the calls end, slots free up
+    await asyncio.sleep(0.3)
+    assert p.in_flight == 0
+    await rt.close()
