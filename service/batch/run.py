@@ -85,6 +85,9 @@ async def running(settings: Settings, url: str) -> AsyncIterator[tuple[Store, Do
     from ..app import Domain, build_store  # the app imports the batch package's users
 
     store = build_store(settings, url)
+    # A job keeps each visitor's state itself while it works on it: reading profiles
+    # back from memory would only make its memory grow with the file.
+    store.writes.overlay_max = 0
     await store.start()
     domain = Domain.build(settings, store)
     if domain.sender is not None:

@@ -195,6 +195,7 @@ class WriteBuffer:
         # uuid -> the newest profile value queued and not yet written: this process's
         # next request of the visitor reads it instead of Redis's older one.
         self.unwritten_profiles: dict[str, bytes] = {}
+        self.overlay_max = OVERLAY_MAX  # 0: no read-back (batch jobs keep their own state)
         # Visitors erased lately (uuid -> when): writes for them queued or redone after
         # the erasure are dropped, so that an erasure is not undone by a write in flight.
         self._erased: OrderedDict[str, float] = OrderedDict()
@@ -225,7 +226,7 @@ class WriteBuffer:
             elif (
                 isinstance(op, SaveProfile)
                 and op.expected != UNREAD  # built on nothing read: not worth reading back
-                and len(self.unwritten_profiles) < OVERLAY_MAX
+                and len(self.unwritten_profiles) < self.overlay_max
             ):
                 self.unwritten_profiles[op.uuid] = op.new
         self._queue.extend(ops)
