@@ -38,7 +38,7 @@ from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
-from .web.qualify import LossCounters, Profiles, RealtimeCounters
+from .web.qualify import Profiles, TallyCounters, loss_counters, realtime_counters
 from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
 
 log = logging.getLogger("pixelsync")
@@ -89,7 +89,7 @@ class Domain:
     qualifier: Qualifier
     rules: DestinationRules
     tokens: Tokens
-    loss: LossCounters
+    loss: TallyCounters
     partner_http: httpx.AsyncClient  # one client for every partner call
     sender: S2SSender | None
     realtime: RealtimeCaller
@@ -100,7 +100,7 @@ class Domain:
         qualifier = Qualifier(settings.traits, settings.segments)
         rules = DestinationRules(settings.destinations)
         tokens = Tokens(settings.secret_keys, settings.public_url)
-        loss = LossCounters(store.tally)
+        loss = loss_counters(store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
         partner_http = httpx.AsyncClient(  # keep-alive, bounded pools
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
@@ -124,7 +124,7 @@ class Domain:
                 if p.realtime_url
             ],
             partner_http,
-            RealtimeCounters(store.tally).count,
+            realtime_counters(store.tally).count,
             RealtimeSettings(
                 budget_s=rt["budget_ms"] / 1000,
                 cache_s=rt["cache_s"],

@@ -265,7 +265,9 @@ class RealtimeCaller:
             raise
         finally:
             p.in_flight -= 1
-            metrics.REALTIME_LATENCY.labels(str(p.dpid)).observe(time.perf_counter() - started)
+            metrics.child(metrics.REALTIME_LATENCY, str(p.dpid)).observe(
+                time.perf_counter() - started
+            )
         if not late.late:
             self._succeeded(p)
         self._remember(p.dpid, uid, codes)

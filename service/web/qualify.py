@@ -30,36 +30,30 @@ log = logging.getLogger("pixelsync.web")
 STATE_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
 
 
-class LossCounters:
-    """Destination counters: into the per-minute buckets (via the tally) and Prometheus."""
+class TallyCounters:
+    """Counters of a kind: into the per-minute buckets (via the tally, under
+    `field(id, counter)`) and into Prometheus (`metric`, labelled id and counter)."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, tally: Tally, field: Callable[[int, str], str], metric: Any) -> None:
         self.tally = tally
-        self._children: dict[tuple[int, str], Any] = {}
+        self.field = field
+        self.metric = metric
 
-    def count(self, destination: int, counter: str, n: int = 1) -> None:
-        self.tally.add(dest_field(destination, counter), n)
-        child = self._children.get((destination, counter))
-        if child is None:
-            child = metrics.DESTINATIONS.labels(str(destination), counter)
-            self._children[(destination, counter)] = child
-        child.inc(n)
+    def count(self, ident: int, counter: str, n: int = 1) -> None:
+        self.tally.add(self.field(ident, counter), n)
+        metrics.child(self.metric, str(ident), counter).inc(n)
 
 
-class RealtimeCounters:
-    """Real-time call counters: per-minute buckets ("p:<dpid>:rt_<counter>", read by
-    /v1/match-rates) and Prometheus."""
+def loss_counters(tally: Tally) -> TallyCounters:
+    """Destination delivery: d:<id>:<counter>, read by /v1/loss."""
+    return TallyCounters(tally, dest_field, metrics.DESTINATIONS)
 
-    def __init__(self, tally: Tally) -> None:
-        self.tally = tally
-        self._children: dict[tuple[int, str], Any] = {}
 
-    def count(self, dpid: int, counter: str, n: int = 1) -> None:
-        self.tally.add(partner_field(dpid, "rt_" + counter), n)
-        child = self._children.get((dpid, counter))
-        if child is None:
-            child = self._children[(dpid, counter)] = metrics.REALTIME.labels(str(dpid), counter)
-        child.inc(n)
+def realtime_counters(tally: Tally) -> TallyCounters:
+    """Real-time calls: p:<dpid>:rt_<counter>, read by /v1/match-rates."""
+    return TallyCounters(
+        tally, lambda dpid, counter: partner_field(dpid, "rt_" + counter), metrics.REALTIME
+    )
 
 
 @dataclass(slots=True)
@@ -80,7 +74,7 @@ class Profiles:
         qualifier: Qualifier,
         rules: DestinationRules,
         tokens: Tokens,
-        loss: LossCounters,
+        loss: TallyCounters,
         *,
         s2s: S2SSender | None,
         gvl_ids: Mapping[int, int],
@@ -94,15 +88,6 @@ class Profiles:
         self.s2s = s2s
         self.gvl_ids = gvl_ids
         self.region = region
-        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-
-    def _counter(self, metric: Any, *labels: str) -> Any:
-        """A metric's child, bound once: labels() on every request costs more than inc()."""
-        key = (metric, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
 
     async def read(self, visitor: Visitor) -> State:
         """A KNOWN visitor's profile and mappings; an empty state for anyone else
@@ -177,7 +162,7 @@ class Profiles:
         profile = state.profile
         result = self.qualifier.qualify(profile, realized, day, removed)
         for sid in realized:
-            self._counter(metrics.TRAITS, str(sid)).inc()
+            metrics.child(metrics.TRAITS, str(sid)).inc()
         if not state.stored:
             return result, []
         fires: list[Fire] = []
@@ -258,9 +243,9 @@ class Profiles:
     ) -> list[Pending]:
         """Count the entries and exits, send the s2s changes; answer the URL fires due."""
         for sid in result.entered:
-            self._counter(metrics.SEGMENTS, str(sid), "entered").inc()
+            metrics.child(metrics.SEGMENTS, str(sid), "entered").inc()
         for sid in result.exited:
-            self._counter(metrics.SEGMENTS, str(sid), "exited").inc()
+            metrics.child(metrics.SEGMENTS, str(sid), "exited").inc()
         self._send_s2s(visitor, record, result, privacy, now, day)
         return self.rules.pending_for(
             result.entered, day, lambda partner: self.allowed(privacy, partner)

@@ -11,7 +11,7 @@ from ..destinations import Tokens
 from ..errors import RequestError
 from ..store import Store
 from .common import METHODS_PIXEL, Outcomes, method_not_allowed, new_tid
-from .qualify import LossCounters
+from .qualify import TallyCounters
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send, send
 
 log = logging.getLogger("pixelsync.web")
@@ -23,7 +23,7 @@ ACK_PREFIX = "/ack/"
 class TrackingEndpoint:
     """One class for both: `kind` is "fire" (302 to the partner) or "ack" (GIF)."""
 
-    def __init__(self, kind: str, store: Store, tokens: Tokens, loss: LossCounters) -> None:
+    def __init__(self, kind: str, store: Store, tokens: Tokens, loss: TallyCounters) -> None:
         self.kind = kind
         self.prefix = FIRE_PREFIX if kind == "fire" else ACK_PREFIX
         self.counter = "loaded" if kind == "fire" else "confirmed"
