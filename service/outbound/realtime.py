@@ -132,13 +132,16 @@ class RealtimeCaller:
                 self.count(dpid, "cache_hits", 1)
                 continue
             macro = values(dpid)
-            if macro is None or not self._may_call(partner, now):
+            if macro is None:
                 continue
             if partner.in_flight >= self.settings.max_in_flight:
                 # The partner has that many calls running already (slow, or we are
                 # overloaded): one more would only queue in the client's pool, where
                 # every waiting request makes the others slower. Left out, counted.
+                # (Before the breaker: a shed call must not take the half-open probe.)
                 self.count(dpid, "shed", 1)
+                continue
+            if not self._may_call(partner, now):
                 continue
             rand = str(secrets.randbelow(10**12))
             url = partner.template.render({**macro, "DP_UUID": uid, "DD_RAND": rand})

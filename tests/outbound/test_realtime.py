@@ -265,3 +265,36 @@ async def test_calls_beyond_max_in_flight_are_shed(
     await asyncio.sleep(0.3)
     assert p.in_flight == 0
     await rt.close()
+
+
+async def test_a_shed_call_does_not_take_the_half_open_probe(
+    partner: Partner, client: httpx.AsyncClient
+) -> None:
+    """While max_in_flight calls still run, the half-open breaker keeps its probe for
+    a call that is actually made."""
+    now = [0.0]
+    p = rt_partner(31, partner.base + "/switch?u=${DP_UUID}")
+    rt = RealtimeCaller(
+        [p],
+        client,
+        Counts(),
+        RealtimeSettings(
+            budget_s=0.05, cache_s=0, breaker_failures=1, breaker_open_s=5, max_in_flight=1
+        ),
+        clock=lambda: now[0],
+    )
+    partner.mode = "slow"
+    await rt.ask({31: "a"}, consent)  # over the budget: the breaker opens
+    assert p.state is Breaker.OPEN and p.in_flight == 1
+    now[0] += 6
+    await rt.ask({31: "b"}, consent)  # shed: the slow call still runs
+    assert not p.probing
+    partner.mode = "fast"
+    partner.stop.set()
+    for _ in range(50):
+        if p.in_flight == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await rt.ask({31: "c"}, consent) == [5031, 6031]  # the probe, made now
+    assert p.state is Breaker.CLOSED
+    await rt.close()
