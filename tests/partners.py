@@ -3,14 +3,17 @@ that records every request and answers as the test's `respond` function decides.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
 
 GIF = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
@@ -117,3 +120,20 @@ class PartnerServer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(10)
+
+
+P = TypeVar("P", bound=PartnerServer)
+
+
+@contextlib.contextmanager
+def third_site(make: Callable[[], P]) -> Iterator[P]:
+    """A partner server on [::1]: a third site beside 127.0.0.1 and localhost for the
+    browser tests, which skip where there is no IPv6 loopback."""
+    try:
+        partner = make()
+    except OSError as exc:
+        pytest.skip(f"IPv6 loopback [::1] is unavailable here ({exc}): no third site")
+    try:
+        yield partner
+    finally:
+        partner.close()

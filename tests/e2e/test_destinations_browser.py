@@ -49,7 +49,7 @@ from tests.e2e.test_sync_browser import (
     sha256,
     uuid_of,
 )
-from tests.partners import GIF, Answer, PartnerServer, Request
+from tests.partners import GIF, Answer, PartnerServer, Request, third_site
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -98,14 +98,8 @@ class Partner(PartnerServer):
 
 @pytest.fixture
 def partner() -> Iterator[Partner]:
-    try:
-        p = Partner()
-    except OSError as exc:
-        pytest.skip(f"IPv6 loopback [::1] is unavailable here ({exc}): no third site")
-    try:
+    with third_site(Partner) as p:
         yield p
-    finally:
-        p.close()
 
 
 # --- pixelsync, on localhost ---------------------------------------------------------

@@ -53,7 +53,7 @@ from tests.e2e.browser import (
     requires_chromium,
     serve_page,
 )
-from tests.partners import Answer, PartnerServer, Request
+from tests.partners import Answer, PartnerServer, Request, third_site
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -109,14 +109,8 @@ class Partners(PartnerServer):
 
 @pytest.fixture
 def partners() -> Iterator[Partners]:
-    try:
-        p = Partners()
-    except OSError as exc:
-        pytest.skip(f"IPv6 loopback [::1] is unavailable here ({exc}): no third site")
-    try:
+    with third_site(Partners) as p:
         yield p
-    finally:
-        p.close()
 
 
 # --- pixelsync, on localhost ---------------------------------------------------------
