@@ -271,19 +271,11 @@ class Store:
         """(stored profile or b"", visitor record or None): one round trip, shared
         with the reads of concurrent requests. TimeoutError after `timeout` seconds."""
         s, field = self.schema, uuid16(uuid)
-        if self.reads is not None:
-            packed = PackedPipe()
-            packed.execute_command("HGET", s.profile_key(uuid), field)
-            packed.execute_command("HGET", s.visitor_key(uuid), field)
-            profile, record = await self.reads.execute(packed, timeout)
-            for reply in (profile, record):
-                if isinstance(reply, Exception):
-                    raise reply
-        else:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hget(s.profile_key(uuid), field)
-            pipe.hget(s.visitor_key(uuid), field)
-            profile, record = await asyncio.wait_for(pipe.execute(), timeout)
+        profile, record = await self._run(
+            [("HGET", s.profile_key(uuid), field), ("HGET", s.visitor_key(uuid), field)],
+            self.reads,
+            timeout,
+        )
         unwritten = self.writes.unwritten_profiles.get(uuid)
         if unwritten is not None:  # read your own writes: ours are not in Redis yet
             return unwritten, cast(bytes | None, record)
@@ -327,21 +319,28 @@ class Store:
         record = await self._record(uuid)
         return {} if record is None else self._live(parse_record(record)[1], today)
 
-    async def _hgets(self, slots: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
-        """HGET of many (key, field): one pipeline, on the bulk connection if any."""
-        if self.bulk is not None:
+    async def _run(
+        self, commands: Sequence[tuple[Any, ...]], shared: SharedReads | None, timeout: float | None
+    ) -> list[Any]:
+        """Many commands in one pipeline: on a bare shared connection when there is one
+        (an error reply raises), else through redis-py. TimeoutError after `timeout`."""
+        if shared is not None:
             packed = PackedPipe()
-            for key, field in slots:
-                packed.execute_command("HGET", key, field)
-            replies = await self.bulk.execute(packed, SCAN_TIMEOUT_S)
+            for command in commands:
+                packed.execute_command(*command)
+            replies = await shared.execute(packed, SCAN_TIMEOUT_S if timeout is None else timeout)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
-            return cast(list[bytes | None], replies)
+            return replies
         pipe = self.client.pipeline(transaction=False)
-        for key, field in slots:
-            pipe.hget(key, field)
-        return cast(list[bytes | None], await pipe.execute())
+        for command in commands:
+            pipe.execute_command(*command)
+        return cast(list[Any], await asyncio.wait_for(pipe.execute(), timeout))
+
+    async def _hgets(self, slots: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        """HGET of many (key, field): one pipeline, on the bulk connection if any."""
+        return await self._run([("HGET", key, field) for key, field in slots], self.bulk, None)
 
     async def lookup(self, dpid: int, uids: Sequence[str], today: int) -> dict[str, str]:
         """Partner uids -> the visitor that last claimed each (unmatched left out)."""
@@ -513,24 +512,13 @@ class Store:
             await pipe.execute()
 
     async def _hgetall(self, keys: Sequence[bytes]) -> list[dict[bytes, bytes]]:
-        """Many hashes in one pipeline: on the bare connection when there is one (a
-        scan of every bucket is mostly empty answers: redis-py's cost per answer
-        would dominate)."""
-        if self.bulk is not None:
-            packed = PackedPipe()
-            for key in keys:
-                packed.execute_command("HGETALL", key)
-            replies = await self.bulk.execute(packed, SCAN_TIMEOUT_S)
-            out = []
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-                out.append(dict(zip(reply[::2], reply[1::2], strict=True)))
-            return out
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        return cast(list[dict[bytes, bytes]], await pipe.execute())
+        """Many hashes in one pipeline: on the bare bulk connection when there is one
+        (a scan of every bucket is mostly empty answers: redis-py's cost per answer
+        would dominate). The bare connection answers flat lists, redis-py dicts."""
+        replies = await self._run([("HGETALL", key) for key in keys], self.bulk, None)
+        return [
+            r if isinstance(r, dict) else dict(zip(r[::2], r[1::2], strict=True)) for r in replies
+        ]
 
     async def _sweep_forward(
         self, keys: Sequence[bytes], today: int, counts: dict[str, int]
