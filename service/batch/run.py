@@ -1,4 +1,4 @@
-"""The batch commands' plumbing: which Redis they use, and the import command."""
+"""The batch commands: which Redis they use, and import, export and worker."""
 
 from __future__ import annotations
 
@@ -10,17 +10,16 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import redis
 
+from ..app import Domain, build_store
 from ..config import Settings
 from ..store import EmbeddedValkey, Store
+from .exporter import Exporter
 from .files import Receipt
 from .importer import Importer
-
-if TYPE_CHECKING:
-    from ..app import Domain
+from .worker import Worker, out_dir
 
 
 def url_file(settings: Settings) -> Path:
@@ -82,7 +81,6 @@ class Bar:
 async def running(settings: Settings, url: str) -> AsyncIterator[tuple[Store, Domain]]:
     """A started store and the domain wired to it; counters and writes flushed at the
     end (the same objects the web app uses, so that a job acts like a request)."""
-    from ..app import Domain, build_store  # the app imports the batch package's users
 
     store = build_store(settings, url)
     # A job keeps each visitor's state itself while it works on it: reading profiles
@@ -125,26 +123,18 @@ async def export_command(
     settings: Settings, url: str, destination_id: int, mode: str, out: Path | None
 ) -> int:
     """Run one file destination's export now; print the result as a JSON line."""
-    from .exporter import Exporter
-    from .worker import Worker
-
     found = [d for d in settings.destinations if d.id == destination_id]
     if not found or found[0].type != "file":
         print(f"no file destination with id {destination_id}", file=sys.stderr)
         return 2
     async with running(settings, url) as (store, domain):
-        exporter = Exporter(store, domain.qualifier)
-        importer = Importer(store, domain.qualifier, domain.profiles)
-        folder = out or Worker(store, exporter, importer, [], settings.data_dir).out_dir(found[0])
-        result = await exporter.run(found[0], mode, folder)
+        folder = out or out_dir(found[0], settings.data_dir)
+        result = await Exporter(store, domain.qualifier).run(found[0], mode, folder)
         print(json.dumps(result.doc()), flush=True)
     return 0
 
 
 async def worker_command(settings: Settings, url: str, stop: asyncio.Event) -> int:
-    from .exporter import Exporter
-    from .worker import Worker
-
     async with running(settings, url) as (store, domain):
         worker = Worker(
             store,

@@ -31,6 +31,12 @@ LOCK_TTL_MS: Final = 60_000  # renewed every third of it while the job runs
 POLL_S: Final = 10.0
 
 
+def out_dir(destination: Destination, data_dir: Path) -> Path:
+    """Where a file destination's exports go: its out_dir, or data_dir/outbound/<id>."""
+    configured: str = destination.options["out_dir"]
+    return Path(configured) if configured else data_dir / "outbound" / str(destination.id)
+
+
 @dataclass
 class Worker:
     store: Store
@@ -45,8 +51,7 @@ class Worker:
         return self.data_dir / "inbound"
 
     def out_dir(self, destination: Destination) -> Path:
-        configured: str = destination.options["out_dir"]
-        return Path(configured) if configured else self.data_dir / "outbound" / str(destination.id)
+        return out_dir(destination, self.data_dir)
 
     # ------------------------------------------------------------------ schedule
 
