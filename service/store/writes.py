@@ -255,7 +255,7 @@ class WriteBuffer:
         ):
             self._erased.popitem(last=False)
         self.unwritten_profiles.pop(uuid, None)
-        kept = [op for op in self._queue if not _of_visitor(op, uuid)]
+        kept = [op for op in self._queue if _visitor_of(op) != uuid]
         if len(kept) != len(self._queue):
             self._queue = deque(kept)
             metrics.BUFFERED.set(len(self._queue))
@@ -511,7 +511,3 @@ def _visitor_of(op: Op) -> str | None:
     if isinstance(op, Reread):
         return op.save.uuid
     return None
-
-
-def _of_visitor(op: Op, uuid: str) -> bool:
-    return _visitor_of(op) == uuid
