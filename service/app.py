@@ -8,8 +8,10 @@ import logging
 import os
 import random
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +26,7 @@ from .logs import AccessLog
 from .macros import Template
 from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
 from .outbound.s2s import S2SDestination, S2SSender
+from .outbound.transport import PartnerTransport
 from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
@@ -42,6 +45,17 @@ from .web.qualify import Profiles, TallyCounters, loss_counters, realtime_counte
 from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
 
 log = logging.getLogger("pixelsync")
+
+
+class _NoCookies(DefaultCookiePolicy):
+    def set_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+    def return_ok(self, cookie: Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+
+_NO_COOKIES = _NoCookies()
 
 
 def build_store(settings: Settings, url: str) -> Store:
@@ -102,9 +116,12 @@ class Domain:
         tokens = Tokens(settings.secret_keys, settings.public_url)
         loss = loss_counters(store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
-        partner_http = httpx.AsyncClient(  # keep-alive, bounded pools
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+        partner_http = httpx.AsyncClient(  # keep-alive, bounded pool
+            transport=PartnerTransport(max_connections=32, max_keepalive=32),
             follow_redirects=False,
+            # One client serves every visitor: a partner's Set-Cookie must not be kept
+            # and sent along with the next visitor's call.
+            cookies=CookieJar(policy=_NO_COOKIES),
         )
         sender = (
             S2SSender(

@@ -48,6 +48,10 @@ def setup(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs every request at INFO, URL included: a partner call's URL carries the
+    # visitor's partner uid and consent string, and there are thousands a second.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class AccessLog:

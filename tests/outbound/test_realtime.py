@@ -49,7 +49,10 @@ class Partner(PartnerServer):
             body = b"<html>not json</html>"
         elif kind == "huge":
             body = b'{"segments": ["' + b"x" * (1 << 20) + b'"]}'
-        return Answer(200, {"content-type": "application/json"}, body)
+        # A partner setting a cookie: the shared client must not keep it (tested in
+        # tests/web/test_event_realtime.py).
+        headers = {"content-type": "application/json", "set-cookie": "partner=seen; Path=/"}
+        return Answer(200, headers, body)
 
     @property
     def base(self) -> str:

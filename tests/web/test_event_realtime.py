@@ -110,6 +110,25 @@ async def test_the_fast_partner_qualifies_within_the_budget(
     assert calls and calls[0]["gdpr"] == ["0"]
 
 
+async def test_calls_share_no_cookie_and_are_not_logged(
+    svc: Service, http: httpx.AsyncClient, partner: Partner
+) -> None:
+    """One client calls the partner for every visitor: a cookie the partner set for one
+    must not go out with the next. And the calls' URLs (partner uid, consent) stay
+    out of the log: httpx would log each at INFO."""
+    uids = []
+    for _ in range(2):
+        uuid, cookie = await mapped_visitor(http, 31)
+        resp = await http.get("/event?d_rtbd=json&d_cts=2", headers=cookie)
+        assert resp.json()["traits"] == [5031]
+        uids.append(f"rt-31-{uuid[:8]}")
+    calls = [r for r in partner.seen("/fast") if r.query.get("u", [""])[0] in uids]
+    assert len(calls) == 2
+    assert all("cookie" not in r.headers for r in calls)
+    log = svc.log_path.read_text()
+    assert not any(uid in log for uid in uids)
+
+
 async def test_no_mapping_no_call(http: httpx.AsyncClient, partner: Partner) -> None:
     _, cookie = await mapped_visitor(http)
     before = len(partner.calls)

@@ -1,0 +1,353 @@
+"""The keep-alive HTTP/1.1 transport under the shared partner `httpx.AsyncClient`.
+
+httpx's default transport (httpcore 1.0.9) examines every pooled connection on every
+request: a getpeername() and a poll() per connection (httpcore PR #928, still open).
+With 32 connections to two real-time partners that cost about 2 ms of CPU per call, and
+the calls of a busy worker queued behind each other far past their budget. Here each
+origin has a LIFO list of idle connections; a connection the partner closed is known
+from its protocol's connection_lost, so no socket is ever polled. Responses are parsed
+by httptools (llhttp, the parser uvicorn serves with) and streamed to httpx, which
+still decodes the content encoding and applies its own API.
+
+Scope: what partners need. HTTP/1.1 over TCP or TLS, one request at a time per
+connection, request bodies read whole (the s2s batches), no proxies (httpx mounts its
+own transport for environment proxies), no HTTP/2 and no upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Final, cast
+
+import httptools
+import httpx
+
+# Unread body bytes a connection holds before it stops reading from the socket.
+HIGH_WATER: Final = 256 * 1024
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Origin = tuple[str, str, int]  # scheme, host, port
+
+
+class _Connection(asyncio.Protocol):
+    """One socket; one response at a time, fed by the parser's callbacks."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None  # set once the socket is gone
+        self.closed = False
+        self.idle_since = 0.0
+        self.used = False  # has carried a response before (reuse may meet a closed socket)
+        self._parser: httptools.HttpResponseParser | None = None
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self.headers_done = False
+        self._until_close = False
+        self.complete = False
+        self.keep_alive = False
+        self.trailing = False  # bytes after the response: not reusable
+        self._waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None or self.complete:
+            self.trailing = True  # nothing asked for these bytes
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.headers_done and not self.complete and self._until_close:
+            self.complete = True  # a body without a length ends with the connection
+            self._wake()
+        else:
+            self._fail(httpx.RemoteProtocolError("server disconnected"))
+
+    # --- httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        names = {name.lower() for name, _ in self._headers}
+        self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+        self._wake()
+
+    # --- used by the transport
+    def send(self, data: bytes) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason, self._headers, self._chunks, self._buffered = b"", [], [], 0
+        self.headers_done = self.complete = self.keep_alive = False
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def head(self, timeout: float | None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        while not self.headers_done:
+            await self._wait(timeout)
+        assert self._parser is not None
+        return self._parser.get_status_code(), self._reason, self._headers
+
+    async def chunk(self, timeout: float | None) -> bytes:
+        """The next piece of the body; b"" at its end."""
+        while not self._chunks:
+            if self.complete:
+                return b""
+            await self._wait(timeout)
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not (self.closed or self.trailing)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.lost is None:
+            self.lost = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self, timeout: float | None) -> None:
+        if self.lost is not None and not self.complete:
+            raise self.lost
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("partner sent nothing in time") from None
+        finally:
+            self._waiter = None
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, pool: PartnerTransport, conn: _Connection, timeout: float | None) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._timeout = timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            data = await self._conn.chunk(self._timeout)
+            if not data:
+                return
+            yield data
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._conn)
+
+
+class PartnerTransport(httpx.AsyncBaseTransport):
+    """A bounded keep-alive pool: at most `max_connections` sockets in all, of which at
+    most `max_keepalive` idle; an idle socket is reused for `keepalive_expiry` s."""
+
+    def __init__(
+        self,
+        max_connections: int = 32,
+        max_keepalive: int = 32,
+        keepalive_expiry: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_keepalive = max_keepalive
+        self.keepalive_expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._n_idle = 0
+        self.open = 0  # sockets open or being opened
+        self._waiters: list[asyncio.Future[None]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        url = request.url
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"no transport for {url.scheme!r} URLs")
+        data = _request_bytes(request, await request.aread())
+        for attempt in (1, 2):
+            conn = await self._acquire(origin, timeouts.get("pool"), timeouts.get("connect"))
+            reused = conn.used
+            conn.used = True
+            try:
+                conn.send(data)
+                status, reason, headers = await conn.head(timeouts.get("read"))
+            except httpx.RemoteProtocolError:
+                self.release(conn)
+                # A kept-alive socket the partner closed as we sent: once more on a
+                # new one, when the request may be repeated.
+                if attempt == 1 and reused and request.method in _IDEMPOTENT:
+                    continue
+                raise
+            except BaseException:
+                self.release(conn)
+                raise
+            if request.method == "HEAD":
+                conn.trailing = True  # llhttp would wait for a body: not reused
+                conn.complete = True
+            return httpx.Response(
+                status,
+                headers=headers,
+                stream=_Body(self, conn, timeouts.get("read")),
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+            )
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self.open -= self._n_idle
+        self._idle.clear()
+        self._n_idle = 0
+
+    def release(self, conn: _Connection) -> None:
+        """Back to the idle list when the response was read whole, else closed."""
+        if conn.reusable:
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(conn.origin, []).append(conn)
+            self._n_idle += 1
+            if self._n_idle > self.max_keepalive:
+                self._evict_one()
+        else:
+            conn.close()
+            self.open -= 1
+        self._wake_one()
+
+    # --- the pool
+    async def _acquire(
+        self, origin: Origin, pool_timeout: float | None, connect_timeout: float | None
+    ) -> _Connection:
+        try:
+            async with asyncio.timeout(pool_timeout):
+                while True:
+                    conn = self._take_idle(origin)
+                    if conn is not None:
+                        return conn
+                    if self.open < self.max_connections or self._evict_one():
+                        break
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        if waiter in self._waiters:
+                            self._waiters.remove(waiter)
+        except TimeoutError:
+            raise httpx.PoolTimeout("no partner connection free in time") from None
+        self.open += 1
+        try:
+            return await self._connect(origin, connect_timeout)
+        except BaseException:
+            self.open -= 1
+            self._wake_one()
+            raise
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        tls = None
+        if scheme == "https":
+            tls = self._ssl = self._ssl or httpx.create_ssl_context()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(origin),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} in time") from None
+        except OSError as exc:
+            raise httpx.ConnectError(f"{host}:{port}: {exc}") from exc
+        return conn
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        conns = self._idle.get(origin)
+        expired = time.monotonic() - self.keepalive_expiry
+        while conns:
+            conn = conns.pop()  # the newest: the least likely to be closed by now
+            self._n_idle -= 1
+            if not conn.closed and conn.idle_since > expired:
+                return conn
+            conn.close()
+            self.open -= 1
+        return None
+
+    def _evict_one(self) -> bool:
+        """Close the longest idle socket of any origin (to make room)."""
+        oldest: list[_Connection] | None = None
+        for conns in self._idle.values():
+            if conns and (oldest is None or conns[0].idle_since < oldest[0].idle_since):
+                oldest = conns
+        if oldest is None:
+            return False
+        oldest.pop(0).close()
+        self._n_idle -= 1
+        self.open -= 1
+        return True
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
+    head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+    chunked = False
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
+            chunked = True
+        head.append(b"%s: %s\r\n" % (name, value))
+    head.append(b"\r\n")
+    if chunked:  # httpx asked for it (a body of unknown length): one chunk
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return b"".join(head) + body
