@@ -29,6 +29,7 @@ from service.store import EmbeddedValkey
 from .batch import run_batch
 from .load import (
     CEILING,
+    SCENARIOS,
     STARLETTE_CEILING,
     BenchError,
     HttpOptions,
@@ -333,6 +334,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--connections", type=int, help="wrk connections [32]")
     p.add_argument("--duration", type=int, help="seconds per wrk run [10; quick: 3]")
     p.add_argument("--reps", type=int, help="wrk runs per scenario [3; quick: 1]")
+    p.add_argument(
+        "--scenarios",
+        help="HTTP: comma-separated scenario names (the ceilings always run) [all]",
+    )
     p.add_argument("--mappings", type=int, help="memory: mappings [1,000,000; quick: 100,000]")
     return p
 
@@ -346,7 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s=args.duration or (3 if quick else 10),
         warmup_s=1 if quick else 2,
         reps=args.reps or (1 if quick else 3),
+        only=frozenset(args.scenarios.split(",")) if args.scenarios else frozenset(),
     )
+    unknown = options.only - {s.name for s in SCENARIOS}
+    if unknown:
+        print(f"bench: no scenario {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     mappings: int = args.mappings or (100_000 if quick else 1_000_000)
     date = _now()
     report: dict[str, Any] = {"date": date}

@@ -10,8 +10,6 @@ Run with `--lifespan off --no-access-log --no-server-header`. Both answer every 
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,18 +32,3 @@ async def _gif(request: Request) -> Response:
 
 
 starlette_app = Starlette(routes=[Route("/{path:path}", _gif, methods=["GET", "HEAD"])])
-
-
-REALTIME_DELAY_S = 0.005
-_SEGMENTS = b'{"segments": ["abc"]}'
-
-
-async def realtime_partner(scope: Scope, receive: Receive, send_: Send) -> None:
-    """A real-time data partner (SPEC §8) that answers in 5 ms: `uvicorn
-    bench.bare:realtime_partner`. /healthz answers at once."""
-    if scope["type"] != "http":
-        return
-    if scope["path"] != "/healthz":
-        await asyncio.sleep(REALTIME_DELAY_S)
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"21")]
-    await send(send_, 200, headers, _SEGMENTS)

@@ -162,6 +162,16 @@ class HttpOptions:
     duration_s: int = 10
     warmup_s: int = 2
     reps: int = 3
+    only: frozenset[str] = frozenset()  # scenario names; empty: all
+
+    def chosen(self) -> list[Scenario]:
+        """The scenarios to run: those asked for, the ceilings, and the scenarios whose
+        rate a paced one asked for is a fraction of."""
+        if not self.only:
+            return list(SCENARIOS)
+        wanted = {CEILING, STARLETTE_CEILING, *self.only}
+        wanted |= {PACED[name][1] for name in self.only if name in PACED}
+        return [s for s in SCENARIOS if s.name in wanted]
 
 
 @dataclass(frozen=True)
@@ -405,7 +415,7 @@ def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str
 
 def realtime_config(partner_port: int | None) -> str:
     """Partners 2001 and 2002; with a port, they are real-time partners answering at
-    bench.bare:realtime_partner (no cache: every /event calls them; no breaker: a
+    bench.partner (no cache: every /event calls them; no breaker: a
     partner slowed down by the full-rate runs on these shared cores must not be left
     out of the paced run that measures the added latency)."""
     text = "[realtime]\ncache_s = 0\nbreaker_failures = 1000000000\n"
@@ -532,7 +542,7 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         argvs = {
             "bare": _bare_argv(ports["bare"], workers),
             "starlette": _bare_argv(ports["starlette"], workers, "bench.bare:starlette_app"),
-            "rtpartner": _bare_argv(ports["rtpartner"], 1, "bench.bare:realtime_partner"),
+            "rtpartner": [sys.executable, "-m", "bench.partner", str(ports["rtpartner"])],
             "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, None),
             "realtime": _pixelsync_argv(
                 ports["realtime"], workers, workdir, ports["rtpartner"], "realtime"
@@ -543,7 +553,8 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
             stack.enter_context(running(server, progress))
         cookie = visitor_cookie(ports["pixelsync"])
         requests: dict[str, tuple[str, list[str], Path | None]] = {}
-        for scenario in SCENARIOS:
+        scenarios = options.chosen()
+        for scenario in scenarios:
             headers = {"Cookie": cookie} if scenario.cookie else {}
             _check(scenario, ports[scenario.server], headers)
             url = f"http://{HOST}:{ports[scenario.server]}{scenario.path}"
@@ -557,7 +568,7 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                 table = ",\n".join(json.dumps(c) for c in cookies)
                 script.write_text(f"cookies = {{\n{table}\n}}\n" + scenario.lua)
             requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
-        for scenario in SCENARIOS:
+        for scenario in scenarios:
             url, header_lines, script = requests[scenario.name]
             progress(f"  workers={workers} warm-up {scenario.name} ({options.warmup_s} s)")
             run_wrk(
@@ -567,9 +578,9 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                 duration_s=options.warmup_s,
                 script=script,
             )
-        runs: dict[str, list[WrkRun]] = {s.name: [] for s in SCENARIOS}
+        runs: dict[str, list[WrkRun]] = {s.name: [] for s in scenarios}
         for rep in range(1, options.reps + 1):
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 url, header_lines, script = requests[scenario.name]
                 time.sleep(0.5)  # let the previous run's connections and writes settle
                 run = run_wrk(
@@ -584,8 +595,8 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                     f"  workers={workers} rep {rep}/{options.reps} {scenario.name:<17} "
                     f"{run.rps:>9.0f} rps  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
                 )
-        rows = [_summary(s, workers, runs[s.name]) for s in SCENARIOS]
-        for scenario in SCENARIOS:
+        rows = [_summary(s, workers, runs[s.name]) for s in scenarios]
+        for scenario in scenarios:
             if scenario.name in PACED:
                 fraction, reference = PACED[scenario.name]
                 full = next(r["rps_median"] for r in rows if r["scenario"] == reference)
@@ -620,12 +631,23 @@ def _paced(
     """The scenario again at a target rate: PACED_CONNECTIONS connections, each waiting
     between requests so that together they aim at it."""
     url, header_lines, script = request
-    delay_ms = max(1, round(PACED_CONNECTIONS * 1000 / target))
     paced = Path(tempfile.mkdtemp(prefix="pixelsync-bench-paced-")) / "paced.lua"
     base = script.read_text() if script is not None else ""
-    paced.write_text(base + f"\ndelay = function()\n  return {delay_ms}\nend\n")
+    cycle_ms = PACED_CONNECTIONS * 1000 / target  # per connection: wait + answer
+
+    def pace(delay_ms: float) -> None:
+        paced.write_text(base + f"\ndelay = function()\n  return {max(1, round(delay_ms))}\nend\n")
+
     runs = []
     try:
+        # A connection waits, then waits for its answer: a first short run measures the
+        # answer's share of the cycle, so that a slower scenario is not also run slower.
+        pace(cycle_ms)
+        probe = run_wrk(
+            url, header_lines, connections=PACED_CONNECTIONS, duration_s=2, script=paced
+        )
+        answer_ms = max(0.0, PACED_CONNECTIONS * 1000 / max(probe.rps, 1.0) - cycle_ms)
+        pace(cycle_ms - answer_ms)
         for rep in range(1, options.reps + 1):
             time.sleep(0.5)
             run = run_wrk(

@@ -116,8 +116,9 @@ class Domain:
         tokens = Tokens(settings.secret_keys, settings.public_url)
         loss = loss_counters(store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
-        partner_http = httpx.AsyncClient(  # keep-alive, bounded pool
-            transport=PartnerTransport(max_connections=32, max_keepalive=32),
+        pool = PartnerTransport(max_connections=32, max_keepalive=32)  # keep-alive, bounded
+        partner_http = httpx.AsyncClient(
+            transport=pool,
             follow_redirects=False,
             # One client serves every visitor: a partner's Set-Cookie must not be kept
             # and sent along with the next visitor's call.
@@ -140,7 +141,7 @@ class Domain:
                 for p in settings.partners
                 if p.realtime_url
             ],
-            partner_http,
+            pool,
             realtime_counters(store.tally).count,
             RealtimeSettings(
                 budget_s=rt["budget_ms"] / 1000,

@@ -1,7 +1,9 @@
 """Real-time partner calls (SPEC §8): during an /event, ask every eligible partner for
 its segments on the visitor, all at once, within a total budget.
 
-- One shared httpx.AsyncClient (keep-alive, bounded pools) for every call.
+- Every call goes through the keep-alive, bounded pool of partner connections that the
+  shared httpx.AsyncClient sends through (outbound/transport.py), by its lean `get`:
+  httpx's request and response objects cost as much CPU as the call itself.
 - A partner answers `{"segments": ["abc", …]}`; the codes its `realtime_traits` maps
   become onboarded trait realizations of the same request. Unknown codes are ignored.
 - Whatever goes wrong (slow, refused, 5xx, not JSON, too big) costs at most the budget
@@ -26,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import httpx
 
@@ -88,18 +90,24 @@ class Failure(Exception):
         self.kind = kind
 
 
+class Getter(Protocol):
+    """PartnerTransport.get: the status and the body, cut at limit + 1 bytes."""
+
+    async def get(self, url: str, limit: int) -> tuple[int, bytes]: ...
+
+
 class RealtimeCaller:
     def __init__(
         self,
         partners: Sequence[RealtimePartner],
-        client: httpx.AsyncClient,
+        http: Getter,
         count: CountFn,
         settings: RealtimeSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.partners = {p.dpid: p for p in partners}
-        self.client = client
+        self.http = http
         self.count = count
         self.settings = settings
         self.clock = clock
@@ -278,15 +286,12 @@ class RealtimeCaller:
 
     async def _fetch(self, url: str) -> tuple[str, ...]:
         limit = self.settings.max_answer_bytes
-        async with self.client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise Failure("status", f"HTTP {response.status_code}")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise Failure("oversized", f"answer over {limit} bytes")
-        return parse_answer(bytes(body))
+        status, body = await self.http.get(url, limit)
+        if status != 200:
+            raise Failure("status", f"HTTP {status}")
+        if len(body) > limit:
+            raise Failure("oversized", f"answer over {limit} bytes")
+        return parse_answer(body)
 
 
 def parse_answer(body: bytes) -> tuple[str, ...]:

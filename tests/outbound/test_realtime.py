@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 
 from service.macros import Template
@@ -21,6 +20,7 @@ from service.outbound.realtime import (
     RealtimeSettings,
     parse_answer,
 )
+from service.outbound.transport import PartnerTransport
 from tests.conftest import free_port
 from tests.partners import Answer, PartnerServer, Request
 
@@ -78,9 +78,10 @@ def partner() -> Iterator[Partner]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as c:
-        yield c
+async def client() -> AsyncIterator[PartnerTransport]:
+    pool = PartnerTransport()
+    yield pool
+    await pool.aclose()
 
 
 class Counts:
@@ -97,7 +98,7 @@ def rt_partner(dpid: int, url: str) -> RealtimePartner:
 
 def caller(
     partners: list[RealtimePartner],
-    client: httpx.AsyncClient,
+    client: PartnerTransport,
     counts: Counts,
     **settings: float,
 ) -> RealtimeCaller:
@@ -110,7 +111,7 @@ def consent(dpid: int) -> dict[str, str]:
 
 
 async def test_a_fast_partner_realizes_its_mapped_codes(
-    partner: Partner, client: httpx.AsyncClient
+    partner: Partner, client: PartnerTransport
 ) -> None:
     counts = Counts()
     rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}&r=%rnd%")], client, counts)
@@ -122,7 +123,7 @@ async def test_a_fast_partner_realizes_its_mapped_codes(
 
 @pytest.mark.parametrize("kind", ["slow", "down", "error", "garbage", "huge"])
 async def test_a_failing_partner_costs_at_most_the_budget(
-    partner: Partner, client: httpx.AsyncClient, kind: str
+    partner: Partner, client: PartnerTransport, kind: str
 ) -> None:
     """Next to a fast partner: the answer is on time and carries the fast one's codes."""
     counts = Counts()
@@ -144,20 +145,20 @@ async def test_a_failing_partner_costs_at_most_the_budget(
     assert counts.n[(32, expected)] == 1 and counts.n[(32, "calls")] == 1
 
 
-async def test_no_mapping_no_call(partner: Partner, client: httpx.AsyncClient) -> None:
+async def test_no_mapping_no_call(partner: Partner, client: PartnerTransport) -> None:
     counts = Counts()
     rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, counts)
     assert await rt.ask({99: "someone else"}, consent) == []
     assert partner.calls == [] and counts.n == Counter()
 
 
-async def test_privacy_refusal_no_call(partner: Partner, client: httpx.AsyncClient) -> None:
+async def test_privacy_refusal_no_call(partner: Partner, client: PartnerTransport) -> None:
     rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, Counts())
     assert await rt.ask({31: "a"}, lambda dpid: None) == []
     assert partner.calls == []
 
 
-async def test_answers_are_cached_per_visitor(partner: Partner, client: httpx.AsyncClient) -> None:
+async def test_answers_are_cached_per_visitor(partner: Partner, client: PartnerTransport) -> None:
     counts = Counts()
     rt = caller([rt_partner(31, partner.base + "/fast?u=${DP_UUID}")], client, counts, cache_s=60.0)
     for _ in range(3):
@@ -167,7 +168,7 @@ async def test_answers_are_cached_per_visitor(partner: Partner, client: httpx.As
 
 
 async def test_breaker_opens_then_a_probe_closes_it(
-    partner: Partner, client: httpx.AsyncClient
+    partner: Partner, client: PartnerTransport
 ) -> None:
     now = [1000.0]
     counts = Counts()
@@ -197,9 +198,7 @@ async def test_breaker_opens_then_a_probe_closes_it(
     assert partner.kinds()["switch"] == 6
 
 
-async def test_a_slow_probe_counts_as_a_failure(
-    partner: Partner, client: httpx.AsyncClient
-) -> None:
+async def test_a_slow_probe_counts_as_a_failure(partner: Partner, client: PartnerTransport) -> None:
     now = [0.0]
     p = rt_partner(31, partner.base + "/switch?u=${DP_UUID}")
     rt = RealtimeCaller(
@@ -235,7 +234,7 @@ def test_parse_answer_refuses_garbage(body: bytes) -> None:
 
 
 async def test_concurrent_partners_are_called_at_once(
-    partner: Partner, client: httpx.AsyncClient
+    partner: Partner, client: PartnerTransport
 ) -> None:
     """Two slow partners cost one budget, not two."""
     rt = caller(
@@ -248,7 +247,7 @@ async def test_concurrent_partners_are_called_at_once(
 
 
 async def test_calls_beyond_max_in_flight_are_shed(
-    partner: Partner, client: httpx.AsyncClient
+    partner: Partner, client: PartnerTransport
 ) -> None:
     """A slow partner's calls go on past the budget; while max_in_flight of them run,
     further ones are not made (they would only queue in the client's pool)."""
@@ -271,7 +270,7 @@ async def test_calls_beyond_max_in_flight_are_shed(
 
 
 async def test_a_shed_call_does_not_take_the_half_open_probe(
-    partner: Partner, client: httpx.AsyncClient
+    partner: Partner, client: PartnerTransport
 ) -> None:
     """While max_in_flight calls still run, the half-open breaker keeps its probe for
     a call that is actually made."""

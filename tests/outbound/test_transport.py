@@ -285,3 +285,28 @@ def test_post_bodies_and_headers_reach_the_partner() -> None:
     assert isinstance(seen, Request)
     assert seen.method == "POST" and seen.query == {"a": ["1"]}
     assert seen.body == b'{"users": []}' and seen.headers["x-signature"] == "sha256=abc"
+
+
+async def test_get_shares_the_pool_and_decodes() -> None:
+    """The real-time calls' lean GET: same keep-alive sockets, gzip decoded, the body cut
+    at limit + 1 bytes (a compressed bomb inflates no further than that)."""
+    bomb = gzip.compress(b"0" * 10_000_000)
+
+    async def reply(head: bytes) -> bytes:
+        if b" /bomb " in head:
+            return ok(bomb, "content-encoding: gzip")
+        return ok(gzip.compress(b'{"segments": ["a"]}'), "content-encoding: gzip")
+
+    pool = PartnerTransport()
+    try:
+        async with RawServer(reply) as server:
+            for _ in range(3):
+                assert await pool.get(server.url + "/rt?u=1", 100) == (200, b'{"segments": ["a"]}')
+            assert server.connections == 1
+            head = server.requests[0].lower()
+            assert head.startswith(b"get /rt?u=1 http/1.1\r\n")
+            assert f"host: {server.url[7:]}\r\n".encode() in head
+            status, body = await pool.get(server.url + "/bomb", 1000)
+            assert status == 200 and body == b"0" * 1001
+    finally:
+        await pool.aclose()
