@@ -14,6 +14,7 @@ from .profiles import History, Profile
 from .rules import SegmentRule, TraitIndex, compile_segment_rule, compile_trait_rule
 
 MIN_KEEP_DAYS: Final = 7  # days kept one by one even when no rule has a window
+IMPORTABLE_CACHE: Final = 10_000  # distinct (data source, trait list) answers kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class Qualifier:
         # d_sid comes from the browser: rule traits, and onboarded ones no partner owns.
         self.direct = frozenset(t.sid for t in traits if t.type == "rule" or t.data_source is None)
         self.sources = {t.sid: t.data_source for t in traits if t.type == "onboarded"}
+        self._importable: dict[tuple[int, tuple[int, ...]], list[int]] = {}
         self.segments: list[tuple[int, SegmentRule]] = [
             (s.sid, compile_segment_rule(s.rule)) for s in segments
         ]
@@ -73,11 +75,17 @@ class Qualifier:
     def importable(self, source: int, sids: Iterable[int]) -> list[int]:
         """The traits a batch file of this data source may realize or remove: the
         onboarded ones that are its own or nobody's."""
-        return [
-            sid
-            for sid in dict.fromkeys(sids)
-            if sid in self.sources and self.sources[sid] in (None, source)
-        ]
+        key = (source, tuple(sids))
+        found = self._importable.get(key)
+        if found is None:
+            found = [
+                sid
+                for sid in dict.fromkeys(key[1])
+                if sid in self.sources and self.sources[sid] in (None, source)
+            ]
+            if len(self._importable) < IMPORTABLE_CACHE:  # a file repeats its trait lists
+                self._importable[key] = found
+        return list(found)
 
     def owned_by(self, source: int, profile: Profile) -> list[int]:
         """The visitor's traits that this data source realized (what .overwrite replaces)."""

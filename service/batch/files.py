@@ -58,6 +58,8 @@ class Line:
 
 def _tokens(text: str) -> list[str]:
     """Split on commas, except inside double quotes ("k"="a,b" is one token)."""
+    if '"' not in text:  # most lines: trait ids only
+        return [t for t in (part.strip() for part in text.split(",")) if t]
     out, start, quoted = [], 0, False
     for i, ch in enumerate(text):
         if ch == '"':

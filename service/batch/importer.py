@@ -140,15 +140,14 @@ class Importer:
     ) -> None:
         day = int(now // 86400)
         uids = list(dict.fromkeys(line.uid for _, line in chunk))
-        owners = await self.store.lookup(name.target, uids, day)
+        records: dict[str, bytes] = {}
+        owners = await self.store.lookup(name.target, uids, day, records)
         matched = [(line, owners[line.uid]) for _, line in chunk if line.uid in owners]
         receipt.no_matching_id += len(chunk) - len(matched)
-        uuids = list(dict.fromkeys(uuid for _, uuid in matched))
+        uuids = list(records)
         states = {
-            uuid: State(raw, parse_profile(raw), record, stored=True)
-            for uuid, (raw, record) in zip(
-                uuids, await self.store.visitor_states(uuids), strict=True
-            )
+            uuid: State(raw, parse_profile(raw), records[uuid], stored=True)
+            for uuid, raw in zip(uuids, await self.store.profiles(uuids), strict=True)
         }
         q = self.qualifier
         for line, uuid in matched:

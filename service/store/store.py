@@ -281,15 +281,12 @@ class Store:
             return unwritten, cast(bytes | None, record)
         return cast(bytes | None, profile) or b"", cast(bytes | None, record)
 
-    async def visitor_states(self, uuids: Sequence[str]) -> list[tuple[bytes, bytes | None]]:
-        """visitor_state of many visitors: one pipeline (batch jobs)."""
+    async def profiles(self, uuids: Sequence[str]) -> list[bytes]:
+        """The stored profiles of many visitors (b"": none): one pipeline (batch jobs,
+        which have their records from lookup already)."""
         s = self.schema
-        slots = []
-        for uuid in uuids:
-            field = uuid16(uuid)
-            slots += [(s.profile_key(uuid), field), (s.visitor_key(uuid), field)]
-        replies = await self._hgets(slots)
-        return [(replies[i] or b"", replies[i + 1]) for i in range(0, len(replies), 2)]
+        replies = await self._hgets([(s.profile_key(uuid), uuid16(uuid)) for uuid in uuids])
+        return [reply or b"" for reply in replies]
 
     async def imported(self, name: str) -> str | None:
         """The sha256 an inbound file of this name was imported with, if it was."""
@@ -342,23 +339,32 @@ class Store:
         """HGET of many (key, field): one pipeline, on the bulk connection if any."""
         return await self._run([("HGET", key, field) for key, field in slots], self.bulk, None)
 
-    async def lookup(self, dpid: int, uids: Sequence[str], today: int) -> dict[str, str]:
-        """Partner uids -> the visitor that last claimed each (unmatched left out)."""
+    async def lookup(
+        self,
+        dpid: int,
+        uids: Sequence[str],
+        today: int,
+        records: dict[str, bytes] | None = None,
+    ) -> dict[str, str]:
+        """Partner uids -> the visitor that last claimed each (unmatched left out).
+        `records` gets the match table records read on the way, by visitor."""
         s = self.schema
         owners = await self._hgets([s.reverse_slot(dpid, uid) for uid in uids])
         claimed = [(uid, o) for uid, o in zip(uids, owners, strict=True) if o]
         if not claimed:
             return {}
-        records = await self._hgets(
+        read = await self._hgets(
             [(s.visitor_key(uuid_from16(owner)), owner) for _, owner in claimed]
         )
         matches: dict[str, str] = {}
-        for (uid, owner), record in zip(claimed, records, strict=True):
+        for (uid, owner), record in zip(claimed, read, strict=True):
             # Verify against the forward entry: guards against hash collisions and
             # against entries that expired but were not swept yet.
             live = self._live(parse_record(record)[1], today) if record else {}
             if dpid in live and live[dpid].uid == uid:
-                matches[uid] = uuid_from16(owner)
+                uuid = matches[uid] = uuid_from16(owner)
+                if records is not None and record:
+                    records[uuid] = record
         return matches
 
     # ------------------------------------------------------------------ retention

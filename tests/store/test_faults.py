@@ -220,5 +220,5 @@ async def test_an_erasure_drops_the_visitors_queued_and_later_writes(
 
 
 async def test_an_empty_batch_of_reads_answers_at_once(store: Store) -> None:
-    assert await store.visitor_states([]) == []
+    assert await store.profiles([]) == []
     assert await store.lookup(7, [], DAY) == {}
