@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import gctune
 from .config import ConfigError, Settings, load_settings
 from .destinations import DestinationRules, Tokens
 from .identity import CookieSigner, today
@@ -264,6 +265,7 @@ def create_app(settings: Settings) -> HotPaths:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
+        gctune.tune()
         if sender is not None:
             sender.start()
         visitor_days = settings.cookies["ttl_days"]

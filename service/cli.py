@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import logs
+from . import gctune, logs
 from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
 from .config import ConfigError, Settings, find_config_path, load_settings
 from .store import EmbeddedValkey
@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     logs.setup()
+    gctune.tune()
     found = find_config_path(args.config, os.environ)
     if found is not None:
         os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
@@ -86,6 +87,7 @@ def serve(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
+    gctune.tune()
     with batch_redis(settings) as url:
         out = Path(args.out) if args.out else None
         return asyncio.run(export_command(settings, url, args.destination, args.mode, out))
@@ -94,6 +96,7 @@ def export(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
+    gctune.tune()
 
     async def run(url: str) -> int:
         stop = asyncio.Event()
@@ -109,6 +112,7 @@ def worker(args: argparse.Namespace) -> int:
 def import_command(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
+    gctune.tune()
     with batch_redis(settings) as url:
         return asyncio.run(
             import_files(settings, url, [Path(f) for f in args.files], force=args.force)
