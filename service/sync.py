@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -47,9 +48,12 @@ class IbsRequest:
     consent: dict[str, str] = field(default_factory=dict)
 
 
+_UID: Final = re.compile(rf"[!-~]{{1,{MAX_UID_BYTES}}}")
+
+
 def valid_uid(uid: str) -> bool:
     """1-256 bytes of printable ASCII, no whitespace."""
-    return 0 < len(uid) <= MAX_UID_BYTES and all("!" <= c <= "~" for c in uid)
+    return _UID.fullmatch(uid) is not None
 
 
 def parse_ibs(

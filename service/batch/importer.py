@@ -10,6 +10,7 @@ it fills: memory stays bounded whatever the file size.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
@@ -29,6 +30,7 @@ from ..web.qualify import Profiles, State
 from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
 
 CHUNK: Final = 2000  # lines per round of lookups and writes
+YIELD_EVERY: Final = 250  # lines applied between two turns of the event loop
 DRAIN_AT: Final = 20_000  # buffered writes: wait for them before reading more
 # Server-to-server data carries no browser's privacy signals: the partner's contract
 # with the customer covers it.
@@ -96,6 +98,7 @@ class Importer:
         receipt.started_at = _now()
         now = time.time() if now is None else now
         overflowed = self.store.overflowed
+        ahead = _ReadAhead(self, name, int(now // 86400))
         with path.open("rb") as raw_fh:
             # raw_fh.tell(): the bytes of the file read so far, for the progress bar
             fh: LineReader = gzip.GzipFile(fileobj=raw_fh) if name.gzip else raw_fh
@@ -117,14 +120,18 @@ class Importer:
                     receipt.records_received += 1
                     chunk.append((number, line))
                     if len(chunk) >= CHUNK:
-                        await self._chunk(chunk, name, receipt, now)
+                        await ahead.push(chunk, receipt, now)
                         chunk = []
                         if progress is not None:
                             progress(receipt, raw_fh.tell())
             except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt gzip
                 receipt.error(receipt.records_received + 1, f"file unreadable: {exc}")
+            except BaseException:
+                ahead.cancel()  # no read left running
+                raise
             if chunk:
-                await self._chunk(chunk, name, receipt, now)
+                await ahead.push(chunk, receipt, now)
+            await ahead.finish(receipt, now)
         await self.store.drain()
         receipt.stored_records = receipt.records_processed - (self.store.overflowed - overflowed)
         await self.store.mark_imported(path.name, sha)
@@ -135,22 +142,38 @@ class Importer:
         beside.write_text(json.dumps(receipt.doc(), indent=2) + "\n")
         return receipt
 
-    async def _chunk(
-        self, chunk: list[tuple[int, Line]], name: InboundName, receipt: Receipt, now: float
-    ) -> None:
-        day = int(now // 86400)
+    async def read(self, chunk: list[tuple[int, Line]], name: InboundName, day: int) -> Read:
+        """The visitors of a chunk's partner uids, and their stored state."""
         uids = list(dict.fromkeys(line.uid for _, line in chunk))
         records: dict[str, bytes] = {}
         owners = await self.store.lookup(name.target, uids, day, records)
-        matched = [(line, owners[line.uid]) for _, line in chunk if line.uid in owners]
-        receipt.no_matching_id += len(chunk) - len(matched)
         uuids = list(records)
+        profiles = await self.store.profiles(uuids)
         states = {
             uuid: State(raw, parse_profile(raw), records[uuid], stored=True)
-            for uuid, raw in zip(uuids, await self.store.profiles(uuids), strict=True)
+            for uuid, raw in zip(uuids, profiles, strict=True)
         }
+        return owners, states
+
+    async def apply(
+        self,
+        chunk: list[tuple[int, Line]],
+        read: Read,
+        name: InboundName,
+        receipt: Receipt,
+        now: float,
+    ) -> None:
+        """Change the profiles as the chunk's lines say. `read` may be older than
+        writes this import made since: a visitor's save then finds its profile
+        changed, and its change is applied again to what is stored (the write buffer's
+        compare-and-set), as for two requests of one visitor."""
+        owners, states = read
+        matched = [(line, owners[line.uid]) for _, line in chunk if line.uid in owners]
+        receipt.no_matching_id += len(chunk) - len(matched)
         q = self.qualifier
-        for line, uuid in matched:
+        for i, (line, uuid) in enumerate(matched):
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the next chunk's read goes on meanwhile
             state = states[uuid]
             realize = q.importable(name.dpid, line.realize)
             if line.signals:
@@ -171,3 +194,42 @@ class Importer:
             receipt.removed_traits += len(gone)
         if self.store.buffered > DRAIN_AT:
             await self.store.drain()
+
+
+Read = tuple[dict[str, str], dict[str, State]]  # partner uid -> visitor, visitor -> state
+
+
+class _ReadAhead:
+    """Chunks applied one behind their reads: while a chunk's lines are applied (CPU
+    in this process), the next chunk's lookups run in Redis."""
+
+    def __init__(self, importer: Importer, name: InboundName, day: int) -> None:
+        self.importer = importer
+        self.name = name
+        self.day = day
+        self.waiting: tuple[list[tuple[int, Line]], asyncio.Task[Read]] | None = None
+
+    async def push(self, chunk: list[tuple[int, Line]], receipt: Receipt, now: float) -> None:
+        """Start reading `chunk`, and apply the one read before it."""
+        task = asyncio.create_task(self.importer.read(chunk, self.name, self.day))
+        before, self.waiting = self.waiting, (chunk, task)
+        await self._apply(before, receipt, now)
+
+    async def finish(self, receipt: Receipt, now: float) -> None:
+        """Apply the chunk read last."""
+        before, self.waiting = self.waiting, None
+        await self._apply(before, receipt, now)
+
+    async def _apply(
+        self,
+        read: tuple[list[tuple[int, Line]], asyncio.Task[Read]] | None,
+        receipt: Receipt,
+        now: float,
+    ) -> None:
+        if read is not None:
+            chunk, task = read
+            await self.importer.apply(chunk, await task, self.name, receipt, now)
+
+    def cancel(self) -> None:
+        if self.waiting is not None and not self.waiting[1].done():
+            self.waiting[1].cancel()
