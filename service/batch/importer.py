@@ -74,6 +74,7 @@ class Importer:
         self.store = store
         self.qualifier = qualifier
         self.profiles = profiles
+        self._last: dict[str, State] = {}  # the visitors of the chunk applied last
 
     async def run(
         self,
@@ -163,11 +164,14 @@ class Importer:
         receipt: Receipt,
         now: float,
     ) -> None:
-        """Change the profiles as the chunk's lines say. `read` may be older than
-        writes this import made since: a visitor's save then finds its profile
-        changed, and its change is applied again to what is stored (the write buffer's
-        compare-and-set), as for two requests of one visitor."""
+        """Change the profiles as the chunk's lines say. `read` may predate the writes
+        of the chunk before: its visitors are taken as that chunk left them (from a
+        stale read, every save of theirs would lose its compare-and-set). A save that
+        still finds the profile changed (another process wrote it) is applied again to
+        what is stored, as for two requests of one visitor."""
         owners, states = read
+        states.update((u, self._last[u]) for u in states.keys() & self._last.keys())
+        self._last = states
         matched = [(line, owners[line.uid]) for _, line in chunk if line.uid in owners]
         receipt.no_matching_id += len(chunk) - len(matched)
         q = self.qualifier

@@ -17,7 +17,7 @@ import pytest
 
 from service.app import Domain
 from service.batch.files import Receipt, parse_line, parse_name
-from service.batch.importer import Importer
+from service.batch.importer import CHUNK, Importer
 from service.batch.run import Bar, running
 from service.config import Settings, parse_settings
 from service.store import Store
@@ -177,6 +177,26 @@ async def test_uids_of_a_target_data_source(
         await Importer(store, domain.qualifier, domain.profiles).run(path)
     ).records_processed == 1
     assert await traits_of(store, v) == {300: 1}
+
+
+async def test_one_visitor_in_consecutive_chunks(
+    job: tuple[Store, Domain, Settings], tmp_path: Path
+) -> None:
+    """A chunk is read while the one before it is applied: a visitor whose lines fall
+    in chunks in a row gets every line's realizations (the next chunk's read may
+    predate this chunk's writes)."""
+    store, domain, _ = job
+    (v, u1), (w, u2) = await mapped(store, 2)
+    filler = [f"{u2}\t301".encode()] * (CHUNK - 1)
+    lines = [f"{u1}\t300".encode(), *filler, f"{u1}\t301".encode(), f"{u1}\t300".encode()]
+    lines += [*filler, f"{u1}\t301".encode()]  # and in the third chunk
+    path = write(tmp_path / f"ftp_dpm_{SOURCE}_1764461000.sync", lines)
+    receipt = await Importer(store, domain.qualifier, domain.profiles).run(path)
+    assert receipt.records_processed == len(lines) and receipt.stored_records == len(lines)
+    assert await traits_of(store, v) == {300: 2, 301: 2}
+    assert await traits_of(store, w) == {301: 2 * (CHUNK - 1)}
+    raw, _ = await store.visitor_state(v)
+    assert parse_profile(raw).segments == {800}
 
 
 def test_names() -> None:
