@@ -15,11 +15,12 @@ from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from urllib.parse import urlsplit
 
 import httpx
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import gctune
+from . import gctune, metrics
 from .config import ConfigError, Settings, load_settings
 from .destinations import DestinationRules, Tokens
 from .identity import CookieSigner, today
@@ -31,11 +32,13 @@ from .outbound.transport import PartnerTransport
 from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
+from .tally import REQUESTS_FIELD, Tally
 from .taxonomy import taxonomy
 from .web.api import Api, ApiKeys
 from .web.chain import ChainEndpoint
 from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
+from .web.dashboard import Dashboard, Stats
 from .web.dest5 import Dest5Endpoint, SyncOffers
 from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ibs import PATH_FORM as IBS_PATH_FORM
@@ -80,6 +83,14 @@ async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval_s)
         store.flush_counts(time.time())
+
+
+async def _stats_forever(stats: Stats, interval_s: float = 60.0) -> None:
+    """The gauges of distinct visitors and mappings stored, for Prometheus."""
+    while True:
+        with contextlib.suppress(RedisError, OSError):  # next round; /readyz says why
+            await stats.get()
+        await asyncio.sleep(interval_s)
 
 
 async def _sweep_forever(
@@ -212,10 +223,15 @@ class HotPaths:
     An exception in a handler is answered 500 by the server, as Starlette would."""
 
     def __init__(
-        self, app: Starlette, hot: dict[str, ASGIApp], prefixed: dict[str, ASGIApp]
+        self,
+        app: Starlette,
+        hot: dict[str, ASGIApp],
+        prefixed: dict[str, ASGIApp],
+        tally: Tally | None = None,
     ) -> None:
         self.app = app
         self.state = app.state
+        self._tally = tally or Tally()  # browser requests, for the dashboard's totals
         self._hot = hot
         self._prefixed = list(prefixed.items())  # /ibs:…, /fire/<token>, /ack/<token>
 
@@ -235,6 +251,7 @@ class HotPaths:
                         handler = candidate
                         break
             if handler is not None:
+                self._tally.add(REQUESTS_FIELD)
                 await handler(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -259,6 +276,12 @@ def create_app(settings: Settings) -> HotPaths:
     )
 
     domain = Domain.build(settings, store)
+    for d in settings.destinations:
+        if d.type == "url" and d.options.get("track") != "none":
+            # At 0 from the start: a destination whose pixels never load must show a
+            # 100 % loss in Prometheus, not a missing series.
+            for counter in ("instructed", "loaded"):
+                metrics.child(metrics.DESTINATIONS, str(d.id), counter)
     qualifier, tokens, loss = domain.qualifier, domain.tokens, domain.loss
     sender, realtime, profiles = domain.sender, domain.realtime, domain.profiles
 
@@ -278,6 +301,7 @@ def create_app(settings: Settings) -> HotPaths:
         )
         access_writer = asyncio.create_task(access.run())
         counter = asyncio.create_task(_flush_counts_forever(store))
+        stats = asyncio.create_task(_stats_forever(dashboard.stats))
         log.info("pixelsync ready", extra={"public_url": settings.public_url})
         try:
             yield
@@ -286,6 +310,7 @@ def create_app(settings: Settings) -> HotPaths:
             access_writer.cancel()
             access.flush()
             counter.cancel()
+            stats.cancel()
             await domain.close(timeout=5.0)
             store.flush_counts(time.time())
             await store.close()
@@ -329,16 +354,19 @@ def create_app(settings: Settings) -> HotPaths:
         FIRE_PREFIX: TrackingEndpoint("fire", store, tokens, loss),
         ACK_PREFIX: TrackingEndpoint("ack", store, tokens, loss),
     }
+    keys = ApiKeys(settings.api_keys)
     api = Api(
         store,
-        ApiKeys(settings.api_keys),
+        keys,
         settings.partners,
         qualifier=qualifier,
         destinations=settings.destinations,
         taxonomy=taxonomy(settings.traits, settings.segments),
     )
+    dashboard = Dashboard(store, api, keys, settings.secret_keys, settings.dashboard)
     routes = [
         *api.routes(),
+        Route("/dashboard", dashboard.show, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -347,7 +375,7 @@ def create_app(settings: Settings) -> HotPaths:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
-    return HotPaths(app, hot, prefixed)
+    return HotPaths(app, hot, prefixed, store.tally)
 
 
 def app_from_env() -> HotPaths:

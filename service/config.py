@@ -90,6 +90,10 @@ def _positive(v: int) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
+def _fraction(v: float) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
 def _non_negative(v: int | float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
@@ -211,6 +215,12 @@ _TABLES: Final[dict[str, dict[str, _Key]]] = {
     "limits": {
         "max_query_bytes": _Key("int", 8192, _positive),
         "max_body_bytes": _Key("int", 32768, _positive),
+    },
+    "dashboard": {
+        # Loss rates above this are highlighted (pixel syncing loses 5-20 % normally).
+        "loss_threshold": _Key("float", 0.2, _fraction),
+        "refresh_s": _Key("int", 60, _positive),
+        "session_hours": _Key("int", 12, _positive),
     },
 }
 
@@ -358,6 +368,7 @@ class Settings:
     realtime: dict[str, Any]
     store: dict[str, Any]
     limits: dict[str, Any]
+    dashboard: dict[str, Any]
     partners: list[Partner] = field(default_factory=list)
     api_keys: list[ApiKey] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)

@@ -85,6 +85,8 @@ def report(
                 if v:
                     totals[n] += v
                     series[-1][n] += v
+        for point in series:
+            point["loss_rate"] = loss_rate(t.kind, t.type, point, t.tracked)
         rate = loss_rate(t.kind, t.type, totals, t.tracked)
         row: dict[str, Any] = {"loss_rate": rate, "series": series}
         if t.kind == "p":
@@ -99,3 +101,21 @@ def report(
                 {"id": t.id, "name": t.name, "type": t.type, **totals, **row, **extra}
             )
     return {"window": window, "destinations": destinations, "partners": partners}
+
+
+RATE_COUNTERS: Final = ("instructed", "completed", "mappings", "lookups_hit", "lookups_miss")
+
+
+def match_rates(
+    totals: Mapping[str, int], partners: Mapping[int, str], realtime: Sequence[str]
+) -> dict[str, Any]:
+    """The /v1/match-rates document from counters summed over its window: per
+    partner (dpid -> name), the sync and lookup counters, completed / instructed, and
+    the real-time call counters (`realtime`, stored as rt_<counter>)."""
+    rows = []
+    for dpid, name in partners.items():
+        c = {k: totals.get(partner_field(dpid, k), 0) for k in RATE_COUNTERS}
+        rate = c["completed"] / c["instructed"] if c["instructed"] else None
+        rt = {k: totals.get(partner_field(dpid, "rt_" + k), 0) for k in realtime}
+        rows.append({"dpid": dpid, "name": name, **c, "match_rate": rate, "realtime": rt})
+    return {"partners": rows}

@@ -71,6 +71,17 @@ WRITE_FAILURES: Final = Counter(
     "Writes Redis refused on their own (not an outage), dropped after retries",
 )
 WRITES: Final = Counter("pixelsync_store_writes_total", "Buffered writes applied", ["op"])
+DISTINCT_VISITORS: Final = Gauge(
+    "pixelsync_distinct_visitors",
+    "Distinct visitors seen on /event per window (1h, 24h, 7d; HyperLogLog estimate)",
+    ["window"],
+    multiprocess_mode="max",
+)
+MAPPINGS_STORED: Final = Gauge(
+    "pixelsync_mappings_stored",
+    "Mappings in the match table (counted in a sample of the reverse buckets)",
+    multiprocess_mode="max",
+)
 REDIS_UP: Final = Gauge(
     "pixelsync_redis_up", "1 when Redis answered the last flush", multiprocess_mode="min"
 )
@@ -80,7 +91,9 @@ __all__ = [
     "BUFFER_OVERFLOW",
     "CONTENT_TYPE_LATEST",
     "DESTINATIONS",
+    "DISTINCT_VISITORS",
     "LATENCY",
+    "MAPPINGS_STORED",
     "REALTIME",
     "REALTIME_BREAKER",
     "REALTIME_LATENCY",

@@ -23,3 +23,6 @@ class Tally:
 
 def partner_field(dpid: int, counter: str) -> str:
     return f"p:{dpid}:{counter}"
+
+
+REQUESTS_FIELD = "t:requests"  # browser requests answered (pixels, syncs, fires)

@@ -206,6 +206,11 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[destinations]] entry 1 (id 1): key 'type': must be a string"],
         ),
         ("server not a table", "server = 5\n", ["[server]: must be a table"]),
+        (
+            "a loss threshold that is no fraction",
+            "[dashboard]\nloss_threshold = 20\n",
+            ["[dashboard]: key 'loss_threshold': must be between 0 and 1 (got 20)"],
+        ),
         ("an empty secret key", "[server]\nsecret_keys = ['']\n", ["empty key"]),
         (
             "realtime url without the partner uid",

@@ -160,8 +160,10 @@ def test_partner_totals_and_rates(counts: dict[str, int], rate: float | None) ->
     )
     assert p["loss_rate"] == (None if rate is None else pytest.approx(rate, abs=1e-6))
     assert len(p["series"]) == 24
-    assert set(p["series"][0]) == {"t", "instructed", "completed"}
+    assert set(p["series"][0]) == {"t", "instructed", "completed", "loss_rate"}
     assert sum(s["instructed"] for s in p["series"]) == p["instructed"]
+    for point in p["series"]:  # each point's rate, worked out as the window's
+        assert point["loss_rate"] == loss_rate("p", "", point)
 
 
 @pytest.mark.parametrize(
@@ -231,6 +233,6 @@ def test_document_shape() -> None:
     common = {"id", "name", "type", *DEST_COUNTERS, "loss_rate", "series"}
     assert set(url) == common | {"ack_loss_rate"}
     assert set(s2s) == common
-    assert set(url["series"][0]) == {"t", *DEST_COUNTERS}
+    assert set(url["series"][0]) == {"t", *DEST_COUNTERS, "loss_rate"}
     (p,) = doc["partners"]
     assert set(p) == {"dpid", "name", "instructed", "completed", "loss_rate", "series"}

@@ -30,6 +30,10 @@ key                    type    fields -> values                               by
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
                                after 8 days (minute = unix seconds // 60)
 ``ps:lock:<job>``      string  owner token, PX expiry (sweeper, batch jobs)   once
+``ps:hll:{hll}:<hour>``  HLL   the uuid16 of visitors seen on /event in that  <=12 KiB
+                               hour (hour = unix seconds // 3600), expires    /hour
+                               after 8 days; one hash tag, so that PFCOUNT
+                               merges a day's or a week's keys on a Cluster
 =====================  ======  =============================================  ===========
 
 One field per visitor holds all of its mappings: one HGET answers "what are this
@@ -70,6 +74,13 @@ ONCE_TTL_S: Final = 86400
 
 def counts_key(minute: int) -> bytes:
     return b"ps:cnt:%d" % minute
+
+
+SEEN_TTL_S: Final = 8 * 86400
+
+
+def seen_key(hour: int) -> bytes:
+    return b"ps:hll:{hll}:%d" % hour
 
 
 def once_key(nonce: bytes) -> bytes:

@@ -113,6 +113,14 @@ if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) en
 return n
 """
 
+# Visitors seen this hour into a HyperLogLog that expires on its own (like COUNT: one
+# command, so that a retried op never leaves the key without its expiry).
+SEEN: Final = b"""
+redis.call('PFADD', KEYS[1], unpack(ARGV, 2))
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 # A whole mapping in one call, where one script may touch two keys (not on a Cluster,
 # whose keys of one visitor and one uid live in different slots): UPSERT on KEYS[1]
 # with ARGV[1..5], then SWAP on KEYS[2] with field ARGV[6] and owner ARGV[7].
@@ -128,7 +136,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, MAP, REPLACE, REREAD, COMMIT, LOCK)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, SEEN, MAP, REPLACE, REREAD, COMMIT, LOCK)
 
 
 class Scripts:

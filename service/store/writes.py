@@ -156,7 +156,29 @@ class Count:
     ttl_s: int
 
 
-Op = Touch | Map | Forward | Reverse | Unlink | Disown | Erase | Count | SaveProfile | Reread | Once
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class Seen:
+    """Add visitors (uuid16) to an hourly HyperLogLog, which expires on its own."""
+
+    key: bytes
+    members: list[bytes]
+    ttl_s: int
+
+
+Op = (
+    Touch
+    | Map
+    | Forward
+    | Reverse
+    | Unlink
+    | Disown
+    | Erase
+    | Count
+    | Seen
+    | SaveProfile
+    | Reread
+    | Once
+)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -403,6 +425,8 @@ class WriteBuffer:
                 b"", varint(op.dpid), b"", op.enc)  # fmt: skip
         elif isinstance(op, Count):
             run(pipe, scripts.COUNT, op.key, op.field.encode(), op.n, op.ttl_s)
+        elif isinstance(op, Seen):
+            run(pipe, scripts.SEEN, op.key, op.ttl_s, *op.members)
         elif isinstance(op, SaveProfile):
             run(pipe, scripts.REPLACE, s.profile_key(op.uuid), uuid16(op.uuid),
                 op.expected, op.new)  # fmt: skip

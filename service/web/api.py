@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from ..config import ApiKey, Destination, Partner
 from ..identity import is_uuid, today
-from ..loss import WINDOWS, Target, minutes, report
+from ..loss import WINDOWS, Target, match_rates, minutes, report
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
 from ..qualification import Qualifier
 from ..store import Store
@@ -30,7 +30,6 @@ from ..tally import partner_field
 
 MAX_LOOKUP: Final = 10_000
 MATCH_RATE_MINUTES: Final = 7 * 1440
-_RATE_COUNTERS: Final = ("instructed", "completed", "mappings", "lookups_hit", "lookups_miss")
 ERASE_TIMEOUT_S: Final = 5.0
 
 
@@ -58,7 +57,19 @@ class ApiKeys:
     def caller(self, request: Request) -> Caller | None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != "bearer":
+            return None
+        return self.by_token(token)
+
+    def named(self, name: str) -> Caller | None:
+        """The key of this name (a dashboard session names its key)."""
+        for _, key in self._keys:
+            if key.name == name:
+                return Caller(key.name, key.partner, frozenset(key.scopes))
+        return None
+
+    def by_token(self, token: str) -> Caller | None:
+        if not token.strip():
             return None
         digest = hashlib.sha256(token.strip().encode()).digest()
         found: ApiKey | None = None
@@ -204,17 +215,11 @@ class Api:
         """Per partner, over the last 7 days of per-minute buckets."""
         now_minute = int(time.time()) // 60
         counts = await self.store.counts(range(now_minute - MATCH_RATE_MINUTES, now_minute + 1))
-        partners = []
-        for dpid, name in self.names.items():
-            if not caller.sees(dpid):
-                continue
-            c = {k: counts.get(partner_field(dpid, k), 0) for k in _RATE_COUNTERS}
-            rate = c["completed"] / c["instructed"] if c["instructed"] else None
-            realtime = {k: counts.get(partner_field(dpid, "rt_" + k), 0) for k in RT_COUNTERS}
-            partners.append(
-                {"dpid": dpid, "name": name, **c, "match_rate": rate, "realtime": realtime}
-            )
-        return JSONResponse({"partners": partners})
+        return JSONResponse(self.match_rates_doc(counts, caller))
+
+    def match_rates_doc(self, counts: dict[str, int], caller: Caller | None = None) -> Any:
+        names = {d: n for d, n in self.names.items() if caller is None or caller.sees(d)}
+        return match_rates(counts, names, RT_COUNTERS)
 
     async def loss(self, request: Request, caller: Caller) -> Response:
         window = request.query_params.get("window", "24h")
@@ -222,15 +227,26 @@ class Api:
             return error(400, "bad_window", "window must be one of " + ", ".join(WINDOWS))
         now_minute = int(time.time()) // 60
         buckets = await self.store.counts_by_minute(minutes(window, now_minute))
+        return JSONResponse(self.loss_doc(window, now_minute, buckets, caller))
+
+    def loss_doc(
+        self,
+        window: str,
+        now_minute: int,
+        buckets: list[dict[str, int]],
+        caller: Caller | None = None,
+    ) -> Any:
         targets = [
             Target("d", d.id, d.name, d.type, d.options.get("track") != "none")
             for d in self.destinations
-            if caller.partner is None or d.partner == caller.partner
+            if caller is None or caller.partner is None or d.partner == caller.partner
         ]
         targets += [
-            Target("p", dpid, name) for dpid, name in self.names.items() if caller.sees(dpid)
+            Target("p", dpid, name)
+            for dpid, name in self.names.items()
+            if caller is None or caller.sees(dpid)
         ]
-        return JSONResponse(report(window, now_minute, buckets, targets))
+        return report(window, now_minute, buckets, targets)
 
     async def taxonomy(self, request: Request, caller: Caller) -> Response:
         return JSONResponse(self.taxonomy_doc)

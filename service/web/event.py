@@ -222,6 +222,7 @@ class EventEndpoint:
             # for it would make a new visitor on every page view.
             return
         assert visitor.uuid is not None
+        self.store.seen(visitor.uuid)
         now = time.time()
         for dpid, uid in req.declared_ids:
             if privacy.partner_allowed(self.gvl_ids[dpid]):

@@ -210,6 +210,26 @@ SPEC: Final[dict[str, Any]] = {
         "/ack/{token}": _pixel(
             "A partner's confirmation of a destination pixel, counted once", [_path("token")]
         ),
+        "/dashboard": {
+            "get": {
+                "summary": "The loss and match-rate page (HTML, admin key): a bearer header, "
+                "or ?token= once, which sets a signed HttpOnly session cookie and redirects",
+                "parameters": [
+                    {
+                        "name": "token",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the page", "content": {"text/html": {}}},
+                    "303": {"description": "?token= accepted: the session cookie is set"},
+                    "401": {"description": "no admin key", "content": {"text/html": {}}},
+                    "503": {"description": "the store is unreachable"},
+                },
+            }
+        },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         "/readyz": {
             "get": {

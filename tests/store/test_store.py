@@ -377,3 +377,27 @@ async def test_sweep_prunes_and_deletes_profiles(small_store: Store) -> None:
     assert sorted(parse_profile((await store.visitor_state(pruned))[0]).traits) == [100]
     assert (await store.visitor_state(gone))[0] == b""
     assert (await store.visitor_state(kept))[0] == _profile(100)
+
+
+async def test_the_dashboard_totals(small_store: Store) -> None:
+    """Mappings stored: every mapping has one reverse entry, counted exactly when the
+    sample covers every bucket and scaled up from the sample otherwise. Distinct
+    visitors: an hourly HyperLogLog, fed once a second by flush_counts()."""
+    store = small_store
+    now = time.time()
+    before, exact = await store.mappings_stored()
+    seen_before = await store.distinct_visitors(24, now)
+    visitors = [visitor() for _ in range(5)]
+    for v in visitors:
+        for dpid in (7, 8):
+            store.put_mapping(v, dpid, uid(), DAY)
+        store.seen(v)
+        store.seen(v)  # twice: still one visitor
+    store.flush_counts(now)
+    await store.drain()
+    after, exact = await store.mappings_stored()
+    assert exact and after - before == 10
+    estimate, exact = await store.mappings_stored(sample=2)  # 2 of the 4 buckets
+    assert not exact and estimate % 2 == 0
+    assert await store.distinct_visitors(24, now) - seen_before == 5
+    assert await store.distinct_visitors(1, now + 3600) == 0  # an hour later: none yet
