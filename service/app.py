@@ -288,7 +288,6 @@ def create_app(settings: Settings) -> HotPaths:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
-        gctune.tune()
         if sender is not None:
             sender.start()
         visitor_days = settings.cookies["ttl_days"]
@@ -380,4 +379,6 @@ def create_app(settings: Settings) -> HotPaths:
 
 def app_from_env() -> HotPaths:
     """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    gctune.tune()  # in each worker, once its app is built
+    return app

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import gctune, logs
+from . import gctune, logs, metrics
 from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
 from .config import ConfigError, Settings, find_config_path, load_settings
 from .store import EmbeddedValkey
@@ -88,6 +88,7 @@ def export(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
     gctune.tune()
+    metrics.not_served()
     with batch_redis(settings) as url:
         out = Path(args.out) if args.out else None
         return asyncio.run(export_command(settings, url, args.destination, args.mode, out))
@@ -97,6 +98,7 @@ def worker(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
     gctune.tune()
+    metrics.not_served()
 
     async def run(url: str) -> int:
         stop = asyncio.Event()
@@ -113,6 +115,7 @@ def import_command(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     logs.setup()
     gctune.tune()
+    metrics.not_served()
     with batch_redis(settings) as url:
         return asyncio.run(
             import_files(settings, url, [Path(f) for f in args.files], force=args.force)

@@ -238,7 +238,10 @@ class PartnerTransport(httpx.AsyncBaseTransport):
         origin = (parts.scheme, parts.hostname, parts.port or _PORTS[parts.scheme])
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rpartition("@")[2]
-        data = _GET % (target.encode("ascii"), host.encode("ascii"))
+        try:
+            data = _GET % (target.encode("ascii"), host.encode("ascii"))
+        except UnicodeError:  # rendered templates are percent-encoded; hosts may not be
+            raise httpx.LocalProtocolError(f"not an ASCII URL: {url!r}") from None
         timeouts = {"connect": timeout, "read": timeout, "pool": timeout}
         conn, (status, _, headers) = await self._exchange(origin, data, True, timeouts)
         encoding = b""

@@ -310,3 +310,11 @@ async def test_get_shares_the_pool_and_decodes() -> None:
             assert status == 200 and body == b"0" * 1001
     finally:
         await pool.aclose()
+
+
+async def test_get_refuses_what_it_cannot_send() -> None:
+    pool = PartnerTransport()
+    for url in ("http://exämple.test/rt", "ftp://partner.test/rt", "http:///rt"):
+        with pytest.raises(httpx.HTTPError):  # counted as the partner's error, not a crash
+            await pool.get(url, 100)
+    assert pool.open == 0
