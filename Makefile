@@ -33,6 +33,11 @@ bench: $(VENV)/.installed
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk \
 	    || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk; }; \
 	} || echo 'make bench: could not install wrk (apt-get install wrk)'
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+	    SUDO=; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nginx-light \
+	    || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nginx-light; }; \
+	} || echo 'make bench: no nginx (apt-get install nginx-light): its ceiling is left out'
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean:

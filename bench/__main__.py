@@ -29,6 +29,7 @@ from service.store import EmbeddedValkey
 from .batch import run_batch
 from .load import (
     CEILING,
+    LOOKUP_UIDS,
     SCENARIOS,
     STARLETTE_CEILING,
     BenchError,
@@ -58,6 +59,11 @@ TARGET_RATIOS: Final = {
 TARGET_PACED_P99_MS: Final = 10.0  # ibs_cookie at half its rate (issue 3)
 TARGET_RT_ADDED_P99_MS: Final = 10.0  # the partners' 5 ms + 5 ms (issue 5)
 TARGET_BYTES: Final = 100  # SPEC §14, per mapping with 36-character partner uids
+# Issue 8, at 1 worker: against the raw ASGI GIF of the same server, and against nginx.
+TARGET_BARE: Final = {"ibs_cookie": 0.6, "event_gif_cookie": 0.7}
+TARGET_NGINX: Final = {"ibs_cookie": 0.15}
+TARGET_SCALING: Final = 1.6  # 2 workers / 1 worker
+SCALED: Final = ("bare_gif", "event_gif_cookie", "ibs_cookie", "event_qualify")
 
 
 def _progress(line: str) -> None:
@@ -223,7 +229,56 @@ def _http_markdown(section: dict[str, Any]) -> list[str]:
             f"{on['target_rps']:,.0f} rps: p50 {p50:+.2f} ms, p99 {p99:+.2f} ms; target p99 "
             f"≤ {TARGET_RT_ADDED_P99_MS:.0f} ms ({met})."
         )
-    return lines + notes
+    return lines + _issue8_lines(section) + notes
+
+
+def _issue8_lines(section: dict[str, Any]) -> list[str]:
+    lines = []
+    for scenario, target in TARGET_BARE.items():
+        row = _row(section, scenario)
+        if row is not None and row.get("ratio_to_bare") is not None:
+            met = "met" if row["ratio_to_bare"] >= target else "NOT met"
+            lines.append(
+                f"- Target (issue 8): {scenario} at 1 worker ≥ {target:.1f}x {CEILING}: "
+                f"{row['ratio_to_bare']:.2f}x ({met})."
+            )
+    nginx = _row(section, "nginx_userid")
+    if nginx is None:
+        lines.append("- nginx is not installed: no empty_gif + userid ceiling in this run.")
+    else:
+        for scenario, target in TARGET_NGINX.items():
+            row = _row(section, scenario)
+            if row is not None:
+                ratio = row["rps_median"] / nginx["rps_median"]
+                met = "met" if ratio >= target else "NOT met"
+                lines.append(
+                    f"- Target (issue 8): {scenario} at 1 worker ≥ {target:.2f}x nginx empty_gif "
+                    f"+ userid ({nginx['rps_median']:,.0f} rps): {ratio:.3f}x ({met})."
+                )
+    scaling = []
+    for scenario in SCALED:
+        one, two = _row(section, scenario), _row(section, scenario, 2)
+        if one is not None and two is not None and one["rps_median"]:
+            scaling.append(f"{scenario} {two['rps_median'] / one['rps_median']:.2f}x")
+    if scaling:
+        cores = os.cpu_count() or 1
+        lines.append(
+            f"- 2 workers / 1 worker (issue 8 target ≥ {TARGET_SCALING}x when wrk has a core "
+            f"of its own): {', '.join(scaling)}."
+            + (
+                f" This machine has {cores} cores for wrk, the servers and Valkey together: "
+                "it cannot show the target."
+                if cores < 4
+                else ""
+            )
+        )
+    lookup = _row(section, "v1_lookup")
+    if lookup is not None:
+        lines.append(
+            f"- v1_lookup: {LOOKUP_UIDS} partner uids per POST: "
+            f"{lookup['rps_median'] * LOOKUP_UIDS:,.0f} uids/s at 1 worker."
+        )
+    return lines
 
 
 def _memory_markdown(section: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ is under load at a time; the idle one costs nothing.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import json
 import os
@@ -48,6 +49,11 @@ WRK_MISSING: Final = (
 
 
 BENCH_DPID: Final = 1000
+LOOKUP_UIDS: Final = 100
+BENCH_ADMIN: Final = "bench-admin-not-a-secret"
+NGINX: Final = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class Scenario:
     lua: str = ""  # a wrk script that makes each request (e.g. a new partner uid each)
     visitors: int = 0  # >0: each request sends the cookie of one of this many visitors
     syncs: tuple[int, ...] = ()  # dpids each of those visitors is mapped to beforehand
+    lookup: int = 0  # >0: POST the /v1 bulk lookup of the `visitors`' uids at this dpid
 
 
 # /event with 100 rule traits and 50 segments configured; the signals match 5 traits
@@ -109,6 +116,21 @@ SCENARIOS: Final = (
     # and for visitors mapped to two partners without real-time calls.
     _mapped_visitors("event_rt_off", "/event?c_page=home", 200, (2001, 2002), "pixelsync"),
     _mapped_visitors("event_realtime", "/event?c_page=home", 200, (2001, 2002), "realtime"),
+    # nginx's empty_gif with its userid module: the issue 8 ceiling for a cookie-setting
+    # pixel (the same request as bare_gif; nginx sets its own uid cookie).
+    Scenario("nginx_userid", "nginx", "/event?c_section=sports&c_price=12", True, "gif"),
+    # The sync iframe of a returning visitor (its due partner syncs, as images).
+    Scenario("dest5_html", "pixelsync", "/dest5.html", True, "html"),
+    # The match-table API: 100 partner uids per POST, all of mapped visitors.
+    Scenario(
+        "v1_lookup",
+        "pixelsync",
+        "/v1/partners/2001/lookup",
+        False,
+        "json",
+        visitors=LOOKUP_UIDS,
+        lookup=2001,
+    ),
     Scenario(
         "event_qualify",
         "pixelsync",
@@ -167,11 +189,11 @@ class HttpOptions:
     def chosen(self) -> list[Scenario]:
         """The scenarios to run: those asked for, the ceilings, and the scenarios whose
         rate a paced one asked for is a fraction of."""
-        if not self.only:
-            return list(SCENARIOS)
-        wanted = {CEILING, STARLETTE_CEILING, *self.only}
-        wanted |= {PACED[name][1] for name in self.only if name in PACED}
-        return [s for s in SCENARIOS if s.name in wanted]
+        wanted = {s.name for s in SCENARIOS}
+        if self.only:
+            wanted = {CEILING, STARLETTE_CEILING, *self.only}
+            wanted |= {PACED[name][1] for name in self.only if name in PACED}
+        return [s for s in SCENARIOS if s.name in wanted and (s.server != "nginx" or NGINX)]
 
 
 @dataclass(frozen=True)
@@ -290,11 +312,12 @@ def _kill_group(pgid: int, sig: int) -> None:
 
 
 def _get(
-    port: int, path: str, headers: dict[str, str], timeout_s: float
+    port: int, path: str, headers: dict[str, str], timeout_s: float, body: bytes | None = None
 ) -> tuple[http.client.HTTPResponse, bytes]:
+    """GET, or POST when there is a body."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout_s)
     try:
-        conn.request("GET", path, headers=headers)
+        conn.request("GET" if body is None else "POST", path, body=body, headers=headers)
         response = conn.getresponse()
         return response, response.read()
     finally:
@@ -413,6 +436,28 @@ def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str
     ]  # fmt: skip
 
 
+def _nginx_argv(port: int, workers: int, workdir: Path) -> list[str]:
+    """nginx serving empty_gif with userid on, its files in `workdir`/nginx."""
+    root = workdir / "nginx"
+    root.mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    temp = "".join(
+        f"  {kind}_temp_path {root / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf.write_text(
+        f"worker_processes {workers};\ndaemon off;\npid {root / 'nginx.pid'};\n"
+        "error_log stderr warn;\nevents { worker_connections 1024; }\n"
+        "http {\n  access_log off;\n" + temp + "  server {\n"
+        f"    listen {HOST}:{port};\n"
+        "    location = /healthz { return 200; }\n"
+        "    location / { userid on; userid_name uid; userid_expires 365d; "
+        "userid_path /; empty_gif; }\n"
+        "  }\n}\n"
+    )
+    return [str(NGINX), "-p", str(root), "-c", str(conf)]
+
+
 def realtime_config(partner_port: int | None) -> str:
     """Partners 2001 and 2002; with a port, they are real-time partners answering at
     bench.partner (no cache: every /event calls them; no breaker: a
@@ -441,6 +486,10 @@ def _pixelsync_argv(
         "[server]\n"
         f"data_dir = {json.dumps(str(data_dir))}\n"
         'secret_keys = ["bench-only-not-a-secret"]\n'
+        "[[api_keys]]\n"
+        'name = "bench"\n'
+        f'sha256 = "{hashlib.sha256(BENCH_ADMIN.encode()).hexdigest()}"\n'
+        'scopes = ["admin"]\n'
         f'[[partners]]\ndpid = {BENCH_DPID}\nname = "bench-partner"\n'
         + realtime_config(partner_port)
         + qualify_config()
@@ -490,9 +539,27 @@ def _uuid_of(cookie: str) -> str:
     return cookie.split("=", 1)[1].split(".", 1)[0]
 
 
-def _check(scenario: Scenario, port: int, headers: dict[str, str]) -> None:
+_LOOKUP_HEADERS: Final = {
+    "Content-Type": "application/json",
+    "Authorization": f"Bearer {BENCH_ADMIN}",
+}
+
+
+def _lookup_body(scenario: Scenario, port: int) -> bytes:
+    """{"dpuuids": [...]}: the uids of `visitors` new visitors mapped to the partner."""
+    uids = []
+    for _ in range(scenario.visitors):
+        cookie = visitor_cookie(port)
+        map_visitor(port, cookie, (scenario.lookup,))
+        uids.append(f"bench-{scenario.lookup}-{_uuid_of(cookie)[:12]}")
+    return json.dumps({"dpuuids": uids}).encode()
+
+
+def _check(
+    scenario: Scenario, port: int, headers: dict[str, str], request_body: bytes | None = None
+) -> None:
     """One request by hand: the load must be the request the scenario means to measure."""
-    response, body = _get(port, scenario.path, headers, PROBE_TIMEOUT_S)
+    response, body = _get(port, scenario.path, headers, PROBE_TIMEOUT_S, request_body)
     problem = ""
     content_type = response.getheader("content-type", "")
     if response.status != 200:
@@ -501,6 +568,15 @@ def _check(scenario: Scenario, port: int, headers: dict[str, str]) -> None:
         problem = f"not the 43-byte GIF ({content_type}, {len(body)} bytes)"
     elif scenario.answer == "json" and not content_type.startswith("application/json"):
         problem = f"not JSON ({content_type})"
+    elif scenario.answer == "html" and not content_type.startswith("text/html"):
+        problem = f"not HTML ({content_type})"
+    elif scenario.lookup:
+        found = len(json.loads(body).get("matches", {}))
+        if found != scenario.visitors:
+            problem = f"{found} of {scenario.visitors} uids matched"
+    elif scenario.server == "nginx":
+        if not response.getheader("set-cookie", "").startswith("uid="):
+            problem = "no userid cookie"
     elif scenario.server in ("pixelsync", "realtime"):
         set_cookie = response.getheader("set-cookie", "")
         answered = _uuid_of(set_cookie.split(";", 1)[0]) if "=" in set_cookie else ""
@@ -537,7 +613,7 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        names = ("bare", "starlette", "rtpartner", "pixelsync", "realtime")
+        names = ("bare", "starlette", "nginx", "rtpartner", "pixelsync", "realtime")
         ports = {name: free_port() for name in names}
         argvs = {
             "bare": _bare_argv(ports["bare"], workers),
@@ -548,6 +624,8 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                 ports["realtime"], workers, workdir, ports["rtpartner"], "realtime"
             ),
         }
+        if NGINX:
+            argvs["nginx"] = _nginx_argv(ports["nginx"], workers, workdir)
         for name, argv in argvs.items():
             server = Server(name, argv, ports[name], workdir / f"{name}.log")
             stack.enter_context(running(server, progress))
@@ -556,7 +634,8 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         scenarios = options.chosen()
         for scenario in scenarios:
             headers = {"Cookie": cookie} if scenario.cookie else {}
-            _check(scenario, ports[scenario.server], headers)
+            if not scenario.lookup:  # checked with its body below
+                _check(scenario, ports[scenario.server], headers)
             url = f"http://{HOST}:{ports[scenario.server]}{scenario.path}"
             script = None
             if scenario.lua:
@@ -567,6 +646,15 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
                     map_visitor(port, cookie_, scenario.syncs)
                 table = ",\n".join(json.dumps(c) for c in cookies)
                 script.write_text(f"cookies = {{\n{table}\n}}\n" + scenario.lua)
+            elif scenario.lookup:
+                script = workdir / f"{scenario.name}.lua"
+                body = _lookup_body(scenario, ports[scenario.server])
+                _check(scenario, ports[scenario.server], _LOOKUP_HEADERS, body)
+                script.write_text(
+                    'wrk.method = "POST"\n'
+                    f"wrk.body = {json.dumps(body.decode())}\n"
+                    + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in _LOOKUP_HEADERS.items())
+                )
             requests[scenario.name] = (url, [f"{k}: {v}" for k, v in headers.items()], script)
         for scenario in scenarios:
             url, header_lines, script = requests[scenario.name]
