@@ -382,9 +382,20 @@ class WriteBuffer:
         not_applied: list[Op] = []
         cleanups: list[Op] = []
         trouble: BaseException | None = None
+        redone: dict[str, int] = {}  # visitor -> its redone SaveProfile in cleanups
         for op, result in zip(ops, results, strict=True):
             if not isinstance(result, BaseException):
-                cleanups += self._after(op, result)
+                follow: list[Op] = []
+                if isinstance(op, Reread):
+                    at = redone.get(op.save.uuid)
+                    if at is not None and self._chain(cleanups, at, op.save, result):
+                        continue
+                    follow = self._after(op, result)
+                    if follow:  # its SaveProfile
+                        redone[op.save.uuid] = len(cleanups)
+                else:
+                    follow = self._after(op, result)
+                cleanups += follow
             elif isinstance(result, NoScriptError):
                 self.scripts.forget()
                 not_applied.append(op)
@@ -488,6 +499,35 @@ class WriteBuffer:
         if save.uuid in self.unwritten_profiles:
             self.unwritten_profiles[save.uuid] = new
         return [SaveProfile(save.uuid, current, new, save.redo, save.attempt + 1)]
+
+    def _chain(self, cleanups: list[Op], at: int, later: SaveProfile, read: Any) -> bool:
+        """A second change of one visitor redone in the same batch as a first (a burst
+        of its requests lost their compare-and-set together): applied on top of the
+        first, in one save. Redone apart, each round would let only one of them win and
+        the rest would run out of attempts. False: redo it on its own."""
+        earlier = cleanups[at]
+        profile, record = cast(list[bytes | None], read)
+        if not isinstance(earlier, SaveProfile) or earlier.expected != (profile or b""):
+            return False  # not redone, or read around another write
+        if self._for_erased(later):
+            return True
+        try:
+            new = later.redo(earlier.new, record)
+        except Exception as exc:  # a domain bug must not stop the writer
+            self.failed += 1
+            metrics.WRITE_FAILURES.inc()
+            log.error("profile redo failed", extra={"uuid": later.uuid, "error": repr(exc)})
+            return True
+        first, second = earlier.redo, later.redo
+
+        def both(current: bytes, record: bytes | None) -> bytes:
+            return second(first(current, record), record)
+
+        attempt = max(earlier.attempt, later.attempt + 1)
+        cleanups[at] = SaveProfile(earlier.uuid, earlier.expected, new, both, attempt)
+        if earlier.uuid in self.unwritten_profiles:
+            self.unwritten_profiles[earlier.uuid] = new
+        return True
 
     def _replaced(self, op: Forward | Map, old: bytes | None) -> list[Op]:
         self._written["mapping"].inc()

@@ -350,6 +350,24 @@ async def test_profiles_are_compare_and_set_and_redone(store: Store) -> None:
     assert store.writes.unwritten_profiles == {}
 
 
+async def test_a_burst_of_one_visitors_requests_loses_no_change(store: Store) -> None:
+    """30 requests of one visitor read the same profile and save at once: every
+    compare-and-set but the first fails, and the changes redone in one batch are
+    chained into one save (one at a time, most would run out of attempts)."""
+    v = visitor()
+    base = _profile(100)
+    store.save_profile(v, b"", base, _add(100))
+    await store.drain()
+    for sid in range(200, 230):
+        p = parse_profile(base)
+        p.realize(sid, DAY)
+        store.save_profile(v, base, pack_profile(p), _add(sid))
+    await store.drain()
+    raw, _ = await store.visitor_state(v)
+    assert sorted(parse_profile(raw).traits) == [100, *range(200, 230)]
+    assert store.writes.failed == 0 and store.writes.unwritten_profiles == {}
+
+
 async def test_erasure_deletes_the_profile_too(store: Store) -> None:
     v = visitor()
     store.save_profile(v, b"", _profile(100), _add(100))
