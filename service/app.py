@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import gctune, metrics
 from .config import ConfigError, Settings, load_settings
@@ -28,7 +30,7 @@ from .logs import AccessLog
 from .macros import Template
 from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
 from .outbound.s2s import S2SDestination, S2SSender
-from .outbound.transport import PartnerTransport
+from .outbound.transport import ClientGetter, PartnerTransport, proxied
 from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
@@ -128,14 +130,21 @@ class Domain:
         tokens = Tokens(settings.secret_keys, settings.public_url)
         loss = loss_counters(store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
-        pool = PartnerTransport(max_connections=32, max_keepalive=32)  # keep-alive, bounded
-        partner_http = httpx.AsyncClient(
-            transport=pool,
-            follow_redirects=False,
-            # One client serves every visitor: a partner's Set-Cookie must not be kept
-            # and sent along with the next visitor's call.
-            cookies=CookieJar(policy=_NO_COOKIES),
-        )
+        # One client for every partner call, keep-alive and bounded. A visitor's call
+        # must not carry a cookie a partner set for another: no cookie is kept.
+        getter: PartnerTransport | ClientGetter
+        if proxied(os.environ):  # the pool speaks no proxy: httpx's transport does
+            partner_http = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                follow_redirects=False,
+                cookies=CookieJar(policy=_NO_COOKIES),
+            )
+            getter = ClientGetter(partner_http)
+        else:
+            getter = PartnerTransport(max_connections=32, max_keepalive=32)
+            partner_http = httpx.AsyncClient(
+                transport=getter, follow_redirects=False, cookies=CookieJar(policy=_NO_COOKIES)
+            )
         sender = (
             S2SSender(
                 s2s_destinations,
@@ -153,7 +162,7 @@ class Domain:
                 for p in settings.partners
                 if p.realtime_url
             ],
-            pool,
+            getter,
             realtime_counters(store.tally).count,
             RealtimeSettings(
                 budget_s=rt["budget_ms"] / 1000,
@@ -362,7 +371,9 @@ def create_app(settings: Settings) -> HotPaths:
         destinations=settings.destinations,
         taxonomy=taxonomy(settings.traits, settings.segments),
     )
-    dashboard = Dashboard(store, api, keys, settings.secret_keys, settings.dashboard)
+    dashboard = Dashboard(
+        store, api, keys, settings.secret_keys, settings.dashboard, settings.public_url
+    )
     routes = [
         *api.routes(),
         Route("/dashboard", dashboard.show, methods=["GET", "HEAD"]),
@@ -377,8 +388,13 @@ def create_app(settings: Settings) -> HotPaths:
     return HotPaths(app, hot, prefixed, store.tally)
 
 
-def app_from_env() -> HotPaths:
+def app_from_env() -> ASGIApp:
     """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
-    app = create_app(load_settings())
+    settings = load_settings()
+    app: ASGIApp = create_app(settings)
+    trusted = settings.server["trusted_proxies"]
+    if os.environ.get("PIXELSYNC_SERVER") == "granian" and trusted:
+        # uvicorn does this itself (proxy_headers, forwarded_allow_ips); granian does not.
+        app = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted))
     gctune.tune()  # in each worker, once its app is built
     return app

@@ -37,14 +37,13 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = _load(args.config)
     logs.setup()
     gctune.tune()
     found = find_config_path(args.config, os.environ)
     if found is not None:
         os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
+    os.environ["PIXELSYNC_SERVER"] = args.server  # app_from_env adapts to it
     embedded: EmbeddedValkey | None = None
     if not settings.redis_url:
         # One embedded server for all workers, owned by this (parent) process; its
@@ -59,29 +58,71 @@ def serve(args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the
     # handler it found installed: this one, so that the embedded Valkey is stopped
-    # and the exit code is 0.
+    # and the exit code is 0. granian handles SIGTERM itself and returns.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
-        uvicorn.run(
-            "service.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            access_log=False,
-            # X-Forwarded-For/-Proto are believed from the configured proxies only.
-            proxy_headers=bool(settings.server["trusted_proxies"]),
-            forwarded_allow_ips=settings.server["trusted_proxies"] or None,
-            log_config=None,
-            server_header=False,
-            timeout_graceful_shutdown=10,
-            lifespan="on",
-        )
+        if args.server == "granian":
+            _granian(args)
+        else:
+            _uvicorn(args, settings)
     finally:
         if embedded is not None:
             url_file(settings).unlink(missing_ok=True)
             embedded.stop()
     return 0
+
+
+def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        # X-Forwarded-For/-Proto are believed from the configured proxies only.
+        proxy_headers=bool(settings.server["trusted_proxies"]),
+        forwarded_allow_ips=settings.server["trusted_proxies"] or None,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+
+
+def _granian(args: argparse.Namespace) -> None:
+    """granian (a Rust HTTP server): its workers build the app with app_from_env, which
+    adds uvicorn's proxy-headers middleware for the trusted proxies."""
+    import multiprocessing
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    # Workers started afresh, as uvicorn's are: forked ones would keep this process's
+    # prometheus_client, set up before PROMETHEUS_MULTIPROC_DIR was.
+    multiprocessing.set_start_method("spawn", force=True)
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = Loops.uvloop
+    except ImportError:
+        loop = Loops.asyncio
+    Granian(
+        "service.app:app_from_env",
+        factory=True,
+        address=args.host,
+        port=args.port,
+        interface=Interfaces.ASGI,
+        workers=args.workers,
+        loop=loop,
+        websockets=False,
+        log_dictconfig=logs.DICT_CONFIG,
+        workers_kill_timeout=10,
+        respawn_failed_workers=True,
+    ).serve()
 
 
 def export(args: argparse.Namespace) -> int:
@@ -131,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        default="uvicorn",
+        help="the HTTP server (bench/README.md compares them) [uvicorn]",
+    )
     p.set_defaults(run=serve)
 
     p = sub.add_parser("import", help="import inbound batch files (SPEC §9)")

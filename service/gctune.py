@@ -15,7 +15,7 @@ from typing import Final
 
 GEN0: Final = 50_000
 GEN1: Final = 20
-GEN2: Final = 100
+GEN2: Final = 10  # the default: full collections as often as before, in collections
 
 
 def tune() -> None:

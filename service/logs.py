@@ -42,6 +42,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+# The same JSON lines, as a logging.config dictionary (for granian's workers).
+DICT_CONFIG: Final = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "service.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "_granian": {"level": "WARNING"},
+        "granian.access": {"level": "WARNING"},
+    },
+}
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())

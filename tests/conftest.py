@@ -121,6 +121,7 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     wait: bool = True,
     port: int | None = None,
+    server: str | None = None,
 ) -> Service:
     tmp.mkdir(parents=True, exist_ok=True)
     data_dir = tmp / "data"
@@ -137,7 +138,9 @@ def start_service(
     env.update(extra_env or {})
     log_path = tmp / f"service-{port}.log"
     cmd = [sys.executable, "-m", "service", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--workers", str(workers)]
+    # PIXELSYNC_TEST_SERVER=granian runs the whole suite on the other server.
+    server = server or os.environ.get("PIXELSYNC_TEST_SERVER", "uvicorn")
+    cmd += ["--port", str(port), "--workers", str(workers), "--server", server]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

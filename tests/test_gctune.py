@@ -15,7 +15,7 @@ def test_tune_freezes_what_is_alive_and_collects_less_often() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()
-    assert out == "(50000, 20, 100) True"
+    assert out == "(50000, 20, 10) True"
 
 
 def test_serve_workers_are_tuned() -> None:
@@ -27,4 +27,4 @@ def test_serve_workers_are_tuned() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout.strip()
-    assert out == "(50000, 20, 100)"
+    assert out == "(50000, 20, 10)"

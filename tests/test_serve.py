@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import start_service
 from tests.test_persistence import embedded_url
 
 
-def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path) -> None:
-    svc = start_service(tmp_path, "", redis_url=None, workers=2)
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path, server: str) -> None:
+    svc = start_service(tmp_path, "", redis_url=None, workers=2, server=server)
     try:
         port = int(embedded_url(svc).rsplit(":", 1)[1].split("/")[0])
         with httpx.Client(base_url=svc.url, timeout=10) as http:
@@ -28,3 +31,44 @@ def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path) -> None:
         assert svc.stop() == 0, svc.log()
     with socket.socket() as probe:  # the embedded Valkey stopped with the service
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+ADMIN = "serve-admin-token"
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "granian"])
+def test_each_server_answers_alike(tmp_path: Path, redis_url: str, server: str) -> None:
+    """The same answers whichever server runs the app: the GIF and its headers, the
+    visitor cookie, and X-Forwarded-Proto believed from a trusted proxy only (the
+    dashboard's session cookie is Secure behind HTTPS)."""
+    config = f"""
+[server]
+data_dir = "data"
+trusted_proxies = ["127.0.0.1"]
+
+[[api_keys]]
+name = "admin"
+sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
+scopes = ["admin"]
+"""
+    svc = start_service(tmp_path, config, redis_url=redis_url, server=server)
+    try:
+        with httpx.Client(base_url=svc.url, timeout=10) as http:
+            gif = http.get("/event?c_section=sports")
+            assert gif.status_code == 200 and gif.headers["content-type"] == "image/gif"
+            assert len(gif.content) == 43
+            # uvicorn is told not to name itself; granian always does.
+            assert gif.headers.get("server") == (None if server == "uvicorn" else "granian")
+            assert gif.headers["set-cookie"].startswith("uuid=")
+            cookie = gif.headers["set-cookie"].split(";", 1)[0]
+            again = http.get("/event?d_rtbd=json", headers={"cookie": cookie})
+            assert again.json()["uuid"] == cookie.split("=", 1)[1].split(".", 1)[0]
+            plain = http.get(f"/dashboard?token={ADMIN}")
+            behind_tls = http.get(
+                f"/dashboard?token={ADMIN}", headers={"x-forwarded-proto": "https"}
+            )
+            assert plain.status_code == behind_tls.status_code == 303
+            assert "secure" not in plain.headers["set-cookie"].lower()
+            assert "secure" in behind_tls.headers["set-cookie"].lower()
+    finally:
+        assert svc.stop() == 0, svc.log()

@@ -11,6 +11,7 @@ it fills: memory stays bounded whatever the file size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import json
@@ -69,6 +70,16 @@ def _lines(fh: LineReader) -> Iterator[tuple[int, bytes | None]]:
         yield number, raw.rstrip(b"\r\n")
 
 
+def _readable_lines(fh: LineReader, receipt: Receipt) -> Iterator[tuple[int, bytes | None]]:
+    """_lines, ending with an error in the receipt where the file cannot be read further
+    (a truncated or corrupt gzip). Only reading errors: what the loop over the lines
+    raises (Redis unreachable) stops the import."""
+    try:
+        yield from _lines(fh)
+    except (OSError, EOFError, zlib.error) as exc:
+        receipt.error(receipt.records_received + 1, f"file unreadable: {exc}")
+
+
 class Importer:
     def __init__(self, store: Store, qualifier: Qualifier, profiles: Profiles) -> None:
         self.store = store
@@ -99,13 +110,14 @@ class Importer:
         receipt.started_at = _now()
         now = time.time() if now is None else now
         overflowed = self.store.overflowed
+        self._last = {}  # what an earlier file left is no newer than a fresh read
         ahead = _ReadAhead(self, name, int(now // 86400))
-        with path.open("rb") as raw_fh:
-            # raw_fh.tell(): the bytes of the file read so far, for the progress bar
-            fh: LineReader = gzip.GzipFile(fileobj=raw_fh) if name.gzip else raw_fh
-            chunk: list[tuple[int, Line]] = []
-            try:
-                for number, raw in _lines(fh):
+        try:
+            with path.open("rb") as raw_fh:
+                # raw_fh.tell(): the bytes of the file read so far, for the progress bar
+                fh: LineReader = gzip.GzipFile(fileobj=raw_fh) if name.gzip else raw_fh
+                chunk: list[tuple[int, Line]] = []
+                for number, raw in _readable_lines(fh, receipt):
                     if raw is None:
                         receipt.records_received += 1
                         receipt.error(number, f"line longer than {MAX_LINE_BYTES // 1024} KiB")
@@ -121,18 +133,15 @@ class Importer:
                     receipt.records_received += 1
                     chunk.append((number, line))
                     if len(chunk) >= CHUNK:
-                        await ahead.push(chunk, receipt, now)
-                        chunk = []
+                        full, chunk = chunk, []
+                        await ahead.push(full, receipt, now)
                         if progress is not None:
                             progress(receipt, raw_fh.tell())
-            except (OSError, EOFError, zlib.error) as exc:  # a truncated or corrupt gzip
-                receipt.error(receipt.records_received + 1, f"file unreadable: {exc}")
-            except BaseException:
-                ahead.cancel()  # no read left running
-                raise
-            if chunk:
-                await ahead.push(chunk, receipt, now)
-            await ahead.finish(receipt, now)
+                if chunk:
+                    await ahead.push(chunk, receipt, now)
+                await ahead.finish(receipt, now)
+        finally:
+            await ahead.cancel()  # after an error: no read left running
         await self.store.drain()
         receipt.stored_records = receipt.records_processed - (self.store.overflowed - overflowed)
         await self.store.mark_imported(path.name, sha)
@@ -234,6 +243,10 @@ class _ReadAhead:
             chunk, task = read
             await self.importer.apply(chunk, await task, self.name, receipt, now)
 
-    def cancel(self) -> None:
-        if self.waiting is not None and not self.waiting[1].done():
-            self.waiting[1].cancel()
+    async def cancel(self) -> None:
+        if self.waiting is not None:
+            task = self.waiting[1]
+            self.waiting = None
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task

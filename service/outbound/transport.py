@@ -10,8 +10,8 @@ by httptools (llhttp, the parser uvicorn serves with) and streamed to httpx, whi
 still decodes the content encoding and applies its own API.
 
 Scope: what partners need. HTTP/1.1 over TCP or TLS, one request at a time per
-connection, request bodies read whole (the s2s batches), no proxies (httpx mounts its
-own transport for environment proxies), no HTTP/2 and no upgrades."""
+connection, request bodies read whole (the s2s batches), no HTTP/2, no upgrades and no
+proxies: with HTTP(S)_PROXY set, app.py keeps httpx's own transport (and ClientGetter)."""
 
 from __future__ import annotations
 
@@ -83,19 +83,29 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("server disconnected"))
 
     # --- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same bytes: nobody asked for it
+            self.trailing = True
+
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        if not self.complete:
+            self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self.complete:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         self.headers_done = True
         names = {name.lower() for name, _ in self._headers}
         self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -105,12 +115,22 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
+        if self.complete:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: the answer proper comes next.
+            self._reason, self._headers, self.headers_done = b"", [], False
+            return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
         self._wake()
 
     # --- used by the transport
     def send(self, data: bytes) -> None:
+        if self._paused and self.transport is not None:  # a body left unread before
+            self._paused = False
+            self.transport.resume_reading()
         self._parser = httptools.HttpResponseParser(self)
         self._reason, self._headers, self._chunks, self._buffered = b"", [], [], 0
         self.headers_done = self.complete = self.keep_alive = False
@@ -139,7 +159,12 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not (self.closed or self.trailing)
+        return (
+            self.complete
+            and self.keep_alive
+            and self.lost is None
+            and not (self.closed or self.trailing)
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -320,9 +345,12 @@ class PartnerTransport(httpx.AsyncBaseTransport):
                     self._waiters.append(waiter)
                     try:
                         await waiter
-                    finally:
+                    except BaseException:
                         if waiter in self._waiters:
                             self._waiters.remove(waiter)
+                        elif waiter.done() and not waiter.cancelled():
+                            self._wake_one()  # woken, then cancelled: pass the turn on
+                        raise
         except TimeoutError:
             raise httpx.PoolTimeout("no partner connection free in time") from None
         self.open += 1
@@ -408,3 +436,28 @@ def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
     if chunked:  # httpx asked for it (a body of unknown length): one chunk
         body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
     return b"".join(head) + body
+
+
+class ClientGetter:
+    """PartnerTransport.get's contract through an httpx client: for partners reached
+    through an HTTP proxy, which the pool does not speak."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, url: str, limit: int) -> tuple[int, bytes]:
+        async with self.client.stream("GET", url) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    break
+            return response.status_code, bytes(body[: limit + 1])
+
+
+PROXY_VARIABLES: Final = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def proxied(environ: Mapping[str, str]) -> bool:
+    """Are partner calls to go through a proxy (httpx's environment variables)?"""
+    return any(environ.get(k) or environ.get(k.lower()) for k in PROXY_VARIABLES)

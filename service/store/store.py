@@ -241,9 +241,10 @@ class Store:
             )
 
     async def distinct_visitors(self, hours: int, now: float) -> int:
-        """Visitors seen in the last `hours` hours (HyperLogLog: about 0.8 % off)."""
+        """Visitors seen in this clock hour and the `hours` before it: at least the last
+        `hours` hours, at most one more (HyperLogLog: about 0.8 % off)."""
         hour = int(now) // 3600
-        keys = [seen_key(h) for h in range(hour - hours + 1, hour + 1)]
+        keys = [seen_key(h) for h in range(hour - hours, hour + 1)]
         return int(await self.client.execute_command("PFCOUNT", *keys))
 
     async def mappings_stored(self, sample: int = 1024) -> tuple[int, bool]:

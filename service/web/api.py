@@ -61,12 +61,16 @@ class ApiKeys:
             return None
         return self.by_token(token)
 
-    def named(self, name: str) -> Caller | None:
-        """The key of this name (a dashboard session names its key)."""
+    def named(self, name: str, fingerprint: str) -> Caller | None:
+        """The key of this name, if its sha256 still starts with `fingerprint` (a
+        dashboard session names its key: replacing the key ends the session)."""
         for _, key in self._keys:
-            if key.name == name:
+            if key.name == name and hmac.compare_digest(key.sha256[:16], fingerprint):
                 return Caller(key.name, key.partner, frozenset(key.scopes))
         return None
+
+    def fingerprint(self, name: str) -> str:
+        return next((key.sha256[:16] for _, key in self._keys if key.name == name), "")
 
     def by_token(self, token: str) -> Caller | None:
         if not token.strip():

@@ -67,6 +67,7 @@ class Dashboard:
         keys: ApiKeys,
         secret_keys: list[str],
         options: dict[str, Any],
+        public_url: str = "",
     ) -> None:
         self.store = store
         self.api = api
@@ -75,6 +76,9 @@ class Dashboard:
         self.threshold: float = options["loss_threshold"]
         self.refresh_s: int = options["refresh_s"]
         self.session_s: int = options["session_hours"] * 3600
+        # Behind a TLS proxy that is not in trusted_proxies, the request looks like
+        # plain HTTP: the public URL says how browsers reach us.
+        self.https = public_url.startswith("https://")
         # itsdangerous wants keys oldest first; it signs with the last.
         self._sessions = URLSafeTimedSerializer(
             list(reversed(secret_keys)), salt="pixelsync.dashboard"
@@ -90,10 +94,10 @@ class Dashboard:
             response = RedirectResponse("/dashboard", status_code=303, headers=_HEADERS)
             response.set_cookie(
                 SESSION_COOKIE,
-                self._sessions.dumps(caller.name),
+                self._sessions.dumps([caller.name, self.keys.fingerprint(caller.name)]),
                 max_age=self.session_s,
                 path="/dashboard",
-                secure=request.url.scheme == "https",
+                secure=request.url.scheme == "https" or self.https,
                 httponly=True,
                 samesite="strict",
             )
@@ -146,10 +150,12 @@ class Dashboard:
         if not raw:
             return None
         try:
-            name = self._sessions.loads(raw, max_age=self.session_s)
+            doc = self._sessions.loads(raw, max_age=self.session_s)
         except BadData:
             return None
-        return self.keys.named(name) if isinstance(name, str) else None
+        if not (isinstance(doc, list) and len(doc) == 2 and all(isinstance(v, str) for v in doc)):
+            return None
+        return self.keys.named(doc[0], doc[1])
 
 
 def _admin(caller: Caller | None) -> bool:

@@ -318,3 +318,43 @@ async def test_get_refuses_what_it_cannot_send() -> None:
         with pytest.raises(httpx.HTTPError):  # counted as the partner's error, not a crash
             await pool.get(url, 100)
     assert pool.open == 0
+
+
+async def test_interim_answers_and_stray_bytes(
+    client: tuple[httpx.AsyncClient, PartnerTransport],
+) -> None:
+    """A 103 before the answer is skipped; bytes after an answer (nobody asked for
+    them) make its socket unfit for the next request."""
+    http, _ = client
+
+    async def early_hints(head: bytes) -> bytes:
+        return b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + ok(b"after hints")
+
+    async def stray(head: bytes) -> bytes:
+        return ok(b"first") + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray"
+
+    async with RawServer(early_hints) as hints, RawServer(stray) as chatty:
+        resp = await http.get(hints.url)
+        assert (resp.status_code, resp.content) == (200, b"after hints")
+        assert "link" not in resp.headers
+        assert (await http.get(chatty.url)).content == b"first"
+        assert (await http.get(chatty.url)).content == b"first"  # not "stray"
+        assert chatty.connections == 2
+
+
+async def test_the_client_getter_behind_a_proxy() -> None:
+    """With HTTP(S)_PROXY set, real-time calls go through httpx's own transport (which
+    honours the proxy) under the same contract as PartnerTransport.get."""
+    from service.outbound.transport import ClientGetter, proxied
+
+    assert proxied({"HTTPS_PROXY": "http://proxy.test:3128"})
+    assert proxied({"http_proxy": "http://proxy.test:3128"})
+    assert not proxied({"NO_PROXY": "*"})
+
+    async def reply(head: bytes) -> bytes:
+        return ok(b"0123456789")
+
+    async with RawServer(reply) as server, httpx.AsyncClient(trust_env=False) as http:
+        getter = ClientGetter(http)
+        assert await getter.get(server.url, 100) == (200, b"0123456789")
+        assert await getter.get(server.url, 4) == (200, b"01234")

@@ -334,3 +334,17 @@ async def test_prometheus_shows_a_destination_that_never_loads(http: httpx.Async
     assert line is not None and float(line.group(1)) == 0
     assert re.search(r"pixelsync_distinct_visitors\{window=\"24h\"\} \S+", text)
     assert re.search(r"pixelsync_mappings_stored \S+", text)
+
+
+def test_a_session_ends_when_its_key_is_replaced() -> None:
+    """A session names its key and the start of the key's sha256: a key replaced under
+    the same name (say, after a leak) no longer opens the page."""
+    from service.config import ApiKey
+    from service.web.api import ApiKeys
+
+    old = hashlib.sha256(b"old").hexdigest()
+    keys = ApiKeys([ApiKey("admin", old, None, ["admin"])])
+    assert keys.named("admin", keys.fingerprint("admin")) is not None
+    replaced = ApiKeys([ApiKey("admin", hashlib.sha256(b"new").hexdigest(), None, ["admin"])])
+    assert replaced.named("admin", old[:16]) is None
+    assert replaced.named("someone", old[:16]) is None
