@@ -30,6 +30,7 @@ from .batch import run_batch
 from .load import (
     CEILING,
     LOOKUP_UIDS,
+    NGINX,
     SCENARIOS,
     STARLETTE_CEILING,
     BenchError,
@@ -158,9 +159,19 @@ def _ms(value: float) -> str:
     return f"{value:.2f} ms"
 
 
-def _row(section: dict[str, Any], scenario: str, workers: int = 1) -> dict[str, Any] | None:
+def _row(
+    section: dict[str, Any], scenario: str, workers: int = 1, server: str | None = None
+) -> dict[str, Any] | None:
+    """A scenario's row (of the first server measured, unless one is named)."""
+    server = server or section["scenarios"][0].get("server", "uvicorn")
     return next(
-        (r for r in section["scenarios"] if r["scenario"] == scenario and r["workers"] == workers),
+        (
+            r
+            for r in section["scenarios"]
+            if r["scenario"] == scenario
+            and r["workers"] == workers
+            and r.get("server", "uvicorn") == server
+        ),
         None,
     )
 
@@ -175,17 +186,19 @@ def _http_markdown(section: dict[str, Any]) -> list[str]:
         f"## HTTP — wrk -t{wrk['threads']} -c{wrk['connections']} -d{wrk['duration_s']}s, "
         f"median of {wrk['reps']}, {wrk['warmup_s']} s warm-up",
         "",
-        f"Ratios to two ceilings on the same uvicorn: {CEILING} (raw ASGI) and "
+        f"Ratios to two ceilings on the same server: {CEILING} (raw ASGI) and "
         f"{STARLETTE_CEILING} (a Starlette route; the issues' ratios refer to this one). "
         "A *_paced row is the scenario again at a fixed fraction of its median rate.",
         "",
-        "| scenario | workers | rps (median) | p50 | p99 | ratio to bare | ratio to Starlette |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| scenario | server | workers | rps (median) | p50 | p99 | ratio to bare "
+        "| ratio to Starlette |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for row in section["scenarios"]:
         lines.append(
-            f"| {row['scenario']} | {row['workers']} | {row['rps_median']:,.0f} "
+            f"| {row['scenario']} | {row.get('server', 'uvicorn')} | {row['workers']} "
+            f"| {row['rps_median']:,.0f} "
             f"| {_ms(row['p50_ms_median'])} | {_ms(row['p99_ms_median'])} "
             f"| {_ratio(row.get('ratio_to_bare'))} | {_ratio(row.get('ratio_to_starlette'))} |"
         )
@@ -229,6 +242,17 @@ def _http_markdown(section: dict[str, Any]) -> list[str]:
             f"{on['target_rps']:,.0f} rps: p50 {p50:+.2f} ms, p99 {p99:+.2f} ms; target p99 "
             f"≤ {TARGET_RT_ADDED_P99_MS:.0f} ms ({met})."
         )
+    servers = list(dict.fromkeys(r.get("server", "uvicorn") for r in section["scenarios"]))
+    if len(servers) > 1:
+        lines.append("")
+        lines.append(f"The targets above are {servers[0]}'s. Servers side by side, 1 worker:")
+        for scenario in ("bare_gif", "event_gif_cookie", "ibs_cookie", "event_qualify"):
+            cells = []
+            for server in servers:
+                row = _row(section, scenario, 1, server)
+                if row is not None:
+                    cells.append(f"{server} {row['rps_median']:,.0f} rps")
+            lines.append(f"- {scenario}: {', '.join(cells)}")
     return lines + _issue8_lines(section) + notes
 
 
@@ -244,7 +268,8 @@ def _issue8_lines(section: dict[str, Any]) -> list[str]:
             )
     nginx = _row(section, "nginx_userid")
     if nginx is None:
-        lines.append("- nginx is not installed: no empty_gif + userid ceiling in this run.")
+        missing = "not installed" if NGINX is None else "not in the scenarios run"
+        lines.append(f"- nginx is {missing}: no empty_gif + userid ceiling in this run.")
     else:
         for scenario, target in TARGET_NGINX.items():
             row = _row(section, scenario)
@@ -393,6 +418,10 @@ def _parser() -> argparse.ArgumentParser:
         "--scenarios",
         help="HTTP: comma-separated scenario names (the ceilings always run) [all]",
     )
+    p.add_argument(
+        "--server",
+        help="HTTP: comma-separated servers, e.g. uvicorn,granian (ceilings on each) [uvicorn]",
+    )
     p.add_argument("--mappings", type=int, help="memory: mappings [1,000,000; quick: 100,000]")
     return p
 
@@ -407,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_s=1 if quick else 2,
         reps=args.reps or (1 if quick else 3),
         only=frozenset(args.scenarios.split(",")) if args.scenarios else frozenset(),
+        servers=tuple(args.server.split(",")) if args.server else ("uvicorn",),
     )
     unknown = options.only - {s.name for s in SCENARIOS}
     if unknown:

@@ -185,6 +185,7 @@ class HttpOptions:
     warmup_s: int = 2
     reps: int = 3
     only: frozenset[str] = frozenset()  # scenario names; empty: all
+    servers: tuple[str, ...] = ("uvicorn",)  # pixelsync serve --server, and the ceilings'
 
     def chosen(self) -> list[Scenario]:
         """The scenarios to run: those asked for, the ceilings, and the scenarios whose
@@ -428,7 +429,15 @@ def _wait_group_empty(pgid: int, timeout_s: float) -> bool:
     return True
 
 
-def _bare_argv(port: int, workers: int, app: str = "bench.bare:app") -> list[str]:
+def _bare_argv(
+    port: int, workers: int, app: str = "bench.bare:app", server: str = "uvicorn"
+) -> list[str]:
+    if server == "granian":
+        return [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--host", HOST,
+            "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--no-ws",
+            "--log-level", "warning", app,
+        ]  # fmt: skip
     return [
         sys.executable, "-m", "uvicorn", app,
         "--host", HOST, "--port", str(port), "--workers", str(workers),
@@ -476,7 +485,12 @@ def realtime_config(partner_port: int | None) -> str:
 
 
 def _pixelsync_argv(
-    port: int, workers: int, workdir: Path, partner_port: int | None, name: str = "pixelsync"
+    port: int,
+    workers: int,
+    workdir: Path,
+    partner_port: int | None,
+    name: str = "pixelsync",
+    server: str = "uvicorn",
 ) -> list[str]:
     """`partner_port`: a server whose partners 2001 and 2002 make real-time calls
     (configured on its own: every /event of a known visitor then reads its mappings)."""
@@ -496,7 +510,7 @@ def _pixelsync_argv(
     )
     return [
         sys.executable, "-m", "service", "serve", "--config", str(config),
-        "--host", HOST, "--port", str(port), "--workers", str(workers),
+        "--host", HOST, "--port", str(port), "--workers", str(workers), "--server", server,
     ]  # fmt: skip
 
 
@@ -606,7 +620,9 @@ def _summary(scenario: Scenario, workers: int, runs: list[WrkRun]) -> dict[str, 
     }
 
 
-def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[dict[str, Any]]:
+def run_workers(
+    workers: int, options: HttpOptions, progress: Progress, server: str = "uvicorn"
+) -> list[dict[str, Any]]:
     """Every scenario at one worker count; rows in SCENARIOS order, with ratios to bare."""
     with (
         tempfile.TemporaryDirectory(prefix="pixelsync-bench-") as tmp,
@@ -616,19 +632,21 @@ def run_workers(workers: int, options: HttpOptions, progress: Progress) -> list[
         names = ("bare", "starlette", "nginx", "rtpartner", "pixelsync", "realtime")
         ports = {name: free_port() for name in names}
         argvs = {
-            "bare": _bare_argv(ports["bare"], workers),
-            "starlette": _bare_argv(ports["starlette"], workers, "bench.bare:starlette_app"),
+            "bare": _bare_argv(ports["bare"], workers, server=server),
+            "starlette": _bare_argv(
+                ports["starlette"], workers, "bench.bare:starlette_app", server
+            ),
             "rtpartner": [sys.executable, "-m", "bench.partner", str(ports["rtpartner"])],
-            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, None),
+            "pixelsync": _pixelsync_argv(ports["pixelsync"], workers, workdir, None, server=server),
             "realtime": _pixelsync_argv(
-                ports["realtime"], workers, workdir, ports["rtpartner"], "realtime"
+                ports["realtime"], workers, workdir, ports["rtpartner"], "realtime", server
             ),
         }
         if NGINX:
             argvs["nginx"] = _nginx_argv(ports["nginx"], workers, workdir)
         for name, argv in argvs.items():
-            server = Server(name, argv, ports[name], workdir / f"{name}.log")
-            stack.enter_context(running(server, progress))
+            process = Server(name, argv, ports[name], workdir / f"{name}.log")
+            stack.enter_context(running(process, progress))
         cookie = visitor_cookie(ports["pixelsync"])
         requests: dict[str, tuple[str, list[str], Path | None]] = {}
         scenarios = options.chosen()
@@ -765,9 +783,12 @@ def _paced(
 def run_http(options: HttpOptions, progress: Progress) -> dict[str, Any]:
     require_wrk()
     rows: list[dict[str, Any]] = []
-    for workers in options.workers:
-        progress(f"HTTP, {workers} worker(s)")
-        rows += run_workers(workers, options, progress)
+    for server in options.servers:
+        for workers in options.workers:
+            progress(f"HTTP, {server}, {workers} worker(s)")
+            rows += [
+                {"server": server, **row} for row in run_workers(workers, options, progress, server)
+            ]
     return {
         "wrk": {
             "threads": WRK_THREADS,
