@@ -266,7 +266,7 @@ def _issue8_lines(section: dict[str, Any]) -> list[str]:
                 f"- Target (issue 8): {scenario} at 1 worker ≥ {target:.1f}x {CEILING}: "
                 f"{row['ratio_to_bare']:.2f}x ({met})."
             )
-    nginx = _row(section, "nginx_userid")
+    nginx = _row(section, "nginx_userid", server="nginx")
     if nginx is None:
         missing = "not installed" if NGINX is None else "not in the scenarios run"
         lines.append(f"- nginx is {missing}: no empty_gif + userid ceiling in this run.")

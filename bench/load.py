@@ -787,7 +787,8 @@ def run_http(options: HttpOptions, progress: Progress) -> dict[str, Any]:
         for workers in options.workers:
             progress(f"HTTP, {server}, {workers} worker(s)")
             rows += [
-                {"server": server, **row} for row in run_workers(workers, options, progress, server)
+                {"server": "nginx" if row["scenario"] == "nginx_userid" else server, **row}
+                for row in run_workers(workers, options, progress, server)
             ]
     return {
         "wrk": {
