@@ -32,7 +32,10 @@ from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_
 
 CHUNK: Final = 2000  # lines per round of lookups and writes
 YIELD_EVERY: Final = 250  # lines applied between two turns of the event loop
-DRAIN_AT: Final = 20_000  # buffered writes: wait for them before reading more
+# Buffered writes: past HIGH_WATER, wait until LOW_WATER are left before applying more
+# (memory stays bounded, and Redis is never left idle by waiting for all of them).
+HIGH_WATER: Final = 20_000
+LOW_WATER: Final = 5_000
 # Server-to-server data carries no browser's privacy signals: the partner's contract
 # with the customer covers it.
 BATCH_PRIVACY: Final = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
@@ -205,8 +208,9 @@ class Importer:
             receipt.records_processed += 1
             receipt.realized_traits += len(realize)
             receipt.removed_traits += len(gone)
-        if self.store.buffered > DRAIN_AT:
-            await self.store.drain()
+        if self.store.buffered > HIGH_WATER:
+            while self.store.buffered > LOW_WATER:
+                await asyncio.sleep(0.002)
 
 
 Read = tuple[dict[str, str], dict[str, State]]  # partner uid -> visitor, visitor -> state
