@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.exceptions import RedisError
 
 from ..app import Domain, build_store
 from ..config import Settings
@@ -109,7 +110,9 @@ async def import_files(settings: Settings, url: str, paths: Sequence[Path], *, f
                 bar = Bar(path.name, path.stat().st_size, time.monotonic())
             try:
                 receipt = await importer.run(path, force=force, progress=bar)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RedisError) as exc:
+                # Redis lost mid-file: the file is not marked imported; importing it
+                # again applies it whole (the lines applied before count twice).
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = 1
                 continue
