@@ -73,6 +73,23 @@ HOSTILE = [
     "https://",
     "https:// acme.test",
     "http://[acme.test]/",
+    # More of the usual open-redirect list (issue 9: at least 60).
+    "java\tscript:alert(1)",  # browsers drop tabs and newlines in a URL
+    "java\nscript:alert(1)",
+    "\x01javascript:alert(1)",
+    "\\\\evil.test",
+    "https:/\\evil.test/",
+    "https://acme.test\\.evil.test/",
+    "https://acme.test%40evil.test/",
+    "https://evil.test%23.acme.test/",
+    "https://evil.test%3F.acme.test/",
+    "https://evil.test%2F.acme.test/",
+    "https://evil.test;.acme.test/",
+    "https://evil.test,.acme.test/",
+    "https://evil\u3002test/",  # ideographic full stop: evil.test
+    "https://\uff21\uff23\uff2d\uff25.test@evil.test/",  # fullwidth ACME
+    "https://evil.test\u00ad/",  # a soft hyphen, mapped away: evil.test
+    "//acme.test@evil.test/",
 ]
 
 
