@@ -29,6 +29,8 @@ from ..sync import valid_uid
 from ..tally import partner_field
 
 MAX_LOOKUP: Final = 10_000
+# 10,000 uids of up to 256 characters, quoted and separated, and some room.
+MAX_LOOKUP_BODY: Final = 3 * 1024 * 1024
 MATCH_RATE_MINUTES: Final = 7 * 1440
 ERASE_TIMEOUT_S: Final = 5.0
 
@@ -196,9 +198,14 @@ class Api:
         dpid = self._dpid(request, caller)
         if isinstance(dpid, Response):
             return dpid
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_LOOKUP_BODY:
+                return error(413, "too_large", f"the body is over {MAX_LOOKUP_BODY} bytes")
         try:
-            doc: Any = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+            doc: Any = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: too
             return error(400, "bad_json", "the body must be JSON")
         uids = doc.get("dpuuids") if isinstance(doc, dict) else None
         if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):

@@ -144,10 +144,17 @@ SPEC: Final[dict[str, Any]] = {
         "/v1/partners/{dpid}/lookup": {
             "post": {
                 **_api(
-                    "Bulk reverse lookup of up to 10,000 partner uids",
+                    "Bulk reverse lookup of up to 10,000 partner uids (a body of 3 MiB at "
+                    "most: 413 beyond; 400 for a body that is not the JSON below)",
                     [_path("dpid", "integer")],
                     _json({"type": "object", "required": ["matches"]}),
                 ),
+                "responses": {
+                    "200": _json({"type": "object", "required": ["matches"]}),
+                    "400": _API_ERROR,
+                    "413": _API_ERROR,
+                    **_API_RESPONSES,
+                },
                 "requestBody": {
                     "content": {
                         "application/json": {

@@ -136,9 +136,17 @@ async def test_bulk_lookup(api: httpx.AsyncClient, mapped: tuple[str, str, str])
     full = {"dpuuids": [f"u{i}" for i in range(9_999)] + [a]}
     ok = await api.post("/v1/partners/1234/lookup", json=full, headers=auth("acme"))
     assert ok.status_code == 200 and ok.json()["matches"] == {a: uuid}
-    for bad in (b"{", b"[]", b'{"dpuuids": "x"}', b'{"dpuuids": [1]}'):
+    nested = b'{"dpuuids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 KB, too deep
+    for bad in (b"{", b"[]", b'{"dpuuids": "x"}', b'{"dpuuids": [1]}', nested):
         resp = await api.post("/v1/partners/1234/lookup", content=bad, headers=auth("acme"))
-        assert resp.status_code == 400, bad
+        assert resp.status_code == 400, bad[:40]
+    # The longest list of the longest uids fits; much more is refused as it streams in.
+    longest = {"dpuuids": ["x" * 256] * 10_000}
+    ok = await api.post("/v1/partners/1234/lookup", json=longest, headers=auth("acme"))
+    assert ok.status_code == 200 and ok.json() == {"matches": {}}
+    huge = b'{"dpuuids": ["' + b"x" * (4 << 20) + b'"]}'
+    resp = await api.post("/v1/partners/1234/lookup", content=huge, headers=auth("acme"))
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
 
 
 async def test_erasure(api: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store) -> None:
