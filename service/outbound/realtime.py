@@ -298,7 +298,7 @@ def parse_answer(body: bytes) -> tuple[str, ...]:
     """The segment codes of `{"segments": [...]}` (strings or integers)."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: too
         raise Failure("invalid", "answer is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("segments"), list):
         raise Failure("invalid", 'answer has no "segments" list')

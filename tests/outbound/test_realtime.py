@@ -227,7 +227,11 @@ def test_parse_answer(body: bytes, codes: tuple[str, ...]) -> None:
     assert parse_answer(body) == codes
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b'{"segments": "a"}', b"\xff", b'{"x": []}'])
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b'{"segments": "a"}', b"\xff", b'{"x": []}', b"[" * 60_000 + b"]" * 60_000],
+    ids=["empty", "list", "string", "not-utf8", "no-segments", "nested-too-deep"],
+)
 def test_parse_answer_refuses_garbage(body: bytes) -> None:
     with pytest.raises(Failure):
         parse_answer(body)
