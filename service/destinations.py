@@ -205,6 +205,8 @@ class DestinationRules:
     ) -> list[Pending]:
         """The URL fires due because the visitor entered these segments, for the
         destinations this request's privacy signals allow feeding."""
+        if not self._url_by_segment:
+            return []
         return [
             Pending(dest, sid, day)
             for sid in entered

@@ -83,7 +83,7 @@ class Profile:
         return sorted(self.traits)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per evaluation, and a frozen __init__ costs 3x
 class History:
     """rules.History over a profile as of `today`."""
 

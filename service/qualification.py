@@ -17,7 +17,7 @@ MIN_KEEP_DAYS: Final = 7  # days kept one by one even when no rule has a window
 IMPORTABLE_CACHE: Final = 10_000  # distinct (data source, trait list) answers kept
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per request, and a frozen __init__ costs 3x
 class Qualification:
     realized: list[int]  # traits this request realized
     segments: frozenset[int]  # the visitor's segments after it

@@ -48,7 +48,7 @@ def parse_name(name: str) -> InboundName | None:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class Line:
     uid: str
     realize: list[int] = field(default_factory=list)

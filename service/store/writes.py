@@ -212,7 +212,7 @@ class WriteBuffer:
         self._ready = False
         self._task: asyncio.Task[None] | None = None
         self._written = {
-            k: metrics.WRITES.labels(k) for k in ("touch", "mapping", "erase", "profile")
+            k: metrics.child(metrics.WRITES, k) for k in ("touch", "mapping", "erase", "profile")
         }
         # uuid -> the newest profile value queued and not yet written: this process's
         # next request of the visitor reads it instead of Redis's older one.
