@@ -125,21 +125,25 @@ def _granian(args: argparse.Namespace) -> None:
     ).serve()
 
 
-def export(args: argparse.Namespace) -> int:
+def _batch_process(args: argparse.Namespace) -> Settings:
+    """A batch command's set-up: its settings, JSON logs, the collector tuned, and no
+    Prometheus counting (it serves no /metrics)."""
     settings = _load(args.config)
     logs.setup()
     gctune.tune()
     metrics.not_served()
+    return settings
+
+
+def export(args: argparse.Namespace) -> int:
+    settings = _batch_process(args)
     with batch_redis(settings) as url:
         out = Path(args.out) if args.out else None
         return asyncio.run(export_command(settings, url, args.destination, args.mode, out))
 
 
 def worker(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
-    logs.setup()
-    gctune.tune()
-    metrics.not_served()
+    settings = _batch_process(args)
 
     async def run(url: str) -> int:
         stop = asyncio.Event()
@@ -153,10 +157,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
-    logs.setup()
-    gctune.tune()
-    metrics.not_served()
+    settings = _batch_process(args)
     with batch_redis(settings) as url:
         return asyncio.run(
             import_files(settings, url, [Path(f) for f in args.files], force=args.force)

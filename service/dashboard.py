@@ -130,11 +130,11 @@ def _over(rate: float | None, threshold: float) -> bool:
     return rate is not None and rate > threshold
 
 
-def _row(cells: Sequence[str], *, over: bool, key: str, name: str, head: str = "") -> str:
+def _row(cells: Sequence[str], *, over: bool, key: str, name: str) -> str:
     cls = ' class="over"' if over else ""
     mark = " ⚠" if over else ""
     tds = "".join(f"<td>{c}</td>" for c in cells)
-    return f'<tr{cls} data-id="{escape(key)}"><td>{head}{escape(name)}{mark}</td>{tds}</tr>'
+    return f'<tr{cls} data-id="{escape(key)}"><td>{escape(name)}{mark}</td>{tds}</tr>'
 
 
 def _window(window: str, doc: Mapping[str, Any], threshold: float) -> str:

@@ -124,9 +124,6 @@ class _Unused:
     def observe(self, amount: float) -> None:
         pass
 
-    def set(self, value: float) -> None:
-        pass
-
 
 _UNUSED: Final = _Unused()
 

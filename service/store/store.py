@@ -106,7 +106,7 @@ class Store:
         self.schema = schema
         self.retention = retention
         self.tally = Tally()  # counters, flushed into per-minute buckets by flush_counts()
-        self._seen: set[bytes] = set()  # visitors seen since the last flush_counts()
+        self._seen: set[str] = set()  # visitors seen since the last flush_counts()
         bare = bool(write_url and raw_supported(write_url) and not self.cluster)
         self.writes = WriteBuffer(
             write_client or client,
@@ -226,14 +226,14 @@ class Store:
     def seen(self, uuid: str) -> None:
         """A visitor was seen (distinct visitors: an hourly HyperLogLog)."""
         if len(self._seen) < MAX_SEEN:
-            self._seen.add(uuid16(uuid))
+            self._seen.add(uuid)
 
     def flush_counts(self, now: float) -> None:
         counts = self.tally.take()
         if counts:
             self.add_counts(int(now) // 60, counts)
         if self._seen:
-            seen, self._seen = list(self._seen), set()
+            seen, self._seen = [uuid16(u) for u in self._seen], set()  # off the hot path
             key = seen_key(int(now) // 3600)
             self.writes.push(
                 *(Seen(key, seen[i : i + 1000], SEEN_TTL_S) for i in range(0, len(seen), 1000)),
