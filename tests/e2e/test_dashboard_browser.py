@@ -8,50 +8,29 @@ Screenshots (laptop and phone) go to tests/artifacts/."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.conftest import Service, wait_for
 from tests.e2e.browser import chromium, refusing_context, requires_chromium
 from tests.e2e.test_sync_browser import screenshot_path
-from tests.partners import Answer, PartnerServer
-from tests.web.test_dashboard import ADMIN, AUTH, LOSSY_DEST, OK_DEST, config, pct, traffic
+
+# The service, its partner and the client of the HTTP-level tests (a module of its own).
+from tests.web.test_dashboard import (  # noqa: F401  (fixtures)
+    ADMIN,
+    AUTH,
+    LOSSY_DEST,
+    OK_DEST,
+    http,
+    partner,
+    pct,
+    svc,
+    traffic,
+)
 
 pytestmark = requires_chromium
 TIMEOUT_MS = 20_000
-
-
-@pytest.fixture(scope="module")
-def partner() -> Iterator[PartnerServer]:
-    p = PartnerServer(lambda r: Answer(200))
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
-) -> Iterator[Service]:
-    port = free_port()
-    service = start_service(
-        tmp_path_factory.mktemp("dashboard-browser"),
-        config(port, partner.port),
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "dashboard-browser-key"},
-    )
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
-
 
 ROWS_JS = """table => [...document.querySelectorAll(`#${table} tbody tr`)].map(
   tr => [tr.dataset.id, tr.className, [...tr.cells].map(td => td.textContent.trim())])"""
@@ -59,7 +38,10 @@ POINTS_JS = """svg => Object.fromEntries([...document.querySelectorAll(`#${svg} 
   g => [g.dataset.id, g.querySelectorAll('circle').length]))"""
 
 
-async def test_the_dashboard_in_a_browser(svc: Service, http: httpx.AsyncClient) -> None:
+async def test_the_dashboard_in_a_browser(
+    svc: Service,  # noqa: F811  (the imported fixtures)
+    http: httpx.AsyncClient,  # noqa: F811
+) -> None:
     await traffic(http, 2)
 
     async def counted() -> bool:
