@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 CONFIG ?= deploy/pixelsync.example.toml
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench soak faults clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(VENV)/.installed
 	    || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nginx-light; }; \
 	} || echo 'make bench: no nginx (apt-get install nginx-light): its ceiling is left out'
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Issue 9's long forms (docs/reliability.md); `make test` runs them short.
+soak: $(VENV)/.installed
+	$(PY) -m bench.faults soak $(SOAK_ARGS)
+
+faults: $(VENV)/.installed
+	for drill in outage crash shutdown cluster; do $(PY) -m bench.faults $$drill || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -49,8 +49,10 @@ def serve(args: argparse.Namespace) -> int:
         # One embedded server for all workers, owned by this (parent) process; its
         # URL noted for the batch commands run beside it.
         embedded = EmbeddedValkey(settings.data_dir)
-        os.environ["PIXELSYNC_REDIS_URL"] = embedded.start()
-        url_file(settings).write_text(os.environ["PIXELSYNC_REDIS_URL"])
+        noted = url_file(settings)  # still there when the last serve was killed
+        leftover = noted.read_text().strip() if noted.exists() else None
+        os.environ["PIXELSYNC_REDIS_URL"] = embedded.start(leftover_url=leftover)
+        noted.write_text(os.environ["PIXELSYNC_REDIS_URL"])
     if args.workers > 1:
         metrics_dir = settings.data_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import httpx
 
+from bench.faults import children
 from service.identity import new_uuid, today
 from service.store import PartnerUid
-from tests.conftest import Service, cookie_signed_days_ago, open_store, start_service
+from tests.conftest import Service, cookie_signed_days_ago, open_store, start_service, wait_for
 
 DAY = today()
 
@@ -69,3 +72,59 @@ async def test_sigterm_flushes_buffered_writes(tmp_path: Path) -> None:
             assert await store.visitor_last_seen(uuid) == DAY  # the buffered touch landed
     finally:
         assert again.stop() == 0
+
+
+def _valkeys_of(pid: int) -> list[int]:
+    return children(pid, "valkey-server")
+
+
+async def test_a_valkey_left_running_by_a_killed_serve_is_replaced(tmp_path: Path) -> None:
+    first = start_service(tmp_path, "", redis_url=None)
+    uuid = new_uuid()
+    async with open_store(embedded_url(first)) as store:
+        store.put_mapping(uuid, 1234, "acme-uid-3", DAY)
+        await store.drain()
+    (orphan,) = _valkeys_of(first.process.pid)
+    first.process.kill()  # the parent only: its Valkey lives on, on the same files
+    first.process.wait(10)
+    assert Path(f"/proc/{orphan}").exists()
+
+    second = start_service(tmp_path, "", redis_url=None)
+    try:
+        assert not Path(f"/proc/{orphan}").exists() or "Z" in stat_state(orphan)
+        assert "shutting down an embedded valkey left running" in second.log()
+        async with open_store(embedded_url(second)) as store:
+            assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-3", DAY)}
+    finally:
+        assert second.stop() == 0
+
+
+async def test_a_dead_embedded_valkey_is_started_again(tmp_path: Path) -> None:
+    service = start_service(tmp_path, "", redis_url=None)
+    try:
+        (pid,) = _valkeys_of(service.process.pid)
+        url = embedded_url(service)
+        os.kill(pid, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            return [pid] != _valkeys_of(service.process.pid) != []
+
+        async def ready() -> bool:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(service.url + "/readyz", timeout=5)).status_code == 200
+
+        await wait_for(restarted)
+        await wait_for(ready)
+        assert "embedded valkey died, restarting it" in service.log()
+        async with open_store(url) as store:  # the same port: the workers' URL holds
+            assert await store.ping()
+    finally:
+        assert service.stop() == 0, service.log()
+
+
+def stat_state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return stat[stat.rfind(")") + 2]

