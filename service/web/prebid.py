@@ -7,7 +7,8 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from typing import Final
+from dataclasses import dataclass
+from typing import ClassVar, Final
 
 from .. import metrics
 from ..errors import RequestError
@@ -68,30 +69,21 @@ MAPPINGS_TIMEOUT_S: Final = 0.25  # Redis slow: answer as if nothing were synced
 PREFLIGHT_MAX_AGE: Final = b"86400"
 
 
+@dataclass
 class PrebidEndpoints:
     """What the three endpoints share: the bidders, the store, cookies and privacy."""
 
-    def __init__(
-        self,
-        store: Store,
-        cookies: VisitorCookies,
-        bidders: Bidders,
-        privacy: PrivacyRules,
-        *,
-        public_url: str,
-        bounce: bool,
-        max_query: int,
-        max_body: int,
-    ) -> None:
-        self.store = store
-        self.cookies = cookies
-        self.bidders = bidders
-        self.privacy = privacy
-        self.public_url = public_url
-        self.bounce = bounce
-        self.max_query = max_query
-        self.max_body = max_body
-        self.counters = SyncCounters(store.tally, bidders.names)
+    store: Store
+    cookies: VisitorCookies
+    bidders: Bidders
+    privacy: PrivacyRules
+    public_url: str
+    bounce: bool  # [cookies] bounce: /setuid stores only for a browser with our cookie
+    max_query: int
+    max_body: int
+
+    def __post_init__(self) -> None:
+        self.counters = SyncCounters(self.store.tally, self.bidders.names)
 
     async def mapped(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
         """The visitor's live mappings; none for a visitor without a cookie."""
@@ -121,39 +113,70 @@ def _text(status: int, message: str) -> tuple[int, Headers, bytes]:
     return status, headers, body
 
 
-class CookieSyncEndpoint:
-    """POST /cookie_sync: the syncs this visitor still needs, for Prebid.js (called
-    cross-site, with credentials) and AMP's load-cookie page."""
+class _Endpoint:
+    """One of the three: the method check, the request's headers and visitor, and its
+    answers counted by outcome."""
+
+    endpoint: ClassVar[str]
+    methods: ClassVar[frozenset[str]] = METHODS_PIXEL
 
     def __init__(self, shared: PrebidEndpoints) -> None:
         self.s = shared
-        self.outcomes = Outcomes("cookie_sync")
+        self.outcomes = Outcomes(self.endpoint)
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
         started = time.perf_counter()
+        if scope["method"] not in self.methods:
+            await method_not_allowed(send_, ", ".join(sorted(self.methods)).encode())
+            return
         headers = request_headers(scope)
+        visitor = self.s.cookies.resolve(headers.get(b"cookie"))
+        outcome = await self.answer(scope, receive, send_, headers, visitor)
+        if outcome:
+            self.outcomes.count(outcome, started)
+
+    async def answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_: Send,
+        headers: Mapping[bytes, bytes],
+        visitor: Visitor,
+    ) -> str:
+        """Answer the request; the outcome to count ("": none, the client left)."""
+        raise NotImplementedError
+
+
+class CookieSyncEndpoint(_Endpoint):
+    """POST /cookie_sync: the syncs this visitor still needs, for Prebid.js (called
+    cross-site, with credentials) and AMP's load-cookie page."""
+
+    endpoint = "cookie_sync"
+    methods = frozenset({"OPTIONS", "POST"})
+
+    async def answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_: Send,
+        headers: Mapping[bytes, bytes],
+        visitor: Visitor,
+    ) -> str:
         origin = headers.get(b"origin")
         if scope["method"] == "OPTIONS":
             await self._preflight(send_, origin, headers)
-            self.outcomes.count("preflight", started)
-            return
-        if scope["method"] != "POST":
-            await method_not_allowed(send_, b"POST, OPTIONS")
-            return
-        visitor = self.s.cookies.resolve(headers.get(b"cookie"))
+            return "preflight"
         try:
             body = await read_body(receive, self.s.max_body, headers)
             answer = await self._answer(body, visitor, headers, scope.get("scheme", "http"))
         except ClientGone:
-            return
+            return ""
         except RequestError as exc:  # a body over the limit
             await self._refuse(send_, CookieSyncOutcome.BAD_REQUEST, exc.msg, origin, exc.status)
-            self.outcomes.count("bad_request", started)
-            return
+            return CookieSyncOutcome.BAD_REQUEST.label
         except PrebidError as exc:
             await self._refuse(send_, exc.outcome, exc.message, origin, exc.outcome.status)
-            self.outcomes.count(exc.outcome.label, started)
-            return
+            return exc.outcome.label
         outcome, doc, set_cookie = answer
         metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
         body_out = json_body(doc)
@@ -162,7 +185,7 @@ class CookieSyncEndpoint:
         if set_cookie:
             out.append(self.s.cookies.set_header(visitor))
         await send(send_, 200, out, body_out)
-        self.outcomes.count(outcome.label, started)
+        return outcome.label
 
     async def _answer(
         self, body: bytes, visitor: Visitor, headers: Mapping[bytes, bytes], proto: str
@@ -252,22 +275,21 @@ class CookieSyncEndpoint:
         await send(send_, 204, out, b"")
 
 
-class SetuidEndpoint:
+class SetuidEndpoint(_Endpoint):
     """GET /setuid: a bidder's callback with its uid, stored in the match table. It
     answers the GIF (f=i) or empty HTML (f=b), never a redirect."""
 
-    def __init__(self, shared: PrebidEndpoints) -> None:
-        self.s = shared
-        self.outcomes = Outcomes("setuid")
+    endpoint = "setuid"
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
+    async def answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_: Send,
+        headers: Mapping[bytes, bytes],
+        visitor: Visitor,
+    ) -> str:
         head = scope["method"] == "HEAD"
-        headers = request_headers(scope)
-        visitor = self.s.cookies.resolve(headers.get(b"cookie"))
         try:
             outcome, fmt = await self._set(scope["query_string"], visitor, headers)
         except PrebidError as exc:
@@ -276,8 +298,7 @@ class SetuidEndpoint:
             log.info("setuid refused", extra={"status": refused.label, "reason": exc.message})
             code, out, body = _text(refused.status, exc.message)
             await send(send_, code, out, body, head=head)
-            self.outcomes.count(refused.label, started)
-            return
+            return refused.label
         metrics.child(metrics.SETUID_REQUESTS, outcome.label).inc()
         out = [self.s.cookies.set_header(visitor)]
         if outcome is SetuidOutcome.COOKIES_BLOCKED:
@@ -287,7 +308,7 @@ class SetuidEndpoint:
         else:
             blank = [(b"content-type", b"text/html"), (b"content-length", b"0"), *NO_CACHE]
             await send(send_, 200, [*blank, *out], b"", head=head)
-        self.outcomes.count(outcome.label, started)
+        return outcome.label
 
     async def _set(
         self, query: bytes, visitor: Visitor, headers: Mapping[bytes, bytes]
@@ -324,23 +345,22 @@ class SetuidEndpoint:
         return SetuidOutcome.OK, req.format
 
 
-class GetuidsEndpoint:
+class GetuidsEndpoint(_Endpoint):
     """GET /getuids: the visitor's uid per bidder, from the match table."""
 
-    def __init__(self, shared: PrebidEndpoints) -> None:
-        self.s = shared
-        self.outcomes = Outcomes("getuids")
+    endpoint = "getuids"
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
-        headers = request_headers(scope)
-        visitor = self.s.cookies.resolve(headers.get(b"cookie"))
+    async def answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send_: Send,
+        headers: Mapping[bytes, bytes],
+        visitor: Visitor,
+    ) -> str:
         mapped = await self.s.mapped(visitor)
         body = json_body(buyeruids(self.s.bidders.names, {d: u for d, (u, _) in mapped.items()}))
         out = json_headers(body, JSON_UTF8)
         cors(out, headers.get(b"origin"))
         await send(send_, 200, out, body, head=scope["method"] == "HEAD")
-        self.outcomes.count("ok", started)
+        return "ok"

@@ -6,8 +6,9 @@ Two sites, no DNS (TESTING.md, "A real browser"):
   cross-site with credentials, then drops each sync it gets back, an <img> for
   "redirect" and an <iframe> for "iframe";
 - pixelsync on http://127.0.0.1:<svc port> (its public_url), and the bidders' sync
-  server on http://127.0.0.1:<bidder port>: each sync call answers 302 to the callback
-  with the bidder's own uid in place of $UID, as bidders do.
+  server on http://127.0.0.1:<bidder port> (the sync partners of test_sync_browser):
+  each sync call answers 302 to the callback with the bidder's own uid in place of
+  $UID, as bidders do.
 
 Afterwards /getuids, fetched by the page with credentials, has every bidder's uid,
 and a second /cookie_sync hands out no sync: all are in the match table. A browser that
@@ -17,7 +18,6 @@ refuses third-party cookies runs the same syncs, but /setuid stores nothing (172
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,7 @@ from tests.e2e.browser import (
     requires_chromium,
     serve_page,
 )
-from tests.e2e.test_sync_browser import Responses, cookie_value, uuid_of
-from tests.partners import Answer, PartnerServer, Request
+from tests.e2e.test_sync_browser import Partners, Responses, cookie_value, uuid_of
 
 TIMEOUT_MS = 20_000
 KEY = "prebid-browser-test-key"
@@ -44,44 +43,32 @@ BIDDERS = {901: ("redirector", "redirect"), 902: ("framer", "iframe"), 903: ("bo
 pytestmark = requires_chromium
 
 
-class Bidders(PartnerServer):
-    """Every bidder's sync endpoint, on http://127.0.0.1:<port>/<code>/(img|frame)."""
-
-    def __init__(self) -> None:
-        self.uids: dict[str, str] = {}  # bidder code -> the uid it handed back
-        self.kinds: dict[str, str] = {}  # bidder code -> how it was called
-        super().__init__(self.answer)
-
-    def answer(self, request: Request) -> Answer:
-        code, _, kind = request.path.strip("/").partition("/")
-        redir = request.arg("redir")
-        if redir is None:
-            return Answer(400)
-        uid = f"{code}-{secrets.token_hex(6)}"  # unique across runs of one Redis
-        with self._lock:
-            self.uids[code] = uid
-            self.kinds[code] = kind
-        return Answer(302, {"location": redir.replace("$UID", uid), "cache-control": "no-store"})
-
-
 @pytest.fixture
-def bidders() -> Iterator[Bidders]:
-    server = Bidders()
+def bidders() -> Iterator[Partners]:
+    """Every bidder's sync server, on 127.0.0.1 (the site of pixelsync, another port)."""
+    server = Partners(host="127.0.0.1")
     yield server
     server.close()
 
 
-def config(origin: str, bidders: Bidders) -> str:
+def called(bidders: Partners) -> dict[int, tuple[str, str]]:
+    """dpid -> (how the bidder was called: img or frame, the uid it sent back)."""
+    paths = {int(r.query["p"][0]): r.path.strip("/") for r in bidders.requests}
+    return {c.dpid: (paths[c.dpid], c.uid) for c in bidders.calls}
+
+
+def config(origin: str, bidders: Partners) -> str:
     blocks = []
     for dpid, (code, kind) in BIDDERS.items():
-        base = f"http://127.0.0.1:{bidders.port}/{code}"
+        query = f"p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
+        frame, img = f"{bidders.origin}/frame?{query}", f"{bidders.origin}/img?{query}"
         lines = [f"dpid = {dpid}", f'name = "{code}"']
         if kind == "iframe":
-            lines += ['sync_type = "iframe"', f'sync_url = "{base}/frame?redir=${{CALLBACK}}"']
+            lines += ['sync_type = "iframe"', f'sync_url = "{frame}"']
         else:
-            lines.append(f'sync_url = "{base}/img?u=${{DD_UUID}}&redir=${{CALLBACK}}"')
+            lines.append(f'sync_url = "{img}"')
         if kind == "both":
-            lines.append(f'iframe_sync_url = "{base}/frame?redir=${{CALLBACK}}"')
+            lines.append(f'iframe_sync_url = "{frame}"')
         blocks.append("[[partners]]\n" + "\n".join(lines) + "\n")
     return f'[server]\ndata_dir = "data"\npublic_url = "{origin}"\n\n' + "\n".join(blocks)
 
@@ -119,7 +106,7 @@ window.again = () => fetch(SYNC + "/cookie_sync", {
 
 
 async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
-    service_factory: Callable[..., Service], bidders: Bidders, store: Store, tmp_path: Path
+    service_factory: Callable[..., Service], bidders: Partners, store: Store, tmp_path: Path
 ) -> None:
     port = free_port()
     pixel = f"http://127.0.0.1:{port}"
@@ -144,15 +131,21 @@ async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
                 return len(await store.mappings(uuid, today())) == len(BIDDERS)
 
             assert await wait_for(all_stored, timeout=TIMEOUT_MS / 1000)
-            assert bidders.kinds == {"redirector": "img", "framer": "frame", "both": "frame"}
+            calls = called(bidders)
+            assert {d: kind for d, (kind, _) in calls.items()} == {
+                901: "img",
+                902: "frame",
+                903: "frame",
+            }
+            assert all(c.aam == uuid for c in bidders.calls)  # ${DD_UUID}
             uids: dict[str, Any] = await tab.evaluate("window.uids()")
-            assert uids == {"buyeruids": bidders.uids}
+            assert uids == {"buyeruids": {BIDDERS[d][0]: uid for d, (_, uid) in calls.items()}}
             again: dict[str, Any] = await tab.evaluate("window.again()")
             assert again == {"status": "ok", "bidder_status": []}
 
 
 async def test_a_browser_that_refuses_third_party_cookies_stores_nothing(
-    service_factory: Callable[..., Service], bidders: Bidders, store: Store
+    service_factory: Callable[..., Service], bidders: Partners, store: Store
 ) -> None:
     port = free_port()
     pixel = f"http://127.0.0.1:{port}"
@@ -171,6 +164,6 @@ async def test_a_browser_that_refuses_third_party_cookies_stores_nothing(
             assert await wait_for(all_called_back, timeout=TIMEOUT_MS / 1000)
             assert all(r.headers.get("x-error") == "172" for r in setuids.seen)
             await store.drain()
-            for dpid, (code, _) in BIDDERS.items():
-                assert await store.lookup(dpid, [bidders.uids[code]], today()) == {}
+            for dpid, (_, uid) in called(bidders).items():
+                assert await store.lookup(dpid, [uid], today()) == {}
             assert await tab.evaluate("window.uids()") == {}

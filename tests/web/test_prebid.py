@@ -311,7 +311,7 @@ async def test_cookie_sync_preflight_and_methods(http: httpx.AsyncClient) -> Non
     assert "POST" in pre.headers["access-control-allow-methods"]
     assert pre.headers["access-control-allow-headers"] == "content-type"
     wrong = await http.get("/cookie_sync")
-    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST, OPTIONS"
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
 
 
 # --------------------------------------------------------------------------- /setuid
