@@ -113,6 +113,17 @@ def _text(status: int, message: str) -> tuple[int, Headers, bytes]:
     return status, headers, body
 
 
+@dataclass(frozen=True)
+class Call:
+    """One request to one of the endpoints, its headers read and its visitor known."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    headers: Mapping[bytes, bytes]
+    visitor: Visitor
+
+
 class _Endpoint:
     """One of the three: the method check, the request's headers and visitor, and its
     answers counted by outcome."""
@@ -131,18 +142,11 @@ class _Endpoint:
             return
         headers = request_headers(scope)
         visitor = self.s.cookies.resolve(headers.get(b"cookie"))
-        outcome = await self.answer(scope, receive, send_, headers, visitor)
+        outcome = await self.answer(Call(scope, receive, send_, headers, visitor))
         if outcome:
             self.outcomes.count(outcome, started)
 
-    async def answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send_: Send,
-        headers: Mapping[bytes, bytes],
-        visitor: Visitor,
-    ) -> str:
+    async def answer(self, call: Call) -> str:
         """Answer the request; the outcome to count ("": none, the client left)."""
         raise NotImplementedError
 
@@ -154,28 +158,25 @@ class CookieSyncEndpoint(_Endpoint):
     endpoint = "cookie_sync"
     methods = frozenset({"OPTIONS", "POST"})
 
-    async def answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send_: Send,
-        headers: Mapping[bytes, bytes],
-        visitor: Visitor,
-    ) -> str:
-        origin = headers.get(b"origin")
-        if scope["method"] == "OPTIONS":
-            await self._preflight(send_, origin, headers)
+    async def answer(self, call: Call) -> str:
+        origin = call.headers.get(b"origin")
+        if call.scope["method"] == "OPTIONS":
+            await self._preflight(call.send, origin, call.headers)
             return "preflight"
         try:
-            body = await read_body(receive, self.s.max_body, headers)
-            answer = await self._answer(body, visitor, headers, scope.get("scheme", "http"))
+            body = await read_body(call.receive, self.s.max_body, call.headers)
+            answer = await self._answer(
+                body, call.visitor, call.headers, call.scope.get("scheme", "http")
+            )
         except ClientGone:
             return ""
         except RequestError as exc:  # a body over the limit
-            await self._refuse(send_, CookieSyncOutcome.BAD_REQUEST, exc.msg, origin, exc.status)
+            await self._refuse(
+                call.send, CookieSyncOutcome.BAD_REQUEST, exc.msg, origin, exc.status
+            )
             return CookieSyncOutcome.BAD_REQUEST.label
         except PrebidError as exc:
-            await self._refuse(send_, exc.outcome, exc.message, origin, exc.outcome.status)
+            await self._refuse(call.send, exc.outcome, exc.message, origin, exc.outcome.status)
             return exc.outcome.label
         outcome, doc, set_cookie = answer
         metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
@@ -183,8 +184,8 @@ class CookieSyncEndpoint(_Endpoint):
         out = json_headers(body_out, JSON_UTF8)
         cors(out, origin)
         if set_cookie:
-            out.append(self.s.cookies.set_header(visitor))
-        await send(send_, 200, out, body_out)
+            out.append(self.s.cookies.set_header(call.visitor))
+        await send(call.send, 200, out, body_out)
         return outcome.label
 
     async def _answer(
@@ -281,33 +282,26 @@ class SetuidEndpoint(_Endpoint):
 
     endpoint = "setuid"
 
-    async def answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send_: Send,
-        headers: Mapping[bytes, bytes],
-        visitor: Visitor,
-    ) -> str:
-        head = scope["method"] == "HEAD"
+    async def answer(self, call: Call) -> str:
+        head = call.scope["method"] == "HEAD"
         try:
-            outcome, fmt = await self._set(scope["query_string"], visitor, headers)
+            outcome, fmt = await self._set(call.scope["query_string"], call.visitor, call.headers)
         except PrebidError as exc:
             refused = exc.outcome
             metrics.child(metrics.SETUID_REQUESTS, refused.label).inc()
             log.info("setuid refused", extra={"status": refused.label, "reason": exc.message})
             code, out, body = _text(refused.status, exc.message)
-            await send(send_, code, out, body, head=head)
+            await send(call.send, code, out, body, head=head)
             return refused.label
         metrics.child(metrics.SETUID_REQUESTS, outcome.label).inc()
-        out = [self.s.cookies.set_header(visitor)]
+        out = [self.s.cookies.set_header(call.visitor)]
         if outcome is SetuidOutcome.COOKIES_BLOCKED:
             out.append((b"x-error", b"172"))
         if fmt == "i":
-            await send(send_, 200, [*GIF_HEADERS, *out], GIF, head=head)
+            await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=head)
         else:
             blank = [(b"content-type", b"text/html"), (b"content-length", b"0"), *NO_CACHE]
-            await send(send_, 200, [*blank, *out], b"", head=head)
+            await send(call.send, 200, [*blank, *out], b"", head=head)
         return outcome.label
 
     async def _set(
@@ -350,17 +344,10 @@ class GetuidsEndpoint(_Endpoint):
 
     endpoint = "getuids"
 
-    async def answer(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send_: Send,
-        headers: Mapping[bytes, bytes],
-        visitor: Visitor,
-    ) -> str:
-        mapped = await self.s.mapped(visitor)
+    async def answer(self, call: Call) -> str:
+        mapped = await self.s.mapped(call.visitor)
         body = json_body(buyeruids(self.s.bidders.names, {d: u for d, (u, _) in mapped.items()}))
         out = json_headers(body, JSON_UTF8)
-        cors(out, headers.get(b"origin"))
-        await send(send_, 200, out, body, head=scope["method"] == "HEAD")
+        cors(out, call.headers.get(b"origin"))
+        await send(call.send, 200, out, body, head=call.scope["method"] == "HEAD")
         return "ok"
