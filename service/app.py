@@ -31,6 +31,7 @@ from .macros import Template
 from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
 from .outbound.s2s import S2SDestination, S2SSender
 from .outbound.transport import ClientGetter, PartnerTransport, proxied
+from .prebid import Bidders
 from .qualification import Qualifier
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
@@ -47,6 +48,7 @@ from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
+from .web.prebid import PrebidEndpoints
 from .web.qualify import Profiles, TallyCounters, loss_counters, realtime_counters
 from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
 
@@ -331,6 +333,16 @@ def create_app(settings: Settings) -> HotPaths:
         limit=settings.sync["max_partners_per_page"],
         public_url=settings.public_url,
     )
+    prebid = PrebidEndpoints(
+        store,
+        cookies,
+        Bidders(settings.partners),
+        privacy,
+        public_url=settings.public_url,
+        bounce=settings.cookies["bounce"],
+        max_query=settings.limits["max_query_bytes"],
+        max_body=settings.limits["max_body_bytes"],
+    )
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(
             store, cookies, settings, access, privacy, offers, profiles, realtime or None
@@ -356,6 +368,9 @@ def create_app(settings: Settings) -> HotPaths:
             public_url=settings.public_url,
             max_query=settings.limits["max_query_bytes"],
         ),
+        "/cookie_sync": prebid.cookie_sync(),
+        "/setuid": prebid.setuid(),
+        "/getuids": prebid.getuids(),
     }
     prefixed: dict[str, ASGIApp] = {
         IBS_PATH_FORM: hot["/ibs"],

@@ -235,6 +235,8 @@ _PARTNER: Final = {
     "gvl_id": _Key("int", 0, _non_negative),
     "realtime_url": _Key("str", "", _realtime_url),
     "realtime_traits": _Key("dict[str,int]", {}),
+    "sync_type": _Key("str", "redirect", _one_of("redirect", "iframe")),
+    "iframe_sync_url": _Key("str", "", _http_url_or_empty),
 }
 
 _API_KEY: Final = {
@@ -320,6 +322,8 @@ class Partner:
     gvl_id: int
     realtime_url: str
     realtime_traits: dict[str, int]
+    sync_type: str = "redirect"  # what sync_url is, for Prebid's /cookie_sync (SPEC §15)
+    iframe_sync_url: str = ""  # an iframe sync besides sync_url (Prebid's iframe syncer)
 
 
 @dataclass(frozen=True)
@@ -549,7 +553,12 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
 
     def read_partner(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         values = _read_keys(raw, _PARTNER, where, problems)
-        _check_templates(values, ("sync_url", "realtime_url"), where, problems)
+        _check_templates(values, ("sync_url", "realtime_url", "iframe_sync_url"), where, problems)
+        if values.get("sync_type") == "iframe" and values.get("iframe_sync_url"):
+            problems.append(
+                f"{where}: key 'iframe_sync_url': not allowed with sync_type = \"iframe\" "
+                "(sync_url is the iframe sync then)"
+            )
         for domain in values.get("redirect_domains", []):
             if browser_host(domain.strip()) is None:
                 problems.append(f"{where}: key 'redirect_domains': {domain!r} is not a host name")
@@ -557,9 +566,18 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
             if values.get(key) is None:
                 values[key] = tables["sync"].get(key)
         refs.realtime.append((where, values.get("dpid"), values.get("realtime_traits", {})))
+        # Names are Prebid bidder codes, matched case-insensitively (SPEC §15).
+        code = values.get("name", "").lower()
+        if code in bidder_codes:
+            problems.append(
+                f"{where}: key 'name': {values['name']!r} is also the name of dpid "
+                f"{bidder_codes[code]!r} (bidder codes ignore case)"
+            )
+        bidder_codes.setdefault(code, values.get("dpid"))
         return values
 
     refs = _Refs()
+    bidder_codes: dict[str, Any] = {}
 
     def read_trait(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         values = _read_keys(raw, _TRAIT, where, problems)

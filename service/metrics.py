@@ -86,10 +86,35 @@ REDIS_UP: Final = Gauge(
     "pixelsync_redis_up", "1 when Redis answered the last flush", multiprocess_mode="min"
 )
 
+# Prebid Server's user-sync metrics (SPEC §15), under its names and labels.
+COOKIE_SYNC_REQUESTS: Final = Counter(
+    "pixelsync_cookie_sync_requests",
+    "/cookie_sync requests by status (ok, bad_request, opt_out, gdpr_blocked_host_cookie)",
+    ["status"],
+)
+SYNCER_REQUESTS: Final = Counter(
+    "pixelsync_syncer_requests",
+    "Bidders evaluated by /cookie_sync, by syncer (bidder code) and status (ok, "
+    "privacy_blocked, already_synced, type_not_supported)",
+    ["syncer", "status"],
+)
+SETUID_REQUESTS: Final = Counter(
+    "pixelsync_setuid_requests",
+    "/setuid requests by status (ok, bad_request, opt_out, gdpr_blocked_host_cookie, "
+    "syncer_unknown, cookies_blocked)",
+    ["status"],
+)
+SYNCER_SETS: Final = Counter(
+    "pixelsync_syncer_sets",
+    "Uids set (ok) or cleared (cleared) by /setuid, by syncer (bidder code)",
+    ["syncer", "status"],
+)
+
 __all__ = [
     "BUFFERED",
     "BUFFER_OVERFLOW",
     "CONTENT_TYPE_LATEST",
+    "COOKIE_SYNC_REQUESTS",
     "DESTINATIONS",
     "DISTINCT_VISITORS",
     "LATENCY",
@@ -101,6 +126,9 @@ __all__ = [
     "REDIS_UP",
     "REQUESTS",
     "SEGMENTS",
+    "SETUID_REQUESTS",
+    "SYNCER_REQUESTS",
+    "SYNCER_SETS",
     "SYNCS",
     "TRAITS",
     "WRITES",

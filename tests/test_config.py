@@ -265,6 +265,32 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[partners]] entry 1 (dpid 7): key 'realtime_traits': 'abc' -> 1 is not"],
         ),
         (
+            "unknown sync type",
+            "[[partners]]\ndpid = 7\nname = 'a'\nsync_type = 'image'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'sync_type': must be one of redirect, iframe"],
+        ),
+        (
+            "iframe sync url not a URL",
+            "[[partners]]\ndpid = 7\nname = 'a'\niframe_sync_url = 'sync.html'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'iframe_sync_url': must be an absolute http(s)"],
+        ),
+        (
+            "iframe sync url with an unknown macro",
+            "[[partners]]\ndpid = 7\nname = 'a'\niframe_sync_url = 'https://a.test/?u=${UID}'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'iframe_sync_url': unknown macro ${UID}"],
+        ),
+        (
+            "a second iframe sync for an iframe partner",
+            "[[partners]]\ndpid = 7\nname = 'a'\nsync_type = 'iframe'\n"
+            "sync_url = 'https://a.test/i'\niframe_sync_url = 'https://a.test/j'\n",
+            ["[[partners]] entry 1 (dpid 7): key 'iframe_sync_url': not allowed with sync_type"],
+        ),
+        (
+            "bidder codes that differ only in case",
+            "[[partners]]\ndpid = 7\nname = 'Acme'\n[[partners]]\ndpid = 8\nname = 'acme'\n",
+            ["[[partners]] entry 2 (dpid 8): key 'name': 'acme' is also the name of dpid 7"],
+        ),
+        (
             "array written as a table",
             "[partners]\ndpid = 1\n",
             ["[[partners]]: must be an array of tables"],

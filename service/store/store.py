@@ -42,6 +42,7 @@ from .raw import PackedPipe, RawConnection, SharedReads
 from .raw import supported as raw_supported
 from .writes import (
     Count,
+    Disown,
     Erase,
     Forward,
     Map,
@@ -197,6 +198,13 @@ class Store:
         if self.cluster:  # the two keys live in different slots: one command each
             return self.writes.push(Forward(uuid, dpid, enc, day), Reverse(uuid, dpid, enc))
         return self.writes.push(Map(uuid, dpid, enc, day))
+
+    def delete_mapping(self, uuid: str, dpid: int, uid: str) -> bool:
+        """Remove the visitor's mapping to (dpid, uid), in both directions; each side
+        only if it still names the other (a newer mapping wins)."""
+        enc = encode_uid(uid)
+        key, field = self.schema.reverse_slot(dpid, uid)
+        return self.writes.push(Disown(uuid, dpid, enc), Unlink(key, field, uuid16(uuid)))
 
     def save_profile(self, uuid: str, expected: bytes, new: bytes, redo: Redo) -> bool:
         """Store the visitor's profile if nobody changed it since it was read as

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from .. import metrics
 from ..consent import Privacy, evaluate
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind
+from ..tally import Tally, partner_field
 from .cookies import VisitorCookies
 from .responses import Headers, Receive, Scope, Send, send
 
@@ -27,6 +28,26 @@ class Outcomes:
     def count(self, outcome: str, started: float) -> None:
         metrics.child(metrics.REQUESTS, self.endpoint, outcome).inc()
         self.latency.observe(time.perf_counter() - started)
+
+
+class SyncCounters:
+    """Match rates per partner (SPEC §5): syncs handed out and completed, and mappings
+    stored, in Prometheus and in the per-minute buckets."""
+
+    def __init__(self, tally: Tally, dpids: Iterable[int]) -> None:
+        self.tally = tally
+        for dpid in dpids:  # at 0 from the start: a partner never synced shows as such
+            for stage in ("instructed", "completed"):
+                metrics.child(metrics.SYNCS, str(dpid), stage)
+
+    def instructed(self, dpid: int) -> None:
+        metrics.child(metrics.SYNCS, str(dpid), "instructed").inc()
+        self.tally.add(partner_field(dpid, "instructed"))
+
+    def completed(self, dpid: int) -> None:
+        metrics.child(metrics.SYNCS, str(dpid), "completed").inc()
+        self.tally.add(partner_field(dpid, "completed"))
+        self.tally.add(partner_field(dpid, "mappings"))
 
 
 async def method_not_allowed(send_: Send, allow: bytes) -> None:

@@ -23,11 +23,11 @@ from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..store import Store
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
-from ..tally import partner_field
 from .common import (
     METHODS_PIXEL,
     Outcomes,
     PrivacyRules,
+    SyncCounters,
     method_not_allowed,
     new_tid,
     refusal_headers,
@@ -73,9 +73,7 @@ class SyncOffers:
             "; HttpOnly; Secure; SameSite=None"
         ).encode()
         self.by_dpid = {p.dpid: p for p in partners}
-        self._instructed = {
-            p.dpid: metrics.SYNCS.labels(str(p.dpid), "instructed") for p in partners
-        }
+        self.counters = SyncCounters(store.tally, self.by_dpid)
 
     async def offer(
         self,
@@ -98,7 +96,8 @@ class SyncOffers:
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):
             return [], None  # the cookie says all were handed out recently: no read
         if mapped is None:
-            mapped = await self._mappings(visitor) if visitor.kind is VisitorKind.KNOWN else {}
+            known = visitor.kind is VisitorKind.KNOWN
+            mapped = await read_mappings(self.store, visitor.uuid) if known else {}
         synced = {dpid: day for dpid, (_, day) in mapped.items()}
         due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
         if not due:
@@ -124,23 +123,24 @@ class SyncOffers:
         """Count the syncs handed out; answer the dextp Set-Cookie that records them."""
         for p in partners:
             handed[p.dpid] = int(now * 1000)
-            self._instructed[p.dpid].inc()
-            self.store.tally.add(partner_field(p.dpid, "instructed"))
+            self.counters.instructed(p.dpid)
         return (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
 
     def handed(self, headers: Mapping[bytes, bytes]) -> dict[int, int]:
         return parse_dextp(cookie_value(headers.get(b"cookie"), self._prefix))
 
-    async def _mappings(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
-        assert visitor.uuid is not None
-        try:
-            found = await asyncio.wait_for(
-                self.store.mappings(visitor.uuid, today()), MAPPING_READ_TIMEOUT_S
-            )
-        except (RedisError, OSError):
-            metrics.REDIS_ERRORS.labels("read").inc()
-            return {}  # Redis unreachable: the dextp cookie alone decides
-        return {dpid: (m.uid, m.day) for dpid, m in found.items()}
+
+async def read_mappings(
+    store: Store, uuid: str, timeout: float = MAPPING_READ_TIMEOUT_S
+) -> dict[int, tuple[str, int]]:
+    """The visitor's live mappings, dpid -> (uid, day seen); {} when Redis does not
+    answer within `timeout` (then the caller decides without them)."""
+    try:
+        found = await asyncio.wait_for(store.mappings(uuid, today()), timeout)
+    except (RedisError, OSError):
+        metrics.REDIS_ERRORS.labels("read").inc()
+        return {}
+    return {dpid: (m.uid, m.day) for dpid, m in found.items()}
 
 
 def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:

@@ -7,18 +7,17 @@ import logging
 import time
 from urllib.parse import urlsplit
 
-from .. import metrics
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..redirects import normalize_domains
 from ..signals import parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
-from ..tally import partner_field
 from .common import (
     METHODS_PIXEL,
     Outcomes,
     PrivacyRules,
+    SyncCounters,
     method_not_allowed,
     new_tid,
     refusal_headers,
@@ -53,7 +52,7 @@ class IbsEndpoint:
         self.bounce = bounce
         self.max_query = max_query
         self.outcomes = Outcomes("ibs")
-        self._completed = {dpid: metrics.SYNCS.labels(str(dpid), "completed") for dpid in partners}
+        self.counters = SyncCounters(store.tally, partners)
 
     async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
         started = time.perf_counter()
@@ -94,9 +93,7 @@ class IbsEndpoint:
             return
         assert visitor.uuid is not None
         self.store.put_mapping(visitor.uuid, req.partner.dpid, req.uid, today())
-        self._completed[req.partner.dpid].inc()
-        self.store.tally.add(partner_field(req.partner.dpid, "completed"))
-        self.store.tally.add(partner_field(req.partner.dpid, "mappings"))
+        self.counters.completed(req.partner.dpid)
         cookie = self.cookies.set_header(visitor)
         if req.redir is not None:
             target = redirect_target(req.redir, visitor.uuid)

@@ -35,6 +35,65 @@ _API_ERROR: Final = {
         }
     },
 }
+_PLAIN_ERROR: Final = {
+    "description": "refused, as Prebid Server says it",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+_BIDDER_FILTER: Final = {
+    "type": "object",
+    "properties": {
+        "bidders": {"oneOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]},
+        "filter": {"enum": ["include", "exclude"]},
+    },
+}
+_COOKIE_SYNC_REQUEST: Final = {
+    "type": "object",
+    "properties": {
+        "bidders": {"type": "array", "items": {"type": "string"}},
+        "gdpr": {"enum": [0, 1]},
+        "gdpr_consent": {"type": "string"},
+        "us_privacy": {"type": "string"},
+        "gpp": {"type": "string"},
+        "gpp_sid": {"type": "string"},
+        "limit": {"type": "integer"},
+        "debug": {"type": "boolean"},
+        "filterSettings": {
+            "type": "object",
+            "properties": {"iframe": _BIDDER_FILTER, "image": _BIDDER_FILTER},
+        },
+    },
+}
+_COOKIE_SYNC_ANSWER: Final = {
+    "type": "object",
+    "required": ["status", "bidder_status"],
+    "properties": {
+        "status": {"enum": ["ok", "no_cookie"]},
+        "bidder_status": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "bidder": {"type": "string"},
+                    "no_cookie": {"type": "boolean"},
+                    "usersync": {
+                        "type": "object",
+                        "properties": {
+                            "url": {"type": "string"},
+                            "type": {"enum": ["iframe", "redirect"]},
+                        },
+                    },
+                },
+            },
+        },
+        "debug": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"bidder": {"type": "string"}, "error": {"type": "string"}},
+            },
+        },
+    },
+}
 _API_RESPONSES: Final = {"401": _API_ERROR, "403": _API_ERROR, "404": _API_ERROR}
 
 
@@ -117,6 +176,70 @@ SPEC: Final[dict[str, Any]] = {
             }
         },
         "/demoptout.jpg": _pixel("Global opt-out"),
+        "/cookie_sync": {
+            "post": {
+                "summary": "Prebid Server's cookie sync: the bidder syncs this visitor needs",
+                "requestBody": {
+                    "content": {
+                        "application/json": {"schema": _COOKIE_SYNC_REQUEST},
+                        "text/plain": {"schema": _COOKIE_SYNC_REQUEST},
+                    }
+                },
+                "responses": {
+                    "200": _json(_COOKIE_SYNC_ANSWER),
+                    "400": _PLAIN_ERROR,
+                    "401": {**_PLAIN_ERROR, "description": "User has opted out"},
+                    "413": _PLAIN_ERROR,
+                },
+            },
+            "options": {
+                "summary": "CORS preflight (credentialed; the Origin is echoed)",
+                "responses": {"204": {"description": "allowed"}},
+            },
+        },
+        "/setuid": {
+            op: {
+                "summary": "Prebid Server's setuid: store a bidder's uid (empty: delete it)",
+                "parameters": [
+                    _query("bidder", required=True),
+                    _query("uid"),
+                    _query("f"),
+                    *(_query(n) for n in ("gdpr", "gdpr_consent", "gpp", "gpp_sid")),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "f=i: the 1x1 GIF; f=b: empty HTML",
+                        "content": {
+                            "image/gif": {"schema": {"type": "string", "format": "binary"}},
+                            "text/html": {"schema": {"type": "string", "maxLength": 0}},
+                        },
+                    },
+                    "400": _PLAIN_ERROR,
+                    "401": {"description": "the visitor opted out"},
+                    "451": {**_PLAIN_ERROR, "description": "GDPR consent refused"},
+                },
+            }
+            for op in ("get", "head")
+        },
+        "/getuids": {
+            op: {
+                "summary": "Prebid Server's getuids: the visitor's uid per bidder",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "buyeruids": {
+                                    "type": "object",
+                                    "additionalProperties": {"type": "string"},
+                                }
+                            },
+                        }
+                    )
+                },
+            }
+            for op in ("get", "head")
+        },
         "/v1/users/{uuid}": {
             "get": _api(
                 "A visitor's partner ids, traits and segments",

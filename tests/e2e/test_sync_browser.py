@@ -81,11 +81,11 @@ class PartnerCall:
 
 
 class Partners(PartnerServer):
-    """The sync endpoint of every partner, on http://[::1]:<port>/sync?p=<dpid>&…"""
+    """The sync endpoint of every partner, on http://[::1]:<port>/<any path>?p=<dpid>&…"""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "::1") -> None:
         self._calls: list[PartnerCall] = []
-        super().__init__(self.answer, host="::1")
+        super().__init__(self.answer, host=host)
 
     def answer(self, request: Request) -> Answer:
         try:

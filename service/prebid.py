@@ -1,0 +1,495 @@
+"""Prebid Server-compatible user sync (SPEC §15), free of HTTP and Redis: which bidders
+a /cookie_sync hands syncs out for, its filter settings, and every outcome as the
+metric label, debug message and status code Prebid Server gives it.
+
+Bidders are the configured partners, their `name` the bidder code, matched
+case-insensitively. What Prebid Server keeps in its `uids` cookie is the match table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum, StrEnum
+from typing import Any, Final
+from urllib.parse import quote
+
+from .config import Partner
+from .consent import Privacy
+from .errors import Code
+from .macros import Template
+from .sync import OutboundPartner, sync_url, valid_uid
+
+CONSENT_FIELDS: Final = ("gdpr", "gdpr_consent", "us_privacy", "gpp", "gpp_sid")
+CONSENT_REQUIRED: Final = "gdpr_consent is required if gdpr=1"
+CONSENT_REQUIRED_ASSUMED: Final = (
+    "gdpr_consent is required. gdpr is not specified and is assumed to be 1 by the server. "
+    "set gdpr=0 to exempt this request"
+)
+INVALID_BIDDERS_TYPE: Final = (
+    "invalid bidders type. must either be a string '*' or a string array of bidders"
+)
+
+
+class SyncType(StrEnum):
+    IFRAME = "iframe"
+    REDIRECT = "redirect"
+
+    @property
+    def answer(self) -> str:
+        """The /setuid answer this sync type wants: b (blank HTML) or i (image)."""
+        return "b" if self is SyncType.IFRAME else "i"
+
+
+PREFERENCE: Final = (SyncType.IFRAME, SyncType.REDIRECT)  # iframe first, when allowed
+
+
+@dataclass(frozen=True)
+class Bidder:
+    """A partner as a Prebid bidder: its sync URL per sync type it supports."""
+
+    dpid: int
+    name: str
+    gvl_id: int
+    refresh_days: int
+    syncs: Mapping[SyncType, OutboundPartner]
+    default_type: SyncType
+
+    @classmethod
+    def of(cls, partner: Partner) -> Bidder:
+        base = OutboundPartner.of(partner)
+        declared = SyncType(partner.sync_type)
+        syncs: dict[SyncType, OutboundPartner] = {}
+        if partner.sync_url:
+            syncs[declared] = base
+        if partner.iframe_sync_url:
+            syncs[SyncType.IFRAME] = replace(base, template=Template.parse(partner.iframe_sync_url))
+        default = declared if declared in syncs or not syncs else next(iter(syncs))
+        return cls(partner.dpid, partner.name, partner.gvl_id, partner.refresh_days, syncs, default)
+
+
+class Bidders:
+    """The configured partners by bidder code, case-insensitively."""
+
+    def __init__(self, partners: Iterable[Partner]) -> None:
+        self.all = [Bidder.of(p) for p in partners]
+        self._by_code = {b.name.lower(): b for b in self.all}
+        self.names = {b.dpid: b.name for b in self.all}
+
+    def get(self, code: str) -> Bidder | None:
+        return self._by_code.get(code.lower())
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+class CookieSyncOutcome(Enum):
+    """A /cookie_sync answer: (metric label, HTTP status, message)."""
+
+    OK = ("ok", 200, "")
+    BAD_REQUEST = ("bad_request", 400, "")  # the message says what was wrong
+    OPT_OUT = ("opt_out", 401, "User has opted out")
+    GDPR_BLOCKED = ("gdpr_blocked_host_cookie", 200, "")  # answered, with no syncs
+
+    def __init__(self, label: str, status: int, message: str) -> None:
+        self.label = label
+        self.status = status
+        self.message = message
+
+
+class SetuidOutcome(Enum):
+    """A /setuid answer: (metric label, HTTP status, message)."""
+
+    OK = ("ok", 200, "")
+    BAD_REQUEST = ("bad_request", 400, "")
+    OPT_OUT = ("opt_out", 401, "")
+    GDPR_BLOCKED = (
+        "gdpr_blocked_host_cookie",
+        451,
+        "The gdpr_consent string prevents cookies from being saved",
+    )
+    SYNCER_UNKNOWN = ("syncer_unknown", 400, "")
+    # Not Prebid Server's: a browser that came without our cookie while [cookies] bounce
+    # is on. Nothing is stored (it would be a mapping no browser can ever present).
+    COOKIES_BLOCKED = ("cookies_blocked", 200, "")
+
+    def __init__(self, label: str, status: int, message: str) -> None:
+        self.label = label
+        self.status = status
+        self.message = message
+
+
+class Status(Enum):
+    """One bidder's evaluation in a /cookie_sync: (syncer_requests label or "" when
+    there is no syncer to count it for, debug message)."""
+
+    OK = ("ok", "")
+    UNKNOWN_BIDDER = ("", "Unsupported bidder")
+    DUPLICATE = ("", "Duplicate bidder synced as ")
+    NO_SYNC_CONFIG = ("", "No sync config")
+    TYPE_NOT_SUPPORTED = ("type_not_supported", "Rejected by request filter")
+    ALREADY_SYNCED = ("already_synced", "Already in sync")
+    BLOCKED_BY_PRIVACY = ("privacy_blocked", "Rejected by privacy")
+
+    def __init__(self, label: str, message: str) -> None:
+        self.label = label
+        self.message = message
+
+
+class SyncerSet(StrEnum):
+    """A /setuid of one bidder, the syncer_sets label."""
+
+    OK = "ok"
+    CLEARED = "cleared"
+
+
+class PrebidError(Exception):
+    """A request refused with a Prebid Server outcome and its message."""
+
+    def __init__(self, outcome: CookieSyncOutcome | SetuidOutcome, message: str = "") -> None:
+        super().__init__(message or outcome.message)
+        self.outcome = outcome
+        self.message = message or outcome.message
+
+
+# --------------------------------------------------------------------------- /cookie_sync
+
+
+@dataclass(frozen=True)
+class BidderFilter:
+    """filterSettings.iframe or .image: include or exclude these bidders (None: all)."""
+
+    include: bool = True
+    codes: frozenset[str] | None = None  # lower case
+
+    def allows(self, code: str) -> bool:
+        listed = self.codes is None or code.lower() in self.codes
+        return listed == self.include
+
+
+@dataclass(frozen=True)
+class TypeFilter:
+    iframe: BidderFilter = BidderFilter()
+    redirect: BidderFilter = BidderFilter()
+
+    def allows(self, sync_type: SyncType, code: str) -> bool:
+        rule = self.iframe if sync_type is SyncType.IFRAME else self.redirect
+        return rule.allows(code)
+
+
+@dataclass(frozen=True)
+class CookieSyncRequest:
+    bidders: list[str] | None  # None: every configured bidder
+    consent: dict[str, str]  # the consent fields given, as query-style strings
+    limit: int = 0  # 0: no limit
+    filter: TypeFilter = TypeFilter()
+    debug: bool = False
+
+
+def _bad(message: str) -> PrebidError:
+    return PrebidError(CookieSyncOutcome.BAD_REQUEST, message)
+
+
+def _parse_filter(raw: Any, name: str) -> BidderFilter:
+    if raw is None:
+        return BidderFilter()
+    if not isinstance(raw, dict):
+        raise _bad(f"JSON parsing failed: filterSettings.{name} must be an object")
+    mode = raw.get("filter", "include")
+    if mode not in ("include", "exclude"):
+        raise _bad(
+            f"error parsing filtersettings.{name}: invalid filter value '{mode}'. "
+            "must be either 'include' or 'exclude'"
+        )
+    codes = raw.get("bidders", "*")
+    if isinstance(codes, str):
+        if codes != "*":
+            raise _bad(
+                f"error parsing filtersettings.{name}: invalid bidders value `{codes}`. "
+                "must either be '*' or a string array"
+            )
+        return BidderFilter(mode == "include")
+    if not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
+        raise _bad(f"error parsing filtersettings.{name}: {INVALID_BIDDERS_TYPE}")
+    return BidderFilter(mode == "include", frozenset(c.lower() for c in codes))
+
+
+def _consent_field(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if key == "gdpr":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad("JSON parsing failed: gdpr must be an integer")
+        if value not in (0, 1):
+            raise _bad(f"JSON parsing failed: the gdpr field must be either 0 or 1, not {value}")
+        return str(value)
+    if key == "gpp_sid" and isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return ",".join(str(v) for v in value)
+    if not isinstance(value, str):
+        raise _bad(f"JSON parsing failed: {key} must be a string")
+    return value
+
+
+def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
+    """The request body, as Prebid Server reads it; PrebidError (400) when it cannot."""
+    try:
+        doc = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError) as exc:
+        raise _bad(f"JSON parsing failed: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _bad("JSON parsing failed: the request must be a JSON object")
+    bidders = doc.get("bidders")
+    if bidders is not None and (
+        not isinstance(bidders, list) or not all(isinstance(b, str) for b in bidders)
+    ):
+        raise _bad("JSON parsing failed: bidders must be an array of strings")
+    limit = doc.get("limit", 0)
+    if limit is None:
+        limit = 0
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise _bad("JSON parsing failed: limit must be an integer")
+    debug = doc.get("debug", False)
+    if not isinstance(debug, bool):
+        raise _bad("JSON parsing failed: debug must be true or false")
+    settings = doc.get("filterSettings")
+    if settings is not None and not isinstance(settings, dict):
+        raise _bad("JSON parsing failed: filterSettings must be an object")
+    settings = settings or {}
+    consent = {
+        key: value for key in CONSENT_FIELDS if (value := _consent_field(doc, key)) is not None
+    }
+    return CookieSyncRequest(
+        bidders,
+        consent,
+        max(limit, 0),
+        TypeFilter(
+            _parse_filter(settings.get("iframe"), "iframe"),
+            _parse_filter(settings.get("image"), "image"),
+        ),
+        debug,
+    )
+
+
+def missing_consent(consent: Mapping[str, str], gdpr_default: int) -> str | None:
+    """Prebid Server's refusal of a GDPR request without a consent string, or None.
+    GDPR applies as SPEC §12 says: gdpr=1, gpp_sid with 2, or no gdpr and a default 1."""
+    if consent.get("gdpr_consent"):
+        return None
+    gdpr = consent.get("gdpr", "")
+    sids = {s.strip() for s in consent.get("gpp_sid", "").split(",")}
+    if gdpr == "1" or "2" in sids:
+        return CONSENT_REQUIRED
+    if gdpr not in ("0", "1") and gdpr_default == 1:
+        return CONSENT_REQUIRED_ASSUMED
+    return None
+
+
+def cookie_sync_refusal(code: Code) -> CookieSyncOutcome:
+    """A consent refusal of the privacy rules (SPEC §12), as /cookie_sync answers it:
+    the host may not set a cookie, so no syncs (Prebid Server's host-cookie block)."""
+    if code is Code.CONSENT_MISSING:
+        return CookieSyncOutcome.BAD_REQUEST
+    return CookieSyncOutcome.GDPR_BLOCKED
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One requested bidder: how it was evaluated, and the sync chosen when OK."""
+
+    code: str  # as requested
+    status: Status
+    bidder: Bidder | None = None
+    sync_type: SyncType | None = None
+
+    @property
+    def debug_message(self) -> str:
+        if self.status is Status.DUPLICATE and self.bidder is not None:
+            return self.status.message + self.bidder.name
+        return self.status.message
+
+
+def fresh(bidder: Bidder, synced_day: int | None, today: int) -> bool:
+    """A mapping seen within the bidder's refresh interval: already synced (SPEC §5)."""
+    return synced_day is not None and today - synced_day < bidder.refresh_days
+
+
+def choose(
+    request: CookieSyncRequest,
+    bidders: Bidders,
+    synced_days: Mapping[int, int],
+    privacy: Privacy,
+    today: int,
+) -> list[Evaluation]:
+    """Evaluate the requested bidders in order (all configured ones when none were
+    named) until `limit` syncs are chosen, as Prebid Server's chooser does."""
+    codes = request.bidders if request.bidders is not None else [b.name for b in bidders.all]
+    seen: set[int] = set()
+    chosen = 0
+    out: list[Evaluation] = []
+    for code in codes:
+        if request.limit and chosen >= request.limit:
+            break
+        evaluation = _evaluate(code, bidders, seen, request.filter, synced_days, privacy, today)
+        chosen += evaluation.status is Status.OK
+        out.append(evaluation)
+    return out
+
+
+def _evaluate(
+    code: str,
+    bidders: Bidders,
+    seen: set[int],
+    type_filter: TypeFilter,
+    synced_days: Mapping[int, int],
+    privacy: Privacy,
+    today: int,
+) -> Evaluation:
+    bidder = bidders.get(code)
+    if bidder is None:
+        return Evaluation(code, Status.UNKNOWN_BIDDER)
+    if bidder.dpid in seen:
+        return Evaluation(code, Status.DUPLICATE, bidder)
+    seen.add(bidder.dpid)
+    if not bidder.syncs:
+        return Evaluation(code, Status.NO_SYNC_CONFIG, bidder)
+    sync_type = next(
+        (t for t in PREFERENCE if t in bidder.syncs and type_filter.allows(t, bidder.name)), None
+    )
+    if sync_type is None:
+        return Evaluation(code, Status.TYPE_NOT_SUPPORTED, bidder)
+    if fresh(bidder, synced_days.get(bidder.dpid), today):
+        return Evaluation(code, Status.ALREADY_SYNCED, bidder)
+    if not (privacy.partner_allowed(bidder.gvl_id) and privacy.outbound_allowed):
+        return Evaluation(code, Status.BLOCKED_BY_PRIVACY, bidder)
+    return Evaluation(code, Status.OK, bidder, sync_type)
+
+
+def setuid_callback(
+    public_url: str, bidder: Bidder, sync_type: SyncType, consent: Mapping[str, str]
+) -> str:
+    """Where the bidder sends the browser back: /setuid with its uid macro, the consent
+    of this request and the answer format its sync type wants."""
+    query = [
+        f"bidder={quote(bidder.name, safe='')}",
+        f"uid={bidder.syncs[sync_type].callback_uid_macro}",
+    ]
+    for key in ("gdpr", "gdpr_consent", "gpp", "gpp_sid"):
+        query.append(f"{key}={quote(consent.get(key, ''), safe='')}")
+    query.append(f"f={sync_type.answer}")
+    return f"{public_url}/setuid?{'&'.join(query)}"
+
+
+def usersync_url(
+    evaluation: Evaluation,
+    *,
+    uuid: str,
+    partner_uid: str,
+    public_url: str,
+    proto: str,
+    consent: Mapping[str, str],
+    macros: Mapping[str, str],
+    rand: str,
+) -> str:
+    """The chosen sync's URL: the partner's sync URL with the macros of SPEC §5, its
+    ${CALLBACK} pointing at /setuid. `macros`: the consent macro values."""
+    assert evaluation.bidder is not None and evaluation.sync_type is not None
+    bidder, sync_type = evaluation.bidder, evaluation.sync_type
+    return sync_url(
+        bidder.syncs[sync_type],
+        uuid=uuid,
+        partner_uid=partner_uid,
+        public_url=public_url,
+        proto=proto,
+        consent=macros,
+        rand=rand,
+        callback=setuid_callback(public_url, bidder, sync_type, consent),
+    )
+
+
+def cookie_sync_answer(
+    has_mappings: bool,
+    syncs: Sequence[tuple[Evaluation, str]],
+    evaluations: Sequence[Evaluation],
+    debug: bool,
+) -> dict[str, Any]:
+    """Prebid Server's answer: `status` ok when the visitor has any live mapping (its
+    `uids` cookie would hold a sync), one entry per chosen sync, and with `debug` why
+    every other bidder evaluated was left out."""
+    doc: dict[str, Any] = {
+        "status": "ok" if has_mappings else "no_cookie",
+        "bidder_status": [
+            {
+                "bidder": e.bidder.name if e.bidder else e.code,
+                "no_cookie": True,
+                "usersync": {"url": url, "type": str(e.sync_type)},
+            }
+            for e, url in syncs
+        ],
+    }
+    if debug:
+        doc["debug"] = [
+            {"bidder": e.code, "error": e.debug_message}
+            for e in evaluations
+            if e.status is not Status.OK
+        ]
+    return doc
+
+
+# --------------------------------------------------------------------------- /setuid
+
+
+@dataclass(frozen=True)
+class SetuidRequest:
+    bidder: Bidder
+    uid: str  # "": delete the visitor's mapping for the bidder
+    format: str  # b or i
+    consent: dict[str, str]
+
+
+def parse_setuid(params: Mapping[str, str], bidders: Bidders) -> SetuidRequest:
+    """The /setuid query (the first value of each parameter), checked in Prebid
+    Server's order; PrebidError with its outcome and message."""
+    code = params.get("bidder", "")
+    if not code:
+        raise PrebidError(SetuidOutcome.SYNCER_UNKNOWN, '"bidder" query param is required')
+    bidder = bidders.get(code)
+    if bidder is None:
+        raise PrebidError(
+            SetuidOutcome.SYNCER_UNKNOWN,
+            "The bidder name provided is not supported by Prebid Server",
+        )
+    fmt = params.get("f", "").lower() or bidder.default_type.answer
+    if fmt not in ("b", "i"):
+        raise PrebidError(
+            SetuidOutcome.BAD_REQUEST, '"f" query param is invalid. must be "b" or "i"'
+        )
+    gdpr = params.get("gdpr", "")
+    if gdpr not in ("", "0", "1"):
+        raise PrebidError(
+            SetuidOutcome.BAD_REQUEST,
+            f"the gdpr query param must be either 0 or 1. You gave {gdpr}",
+        )
+    consent = {k: params[k] for k in CONSENT_FIELDS if params.get(k)}
+    if gdpr == "1" and not consent.get("gdpr_consent"):
+        raise PrebidError(SetuidOutcome.BAD_REQUEST, "gdpr_consent is required when gdpr=1")
+    uid = params.get("uid", "")
+    if uid and not valid_uid(uid):
+        raise PrebidError(SetuidOutcome.BAD_REQUEST, "uid must be 1-256 printable ASCII characters")
+    return SetuidRequest(bidder, uid, fmt, consent)
+
+
+def setuid_refusal(code: Code, reason: str) -> PrebidError:
+    """A refusal of the privacy rules (SPEC §12), as /setuid answers it."""
+    if code is Code.CONSENT_UNPARSABLE:
+        return PrebidError(SetuidOutcome.BAD_REQUEST, f"gdpr_consent was invalid. {reason}")
+    if code is Code.CONSENT_MISSING:
+        return PrebidError(SetuidOutcome.BAD_REQUEST, "gdpr_consent is required when gdpr=1")
+    return PrebidError(SetuidOutcome.GDPR_BLOCKED)
+
+
+def buyeruids(names: Mapping[int, str], mapped: Mapping[int, str]) -> dict[str, Any]:
+    """/getuids: the visitor's uid per bidder; `{}` when there is none (as Prebid
+    Server answers a browser without a uids cookie)."""
+    uids = {names[dpid]: uid for dpid, uid in sorted(mapped.items()) if dpid in names}
+    return {"buyeruids": uids} if uids else {}
