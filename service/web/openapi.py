@@ -131,7 +131,7 @@ def _api(
 
 def _plain(summary: str, *statuses: str, content: str) -> dict[str, Any]:
     """An operations endpoint (SPEC §11), GET and HEAD."""
-    answer = {"content": {content: {"schema": {}}}}
+    answer: dict[str, Any] = {"content": {content: {"schema": {}}}}
     op = {"summary": summary, "responses": {s: {"description": s, **answer} for s in statuses}}
     return {"get": op, "head": op}
 
