@@ -90,9 +90,10 @@ class ApiKeys:
         return next((key.sha256[:16] for _, key in self._keys if key.name == name), "")
 
     def by_token(self, token: str) -> Caller | None:
-        if not token.strip():
+        token = token.strip(" \t")  # HTTP's own whitespace: str.strip() also eats U+00A0
+        if not token:
             return None
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        digest = hashlib.sha256(token.encode()).digest()
         found: ApiKey | None = None
         for expected, key in self._keys:  # every key compared: no early exit to time
             if hmac.compare_digest(digest, expected):
