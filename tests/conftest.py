@@ -198,6 +198,13 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     svc.stop()
 
 
+@pytest.fixture
+async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's `svc` service (each module that needs it defines one)."""
+    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+        yield client
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll an async predicate until it answers something truthy."""
     import asyncio

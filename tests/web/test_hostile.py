@@ -97,12 +97,6 @@ mappings = {{ "701" = "seg" }}
     service.stop()
 
 
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
-
-
 def cookie(uuid: str, extra: str = "") -> dict[str, str]:
     return {"cookie": f"uuid={CookieSigner([KEY]).sign(uuid)}{extra}"}
 
