@@ -36,6 +36,12 @@ TOKENS = {"admin": "h-admin", "reader": "h-reader", "acme": "h-acme"}
 PARTNER, OTHER, DESTINATION = 4321, 4322, 77
 GIF_TYPE = "image/gif"
 CSP = "default-src 'none'; img-src *; frame-src *"
+PIXEL = 'mappings = { "701" = "seg" }, url = "https://px.acme.test/p?s=%ALIAS%"'
+# Every value a browser or partner controls that reaches a partner's sync URL.
+SYNC_URL = (
+    "https://sync.acme.test/m?proto=%http_proto%&u=${DD_UUID}&p=${DP_UUID}&c=${GDPR_CONSENT}"
+    "&us=${US_PRIVACY}&g=${GPP}&s=${GPP_SID}&cb=${CALLBACK}"
+)
 
 
 def sha(token: str) -> str:
@@ -53,38 +59,19 @@ def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Se
         )
     )
     config = f"""
+traits = [{{ sid = 700, name = "x", rule = 'c_x == "1"' }}]
+segments = [{{ sid = 701, name = "xs", rule = "700T" }}]
+partners = [
+  {{ dpid = {PARTNER}, name = "acme", redirect_domains = ["acme.test"], sync_url = "{SYNC_URL}" }},
+  {{ dpid = {OTHER}, name = "other", sync_url = "https://other.test/m?u=${{DD_UUID}}" }},
+]
+destinations = [
+  {{ id = {DESTINATION}, name = "p", type = "url", partner = {PARTNER}, {PIXEL} }},
+]
+
 [server]
 data_dir = "data"
 trusted_proxies = ["127.0.0.1"]
-
-[[partners]]
-dpid = {PARTNER}
-name = "acme"
-redirect_domains = ["acme.test"]
-sync_url = "https://sync.acme.test/m?proto=%http_proto%&u=${{DD_UUID}}&p=${{DP_UUID}}&c=${{GDPR_CONSENT}}&us=${{US_PRIVACY}}&g=${{GPP}}&s=${{GPP_SID}}&cb=${{CALLBACK}}"
-
-[[partners]]
-dpid = {OTHER}
-name = "other"
-sync_url = "https://other.test/m?u=${{DD_UUID}}"
-
-[[traits]]
-sid = 700
-name = "x"
-rule = 'c_x == "1"'
-
-[[segments]]
-sid = 701
-name = "xs"
-rule = "700T"
-
-[[destinations]]
-id = {DESTINATION}
-name = "pixel"
-type = "url"
-partner = {PARTNER}
-url = "https://px.acme.test/p?s=%ALIAS%&u=${{DP_UUID}}"
-mappings = {{ "701" = "seg" }}
 
 {keys}"""
     service = start_service(
