@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -37,7 +38,7 @@ from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
 from .tally import REQUESTS_FIELD, Tally
 from .taxonomy import taxonomy
-from .web.api import Api, ApiKeys
+from .web.api import Api, ApiKeys, http_error
 from .web.chain import ChainEndpoint
 from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
@@ -397,7 +398,9 @@ def create_app(settings: Settings) -> HotPaths:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
+    )
     app.state.store = store
     app.state.settings = settings
     return HotPaths(app, hot, prefixed, store.tally)

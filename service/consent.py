@@ -57,6 +57,18 @@ class _Bits:
         return frozenset(i + 1 for i in range(width) if field >> (width - 1 - i) & 1)
 
 
+def _union(ranges: list[tuple[int, int]]) -> frozenset[int]:
+    """The vendor ids of possibly overlapping ranges, each id set once: 4,095 ranges of
+    the whole id space (a 22 KB string) would otherwise cost 268 M set insertions."""
+    ids: list[range] = []
+    last = -1
+    for start, end in sorted(ranges):
+        if end > last:
+            ids.append(range(max(start, last + 1), end + 1))
+            last = end
+    return frozenset(i for r in ids for i in r)
+
+
 def decode_tcf(text: str) -> TCString:
     core = text.split(".", 1)[0]
     if not core or not core.isascii():
@@ -78,15 +90,15 @@ def decode_tcf(text: str) -> TCString:
     bits.read(24 + 1 + 12)  # legitimate interests, purpose one treatment, publisher CC
     max_vendor = bits.read(16)
     if bits.read(1):  # range encoding
-        vendors: set[int] = set()
+        ranges: list[tuple[int, int]] = []
         for _ in range(bits.read(12)):
             is_range = bits.read(1)
             start = bits.read(16)
             end = bits.read(16) if is_range else start
             if end < start or end > max_vendor:
                 raise ConsentStringError("bad vendor range")
-            vendors.update(range(start, end + 1))
-        consented = frozenset(vendors)
+            ranges.append((start, end))
+        consented = _union(ranges)
     else:
         consented = bits.flags(max_vendor)
     return TCString(

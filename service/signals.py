@@ -38,6 +38,12 @@ def _decode(part: bytes, plus_is_space: bool) -> str:
     return text
 
 
+def decode_path_part(raw: bytes) -> str:
+    """A percent-encoded path segment, strictly: 311 for bad percent-encoding, invalid
+    UTF-8 or a NUL byte (the server's own decoding replaces what it cannot read)."""
+    return _decode(raw, plus_is_space=False)
+
+
 def parse_pairs(raw: bytes, *, plus_is_space: bool = True) -> list[tuple[str, str]]:
     """Strictly decode an application/x-www-form-urlencoded string, one pair at a time."""
     if b"%" not in raw and b"+" not in raw and raw.isascii() and b"\x00" not in raw:

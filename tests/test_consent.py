@@ -3,7 +3,9 @@ the iab-tcf package and GDPR::IAB::TCFv2's documentation), and the §12 decision
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import time
 
 import pytest
 from hypothesis import given
@@ -25,6 +27,42 @@ TRAFFECTIVE = (
 )
 NO_VENDORS = "COwxsONOwxsONKpAAAENAdCAAMAAAAAAAAAAAAAAAAAA"  # cmp 681, purposes 1 2
 ONE_VENDOR = "CO5VTlWO5VTlWH1AAAENAwCwAIAAAAAAAIAAAAoAAAAA.YAAAAAAAAAA"  # cmp 501, vendor 1
+
+
+def tcf(
+    purposes: int = 1 << 23,
+    max_vendor: int = 0,
+    ranges: list[tuple[int, int]] | None = None,
+    bitfield: str = "",
+    version: int = 2,
+) -> str:
+    """A TCF core segment: `purposes` as 24 bits (purpose 1 is the top one), then the
+    vendors as `ranges` (range encoding) or as a `bitfield` of "0"/"1"."""
+    bits = f"{version:06b}" + "0" * 146 + f"{purposes:024b}" + "0" * 37 + f"{max_vendor:016b}"
+    if ranges is None:
+        bits += "0" + bitfield
+    else:
+        bits += "1" + f"{len(ranges):012b}"
+        for start, end in ranges:
+            bits += f"0{start:016b}" if start == end else f"1{start:016b}{end:016b}"
+    bits += "0" * (-len(bits) % 8)
+    raw = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def test_built_strings_decode() -> None:
+    assert decode_tcf(tcf(max_vendor=3, bitfield="101")).vendors == {1, 3}
+    ranged = decode_tcf(tcf(max_vendor=9, ranges=[(2, 4), (3, 3), (9, 9)]))
+    assert ranged.vendors == {2, 3, 4, 9} and ranged.purposes == {1}
+
+
+def test_overlapping_vendor_ranges_cost_little() -> None:
+    """4,095 ranges over every vendor id: 22 KB that cost 6.5 s of CPU (7.7 KB, within
+    /event's query limit, 2.3 s) when each range was inserted id by id."""
+    bomb = tcf(max_vendor=65535, ranges=[(1, 65535)] * 4095)
+    started = time.perf_counter()
+    assert decode_tcf(bomb).vendors == frozenset(range(1, 65536))
+    assert time.perf_counter() - started < 0.5
 
 
 def test_decodes_real_consent_strings() -> None:

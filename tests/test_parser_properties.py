@@ -1,17 +1,22 @@
 """Property tests over the parsers that hostile input reaches (issue 9): whatever the
 input, each answers or fails with the contract's error — never another exception.
-(Query strings, cookie values, consent strings, rules and the profile codec have
-theirs beside their modules' other tests.)"""
+(Query strings, bare cookie values, TCF strings, rule texts and the profile codec have
+theirs beside their modules' other tests; here are the Cookie headers, tampered
+cookies, whole consent parameter sets and rules inside a configuration.)"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.batch.files import LineError, parse_line, parse_name
-from service.consent import us_privacy_opt_out
+from service.config import ConfigError, parse_settings
+from service.consent import ConsentStringError, decode_tcf, evaluate, us_privacy_opt_out
 from service.destinations import Tokens
-from service.errors import RequestError
+from service.errors import Code, RequestError
+from service.identity import OPT_OUT, CookieSigner, VisitorKind, new_uuid
 from service.signals import HEADER_SIGNALS, parse_event
 from service.sync import (
     ChainTokens,
@@ -22,6 +27,9 @@ from service.sync import (
     parse_ibs,
     valid_uid,
 )
+from service.web.cookies import VisitorCookies
+from tests.test_consent import TRAFFECTIVE, tcf
+from tests.test_rules import _token_texts
 
 TEXT = st.text(max_size=80)
 PAIRS = st.lists(st.tuples(TEXT, TEXT), max_size=12)
@@ -140,3 +148,135 @@ def test_inbound_file_names(name: str) -> None:
 @given(TEXT)
 def test_us_privacy_strings(value: str) -> None:
     assert us_privacy_opt_out(value) in (True, False)
+
+
+SIGNER = CookieSigner(["new-key", "old-key"])
+COOKIES = VisitorCookies({"name": "uuid", "domain": "", "ttl_days": 1}, SIGNER)
+UUID = new_uuid()
+SIGNED = SIGNER.sign(UUID)
+COOKIE_PARTS = st.sampled_from(
+    [b"uuid=", b"uuid", b"; ", b";", b"=", b" ", b"xuuid=", b"dextp=", b"NOTARGET", b"\x00",
+     b"\xff", b"\r\n", b",", b'"', SIGNED.encode(), SIGNED[:-3].encode()]
+) | st.binary(max_size=12)  # fmt: skip
+
+
+@given(st.lists(COOKIE_PARTS, max_size=12).map(b"".join))
+def test_cookie_headers(header: bytes) -> None:
+    """Any Cookie header: our value or none, and a visitor of the cookie it names."""
+    value = COOKIES.read(header)
+    assert value is None or isinstance(value, str)
+    visitor = COOKIES.resolve(header)
+    if visitor.kind is VisitorKind.KNOWN:
+        assert (value, visitor.uuid) == (SIGNED, UUID)
+    else:
+        assert visitor.kind is (VisitorKind.OPTED_OUT if value == OPT_OUT else VisitorKind.NEW)
+
+
+def _tamper(value: str, at: int, how: int, char: str) -> str:
+    at %= len(value) + 1
+    edits = [
+        value[:at] + char + value[at + 1 :],  # replaced
+        value[:at],  # truncated
+        value[:at] + char + value[at:],  # inserted
+        value[:at] + value[at + 1 :],  # deleted
+        value + "." + char,  # another dot
+    ]
+    return edits[how % len(edits)]
+
+
+@settings(max_examples=300)
+@given(
+    st.integers(0, 200),
+    st.integers(0, 4),
+    st.characters(codec="utf-8"),
+    st.sampled_from([SIGNED, CookieSigner(["foreign"]).sign(UUID), OPT_OUT, "a.b.c", "..", ""]),
+)
+def test_tampered_visitor_cookies(at: int, how: int, char: str, value: str) -> None:
+    """A tampered, truncated, foreign-key or garbage cookie counts as absent: never
+    another visitor, never an error. (A changed last character may decode to the same
+    signature: base64 has spare bits. Then it is still the same visitor.)"""
+    visitor = SIGNER.resolve(_tamper(value, at, how, char))
+    if visitor.kind is VisitorKind.KNOWN:
+        assert visitor.uuid == UUID and value == SIGNED
+    elif visitor.kind is VisitorKind.NEW:
+        assert visitor.uuid != UUID
+
+
+TCF_STRINGS = (
+    st.builds(
+        tcf,
+        purposes=st.integers(0, 2**24 - 1),
+        max_vendor=st.integers(0, 400),
+        ranges=st.none()
+        | st.lists(st.tuples(st.integers(0, 500), st.integers(0, 500)), max_size=8),
+        bitfield=st.text("01", max_size=420),
+        version=st.sampled_from([2, 2, 1, 3]),
+    )
+    | st.binary(max_size=60).map(lambda raw: tcf() + ".".join(["", raw.hex()]))
+    | st.just(TRAFFECTIVE)
+)
+
+
+@given(TCF_STRINGS.map(lambda t: t[: len(t) // 2]) | TCF_STRINGS)
+def test_structured_consent_strings(text: str) -> None:
+    """TCF strings with every vendor encoding, and cut short: decoded or refused."""
+    try:
+        decoded = decode_tcf(text)
+    except ConsentStringError:
+        return
+    assert decoded.version == 2
+    assert all(1 <= v <= 2**16 for v in decoded.vendors)
+    assert decoded.purposes <= set(range(1, 25))
+
+
+CONSENT_PARAMS = st.dictionaries(
+    st.sampled_from(["gdpr", "gdpr_consent", "us_privacy", "gpp", "gpp_sid"]),
+    st.sampled_from(["0", "1", "", "2", "7,2", " 2 ", "1YNN", "1---"]) | TCF_STRINGS | TEXT,
+)
+
+
+@given(CONSENT_PARAMS, st.sampled_from([0, 1, 3, 284]), st.sampled_from([0, 1]), st.booleans())
+def test_consent_parameters(params: dict[str, str], vendor: int, default: int, gpc: bool) -> None:
+    """Whole consent parameter sets, as /event, /ibs and dest5.html pass them on: a
+    decision, or 313 (400), 314 or 315 (200) — nothing else."""
+    try:
+        privacy = evaluate(params, vendor_id=vendor, gdpr_default=default, gpc=gpc)
+    except RequestError as exc:
+        assert exc.code in (Code.CONSENT_UNPARSABLE, Code.CONSENT_REFUSED, Code.CONSENT_MISSING)
+        assert exc.status == (400 if exc.code is Code.CONSENT_UNPARSABLE else 200)
+        return
+    assert all(privacy.partner_allowed(g) in (True, False) for g in (0, 1, 3, 284))
+    assert privacy.outbound_allowed is not (gpc or us_privacy_opt_out(params.get("us_privacy", "")))
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+RULE_TEXTS = TEXT | _token_texts
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    RULE_TEXTS | st.just('c_a == "1"'),
+    RULE_TEXTS | st.just("100T OR NOT 101T"),
+    st.dictionaries(st.sampled_from(["sid", "name", "folder", "type", "ttl_days", "data_source",
+                                     "rule", "other"]), JSON_VALUES, max_size=3),
+)  # fmt: skip
+def test_rules_in_a_configuration(trait: str, segment: str, junk: dict[str, Any]) -> None:
+    """Any rule text, and any value in any key of a trait: settings, or the
+    configuration error naming what is wrong — never another exception."""
+    doc = {
+        "traits": [
+            {"sid": 100, "name": "t", "rule": trait},
+            {"sid": 101, "name": "j", "rule": 'c_a == "1"', **junk},
+        ],
+        "segments": [{"sid": 500, "name": "s", "rule": segment}],
+    }
+    try:
+        settings_ = parse_settings(doc)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+        return
+    assert [t.sid for t in settings_.traits][:1] == [100]

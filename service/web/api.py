@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..config import ApiKey, Destination, Partner
@@ -37,6 +38,20 @@ ERASE_TIMEOUT_S: Final = 5.0
 
 def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method not served): in the API's
+    error shape under /v1/ (a uid with a newline matches no route), as text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/v1/"):
+        code = "not_found" if exc.status_code == 404 else "refused"
+        return JSONResponse(
+            {"error": {"code": code, "message": exc.detail}},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
 
 
 @dataclass(frozen=True)
@@ -75,9 +90,10 @@ class ApiKeys:
         return next((key.sha256[:16] for _, key in self._keys if key.name == name), "")
 
     def by_token(self, token: str) -> Caller | None:
-        if not token.strip():
+        token = token.strip(" \t")  # HTTP's own whitespace: str.strip() also eats U+00A0
+        if not token:
             return None
-        digest = hashlib.sha256(token.strip().encode()).digest()
+        digest = hashlib.sha256(token.encode()).digest()
         found: ApiKey | None = None
         for expected, key in self._keys:  # every key compared: no early exit to time
             if hmac.compare_digest(digest, expected):

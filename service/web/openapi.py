@@ -1,5 +1,6 @@
 """GET /openapi.json: every endpoint of the service (SPEC §10), written out by hand so
-that it says what the contract says (query forms, the path form of /ibs, GIF bodies)."""
+that it says what the contract says (query forms, the path form of /ibs, GIF bodies),
+and every answer each endpoint gives: its status codes, content types and shapes."""
 
 from __future__ import annotations
 
@@ -8,30 +9,55 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-_GIF: Final = {"content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}}}
-_ERROR_HEADER: Final = {
-    "X-Error": {
-        "description": "the contract's error code (SPEC §13)",
-        "schema": {"type": "integer"},
-    }
+_STRING: Final = {"type": "string"}
+_INT: Final = {"type": "integer"}
+_INTS: Final = {"type": "array", "items": _INT}
+_NULLABLE_RATE: Final = {"type": ["number", "null"]}
+_BINARY: Final = {"type": "string", "format": "binary"}
+_GIF: Final = {"image/gif": {"schema": _BINARY}}
+_HEADERS: Final = {
+    "X-Error": {"description": "the contract's error code (SPEC §13)", "schema": _INT},
+    "Set-Cookie": {"description": "the visitor cookie, refreshed", "schema": _STRING},
 }
 _CONSENT: Final = [
-    {"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+    {"name": n, "in": "query", "required": False, "schema": _STRING}
     for n in ("gdpr", "gdpr_consent", "us_privacy", "gpp", "gpp_sid")
 ]
+
+
+def _object(required: list[str], properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties or {}}
+
+
+# /event's JSON answer (SPEC §4), and its refusals ({"errors": […]}; an opted-out
+# visitor's also carries the empty lists and no uuid).
+_EVENT_JSON: Final = _object(
+    ["tid"],
+    {
+        "uuid": {"type": "string", "pattern": "^[0-9]{38}$"},
+        "tid": _STRING,
+        "dcs_region": _INT,
+        "stuff": {"type": "array", "items": _object(["cn", "cv", "ttl", "dmn"])},
+        "dests": {"type": "array", "items": _object(["id", "c", "e", "y"])},
+        "ibs": {"type": "array", "items": _object(["id", "tag", "url", "ttl"])},
+        "segments": _INTS,
+        "traits": _INTS,
+        "errors": {
+            "type": "array",
+            "items": _object(["code", "msg"], {"code": _INT, "msg": _STRING}),
+        },
+    },
+)
+_EVENT_CONTENT: Final = {
+    **_GIF,
+    "application/json": {"schema": _EVENT_JSON},
+    "application/javascript": {"schema": _STRING},  # JSONP: /**/name({…});
+}
 _API_ERROR: Final = {
     "description": "refused",
     "content": {
         "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "error": {
-                        "type": "object",
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-                    }
-                },
-            }
+            "schema": _object(["error"], {"error": _object(["code", "message"], {"code": _STRING})})
         }
     },
 }
@@ -39,28 +65,31 @@ _PLAIN_ERROR: Final = {
     "description": "refused, as Prebid Server says it",
     "content": {"text/plain": {"schema": {"type": "string"}}},
 }
-_BIDDER_FILTER: Final = {
-    "type": "object",
-    "properties": {
-        "bidders": {"oneOf": [{"const": "*"}, {"type": "array", "items": {"type": "string"}}]},
-        "filter": {"enum": ["include", "exclude"]},
-    },
-}
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """Prebid Server decodes JSON into Go pointers and slices: null is absent."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_BIDDERS: Final = _or_null({"oneOf": [{"const": "*"}, {"type": "array", "items": _STRING}]})
+_BIDDER_FILTER: Final = _or_null(
+    {
+        "type": "object",
+        "properties": {"bidders": _BIDDERS, "filter": _or_null({"enum": ["include", "exclude"]})},
+    }
+)
 _COOKIE_SYNC_REQUEST: Final = {
     "type": "object",
     "properties": {
-        "bidders": {"type": "array", "items": {"type": "string"}},
-        "gdpr": {"enum": [0, 1]},
-        "gdpr_consent": {"type": "string"},
-        "us_privacy": {"type": "string"},
-        "gpp": {"type": "string"},
-        "gpp_sid": {"type": "string"},
-        "limit": {"type": "integer"},
-        "debug": {"type": "boolean"},
-        "filterSettings": {
-            "type": "object",
-            "properties": {"iframe": _BIDDER_FILTER, "image": _BIDDER_FILTER},
-        },
+        "bidders": _BIDDERS,  # absent, null or "*": every bidder
+        "gdpr": _or_null({"enum": [0, 1]}),
+        **{k: _or_null(_STRING) for k in ("gdpr_consent", "us_privacy", "gpp", "gpp_sid")},
+        "limit": _or_null(_INT),
+        "debug": _or_null({"type": "boolean"}),
+        "filterSettings": _or_null(
+            {"type": "object", "properties": {"iframe": _BIDDER_FILTER, "image": _BIDDER_FILTER}}
+        ),
     },
 }
 _COOKIE_SYNC_ANSWER: Final = {
@@ -94,17 +123,44 @@ _COOKIE_SYNC_ANSWER: Final = {
         },
     },
 }
-_API_RESPONSES: Final = {"401": _API_ERROR, "403": _API_ERROR, "404": _API_ERROR}
+_API_RESPONSES: Final = {
+    "401": _API_ERROR,
+    "403": _API_ERROR,
+    "404": _API_ERROR,
+    "503": _API_ERROR,  # the store is unreachable
+}
+_REDIRECT: Final = {
+    "headers": {"Location": {"description": "where to go next", "schema": _STRING}},
+}
 
 
-def _pixel(summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _answer(description: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "headers": _HEADERS}
+    if content is not None:
+        out["content"] = content
+    return out
+
+
+def _pixel(
+    summary: str,
+    params: list[dict[str, Any]] | None = None,
+    *,
+    extra: dict[str, Any] | None = None,
+    long_queries: bool = True,
+    content: dict[str, Any] = _GIF,
+) -> dict[str, Any]:
+    """GET and HEAD of a browser endpoint: the GIF, refusals with X-Error (SPEC §13)."""
+    responses = {
+        "200": _answer("the answer (X-Error: a refusal by policy)", content),
+        "400": _answer("malformed input", content),
+        **(extra or {}),
+    }
+    if long_queries:
+        responses["414"] = _answer("query string over the limit", content)
     op = {
         "summary": summary,
         "parameters": [*(params or []), *_CONSENT],
-        "responses": {
-            "200": {"description": "the 1x1 GIF", "headers": _ERROR_HEADER, **_GIF},
-            "400": {"description": "malformed input", "headers": _ERROR_HEADER, **_GIF},
-        },
+        "responses": responses,
     }
     return {"get": op, "head": op}
 
@@ -117,18 +173,136 @@ def _path(name: str, kind: str = "string") -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
 
 
-def _api(summary: str, params: list[dict[str, Any]], ok: dict[str, Any]) -> dict[str, Any]:
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": "ok", "content": {"application/json": {"schema": schema}}}
+
+
+def _api(
+    summary: str,
+    params: list[dict[str, Any]],
+    ok: dict[str, Any],
+    **responses: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "summary": summary,
         "security": [{"bearer": []}],
         "parameters": params,
-        "responses": {"200": ok, **_API_RESPONSES},
+        "responses": {"200": _json(ok), **_API_RESPONSES, **responses},
     }
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": "ok", "content": {"application/json": {"schema": schema}}}
+def _plain(summary: str, *statuses: str, content: str) -> dict[str, Any]:
+    """An operations endpoint (SPEC §11), GET and HEAD."""
+    answer: dict[str, Any] = {"content": {content: {"schema": {}}}}
+    op = {"summary": summary, "responses": {s: {"description": s, **answer} for s in statuses}}
+    return {"get": op, "head": op}
 
+
+_COUNTERS: Final = ("instructed", "loaded", "confirmed", "attempted", "delivered")
+_COUNTERS_ALL: Final = (*_COUNTERS, "failed", "retried")
+_SERIES: Final = {"type": "array", "items": _object(["t"], {"t": _STRING})}
+_LOSS: Final = _object(
+    ["window", "destinations", "partners"],
+    {
+        "window": {"type": "string", "enum": ["15m", "1h", "24h", "7d"]},
+        "destinations": {
+            "type": "array",
+            "items": _object(
+                ["id", "name", "type", *_COUNTERS_ALL, "loss_rate", "series"],
+                {
+                    "id": _INT,
+                    "name": _STRING,
+                    "type": _STRING,
+                    **{c: _INT for c in _COUNTERS_ALL},
+                    "loss_rate": _NULLABLE_RATE,
+                    "ack_loss_rate": _NULLABLE_RATE,
+                    "series": _SERIES,
+                },
+            ),
+        },
+        "partners": {
+            "type": "array",
+            "items": _object(
+                ["dpid", "name", "instructed", "completed", "loss_rate", "series"],
+                {
+                    "dpid": _INT,
+                    "name": _STRING,
+                    "instructed": _INT,
+                    "completed": _INT,
+                    "loss_rate": _NULLABLE_RATE,
+                    "series": _SERIES,
+                },
+            ),
+        },
+    },
+)
+_MATCH_RATES: Final = _object(
+    ["partners"],
+    {
+        "partners": {
+            "type": "array",
+            "items": _object(
+                [
+                    "dpid",
+                    "name",
+                    "instructed",
+                    "completed",
+                    "match_rate",
+                    "mappings",
+                    "lookups_hit",
+                    "lookups_miss",
+                ],
+                {"dpid": _INT, "name": _STRING, "match_rate": _NULLABLE_RATE},
+            ),
+        }
+    },
+)
+_TAXONOMY: Final = _object(
+    ["folders", "traits", "segments"],
+    {
+        "folders": {
+            "type": "array",
+            "items": _object(
+                ["path", "traits", "segments"],
+                {"path": _STRING, "traits": _INTS, "segments": _INTS},
+            ),
+        },
+        "traits": {
+            "type": "array",
+            "items": _object(
+                ["sid", "name", "folder", "type"],
+                {"sid": _INT, "name": _STRING, "folder": _STRING, "type": _STRING},
+            ),
+        },
+        "segments": {
+            "type": "array",
+            "items": _object(
+                ["sid", "name", "folder"], {"sid": _INT, "name": _STRING, "folder": _STRING}
+            ),
+        },
+    },
+)
+_HTML: Final = {"text/html": {"schema": _STRING}}
+_DEST5: Final = {
+    "summary": "The sync iframe: one image per due partner sync and pending URL destination",
+    "parameters": _CONSENT,
+    "responses": {
+        code: {
+            "description": description,
+            "headers": {
+                **_HEADERS,
+                "Content-Security-Policy": {"schema": _STRING},
+                "X-Content-Type-Options": {"schema": {"type": "string", "enum": ["nosniff"]}},
+            },
+            "content": _HTML,
+        }
+        for code, description in (
+            ("200", "HTML, no script (X-Error: a refusal by policy, and no images)"),
+            ("400", "malformed input: the page without images"),
+            ("414", "query string over the limit: the page without images"),
+        )
+    },
+}
 
 SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
@@ -137,15 +311,22 @@ SPEC: Final[dict[str, Any]] = {
     "paths": {
         "/event": {
             **_pixel(
-                "Data collection: GIF, JSON (d_rtbd=json) or JSONP (d_cb)",
+                "Data collection: GIF, JSON (d_rtbd=json) or JSONP (d_cb); a refusal of a "
+                "JSON request is JSON (an invalid d_cb is never echoed)",
                 [_query(n) for n in ("d_rtbd", "d_cb", "d_dst", "d_cts", "d_cid", "d_sid")],
+                content=_EVENT_CONTENT,
             ),
             "post": {
-                "summary": "Data collection, form-encoded body",
+                "summary": "Data collection, form-encoded body (at most 32 KiB: 413 beyond)",
                 "requestBody": {
                     "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}
                 },
-                "responses": {"200": {"description": "GIF or JSON", **_GIF}},
+                "responses": {
+                    "200": _answer("GIF, JSON or JSONP", _EVENT_CONTENT),
+                    "400": _answer("malformed input", _EVENT_CONTENT),
+                    "413": _answer("body over the limit", _EVENT_CONTENT),
+                    "414": _answer("query string over the limit", _EVENT_CONTENT),
+                },
             },
         },
         "/ibs": _pixel(
@@ -156,26 +337,16 @@ SPEC: Final[dict[str, Any]] = {
                 _query("redir"),
                 _query("d_bounce"),
             ],
+            extra={"302": {"description": "to redir, or the cookie bounce", **_REDIRECT}},
         ),
-        "/dest5.html": {
-            "get": {
-                "summary": "The sync iframe: one image per due partner sync",
-                "parameters": _CONSENT,
-                "responses": {"200": {"description": "HTML, no script"}},
-            }
-        },
-        "/sync/chain": {
-            "get": {
-                "summary": "ID syncs as a chain of redirects",
-                "parameters": [_query("dpids"), _query("t"), *_CONSENT],
-                "responses": {
-                    "302": {"description": "to the next partner"},
-                    "200": {"description": "the end of the chain: the GIF", **_GIF},
-                    "400": {"description": "a tampered or expired token (323)", **_GIF},
-                },
-            }
-        },
-        "/demoptout.jpg": _pixel("Global opt-out"),
+        "/dest5.html": {"get": _DEST5, "head": _DEST5},
+        "/sync/chain": _pixel(
+            "ID syncs as a chain of redirects: 302 to the next partner, the GIF at the end, "
+            "400 with X-Error 323 for a tampered or expired token",
+            [_query("dpids"), _query("t")],
+            extra={"302": {"description": "to the next partner", **_REDIRECT}},
+        ),
+        "/demoptout.jpg": _pixel("Global opt-out", long_queries=False),
         "/cookie_sync": {
             "post": {
                 "summary": "Prebid Server's cookie sync: the bidder syncs this visitor needs",
@@ -244,7 +415,15 @@ SPEC: Final[dict[str, Any]] = {
             "get": _api(
                 "A visitor's partner ids, traits and segments",
                 [_path("uuid")],
-                _json({"type": "object", "required": ["uuid", "ids", "traits", "segments"]}),
+                _object(
+                    ["uuid", "ids", "traits", "segments"],
+                    {
+                        "uuid": _STRING,
+                        "ids": {"type": "object", "additionalProperties": _STRING},
+                        "traits": _INTS,
+                        "segments": _INTS,
+                    },
+                ),
             ),
             "delete": {
                 "summary": "Erase everything about a visitor, both directions",
@@ -252,7 +431,7 @@ SPEC: Final[dict[str, Any]] = {
                 "parameters": [_path("uuid")],
                 "responses": {
                     "204": {"description": "erased"},
-                    "202": {"description": "queued: Redis did not confirm in time"},
+                    "202": _json(_object(["status"], {"status": _STRING})),
                     **_API_RESPONSES,
                 },
             },
@@ -261,7 +440,7 @@ SPEC: Final[dict[str, Any]] = {
             "get": _api(
                 "Reverse lookup: the visitor a partner uid belongs to",
                 [_path("dpid", "integer"), _path("dpuuid")],
-                _json({"type": "object", "required": ["uuid"]}),
+                _object(["uuid"], {"uuid": _STRING}),
             )
         },
         "/v1/partners/{dpid}/lookup": {
@@ -270,27 +449,25 @@ SPEC: Final[dict[str, Any]] = {
                     "Bulk reverse lookup of up to 10,000 partner uids (a body of 3 MiB at "
                     "most: 413 beyond; 400 for a body that is not the JSON below)",
                     [_path("dpid", "integer")],
-                    _json({"type": "object", "required": ["matches"]}),
+                    _object(
+                        ["matches"],
+                        {"matches": {"type": "object", "additionalProperties": _STRING}},
+                    ),
+                    **{"400": _API_ERROR, "413": _API_ERROR},
                 ),
-                "responses": {
-                    "200": _json({"type": "object", "required": ["matches"]}),
-                    "400": _API_ERROR,
-                    "413": _API_ERROR,
-                    **_API_RESPONSES,
-                },
                 "requestBody": {
                     "content": {
                         "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
+                            "schema": _object(
+                                ["dpuuids"],
+                                {
                                     "dpuuids": {
                                         "type": "array",
-                                        "items": {"type": "string"},
+                                        "items": _STRING,
                                         "maxItems": 10000,
                                     }
                                 },
-                            }
+                            )
                         }
                     }
                 },
@@ -302,7 +479,7 @@ SPEC: Final[dict[str, Any]] = {
                 "mappings stored, reverse lookups that hit and missed, and the real-time "
                 "calls (calls, timeouts, errors, breaker_opens, cache_hits, shed)",
                 [],
-                _json({"type": "object", "required": ["partners"]}),
+                _MATCH_RATES,
             )
         },
         "/v1/loss": {
@@ -317,62 +494,45 @@ SPEC: Final[dict[str, Any]] = {
                         "schema": {"type": "string", "enum": ["15m", "1h", "24h", "7d"]},
                     }
                 ],
-                _json({"type": "object", "required": ["window", "destinations", "partners"]}),
+                _LOSS,
+                **{"400": _API_ERROR},
             )
         },
-        "/v1/taxonomy": {
-            "get": _api(
-                "Folders, traits and segments",
-                [],
-                _json({"type": "object", "required": ["folders", "traits", "segments"]}),
-            )
-        },
+        "/v1/taxonomy": {"get": _api("Folders, traits and segments", [], _TAXONOMY)},
         "/fire/{token}": {
-            "get": {
+            method: {
                 "summary": "A destination pixel's load: counted once, then 302 to the partner",
                 "parameters": [_path("token")],
                 "responses": {
-                    "302": {"description": "to the partner's pixel"},
-                    "400": {"description": "invalid or expired token (323)", **_GIF},
+                    "302": {"description": "to the partner's pixel", **_REDIRECT},
+                    "400": _answer("invalid or expired token (323)", _GIF),
                 },
             }
+            for method in ("get", "head")
         },
         "/ack/{token}": _pixel(
-            "A partner's confirmation of a destination pixel, counted once", [_path("token")]
+            "A partner's confirmation of a destination pixel, counted once",
+            [_path("token")],
+            long_queries=False,
         ),
         "/dashboard": {
-            "get": {
+            method: {
                 "summary": "The loss and match-rate page (HTML, admin key): a bearer header, "
                 "or ?token= once, which sets a signed HttpOnly session cookie and redirects",
-                "parameters": [
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    }
-                ],
+                "parameters": [_query("token")],
                 "responses": {
-                    "200": {"description": "the page", "content": {"text/html": {}}},
+                    "200": {"description": "the page", "content": _HTML},
                     "303": {"description": "?token= accepted: the session cookie is set"},
-                    "401": {"description": "no admin key", "content": {"text/html": {}}},
-                    "503": {"description": "the store is unreachable"},
+                    "401": {"description": "no admin key", "content": _HTML},
+                    "503": {"description": "the store is unreachable", "content": _HTML},
                 },
             }
+            for method in ("get", "head")
         },
-        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
-        "/readyz": {
-            "get": {
-                "summary": "Readiness: Redis answers",
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not"}},
-            }
-        },
-        "/metrics": {
-            "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
-        },
-        "/openapi.json": {
-            "get": {"summary": "This document", "responses": {"200": {"description": "JSON"}}}
-        },
+        "/healthz": _plain("Liveness", "200", content="application/json"),
+        "/readyz": _plain("Readiness: Redis answers", "200", "503", content="application/json"),
+        "/metrics": _plain("Prometheus metrics", "200", content="text/plain"),
+        "/openapi.json": _plain("This document", "200", content="application/json"),
     },
 }
 

@@ -9,6 +9,7 @@ import time
 
 from ..destinations import Tokens
 from ..errors import RequestError
+from ..signals import decode_path_part
 from ..store import Store
 from .common import METHODS_PIXEL, Outcomes, method_not_allowed, new_tid
 from .qualify import TallyCounters
@@ -38,8 +39,9 @@ class TrackingEndpoint:
         if method not in METHODS_PIXEL:
             await method_not_allowed(send_, b"GET, HEAD")
             return
-        token: str = scope["path"][len(self.prefix) :]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         try:
+            token = decode_path_part(raw_path[len(self.prefix) :])
             if self.kind == "fire":
                 destination, nonce, target = self.tokens.read_fire(token)
             else:

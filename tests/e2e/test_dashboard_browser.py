@@ -16,13 +16,13 @@ from tests.conftest import Service, wait_for
 from tests.e2e.browser import chromium, refusing_context, requires_chromium
 from tests.e2e.test_sync_browser import screenshot_path
 
-# The service, its partner and the client of the HTTP-level tests (a module of its own).
+# The service and partner of the HTTP-level tests (a module of its own); the client
+# is tests/conftest.py's.
 from tests.web.test_dashboard import (  # noqa: F401  (fixtures)
     ADMIN,
     AUTH,
     LOSSY_DEST,
     OK_DEST,
-    http,
     partner,
     pct,
     svc,
@@ -40,7 +40,7 @@ POINTS_JS = """svg => Object.fromEntries([...document.querySelectorAll(`#${svg} 
 
 async def test_the_dashboard_in_a_browser(
     svc: Service,  # noqa: F811  (the imported fixtures)
-    http: httpx.AsyncClient,  # noqa: F811
+    http: httpx.AsyncClient,
 ) -> None:
     await traffic(http, 2)
 

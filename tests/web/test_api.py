@@ -185,3 +185,14 @@ async def test_retention_per_partner(api: httpx.AsyncClient, store: Store) -> No
     await store.drain()
     expired = await api.get(f"/v1/partners/1234/users/old-{old[:6]}", headers=auth("admin"))
     assert expired.status_code == 404
+
+
+async def test_paths_no_route_matches_answer_api_errors(api: httpx.AsyncClient) -> None:
+    """A uid with a newline matches no route, a method none: still the API's JSON error
+    (schemathesis found the plain-text 404)."""
+    resp = await api.get("/v1/partners/1234/users/a%0Ab", headers=auth("admin"))
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    resp = await api.put("/v1/taxonomy", headers=auth("admin"))
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "refused"
+    assert "GET" in resp.headers["allow"]
+    assert (await api.get("/nowhere")).text == "Not Found"

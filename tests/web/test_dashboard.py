@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
@@ -180,12 +180,6 @@ def svc(
     )
     yield service
     service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
 
 
 async def traffic(http: httpx.AsyncClient, visitors: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -80,12 +80,6 @@ refresh_days = 1
     )
     yield service
     service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
 
 
 def cookie_for(uuid: str, dextp: str = "") -> dict[str, str]:

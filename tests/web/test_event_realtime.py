@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -70,12 +70,6 @@ scopes = ["admin"]
     )
     yield service
     service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
 
 
 async def mapped_visitor(http: httpx.AsyncClient, *dpids: int) -> tuple[str, dict[str, str]]:

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -156,12 +156,6 @@ def svc(
     )
     yield service
     service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
 
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
