@@ -95,7 +95,7 @@ def decode_tcf(text: str) -> TCString:
             is_range = bits.read(1)
             start = bits.read(16)
             end = bits.read(16) if is_range else start
-            if end < start or end > max_vendor:
+            if not 1 <= start <= end <= max_vendor:  # vendor ids start at 1
                 raise ConsentStringError("bad vendor range")
             ranges.append((start, end))
         consented = _union(ranges)
