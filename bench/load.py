@@ -92,6 +92,8 @@ def _mapped_visitors(
 # what pixelsync does with it, not a difference in what goes over the wire.
 SCENARIOS: Final = (
     Scenario("bare_gif", "bare", "/event?c_section=sports&c_price=12", True, "gif"),
+    # The same on uvicorn's own httptools protocol (two sends per answer), for reference.
+    Scenario("bare_gif_stock", "bare_stock", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("bare_starlette", "starlette", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("event_gif_cookie", "pixelsync", "/event?c_section=sports&c_price=12", True, "gif"),
     Scenario("event_gif_new", "pixelsync", "/event?c_section=sports&c_price=12", False, "gif"),
@@ -438,11 +440,8 @@ def _bare_argv(
             "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--no-ws",
             "--log-level", "warning", app,
         ]  # fmt: skip
-    return [
-        sys.executable, "-m", "uvicorn", app,
-        "--host", HOST, "--port", str(port), "--workers", str(workers),
-        "--lifespan", "off", "--no-access-log", "--no-server-header",
-    ]  # fmt: skip
+    stock = ["--stock"] if server == "uvicorn-stock" else []
+    return [sys.executable, "-m", "bench.bare", str(port), str(workers), app, *stock]
 
 
 def _nginx_argv(port: int, workers: int, workdir: Path) -> list[str]:
@@ -629,10 +628,15 @@ def run_workers(
         contextlib.ExitStack() as stack,
     ):
         workdir = Path(tmp)
-        names = ("bare", "starlette", "nginx", "rtpartner", "pixelsync", "realtime")
+        names = ("bare", "bare_stock", "starlette", "nginx", "rtpartner", "pixelsync", "realtime")
         ports = {name: free_port() for name in names}
         argvs = {
             "bare": _bare_argv(ports["bare"], workers, server=server),
+            "bare_stock": _bare_argv(
+                ports["bare_stock"],
+                workers,
+                server="uvicorn-stock" if server == "uvicorn" else server,
+            ),
             "starlette": _bare_argv(
                 ports["starlette"], workers, "bench.bare:starlette_app", server
             ),

@@ -74,6 +74,10 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# uvicorn's httptools protocol, each response written in one send (service/web/coalesce.py).
+UVICORN_HTTP = "service.web.coalesce:CoalescingHttpToolsProtocol"
+
+
 def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
@@ -91,6 +95,8 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
         lifespan="on",
+        http=os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP),  # the env: A/B runs
+        ws="none",  # no WebSocket endpoint: an Upgrade request is an ordinary request
     )
 
 
