@@ -11,36 +11,27 @@ import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid
-from tests.conftest import Service, free_port, start_service
+from tests.conftest import Service, start_public
 
 KEY = "iframe-partners-key"
-
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    port = free_port()
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "http://127.0.0.1:{port}"
-
+PARTNERS = """
 [[partners]]
 dpid = 31
 name = "framer"
 sync_type = "iframe"
-sync_url = "https://framer.test/frame.html?u=${{DD_UUID}}&redir=${{CALLBACK}}"
+sync_url = "https://framer.test/frame.html?u=${DD_UUID}&redir=${CALLBACK}"
 
 [[partners]]
 dpid = 32
 name = "pixel"
-sync_url = "https://pixel.test/sync?u=${{DD_UUID}}&redir=${{CALLBACK}}"
+sync_url = "https://pixel.test/sync?u=${DD_UUID}&redir=${CALLBACK}"
 """
-    service = start_service(
-        tmp_path_factory.mktemp("iframe-partners"),
-        config,
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+    service = start_public(
+        tmp_path_factory.mktemp("iframe-partners"), PARTNERS, redis_url=redis_url, key=KEY
     )
     yield service
     service.stop()

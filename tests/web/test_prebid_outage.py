@@ -5,14 +5,14 @@ could not be made is done once Redis answers again."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.conftest import Service, start_public, wait_for
 from tests.proxy import FaultProxy
 
 KEY = "prebid-outage-key"
@@ -20,42 +20,21 @@ QUICK_S = 0.2  # the contract's 100 ms, with room for a loaded test machine
 
 
 @pytest.fixture(scope="module")
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(redis_url)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Service]:
-    port = free_port()
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "http://127.0.0.1:{port}"
-
-[[partners]]
-dpid = 851
-name = "acme"
-sync_url = "https://acme.test/sync?redir=${{CALLBACK}}"
-"""
-    service = start_service(
-        tmp_path_factory.mktemp("prebid-outage"),
-        config,
-        redis_url=proxy.url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+    partner = '[[partners]]\ndpid = 851\nname = "acme"\nsync_url = "https://acme.test/s"\n'
+    service = start_public(
+        tmp_path_factory.mktemp("prebid-outage"), partner, redis_url=proxy.url, key=KEY
     )
     yield service
     proxy.set("pass")
     service.stop()
 
 
-@pytest.fixture
-async def http(svc: Service, proxy: FaultProxy) -> AsyncIterator[httpx.AsyncClient]:
+@pytest.fixture(autouse=True)
+def passing(proxy: FaultProxy) -> Iterator[None]:
+    """Every test starts and ends with Redis reachable."""
     proxy.set("pass")
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
+    yield
     proxy.set("pass")
 
 
