@@ -322,6 +322,8 @@ def create_app(settings: Settings) -> HotPaths:
             access.flush()
             counter.cancel()
             stats.cancel()
+            for clearing in list(prebid.clearing):  # Redis gone for good: log what is lost
+                clearing.cancel()
             await domain.close(timeout=5.0)
             store.flush_counts(time.time())
             await store.close()
@@ -343,6 +345,7 @@ def create_app(settings: Settings) -> HotPaths:
         bounce=settings.cookies["bounce"],
         max_query=settings.limits["max_query_bytes"],
         max_body=settings.limits["max_body_bytes"],
+        shuffle=random.Random().shuffle,
     )
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(

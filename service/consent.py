@@ -10,6 +10,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Final
 
 from .errors import Code, RequestError
@@ -141,6 +142,26 @@ def us_privacy_opt_out(value: str) -> bool:
     return len(value) == 4 and value[0] == "1" and value[2].upper() == "Y"
 
 
+class GdprScope(Enum):
+    """Whether GDPR applies to a request (SPEC §12), and why."""
+
+    APPLIES = "applies"  # gdpr=1, or gpp_sid naming section 2 (TCF EU v2)
+    ASSUMED = "assumed"  # no gdpr=0|1 signal: the configured default (gdpr_default = 1)
+    NO = "no"
+
+
+def gdpr_scope(params: Mapping[str, str], gdpr_default: int) -> GdprScope:
+    """GDPR applies with gdpr=1 or gpp_sid containing 2; without a gdpr signal, as
+    `gdpr_default` says."""
+    gdpr = params.get("gdpr")
+    sids = {s.strip() for s in params.get("gpp_sid", "").split(",")}
+    if gdpr == "1" or "2" in sids:
+        return GdprScope.APPLIES
+    if gdpr != "0" and gdpr_default == 1:
+        return GdprScope.ASSUMED
+    return GdprScope.NO
+
+
 def evaluate(
     params: Mapping[str, str],
     *,
@@ -150,10 +171,7 @@ def evaluate(
 ) -> Privacy:
     """Decide, or refuse with the contract's code: 315 (GDPR applies, no consent
     string), 313 (unparsable), 314 (this service's vendor may not store)."""
-    gdpr_param = params.get("gdpr")
-    sids = {s.strip() for s in params.get("gpp_sid", "").split(",")}
-    applies = (gdpr_param == "1") if gdpr_param in ("0", "1") else gdpr_default == 1
-    applies = applies or "2" in sids
+    applies = gdpr_scope(params, gdpr_default) is not GdprScope.NO
     tcf: TCString | None = None
     text = params.get("gdpr_consent", "")
     if applies and text:

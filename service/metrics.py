@@ -95,7 +95,7 @@ COOKIE_SYNC_REQUESTS: Final = Counter(
 SYNCER_REQUESTS: Final = Counter(
     "pixelsync_syncer_requests",
     "Bidders evaluated by /cookie_sync, by syncer (bidder code) and status (ok, "
-    "privacy_blocked, already_synced, type_not_supported)",
+    "privacy_blocked, already_synced, rejected_by_filter)",
     ["syncer", "status"],
 )
 SETUID_REQUESTS: Final = Counter(

@@ -8,14 +8,15 @@ case-insensitively. What Prebid Server keeps in its `uids` cookie is the match t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum, StrEnum
 from typing import Any, Final
 from urllib.parse import quote
 
 from .config import Partner
-from .consent import Privacy
+from .consent import GdprScope, Privacy, gdpr_scope
 from .errors import Code
 from .macros import Template
 from .sync import OutboundPartner, sync_url, valid_uid
@@ -29,6 +30,10 @@ CONSENT_REQUIRED_ASSUMED: Final = (
 INVALID_BIDDERS_TYPE: Final = (
     "invalid bidders type. must either be a string '*' or a string array of bidders"
 )
+_INT8: Final = re.compile(r"[+-]?[0-9]+")  # what Go's strconv.ParseInt(s, 10, 8) reads
+
+# Shuffles a list in place (random.Random.shuffle); injected so tests are exact.
+Shuffle = Callable[[list[str]], None]
 
 
 class SyncType(StrEnum):
@@ -63,7 +68,8 @@ class Bidder:
         if partner.sync_url:
             syncs[declared] = base
         if partner.iframe_sync_url:
-            syncs[SyncType.IFRAME] = replace(base, template=Template.parse(partner.iframe_sync_url))
+            frame = Template.parse(partner.iframe_sync_url)
+            syncs[SyncType.IFRAME] = replace(base, template=frame, render="iframe")
         default = declared if declared in syncs or not syncs else next(iter(syncs))
         return cls(partner.dpid, partner.name, partner.gvl_id, partner.refresh_days, syncs, default)
 
@@ -127,7 +133,7 @@ class Status(Enum):
     UNKNOWN_BIDDER = ("", "Unsupported bidder")
     DUPLICATE = ("", "Duplicate bidder synced as ")
     NO_SYNC_CONFIG = ("", "No sync config")
-    TYPE_NOT_SUPPORTED = ("type_not_supported", "Rejected by request filter")
+    REJECTED_BY_FILTER = ("rejected_by_filter", "Rejected by request filter")
     ALREADY_SYNCED = ("already_synced", "Already in sync")
     BLOCKED_BY_PRIVACY = ("privacy_blocked", "Rejected by privacy")
 
@@ -179,7 +185,7 @@ class TypeFilter:
 
 @dataclass(frozen=True)
 class CookieSyncRequest:
-    bidders: list[str] | None  # None: every configured bidder
+    bidders: tuple[str, ...]  # as spelled in the request; (): every configured bidder
     consent: dict[str, str]  # the consent fields given, as query-style strings
     limit: int = 0  # 0: no limit
     filter: TypeFilter = TypeFilter()
@@ -224,19 +230,44 @@ def _consent_field(doc: Mapping[str, Any], key: str) -> str | None:
         if value not in (0, 1):
             raise _bad(f"JSON parsing failed: the gdpr field must be either 0 or 1, not {value}")
         return str(value)
-    if key == "gpp_sid" and isinstance(value, list) and all(isinstance(v, int) for v in value):
-        return ",".join(str(v) for v in value)
+    if key == "gpp_sid" and isinstance(value, str | list):
+        return _gpp_sid(value)
     if not isinstance(value, str):
         raise _bad(f"JSON parsing failed: {key} must be a string")
     return value
 
 
-def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
-    """The request body, as Prebid Server reads it; PrebidError (400) when it cannot."""
+def _gpp_sid(value: str | list[Any]) -> str:
+    """gpp_sid as Prebid Server reads it (comma-separated int8s, each refused as Go's
+    strconv.ParseInt refuses it), written back canonically ("02" names section 2)."""
+    tokens = value.split(",") if isinstance(value, str) else value
+    sids = []
+    for token in tokens:
+        text = str(token) if isinstance(token, int) and not isinstance(token, bool) else token
+        if not isinstance(text, str) or not _INT8.fullmatch(text):
+            raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: invalid syntax")
+        if not -128 <= int(text) <= 127:
+            raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: value out of range")
+        sids.append(str(int(text)))
+    return ",".join(sids)
+
+
+def _decode(body: bytes) -> Any:
+    """The JSON document; refused when it is not JSON or holds a string that is not
+    Unicode (a lone surrogate escape such as "\\ud800": nothing could echo it)."""
     try:
-        doc = json.loads(body) if body.strip() else {}
+        doc = json.loads(body)
+        json.dumps(doc, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise _bad("JSON parsing failed: a string holds a lone surrogate escape") from None
     except (ValueError, RecursionError) as exc:
         raise _bad(f"JSON parsing failed: {exc}") from None
+    return doc
+
+
+def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
+    """The request body, as Prebid Server reads it; PrebidError (400) when it cannot."""
+    doc = _decode(body)
     if not isinstance(doc, dict):
         raise _bad("JSON parsing failed: the request must be a JSON object")
     bidders = doc.get("bidders")
@@ -260,7 +291,7 @@ def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
         key: value for key in CONSENT_FIELDS if (value := _consent_field(doc, key)) is not None
     }
     return CookieSyncRequest(
-        bidders,
+        tuple(bidders or ()),
         consent,
         max(limit, 0),
         TypeFilter(
@@ -272,15 +303,13 @@ def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
 
 
 def missing_consent(consent: Mapping[str, str], gdpr_default: int) -> str | None:
-    """Prebid Server's refusal of a GDPR request without a consent string, or None.
-    GDPR applies as SPEC §12 says: gdpr=1, gpp_sid with 2, or no gdpr and a default 1."""
+    """Prebid Server's refusal of a GDPR request without a consent string, or None."""
     if consent.get("gdpr_consent"):
         return None
-    gdpr = consent.get("gdpr", "")
-    sids = {s.strip() for s in consent.get("gpp_sid", "").split(",")}
-    if gdpr == "1" or "2" in sids:
+    scope = gdpr_scope(consent, gdpr_default)
+    if scope is GdprScope.APPLIES:
         return CONSENT_REQUIRED
-    if gdpr not in ("0", "1") and gdpr_default == 1:
+    if scope is GdprScope.ASSUMED:
         return CONSENT_REQUIRED_ASSUMED
     return None
 
@@ -320,16 +349,25 @@ def choose(
     synced_days: Mapping[int, int],
     privacy: Privacy,
     today: int,
+    shuffle: Shuffle,
 ) -> list[Evaluation]:
-    """Evaluate the requested bidders in order (all configured ones when none were
-    named) until `limit` syncs are chosen, as Prebid Server's chooser does."""
-    codes = request.bidders if request.bidders is not None else [b.name for b in bidders.all]
+    """Evaluate the requested bidders (all configured ones when none were named) until
+    `limit` syncs are chosen, as Prebid Server's chooser does: with a limit, in a
+    shuffled order, so that every bidder gets its turn. A code named again exactly as
+    before is skipped; another spelling of a bidder already seen is a duplicate."""
+    codes = list(request.bidders) or [b.name for b in bidders.all]
+    if request.limit:
+        shuffle(codes)
     seen: set[int] = set()
+    codes_seen: set[str] = set()
     chosen = 0
     out: list[Evaluation] = []
     for code in codes:
         if request.limit and chosen >= request.limit:
             break
+        if code in codes_seen:
+            continue
+        codes_seen.add(code)
         evaluation = _evaluate(code, bidders, seen, request.filter, synced_days, privacy, today)
         chosen += evaluation.status is Status.OK
         out.append(evaluation)
@@ -357,7 +395,7 @@ def _evaluate(
         (t for t in PREFERENCE if t in bidder.syncs and type_filter.allows(t, bidder.name)), None
     )
     if sync_type is None:
-        return Evaluation(code, Status.TYPE_NOT_SUPPORTED, bidder)
+        return Evaluation(code, Status.REJECTED_BY_FILTER, bidder)
     if fresh(bidder, synced_days.get(bidder.dpid), today):
         return Evaluation(code, Status.ALREADY_SYNCED, bidder)
     if not (privacy.partner_allowed(bidder.gvl_id) and privacy.outbound_allowed):
@@ -368,15 +406,14 @@ def _evaluate(
 def setuid_callback(
     public_url: str, bidder: Bidder, sync_type: SyncType, consent: Mapping[str, str]
 ) -> str:
-    """Where the bidder sends the browser back: /setuid with its uid macro, the consent
-    of this request and the answer format its sync type wants."""
-    query = [
-        f"bidder={quote(bidder.name, safe='')}",
-        f"uid={bidder.syncs[sync_type].callback_uid_macro}",
-    ]
+    """Where the bidder sends the browser back: /setuid with the consent of this
+    request, the answer format its sync type wants and, last (some partners append
+    their uid to the URL), its uid macro: Prebid Server's default redirect URL."""
+    query = [f"bidder={quote(bidder.name, safe='')}"]
     for key in ("gdpr", "gdpr_consent", "gpp", "gpp_sid"):
         query.append(f"{key}={quote(consent.get(key, ''), safe='')}")
     query.append(f"f={sync_type.answer}")
+    query.append(f"uid={bidder.syncs[sync_type].callback_uid_macro}")
     return f"{public_url}/setuid?{'&'.join(query)}"
 
 
@@ -414,25 +451,27 @@ def cookie_sync_answer(
     debug: bool,
 ) -> dict[str, Any]:
     """Prebid Server's answer: `status` ok when the visitor has any live mapping (its
-    `uids` cookie would hold a sync), one entry per chosen sync, and with `debug` why
-    every other bidder evaluated was left out."""
+    `uids` cookie would hold a sync), one entry per chosen sync under the bidder code
+    as the request spelled it (Prebid.js looks its syncUrlModifier up by it), and with
+    `debug` why every other bidder evaluated was left out (no `debug` when none was)."""
     doc: dict[str, Any] = {
         "status": "ok" if has_mappings else "no_cookie",
         "bidder_status": [
             {
-                "bidder": e.bidder.name if e.bidder else e.code,
+                "bidder": e.code,
                 "no_cookie": True,
                 "usersync": {"url": url, "type": str(e.sync_type)},
             }
             for e, url in syncs
         ],
     }
-    if debug:
-        doc["debug"] = [
-            {"bidder": e.code, "error": e.debug_message}
-            for e in evaluations
-            if e.status is not Status.OK
-        ]
+    left_out = [
+        {"bidder": e.code, "error": e.debug_message}
+        for e in evaluations
+        if e.status is not Status.OK
+    ]
+    if debug and left_out:
+        doc["debug"] = left_out
     return doc
 
 

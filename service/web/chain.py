@@ -72,13 +72,14 @@ class ChainEndpoint:
             out.append(self.cookies.set_header(visitor))
             if "t" not in params and not dpids:  # no list given: whoever is due
                 due, _ = await self.offers.offer(
-                    visitor, privacy, headers, consent, scope.get("scheme", "http")
+                    visitor, privacy, headers, consent, scope.get("scheme", "http"), iframes=False
                 )
                 dpids = [o.partner.dpid for o in due]
             hops = [
                 self.offers.by_dpid[d]
                 for d in dpids
                 if d in self.offers.by_dpid
+                and self.offers.by_dpid[d].render != "iframe"  # a hop is a redirect
                 and privacy.partner_allowed(self.offers.by_dpid[d].gvl_id)
             ][:MAX_HOPS]
             if not hops or not privacy.outbound_allowed:

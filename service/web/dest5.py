@@ -84,14 +84,20 @@ class SyncOffers:
         proto: str,
         now: float | None = None,
         mapped: dict[int, tuple[str, int]] | None = None,
+        iframes: bool = True,
     ) -> tuple[list[Offer], tuple[bytes, bytes] | None]:
         """(syncs to hand out, the dextp Set-Cookie recording them or None).
-        `mapped`: the visitor's mappings when the caller has read them already."""
+        `mapped`: the visitor's mappings when the caller has read them already.
+        `iframes`: whether partners whose sync page must load in an iframe count."""
         if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
             return [], None
         now = time.time() if now is None else now
         handed = self.handed(headers)
-        candidates = [p for p in self.partners if privacy.partner_allowed(p.gvl_id)]
+        candidates = [
+            p
+            for p in self.partners
+            if privacy.partner_allowed(p.gvl_id) and (iframes or p.render != "iframe")
+        ]
         everyone = len(candidates)
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):
             return [], None  # the cookie says all were handed out recently: no read
@@ -135,11 +141,19 @@ async def read_mappings(
 ) -> dict[int, tuple[str, int]]:
     """The visitor's live mappings, dpid -> (uid, day seen); {} when Redis does not
     answer within `timeout` (then the caller decides without them)."""
+    found = await try_read_mappings(store, uuid, timeout)
+    return {} if found is None else found
+
+
+async def try_read_mappings(
+    store: Store, uuid: str, timeout: float = MAPPING_READ_TIMEOUT_S
+) -> dict[int, tuple[str, int]] | None:
+    """Like read_mappings, but None when Redis does not answer within `timeout`."""
     try:
         found = await asyncio.wait_for(store.mappings(uuid, today()), timeout)
     except (RedisError, OSError):
         metrics.REDIS_ERRORS.labels("read").inc()
-        return {}
+        return None
     return {dpid: (m.uid, m.day) for dpid, m in found.items()}
 
 
@@ -148,7 +162,7 @@ def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:
     return [
         {
             "id": str(o.partner.dpid),
-            "tag": "img",
+            "tag": o.partner.render,
             "url": [o.url],
             "ttl": o.partner.refresh_days * 1440,
         }
@@ -157,16 +171,10 @@ def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:
 
 
 def page(offers: Sequence[Offer], fires: Sequence[Fire] = (), *, secure: bool = False) -> bytes:
-    """The iframe page: one image per sync and one image or iframe per destination
-    fire, every URL escaped, no script."""
-    tags = [_img(o.url) for o in offers]
-    for fire in fires:
-        url = fire.secure_url if secure else fire.url
-        if fire.render == "iframe":
-            src = html.escape(url, quote=True)
-            tags.append(f'<iframe src="{src}" width="0" height="0" frameborder="0"></iframe>')
-        else:
-            tags.append(_img(url))
+    """The iframe page: one image or iframe per sync and per destination fire, as each
+    wants to be loaded; every URL escaped, no script."""
+    tags = [_tag(o.partner.render, o.url) for o in offers]
+    tags += [_tag(f.render, f.secure_url if secure else f.url) for f in fires]
     images = "".join(tags)
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>pixelsync</title></head>'
@@ -174,8 +182,11 @@ def page(offers: Sequence[Offer], fires: Sequence[Fire] = (), *, secure: bool = 
     ).encode()
 
 
-def _img(url: str) -> str:
-    return f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="">'
+def _tag(render: str, url: str) -> str:
+    src = html.escape(url, quote=True)
+    if render == "iframe":
+        return f'<iframe src="{src}" width="0" height="0" frameborder="0"></iframe>'
+    return f'<img src="{src}" width="1" height="1" alt="">'
 
 
 class Dest5Endpoint:

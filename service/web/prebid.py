@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 from .. import metrics
@@ -21,6 +22,7 @@ from ..prebid import (
     Evaluation,
     PrebidError,
     SetuidOutcome,
+    Shuffle,
     Status,
     SyncerSet,
     buyeruids,
@@ -46,7 +48,7 @@ from .common import (
     request_headers,
 )
 from .cookies import VisitorCookies
-from .dest5 import read_mappings
+from .dest5 import read_mappings, try_read_mappings
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -65,8 +67,9 @@ from .responses import (
 log = logging.getLogger("pixelsync.web")
 
 JSON_UTF8: Final = b"application/json; charset=utf-8"
-MAPPINGS_TIMEOUT_S: Final = 0.25  # Redis slow: answer as if nothing were synced
 PREFLIGHT_MAX_AGE: Final = b"86400"
+CLEAR_RETRY_S: Final = 300.0  # how long a /setuid clear waits for Redis in the background
+CLEAR_BACKOFF_S: Final = (0.1, 5.0)  # first and longest wait between its reads
 
 
 @dataclass
@@ -81,15 +84,47 @@ class PrebidEndpoints:
     bounce: bool  # [cookies] bounce: /setuid stores only for a browser with our cookie
     max_query: int
     max_body: int
+    shuffle: Shuffle  # the order /cookie_sync evaluates bidders in under a limit
+    clearing: set[asyncio.Task[None]] = field(default_factory=set)  # /setuid clears waiting
 
     def __post_init__(self) -> None:
         self.counters = SyncCounters(self.store.tally, self.bidders.names)
 
     async def mapped(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
-        """The visitor's live mappings; none for a visitor without a cookie."""
+        """The visitor's live mappings; none for a visitor without a cookie. Redis
+        slow: none either (answered within SPEC §14's 100 ms, as dest5 does)."""
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
             return {}
-        return await read_mappings(self.store, visitor.uuid, MAPPINGS_TIMEOUT_S)
+        return await read_mappings(self.store, visitor.uuid)
+
+    async def clear(self, uuid: str, dpid: int) -> None:
+        """Delete the visitor's mapping for a partner. When the read of it fails, the
+        deletion is not lost: it is retried in the background, never holding the
+        answer up."""
+        found = await try_read_mappings(self.store, uuid)
+        if found is None:
+            task = asyncio.create_task(self._clear_later(uuid, dpid))
+            self.clearing.add(task)
+            task.add_done_callback(self.clearing.discard)
+        elif dpid in found:
+            self.store.delete_mapping(uuid, dpid, found[dpid][0])
+
+    async def _clear_later(self, uuid: str, dpid: int) -> None:
+        wait, longest = CLEAR_BACKOFF_S
+        give_up = time.monotonic() + CLEAR_RETRY_S
+        try:
+            while time.monotonic() < give_up:
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, longest)
+                found = await try_read_mappings(self.store, uuid, timeout=1.0)
+                if found is not None:
+                    if dpid in found:
+                        self.store.delete_mapping(uuid, dpid, found[dpid][0])
+                    return
+        except asyncio.CancelledError:
+            log.error("setuid clear lost", extra={"dpid": dpid, "reason": "shutdown"})
+            raise
+        log.error("setuid clear lost", extra={"dpid": dpid, "reason": "redis unreachable"})
 
     def cookie_sync(self) -> CookieSyncEndpoint:
         return CookieSyncEndpoint(self)
@@ -193,11 +228,11 @@ class CookieSyncEndpoint(_Endpoint):
     ) -> tuple[CookieSyncOutcome, dict[str, object], bool]:
         """(outcome, answer, whether to set the visitor cookie); PrebidError to refuse."""
         req = parse_cookie_sync(body)
+        wanting = missing_consent(req.consent, self.s.privacy.gdpr_default)
+        if wanting:  # before the opt-out, as Prebid Server reads the request first
+            raise PrebidError(CookieSyncOutcome.BAD_REQUEST, wanting)
         if visitor.opted_out:
             raise PrebidError(CookieSyncOutcome.OPT_OUT)
-        wanting = missing_consent(req.consent, self.s.privacy.gdpr_default)
-        if wanting:
-            raise PrebidError(CookieSyncOutcome.BAD_REQUEST, wanting)
         try:
             privacy = self.s.privacy.evaluate(req.consent, headers)
         except RequestError as exc:
@@ -208,9 +243,8 @@ class CookieSyncEndpoint(_Endpoint):
             return outcome, cookie_sync_answer(False, [], [], req.debug), False
         mapped = await self.s.mapped(visitor)
         day = today()
-        evaluations = choose(
-            req, self.s.bidders, {d: seen for d, (_, seen) in mapped.items()}, privacy, day
-        )
+        synced = {d: seen for d, (_, seen) in mapped.items()}
+        evaluations = choose(req, self.s.bidders, synced, privacy, day, self.s.shuffle)
         syncs = self._syncs(req, evaluations, visitor, mapped, privacy.gdpr_applies, proto)
         for e in evaluations:
             if e.bidder is not None and e.status.label:
@@ -332,9 +366,7 @@ class SetuidEndpoint(_Endpoint):
             self.s.counters.completed(dpid)
             metrics.child(metrics.SYNCER_SETS, name, SyncerSet.OK).inc()
         else:
-            current = (await self.s.mapped(visitor)).get(dpid)
-            if current is not None:
-                self.s.store.delete_mapping(visitor.uuid, dpid, current[0])
+            await self.s.clear(visitor.uuid, dpid)
             metrics.child(metrics.SYNCER_SETS, name, SyncerSet.CLEARED).inc()
         return SetuidOutcome.OK, req.format
 

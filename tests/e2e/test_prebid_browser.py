@@ -119,8 +119,8 @@ async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
             answer: dict[str, Any] = await tab.evaluate("window.answer")
             assert answer["status"] == "no_cookie"
             assert [(b["bidder"], b["usersync"]["type"]) for b in answer["bidder_status"]] == [
-                ("redirector", "redirect"),
-                ("framer", "iframe"),
+                ("REDIRECTOR", "redirect"),  # as the request spelled them
+                ("Framer", "iframe"),
                 ("both", "iframe"),
             ]
             cookie = await cookie_value(context, pixel, "uuid")

@@ -11,7 +11,7 @@ from service.errors import Code, RequestError
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
 from service.sync import MAX_HOPS, ChainTokens
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.conftest import Service, start_public, wait_for
 from tests.web.test_dest5 import SyncingPartner
 
 KEY = "chain-test-key"
@@ -29,7 +29,6 @@ def partner() -> Iterator[SyncingPartner]:
 def svc(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: SyncingPartner
 ) -> Iterator[Service]:
-    port = free_port()
     blocks = "".join(
         f"""
 [[partners]]
@@ -39,14 +38,7 @@ sync_url = "http://localhost:{partner.port}/sync?p={dpid}&aam=${{DD_UUID}}&redir
 """
         for dpid in (21, 22, 23)
     )
-    config = f'[server]\ndata_dir = "data"\npublic_url = "http://127.0.0.1:{port}"\n{blocks}'
-    service = start_service(
-        tmp_path_factory.mktemp("chain"),
-        config,
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
+    service = start_public(tmp_path_factory.mktemp("chain"), blocks, redis_url=redis_url, key=KEY)
     yield service
     service.stop()
 

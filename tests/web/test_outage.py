@@ -21,13 +21,6 @@ QUICK_S = 0.25  # the contract's 100 ms, with room for a loaded test machine
 
 
 @pytest.fixture(scope="module")
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(redis_url)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Service]:
     port = free_port()
     config = f"""

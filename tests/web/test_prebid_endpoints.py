@@ -102,10 +102,43 @@ def names(answer: dict[str, Any]) -> list[tuple[str, str]]:
     return [(b["bidder"], b["usersync"]["type"]) for b in answer["bidder_status"]]
 
 
+SURROGATE = "JSON parsing failed: a string holds a lone surrogate escape"
 REFUSALS = [
     ("bad JSON", {}, b"{bidders", 400, "JSON parsing failed: "),
+    ("an empty body", {}, b"", 400, "JSON parsing failed: "),
     ("a JSON array", {}, b"[]", 400, "JSON parsing failed: the request must be a JSON object"),
+    ("a lone surrogate, debug", {}, b'{"bidders": ["\\ud800"], "debug": true}', 400, SURROGATE),
+    ("a lone surrogate in gpp", {}, b'{"bidders": ["acme"], "gpp": "\\ud800"}', 400, SURROGATE),
+    (
+        "a lone surrogate in gdpr_consent",
+        {},
+        b'{"bidders": ["acme"], "gdpr": 0, "gdpr_consent": "\\ud800"}',
+        400,
+        SURROGATE,
+    ),
+    (
+        "a lone surrogate as a filter mode",
+        {},
+        b'{"filterSettings": {"iframe": {"filter": "\\ud800"}}}',
+        400,
+        SURROGATE,
+    ),
+    (
+        "a lone surrogate as filter bidders",
+        {},
+        b'{"filterSettings": {"iframe": {"bidders": "\\ud800"}}}',
+        400,
+        SURROGATE,
+    ),
+    ("gpp_sid not integers", {}, b'{"gpp_sid": "6,x"}', 400, "strconv.ParseInt: parsing"),
     ("opted out", OPTED_OUT, b"{}", 401, "User has opted out"),
+    (
+        "opted out, gdpr=1 without consent: the request is read first",
+        OPTED_OUT,
+        b'{"gdpr": 1}',
+        400,
+        "gdpr_consent is required if gdpr=1",
+    ),
     ("gdpr=1 without consent", {}, b'{"gdpr": 1}', 400, "gdpr_consent is required if gdpr=1"),
     ("gpp_sid 2 without consent", {}, b'{"gpp_sid": "2"}', 400, "gdpr_consent is required"),
     (
@@ -152,7 +185,7 @@ async def test_cookie_sync_without_host_consent_answers_no_syncs_and_sets_no_coo
 ) -> None:
     resp = await http.post("/cookie_sync", json={**fields, "debug": True})
     assert resp.status_code == 200, description
-    assert resp.json() == {"status": "no_cookie", "bidder_status": [], "debug": []}
+    assert resp.json() == {"status": "no_cookie", "bidder_status": []}  # no empty debug
     assert "set-cookie" not in resp.headers
 
 
@@ -165,16 +198,23 @@ SYNCS = [
         [{"bidder": "nosync", "error": "No sync config"}],
     ),
     (
-        "bidder codes in any case, answered under the partner's name",
-        {"bidders": ["ACME", "Framer", "zzz", "acme"], "debug": True},
+        "an empty list: every partner",
+        {"bidders": []},
         {},
-        [("Acme", "redirect"), ("framer", "iframe")],
+        [("Acme", "redirect"), ("framer", "iframe"), ("both", "iframe")],
+        None,
+    ),
+    (
+        "bidder codes in any case, answered as the request spelled them",
+        {"bidders": ["ACME", "Framer", "zzz", "acme", "Framer"], "debug": True},
+        {},
+        [("ACME", "redirect"), ("Framer", "iframe")],
         [
             {"bidder": "zzz", "error": "Unsupported bidder"},
             {"bidder": "acme", "error": "Duplicate bidder synced as Acme"},
         ],
     ),
-    ("limit", {"bidders": ["zzz", "both", "acme"], "limit": 1}, {}, [("both", "iframe")], None),
+    ("limit", {"bidders": ["zzz", "both", "nosync"], "limit": 1}, {}, [("both", "iframe")], None),
     (
         "iframes excluded for everyone",
         {
@@ -183,7 +223,7 @@ SYNCS = [
             "debug": True,
         },
         {},
-        [("both", "redirect"), ("Acme", "redirect")],
+        [("both", "redirect"), ("acme", "redirect")],
         [{"bidder": "framer", "error": "Rejected by request filter"}],
     ),
     (
@@ -209,7 +249,7 @@ SYNCS = [
             "debug": True,
         },
         {},
-        [("Acme", "redirect"), ("framer", "iframe")],
+        [("acme", "redirect"), ("framer", "iframe")],
         [{"bidder": "both", "error": "Rejected by privacy"}],
     ),
     (
@@ -230,7 +270,7 @@ SYNCS = [
         "us_privacy not applicable",
         {"bidders": ["acme"], "us_privacy": "1---"},
         {},
-        [("Acme", "redirect")],
+        [("acme", "redirect")],
         None,
     ),
 ]
@@ -274,8 +314,8 @@ async def test_cookie_sync_for_a_new_visitor_sets_the_cookie_and_builds_the_urls
     url = urlsplit(sync["usersync"]["url"])
     query = parse_qs(url.query)
     assert (url.netloc, query["u"], query["gdpr"]) == ("acme.test", [uuid], ["0"])
-    assert query["redir"] == [
-        f"{prebid_service.url}/setuid?bidder=Acme&uid=$UID&gdpr=0&gdpr_consent=&gpp=&gpp_sid=6&f=i"
+    assert query["redir"] == [  # the uid last, as Prebid Server's default redirect URL
+        f"{prebid_service.url}/setuid?bidder=Acme&gdpr=0&gdpr_consent=&gpp=&gpp_sid=6&f=i&uid=$UID"
     ]
 
 
@@ -467,6 +507,13 @@ async def test_getuids(http: httpx.AsyncClient, store: Store) -> None:
 async def test_prebid_metrics(http: httpx.AsyncClient) -> None:
     uuid = new_uuid()
     await http.post("/cookie_sync", json={"bidders": ["acme"]}, headers=visitor(uuid))
+    await http.post(
+        "/cookie_sync",
+        json={
+            "bidders": ["framer"],
+            "filterSettings": {"iframe": {"bidders": "*", "filter": "exclude"}},
+        },
+    )
     await http.post("/cookie_sync", content=b"{")
     await http.get(f"/setuid?bidder=acme&uid=m-{uuid[:6]}", headers=visitor(uuid))
     await http.get("/setuid?bidder=acme&uid=", headers=visitor(uuid))
@@ -476,6 +523,7 @@ async def test_prebid_metrics(http: httpx.AsyncClient) -> None:
         'pixelsync_cookie_sync_requests_total{status="ok"}',
         'pixelsync_cookie_sync_requests_total{status="bad_request"}',
         'pixelsync_syncer_requests_total{status="ok",syncer="Acme"}',
+        'pixelsync_syncer_requests_total{status="rejected_by_filter",syncer="framer"}',
         'pixelsync_setuid_requests_total{status="ok"}',
         'pixelsync_setuid_requests_total{status="syncer_unknown"}',
         'pixelsync_syncer_sets_total{status="ok",syncer="Acme"}',
