@@ -298,11 +298,21 @@ class Profiles:
         out leave the queue; with `act` (nothing was acted on), the entries found now
         are acted on: counted, sent to s2s, and their URL fires queued."""
 
+        acted: set[tuple[int, bool]] = set()  # (segment, entered) acted on by a run
+        found: list[Pending] = due
+
         def redo(current: bytes, record: bytes | None) -> bytes:
+            nonlocal found
             profile = parse_profile(current)
             result = self.qualifier.qualify(profile, realized, day, removed)
             pending = [p for p in profile.pending if (p.destination, p.segment) not in handed]
-            found = self._act(visitor, record, result, privacy, now, day) if act else due
+            if act:  # a redo may run again (a writer got in between): act on news only
+                entered = [s for s in result.entered if (s, True) not in acted]
+                exited = [s for s in result.exited if (s, False) not in acted]
+                acted.update((s, True) for s in entered)
+                acted.update((s, False) for s in exited)
+                news = Qualification(result.realized, result.segments, entered, exited)
+                found = merge_pending(found, self._act(visitor, record, news, privacy, now, day))
             profile.pending = merge_pending(pending, found)
             return pack_profile(profile)
 
