@@ -123,6 +123,7 @@ class Receipt:
     started_at: str = ""
     finished_at: str = ""
     skipped: str = ""  # why nothing was imported (already imported), or ""
+    resumed_after_line: int = 0  # an earlier run applied the lines up to this one
 
     def error(self, line_number: int, reason: str) -> None:
         self.format_errors += 1
@@ -145,4 +146,6 @@ class Receipt:
         }
         if self.skipped:
             doc["skipped"] = self.skipped
+        if self.resumed_after_line:
+            doc["resumed_after_line"] = self.resumed_after_line
         return doc

@@ -6,6 +6,10 @@ profiles read (one), changed as a request of theirs would change them (realizati
 removals, `.overwrite`, key-value signals against rule traits, segments worked out,
 destinations acted on), and written through the write buffer, which is drained when
 it fills: memory stays bounded whatever the file size.
+
+Every CHECKPOINT_LINES, once the writes so far are applied, the import records how far
+it got (ps:imports:progress): a run that fails is resumed after that line by the next
+import of the same file, so no line's realizations are applied twice.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -30,12 +35,16 @@ from ..store.codec import parse_profile
 from ..web.qualify import Profiles, State
 from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
 
+log = logging.getLogger("pixelsync.batch")
+
 CHUNK: Final = 2000  # lines per round of lookups and writes
 YIELD_EVERY: Final = 250  # lines applied between two turns of the event loop
 # Buffered writes: past HIGH_WATER, wait until LOW_WATER are left before applying more
 # (memory stays bounded, and Redis is never left idle by waiting for all of them).
 HIGH_WATER: Final = 20_000
 LOW_WATER: Final = 5_000
+CHECKPOINT_LINES: Final = 50_000  # lines between two records of an import's progress
+STOP_DRAIN_S: Final = 10.0  # a failed import waits this long to record its progress
 # Server-to-server data carries no browser's privacy signals: the partner's contract
 # with the customer covers it.
 BATCH_PRIVACY: Final = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
@@ -89,6 +98,8 @@ class Importer:
         self.qualifier = qualifier
         self.profiles = profiles
         self._last: dict[str, State] = {}  # the visitors of the chunk applied last
+        self.applied_through = 0  # the last line of the file whose writes are queued
+        self.checkpoint_lines = CHECKPOINT_LINES
 
     async def run(
         self,
@@ -110,10 +121,16 @@ class Importer:
         if not force and await self.store.imported(path.name) == sha:
             receipt.skipped = "imported before (same name and sha256); --force re-imports"
             return receipt
+        resume_after = 0
+        if not force:
+            stopped = await self.store.import_progress(path.name)
+            if stopped is not None and stopped[0] == sha:  # an earlier run stopped
+                resume_after = receipt.resumed_after_line = stopped[1]
         receipt.started_at = _now()
         now = time.time() if now is None else now
         overflowed = self.store.overflowed
         self._last = {}  # what an earlier file left is no newer than a fresh read
+        self.applied_through = checkpointed = resume_after
         ahead = _ReadAhead(self, name, int(now // 86400))
         try:
             with path.open("rb") as raw_fh:
@@ -121,6 +138,8 @@ class Importer:
                 fh: LineReader = gzip.GzipFile(fileobj=raw_fh) if name.gzip else raw_fh
                 chunk: list[tuple[int, Line]] = []
                 for number, raw in _readable_lines(fh, receipt):
+                    if number <= resume_after:
+                        continue  # applied by the run that stopped
                     if raw is None:
                         receipt.records_received += 1
                         receipt.error(number, f"line longer than {MAX_LINE_BYTES // 1024} KiB")
@@ -138,13 +157,18 @@ class Importer:
                     if len(chunk) >= CHUNK:
                         full, chunk = chunk, []
                         await ahead.push(full, receipt, now)
+                        if self.applied_through - checkpointed >= self.checkpoint_lines:
+                            await self._checkpoint(path.name, sha)
+                            checkpointed = self.applied_through
                         if progress is not None:
                             progress(receipt, raw_fh.tell())
                 if chunk:
                     await ahead.push(chunk, receipt, now)
                 await ahead.finish(receipt, now)
-        finally:
-            await ahead.cancel()  # after an error: no read left running
+        except BaseException:
+            await ahead.cancel()  # no read left running
+            await self._stopped(path.name, sha)
+            raise
         await self.store.drain()
         receipt.stored_records = receipt.records_processed - (self.store.overflowed - overflowed)
         await self.store.mark_imported(path.name, sha)
@@ -154,6 +178,25 @@ class Importer:
         beside = path.with_name(path.name + ".receipt.json")
         beside.write_text(json.dumps(receipt.doc(), indent=2) + "\n")
         return receipt
+
+    async def _checkpoint(self, name: str, sha: str) -> None:
+        """Every line up to applied_through is in Redis: a re-import after a failure
+        starts after it (re-applying lines would count their realizations twice)."""
+        await self.store.drain()
+        await self.store.set_import_progress(name, sha, self.applied_through)
+
+    async def _stopped(self, name: str, sha: str) -> None:
+        """A failure: checkpoint what was applied, or, when Redis cannot take it, drop
+        the writes after the last checkpoint (a re-import applies those lines again)."""
+        try:
+            await asyncio.wait_for(self._checkpoint(name, sha), STOP_DRAIN_S)
+            log.error("import stopped", extra={"file": name, "resume_after": self.applied_through})
+        except Exception:
+            dropped = await self.store.abandon_writes()
+            log.error(
+                "import stopped, its writes since the last checkpoint dropped",
+                extra={"file": name, "dropped": dropped},
+            )
 
     async def read(self, chunk: list[tuple[int, Line]], name: InboundName, day: int) -> Read:
         """The visitors of a chunk's partner uids, and their stored state."""
@@ -208,6 +251,7 @@ class Importer:
             receipt.records_processed += 1
             receipt.realized_traits += len(realize)
             receipt.removed_traits += len(gone)
+        self.applied_through = chunk[-1][0]
         if self.store.buffered > HIGH_WATER:
             while self.store.buffered > LOW_WATER:
                 await asyncio.sleep(0.002)

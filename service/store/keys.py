@@ -19,6 +19,9 @@ key                    type    fields -> values                               by
 ``ps:once:<nonce>``    string  ``1``, EX 1 day: a /fire or /ack token counted ~60/token
 ``ps:meta``            hash    ``buckets`` -> B                               once
 ``ps:imports``         hash    inbound file name -> its sha256 (hex)          ~100/file
+``ps:imports:progress``  hash  inbound file name -> ``<sha256>:<line>``: an    ~100/file
+                               import under way (or stopped by a failure) has  while under
+                               applied every line up to <line>                way
 ``x:<dest>:{<vb>}``    hash    ``<uuid16>`` -> varint sids: the segments the   ~22/visitor
                                last successful export of file destination     (exported)
                                <dest> sent for the visitor (iter mode)
@@ -66,6 +69,7 @@ from .codec import uuid16, varint
 
 META_KEY: Final = b"ps:meta"
 IMPORTS_KEY: Final = b"ps:imports"
+IMPORT_PROGRESS_KEY: Final = b"ps:imports:progress"
 
 
 COUNTS_TTL_S: Final = 8 * 86400

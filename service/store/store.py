@@ -27,6 +27,7 @@ from .codec import (
 from .connect import Client
 from .keys import (
     COUNTS_TTL_S,
+    IMPORT_PROGRESS_KEY,
     IMPORTS_KEY,
     META_KEY,
     ONCE_TTL_S,
@@ -339,7 +340,30 @@ class Store:
         return None if sha is None else sha.decode()
 
     async def mark_imported(self, name: str, sha256: str) -> None:
-        await self.client.hset(IMPORTS_KEY, name.encode(), sha256.encode())
+        pipe = self.client.pipeline(transaction=False)  # IMPORTS_KEY: another slot
+        pipe.hset(IMPORTS_KEY, name.encode(), sha256.encode())
+        pipe.hdel(IMPORT_PROGRESS_KEY, name.encode())
+        await pipe.execute()
+
+    async def import_progress(self, name: str) -> tuple[str, int] | None:
+        """(sha256, line): an earlier import of this file applied every line up to
+        `line` and stopped."""
+        value = cast(bytes | None, await self.client.hget(IMPORT_PROGRESS_KEY, name.encode()))
+        if value is None:
+            return None
+        sha, _, line = value.decode().partition(":")
+        return sha, int(line)
+
+    async def set_import_progress(self, name: str, sha256: str, line: int) -> None:
+        value = f"{sha256}:{line}".encode()
+        await self.client.hset(IMPORT_PROGRESS_KEY, name.encode(), value)
+
+    async def abandon_writes(self) -> int:
+        """Stop applying buffered writes and drop them (a batch job that failed and
+        will be resumed from its last checkpoint); answers how many were dropped. A
+        pipeline already sent may have been applied."""
+        await self.writes.stop()
+        return self.writes.clear()
 
     def live_mappings(self, record: bytes | None, today: int) -> dict[int, PartnerUid]:
         return {} if record is None else self._live(parse_record(record)[1], today)

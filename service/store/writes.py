@@ -304,6 +304,16 @@ class WriteBuffer:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    def clear(self) -> int:
+        """Drop every queued op (the writer stopped); answers how many."""
+        dropped = len(self._queue)
+        self._queue.clear()
+        self.unwritten_profiles.clear()
+        metrics.BUFFERED.set(0)
+        self._idle.set()
+        return dropped
 
     # ------------------------------------------------------------------ consumer side
 

@@ -278,3 +278,39 @@ def test_the_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("\rf.sync:  25.0%  1,000 lines")
     assert " lines/s  matched 90.0%" in out and "\n" not in out
+
+
+async def test_an_import_that_stopped_resumes_after_what_it_applied(
+    job: tuple[Store, Domain, Settings], tmp_path: Path
+) -> None:
+    """A run that fails midway (here: its progress callback raises after the third
+    chunk) records how far its writes got; the next import of the same file starts
+    after that line, so no line's realization is counted twice."""
+    store, domain, _ = job
+    pairs = await mapped(store, 5 * CHUNK)
+    path = write(
+        tmp_path / f"ftp_dpm_{SOURCE}_1764462000.sync", [f"{u}\t300".encode() for _, u in pairs]
+    )
+    importer = Importer(store, domain.qualifier, domain.profiles)
+    importer.checkpoint_lines = CHUNK
+    calls = 0
+
+    def crash(receipt: Receipt, done: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await importer.run(path, progress=crash)
+    assert await store.import_progress(path.name) is not None
+    applied = [await traits_of(store, v) for v, _ in pairs]
+    assert applied.count({300: 1}) == 2 * CHUNK  # chunks 1 and 2; chunk 3 was only read
+    assert applied.count({}) == 3 * CHUNK
+
+    receipt = await Importer(store, domain.qualifier, domain.profiles).run(path)
+    assert receipt.doc()["resumed_after_line"] == 2 * CHUNK
+    assert receipt.records_received == receipt.records_processed == 3 * CHUNK
+    assert [await traits_of(store, v) for v, _ in pairs] == [{300: 1}] * (5 * CHUNK)
+    assert await store.import_progress(path.name) is None  # done: imported, no progress
+    assert (await importer.run(path)).skipped
