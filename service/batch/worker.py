@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from redis.exceptions import RedisError
+
 from ..config import Destination
 from ..store import Store
 from .exporter import Exporter
@@ -115,6 +117,13 @@ class Worker:
         receipt_path = path.with_name(path.name + ".receipt.json")
         try:
             receipt = await self.importer.run(path)
+        except (RedisError, ConnectionError, TimeoutError) as exc:
+            # Redis is away: the file stays, and the next round resumes it where its
+            # writes got (the importer's checkpoint).
+            log.error(
+                "import stopped, retried later", extra={"file": path.name, "error": repr(exc)}
+            )
+            return
         except Exception as exc:
             log.error("import failed", extra={"file": path.name, "error": repr(exc)})
             self._move(path, receipt_path, "failed")

@@ -24,6 +24,7 @@ from service.config import Settings, parse_settings
 from service.store import Store
 from tests.batch.configs import file_config
 from tests.conftest import wait_for
+from tests.proxy import FaultProxy
 
 DAY = 20_800  # an injected day
 AT_14 = DAY * 86400 + 14 * 3600
@@ -130,3 +131,23 @@ def test_sigterm_stops_the_worker_cleanly(redis_url: str, tmp_path: Path) -> Non
         if process.poll() is None:
             process.kill()
             process.wait(5)
+
+
+async def test_an_import_stopped_by_a_redis_outage_stays_for_the_next_round(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    settings = parse_settings(tomllib.loads(config(7001, 1, tmp_path)))
+    async with running(settings, proxy.url) as (store, domain):
+        w = worker(store, domain, settings, [AT_14 - 3600])
+        w.inbound.mkdir(parents=True)
+        path = w.inbound / "ftp_dpm_55_1764460900.sync"
+        path.write_bytes(b"nobody\t300\n")
+        proxy.cut()
+        proxy.set("refuse")
+        try:  # Redis goes away once the worker has taken the file
+            await w._import(path)
+            assert path.exists() and not (w.inbound / "failed").exists()
+        finally:
+            proxy.set("pass")
+        assert await w.tick() == [f"import:{path.name}"]  # Redis is back: imported
+        assert (w.inbound / "done" / path.name).exists()
