@@ -88,6 +88,7 @@ async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(interval_s)
         store.flush_counts(time.time())
+        metrics.flush()  # the hot paths' Prometheus counts
 
 
 async def _stats_forever(stats: Stats, interval_s: float = 60.0) -> None:
@@ -326,6 +327,7 @@ def create_app(settings: Settings) -> HotPaths:
                 clearing.cancel()
             await domain.close(timeout=5.0)
             store.flush_counts(time.time())
+            metrics.flush()
             await store.close()
             log.info("pixelsync stopped", extra={"unflushed": store.buffered})
 

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Final
+import weakref
+from typing import Any, Final, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -133,7 +134,10 @@ __all__ = [
     "TRAITS",
     "WRITES",
     "WRITE_FAILURES",
+    "add_observations",
     "child",
+    "counted_locally",
+    "flush",
     "not_served",
     "render",
 ]
@@ -176,7 +180,37 @@ def not_served() -> None:
     _counting = False
 
 
+class LocalCounts(Protocol):
+    def flush(self) -> None: ...
+
+
+_LOCAL: weakref.WeakSet[LocalCounts] = weakref.WeakSet()
+
+
+def counted_locally(counts: LocalCounts) -> None:
+    """Hot-path counts kept in plain Python between flushes: an inc() or observe()
+    takes a lock, and with several workers writes a memory-mapped file, on every
+    request. flush() adds them up once a second (the app's loop) and before a scrape."""
+    _LOCAL.add(counts)
+
+
+def flush() -> None:
+    for counts in list(_LOCAL):
+        counts.flush()
+
+
+def add_observations(histogram: Any, buckets: list[int], total: float) -> None:
+    """What observe() would have done for several observations: `buckets` counts them
+    per bucket of the child's upper bounds (observe() stores them per bucket too, and
+    adds them up at exposition)."""
+    for value, n in zip(histogram._buckets, buckets, strict=True):
+        if n:
+            value.inc(n)
+    histogram._sum.inc(total)
+
+
 def render() -> bytes:
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,20 @@ def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path, server: str) -> 
         with httpx.Client(base_url=svc.url, timeout=10) as http:
             for _ in range(20):
                 assert http.get("/event").status_code == 200
-            text = http.get("/metrics").text
             assert http.get("/readyz").status_code == 200
-        # Prometheus counters are summed over the worker processes.
-        match = re.search(r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} (\S+)', text)
-        assert match and float(match.group(1)) == 20.0
+            # Prometheus counters are summed over the worker processes; each worker
+            # adds its hot paths' counts once a second.
+            deadline = time.monotonic() + 10
+            while True:
+                text = http.get("/metrics").text
+                match = re.search(
+                    r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} (\S+)', text
+                )
+                if (match and float(match.group(1)) == 20.0) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        assert match and float(match.group(1)) == 20.0, text
+        assert 'pixelsync_request_seconds_count{endpoint="event"} 20.0' in text
     finally:
         assert svc.stop() == 0, svc.log()
     with socket.socket() as probe:  # the embedded Valkey stopped with the service
