@@ -137,6 +137,13 @@ class Privacy:
         return not self.sale_opt_out
 
 
+_PLAIN: Final = {
+    (applies, opt_out): Privacy(applies, None, opt_out)
+    for applies in (False, True)
+    for opt_out in (False, True)
+}
+
+
 def us_privacy_opt_out(value: str) -> bool:
     """`1?Y?`: opted out of sale. `1---`: not applicable. Anything else: no opt-out."""
     return len(value) == 4 and value[0] == "1" and value[2].upper() == "Y"
@@ -154,8 +161,10 @@ def gdpr_scope(params: Mapping[str, str], gdpr_default: int) -> GdprScope:
     """GDPR applies with gdpr=1 or gpp_sid containing 2; without a gdpr signal, as
     `gdpr_default` says."""
     gdpr = params.get("gdpr")
-    sids = {s.strip() for s in params.get("gpp_sid", "").split(",")}
-    if gdpr == "1" or "2" in sids:
+    if gdpr == "1":
+        return GdprScope.APPLIES
+    sids = params.get("gpp_sid")
+    if sids and "2" in {s.strip() for s in sids.split(",")}:
         return GdprScope.APPLIES
     if gdpr != "0" and gdpr_default == 1:
         return GdprScope.ASSUMED
@@ -186,5 +195,7 @@ def evaluate(
             raise RequestError(Code.CONSENT_MISSING, "GDPR applies and no consent string")
         if not tcf.allows(vendor_id):
             raise RequestError(Code.CONSENT_REFUSED, "no consent to store for this service")
-    opt_out = us_privacy_opt_out(params.get("us_privacy", "")) or gpc
+    opt_out = gpc or us_privacy_opt_out(params.get("us_privacy", ""))
+    if tcf is None:  # most requests: one of four answers, built once
+        return _PLAIN[applies, opt_out]
     return Privacy(applies, tcf, opt_out)
