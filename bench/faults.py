@@ -44,7 +44,7 @@ import httpx
 from service.identity import CookieSigner, new_uuid, today
 from service.store import KeySchema, Retention, Store, connect
 
-from .load import ROOT, Server, free_port, qualify_config
+from .load import ROOT, Server, free_port, live_processes, qualify_config
 from .valkeys import Cluster, Valkey
 
 HOST: Final = "127.0.0.1"
@@ -132,20 +132,8 @@ def pixelsync(workdir: Path, name: str, config: str, workers: int = 1) -> Server
 
 
 def children(pid: int, name: str) -> list[int]:
-    """The live child processes of `pid` called `name` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :]
-        state, ppid = rest.split()[:2]
-        if int(ppid) == pid and comm == name and state != "Z":
-            found.append(int(entry.name))
-    return found
+    """The live child processes of `pid` called `name`."""
+    return [p.pid for p in live_processes() if p.ppid == pid and p.name == name]
 
 
 def rss_bytes(pid: int) -> int:

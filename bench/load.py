@@ -405,21 +405,32 @@ class Server:
                     _kill_group(pgid, signal.SIGKILL)
 
 
-def _group_members(pgid: int) -> list[str]:
-    """The live (not zombie) processes of a process group, by name."""
-    members = []
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    name: str
+    ppid: int
+    pgid: int
+
+
+def live_processes() -> Iterator[Proc]:
+    """The processes of this machine that are not zombies, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
+            continue  # gone meanwhile
         name, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :]
-        state, _ppid, group = rest.split()[:3]
-        if int(group) == pgid and state != "Z":
-            members.append(name)
-    return members
+        state, ppid, group = rest.split()[:3]
+        if state != "Z":
+            yield Proc(int(entry.name), name, int(ppid), int(group))
+
+
+def _group_members(pgid: int) -> list[str]:
+    """The live processes of a process group, by name."""
+    return [p.name for p in live_processes() if p.pgid == pgid]
 
 
 def _wait_group_empty(pgid: int, timeout_s: float) -> bool:
