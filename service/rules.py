@@ -186,6 +186,11 @@ class TraitIndex:
         self._keyless = frozenset(i for i, (_, rule) in enumerate(pairs) if rule(empty))
         self._keyless_sids = [self._sids[i] for i in sorted(self._keyless)]
 
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every signal key a rule names: no other key can change what is realized."""
+        return frozenset(self._by_key)
+
     def realized(self, signals: Signals) -> list[int]:
         """The sids whose rule holds, in the order given."""
         touched: set[int] = set()

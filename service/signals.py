@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -114,20 +115,27 @@ def _system(req: EventRequest, key: str, value: str) -> None:
 
 
 def parse_event(
-    pairs: Iterable[tuple[str, str]], headers: Mapping[bytes, bytes] | None = None
+    pairs: Iterable[tuple[str, str]],
+    headers: Mapping[bytes, bytes] | None = None,
+    wanted: AbstractSet[str] | None = None,
 ) -> EventRequest:
-    """Classify decoded pairs; header-derived h_ signals come from the headers only."""
+    """Classify decoded pairs; header-derived h_ signals come from the headers only.
+    `wanted`: the signal keys some rule names (TraitIndex.keys); the others are left
+    out of `signals` and `private`, as no rule could look at them."""
     req = EventRequest()
     for key, value in pairs:
         if key.startswith("d_"):
             _system(req, key, value)
         elif key in CONSENT_KEYS:
             req.consent[key] = value
+        elif wanted is not None and key not in wanted:
+            continue
         elif key.startswith("p_"):
             req.private.setdefault(key, []).extend(value.split(","))
         elif not key.startswith("h_"):
             req.signals.setdefault(key, []).extend(value.split(","))
-    for header, name in HEADER_SIGNALS.items():
-        if headers and (raw := headers.get(header)):
-            req.signals[name] = [raw.decode("latin-1")]
+    if headers:
+        for header, name in HEADER_SIGNALS.items():
+            if (wanted is None or name in wanted) and (raw := headers.get(header)):
+                req.signals[name] = [raw.decode("latin-1")]
     return req

@@ -75,3 +75,23 @@ def test_encoded_pairs_round_trip(pairs: list[tuple[str, str]]) -> None:
 
     pairs = [(k, v) for k, v in pairs if "\x00" not in k + v]
     assert parse_pairs(urlencode(pairs).encode()) == pairs
+
+
+def test_only_the_keys_a_rule_names_are_kept() -> None:
+    """TraitIndex.keys: the signals no rule looks at are left out (and their values
+    never split); system keys and consent are read whatever the rules."""
+    req = parse_event(
+        [
+            ("c_section", "sports"),
+            ("c_price", "12"),
+            ("p_age", "24"),
+            ("p_x", "1"),
+            ("d_rtbd", "json"),
+            ("gdpr", "0"),
+        ],
+        {b"referer": b"https://a.test/", b"user-agent": b"TestBot"},
+        frozenset({"c_section", "p_age", "h_user-agent"}),
+    )
+    assert req.signals == {"c_section": ["sports"], "h_user-agent": ["TestBot"]}
+    assert req.private == {"p_age": ["24"]}
+    assert req.json and req.consent == {"gdpr": "0"}

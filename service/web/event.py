@@ -77,6 +77,7 @@ class EventEndpoint:
         self.realtime = realtime
         self.profiles = profiles
         self.qualifier = profiles.qualifier
+        self.signal_keys = profiles.qualifier.index.keys  # what realize() can look at
         rules = profiles.rules
         # When an answer needs the visitor's segments even if nothing was realized.
         self.has_cookie_dests = bool(rules.cookie)
@@ -114,7 +115,7 @@ class EventEndpoint:
                 if body and ctype not in _FORM_TYPES:
                     raise RequestError(Code.MALFORMED, "body must be form-encoded")
                 pairs = pairs + parse_pairs(body)
-            req = parse_event(pairs, headers)
+            req = parse_event(pairs, headers, self.signal_keys)
             if visitor.opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
             check_declared_ids(req.declared_ids, self.dpids)

@@ -389,3 +389,17 @@ async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) 
         return 'outcome="client_gone"' in text
 
     assert await wait_for(gone)
+
+
+async def test_rules_on_header_and_private_signals(service_factory: Callable[..., Service]) -> None:
+    svc = service_factory(
+        '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
+        "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
+        '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'
+    )
+    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+        resp = await client.get(
+            "/event?d_rtbd=json&d_cts=2&p_age=24&c_section=news&c_other=1",
+            headers={"user-agent": "Mozilla/5.0 TestBot/1.0"},
+        )
+    assert sorted(resp.json()["traits"]) == [71, 72]
