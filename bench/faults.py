@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from http.cookiejar import Cookie, CookieJar, DefaultCookiePolicy
 from pathlib import Path
@@ -44,7 +44,7 @@ import httpx
 from service.identity import CookieSigner, new_uuid, today
 from service.store import KeySchema, Retention, Store, connect
 
-from .load import ROOT, Server, free_port, live_processes, qualify_config
+from .load import ROOT, Server, free_port, live_processes, qualify_config, running
 from .valkeys import Cluster, Valkey
 
 HOST: Final = "127.0.0.1"
@@ -348,15 +348,6 @@ async def loading(load: Load) -> AsyncIterator[Load]:
         await task
 
 
-@contextlib.contextmanager
-def served(server: Server) -> Iterator[Server]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 # --- the drills ----------------------------------------------------------------------
 
 
@@ -375,7 +366,7 @@ async def outage(
     valkey.start()
     try:
         config = service_config(workdir / "data", valkey.url, buffer_max=buffer_max)
-        with served(pixelsync(workdir, "outage", config)) as server:
+        with running(pixelsync(workdir, "outage", config), _quiet) as server:
             url = f"http://{HOST}:{server.port}"
             load = Load(url, rate)
             readyz: list[int] = []
@@ -435,7 +426,9 @@ async def crash_valkey(
 ) -> dict[str, Any]:
     """kill -9 the embedded Valkey of `pixelsync serve` under write load: it is started
     again on its append-only file, and the service's buffered writes are replayed."""
-    with served(pixelsync(workdir, "crash-valkey", service_config(workdir / "data"))) as server:
+    with running(
+        pixelsync(workdir, "crash-valkey", service_config(workdir / "data")), _quiet
+    ) as server:
         url = f"http://{HOST}:{server.port}"
         assert server._process is not None
         pids = children(server._process.pid, "valkey-server")
@@ -487,7 +480,7 @@ async def crash_service(
                 await asyncio.sleep(0.5)
         finally:
             server.stop()
-        with served(pixelsync(workdir, "crash-service-again", config)):
+        with running(pixelsync(workdir, "crash-service-again", config), _quiet):
             acked = load.acked()
             found = await present(valkey.url, [o.uid for o in acked])
     finally:
@@ -514,7 +507,7 @@ async def shutdown(workdir: Path, rate: float = 300.0, *, before_s: float = 3.0)
     valkey = Valkey(workdir / "valkey", free_port())
     valkey.start()
     try:
-        with served(partner):
+        with running(partner, _quiet):
             config = service_config(workdir / "data", valkey.url, realtime_port=partner.port)
             server = pixelsync(workdir, "shutdown", config)
             server.start()
@@ -587,7 +580,7 @@ async def cluster_restart(
     cluster = Cluster.create(workdir / "cluster", durable=True, node_timeout_ms=node_timeout_ms)
     try:
         config = service_config(workdir / "data", cluster.url, cluster=True)
-        with served(pixelsync(workdir, "cluster", config)) as server:
+        with running(pixelsync(workdir, "cluster", config), _quiet) as server:
             url = f"http://{HOST}:{server.port}"
             load = Load(url, rate)
             async with loading(load), httpx.AsyncClient() as probe:
@@ -646,7 +639,7 @@ async def soak(
     """Mixed load on one worker with its embedded Valkey, as `make run` serves: RSS after
     warm-up against RSS at the end, and every answer checked."""
     config = service_config(workdir / "data", qualify=True)
-    with served(pixelsync(workdir, "soak", config)) as server:
+    with running(pixelsync(workdir, "soak", config), _quiet) as server:
         url = f"http://{HOST}:{server.port}"
         assert server._process is not None
         pid = server._process.pid

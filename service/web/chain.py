@@ -76,11 +76,11 @@ class ChainEndpoint:
                 )
                 dpids = [o.partner.dpid for o in due]
             hops = [
-                self.offers.by_dpid[d]
+                p
                 for d in dpids
-                if d in self.offers.by_dpid
-                and self.offers.by_dpid[d].render != "iframe"  # a hop is a redirect
-                and privacy.partner_allowed(self.offers.by_dpid[d].gvl_id)
+                if (p := self.offers.by_dpid.get(d)) is not None
+                and p.render != "iframe"  # a hop is a redirect
+                and privacy.partner_allowed(p.gvl_id)
             ][:MAX_HOPS]
             if not hops or not privacy.outbound_allowed:
                 await self._gif(send_, out, scope)  # the end of the chain
