@@ -19,8 +19,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check service tests bench
 	$(VENV)/bin/ruff check service tests bench
 
+# Checked as 3.11 and as 3.13 code: each sees the branches of its own sys.version_info.
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --python-version 3.13
 
 pytest: $(VENV)/.installed
 	$(PY) -m pytest -q
@@ -48,4 +50,4 @@ faults: $(VENV)/.installed
 	for drill in outage crash shutdown cluster; do $(PY) -m bench.faults $$drill || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* var .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -124,14 +125,46 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
             return
         coro = cycle.run_asgi(app)  # it catches what the app raises and answers 500
-        context = contextvars.copy_context()  # what a task would have run it in
+        # What uvicorn's own task would have run it in (config.reset_contextvars: none
+        # of the lifespan's or the server's context variables).
+        context = (
+            contextvars.Context() if self.config.reset_contextvars else contextvars.copy_context()
+        )
         self._eager = True
+        try:
+            task = _start_eagerly(self.loop, coro, context)
+        finally:
+            self._eager = False
+        if task is not None:
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+
+
+if sys.version_info >= (3, 12):
+
+    def _start_eagerly(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None] | None:
+        """An eager task (asyncio.eager_task_factory): the current task while it runs
+        at once, as asyncio.timeout and wait_for need from 3.12 on. None when it never
+        had to wait (done already)."""
+        task: asyncio.Task[None] = asyncio.eager_task_factory(loop, coro, context=context)
+        return None if task.done() else task
+
+else:
+
+    def _start_eagerly(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, None],
+        context: contextvars.Context,
+    ) -> asyncio.Task[None] | None:
+        """Python 3.11 has no eager tasks: the coroutine runs at once outside any task,
+        and the rest of it, from its first wait, in a task. Until that wait there is no
+        current task: 3.11's wait_for needs none, but asyncio.timeout does."""
         try:
             waiting = context.run(coro.send, None)
         except StopIteration:
-            return  # answered without waiting: no task
-        finally:
-            self._eager = False
-        task = self.loop.create_task(_resume(_Rest(coro, waiting)), context=context)
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+            return None  # answered without waiting: no task
+        return loop.create_task(_resume(_Rest(coro, waiting)), context=context)

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 import socket
+import sys
 import time
 from urllib.parse import urlsplit
 
+import pytest
+import uvicorn
+from uvicorn.server import ServerState
+
 from service.identity import new_uuid
+from service.web.coalesce import CoalescingHttpToolsProtocol
 from service.web.responses import GIF
 from tests.conftest import Service, cookie_signed_days_ago
 
@@ -98,3 +105,132 @@ async def test_many_connections_at_once(service: Service) -> None:
 
     answers = await asyncio.gather(*(one(i) for i in range(200)))
     assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(GIF) for a in answers)
+
+
+# ------------------------------------------------- in-process: the hooks it relies on
+
+
+class _Transport(asyncio.Transport):
+    """What the protocol writes, kept; the socket details a real transport gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _protocol(app: object, **config: object) -> tuple[CoalescingHttpToolsProtocol, _Transport]:
+    cfg = uvicorn.Config(app, http=CoalescingHttpToolsProtocol, log_level="warning", **config)  # type: ignore[arg-type]
+    protocol = CoalescingHttpToolsProtocol(cfg, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def _answer(scope: dict[str, object], receive: object, send: object) -> None:
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_the_app_runs_at_once_in_the_protocols_own_hook() -> None:
+    """uvicorn calls _start_asgi_task for each request: if a release renames it, the
+    app runs a loop turn later, in uvicorn's own task, and this fails."""
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            seen.append(asyncio.current_task())
+            await _answer(scope, receive, send)
+
+    protocol, transport = _protocol(app)
+    protocol.data_received(REQUEST)
+    assert len(seen) == 1, "the app did not run within data_received"
+    if sys.version_info >= (3, 12):
+        assert seen[0] is not None  # an eager task: asyncio.timeout and wait_for work
+    assert not protocol.tasks  # answered without waiting: no task is left
+    assert transport.writes == []  # the answer goes out at the end of the loop turn
+    await asyncio.sleep(0)
+    assert len(transport.writes) == 1 and transport.writes[0].endswith(b"\r\n\r\nok")
+
+
+async def test_an_app_that_waits_runs_on_in_a_task_and_may_use_timeouts() -> None:
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            await asyncio.sleep(0)
+            async with asyncio.timeout(1):
+                await asyncio.wait_for(asyncio.sleep(0.01), 1)
+            await _answer(scope, receive, send)
+
+    protocol, transport = _protocol(app)
+    protocol.data_received(REQUEST)
+    assert len(protocol.tasks) == 1
+    await asyncio.wait_for(asyncio.gather(*protocol.tasks), 5)
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_timeouts_work_before_the_first_wait_on_python_312_and_later() -> None:
+    """What /readyz and every wait_for of a request need from 3.12 on."""
+    if sys.version_info < (3, 12):
+        pytest.skip("3.11 has no eager tasks: the app runs outside a task until it waits")
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            async with asyncio.timeout(1):
+                await _answer(scope, receive, send)
+
+    protocol, transport = _protocol(app)
+    protocol.data_received(REQUEST)
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 ")
+
+
+_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("_VAR", default="unset")
+
+
+@pytest.mark.parametrize(("reset", "expected"), [(False, "server"), (True, "unset")])
+async def test_reset_contextvars_is_honoured(reset: bool, expected: str) -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            seen.append(_VAR.get())
+            _VAR.set("request")  # never leaks out to the server or the next request
+            await _answer(scope, receive, send)
+
+    async def serve() -> None:
+        _VAR.set("server")
+        protocol, _ = _protocol(app, reset_contextvars=reset)
+        protocol.data_received(REQUEST + REQUEST)
+        await asyncio.sleep(0.05)
+        assert _VAR.get() == "server"
+
+    await asyncio.create_task(serve())
+    assert seen == [expected, expected]
