@@ -40,7 +40,6 @@ from .tally import REQUESTS_FIELD, Tally
 from .taxonomy import taxonomy
 from .web.api import Api, ApiKeys, http_error
 from .web.chain import ChainEndpoint
-from .web.common import PrivacyRules
 from .web.cookies import VisitorCookies
 from .web.dashboard import Dashboard, Stats
 from .web.dest5 import Dest5Endpoint, SyncOffers
@@ -49,9 +48,10 @@ from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
 from .web.ops import healthz, metrics_endpoint, readyz
+from .web.pipeline import Opening, PrivacyRules
 from .web.prebid import PrebidEndpoints
 from .web.qualify import Profiles, TallyCounters, loss_counters, realtime_counters
-from .web.tracking import ACK_PREFIX, FIRE_PREFIX, TrackingEndpoint
+from .web.tracking import ACK_PREFIX, FIRE_PREFIX, AckEndpoint, FireEndpoint
 
 log = logging.getLogger("pixelsync")
 
@@ -287,6 +287,12 @@ def create_app(settings: Settings) -> HotPaths:
         gdpr_default=settings.privacy["gdpr_default"],
         honor_gpc=settings.privacy["honor_gpc"],
     )
+    opening = Opening(
+        cookies,
+        privacy,
+        max_query=settings.limits["max_query_bytes"],
+        max_body=settings.limits["max_body_bytes"],
+    )
 
     domain = Domain.build(settings, store)
     for d in settings.destinations:
@@ -340,39 +346,27 @@ def create_app(settings: Settings) -> HotPaths:
     )
     prebid = PrebidEndpoints(
         store,
-        cookies,
+        opening,
         Bidders(settings.partners),
-        privacy,
         public_url=settings.public_url,
         bounce=settings.cookies["bounce"],
-        max_query=settings.limits["max_query_bytes"],
-        max_body=settings.limits["max_body_bytes"],
         shuffle=random.Random().shuffle,
     )
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(
-            store, cookies, settings, access, privacy, offers, profiles, realtime or None
+            opening, store, settings, access, offers, profiles, realtime or None
         ),
-        "/dest5.html": Dest5Endpoint(
-            offers, cookies, privacy, settings.limits["max_query_bytes"], profiles
-        ),
-        "/demoptout.jpg": OptOutEndpoint(store, cookies),
+        "/dest5.html": Dest5Endpoint(opening, offers, profiles),
+        "/demoptout.jpg": OptOutEndpoint(opening, store),
         "/ibs": IbsEndpoint(
+            opening,
             store,
-            cookies,
             partner_rules(settings.partners),
-            privacy,
             bounce=settings.cookies["bounce"],
-            max_query=settings.limits["max_query_bytes"],
             public_url=settings.public_url,
         ),
         "/sync/chain": ChainEndpoint(
-            offers,
-            cookies,
-            privacy,
-            ChainTokens(settings.secret_keys),
-            public_url=settings.public_url,
-            max_query=settings.limits["max_query_bytes"],
+            opening, offers, ChainTokens(settings.secret_keys), public_url=settings.public_url
         ),
         "/cookie_sync": prebid.cookie_sync(),
         "/setuid": prebid.setuid(),
@@ -380,8 +374,8 @@ def create_app(settings: Settings) -> HotPaths:
     }
     prefixed: dict[str, ASGIApp] = {
         IBS_PATH_FORM: hot["/ibs"],
-        FIRE_PREFIX: TrackingEndpoint("fire", store, tokens, loss),
-        ACK_PREFIX: TrackingEndpoint("ack", store, tokens, loss),
+        FIRE_PREFIX: FireEndpoint(opening, store, tokens, loss),
+        ACK_PREFIX: AckEndpoint(opening, store, tokens, loss),
     }
     keys = ApiKeys(settings.api_keys)
     api = Api(

@@ -1,4 +1,5 @@
-"""The contract's error codes (SPEC §13), raised as exceptions and answered in one place."""
+"""The contract's error codes (SPEC §13), raised as exceptions and answered in one place:
+web/pipeline.py for the browser endpoints, web/api.py for /v1."""
 
 from __future__ import annotations
 

@@ -246,7 +246,7 @@ def _gpp_sid(value: str | list[Any]) -> str:
         text = str(token) if isinstance(token, int) and not isinstance(token, bool) else token
         if not isinstance(text, str) or not _INT8.fullmatch(text):
             raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: invalid syntax")
-        if not -128 <= int(text) <= 127:
+        if len(text.lstrip("+-").lstrip("0")) > 3 or not -128 <= int(text) <= 127:  # no huge int()
             raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: value out of range")
         sids.append(str(int(text)))
     return ",".join(sids)
@@ -509,13 +509,18 @@ def parse_setuid(params: Mapping[str, str], bidders: Bidders) -> SetuidRequest:
             SetuidOutcome.BAD_REQUEST,
             f"the gdpr query param must be either 0 or 1. You gave {gdpr}",
         )
-    consent = {k: params[k] for k in CONSENT_FIELDS if params.get(k)}
+    consent = setuid_consent(params)
     if gdpr == "1" and not consent.get("gdpr_consent"):
         raise PrebidError(SetuidOutcome.BAD_REQUEST, "gdpr_consent is required when gdpr=1")
     uid = params.get("uid", "")
     if uid and not valid_uid(uid):
         raise PrebidError(SetuidOutcome.BAD_REQUEST, "uid must be 1-256 printable ASCII characters")
     return SetuidRequest(bidder, uid, fmt, consent)
+
+
+def setuid_consent(params: Mapping[str, str]) -> dict[str, str]:
+    """The consent parameters of a /setuid query (the first value of each)."""
+    return {k: params[k] for k in CONSENT_FIELDS if params.get(k)}
 
 
 def setuid_refusal(code: Code, reason: str) -> PrebidError:

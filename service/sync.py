@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import quote
@@ -57,19 +57,28 @@ def valid_uid(uid: str) -> bool:
 
 
 def parse_ibs(
-    pairs: Sequence[tuple[str, str]],
+    pairs: Iterable[tuple[str, str]],
     partners: Mapping[int, PartnerRules],
     own_chain: tuple[str, frozenset[str]] = ("", frozenset()),
+    consented: Callable[[int], bool] | None = None,
 ) -> IbsRequest:
     """Validate an inbound sync; the first value of each parameter counts. `own_chain`:
-    (our /sync/chain URL prefix, our host): hops back to us need no redirect_domains."""
+    (our /sync/chain URL prefix, our host): hops back to us need no redirect_domains.
+    `consented(gvl_id)`: whether the partner may sync, checked first once the partner
+    is known (SPEC §13: 314 before 320-323)."""
     params: dict[str, str] = {}
     for key, value in pairs:
         params.setdefault(key, value)
     raw_dpid = params.get("dpid", "")
-    partner = partners.get(int(raw_dpid)) if raw_dpid.isascii() and raw_dpid.isdigit() else None
+    partner = (
+        partners.get(int(raw_dpid))
+        if len(raw_dpid) <= 18 and raw_dpid.isascii() and raw_dpid.isdigit()
+        else None
+    )
     if partner is None:
         raise RequestError(Code.UNKNOWN_DPID, "unknown dpid")
+    if consented is not None and not consented(partner.gvl_id):
+        raise RequestError(Code.CONSENT_REFUSED, "no consent for this partner")
     uid = params.get("dpuuid", "")
     if not valid_uid(uid):
         raise RequestError(Code.INVALID_UID, "dpuuid must be 1-256 printable ASCII characters")

@@ -161,7 +161,7 @@ class Api:
 
     def _dpid(self, request: Request, caller: Caller) -> int | Response:
         raw = request.path_params["dpid"]
-        if not raw.isascii() or not raw.isdigit() or int(raw) not in self.dpids:
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) in self.dpids):
             return error(404, "unknown_partner", "no partner with this dpid")
         dpid = int(raw)
         if not caller.sees(dpid):

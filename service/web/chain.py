@@ -4,127 +4,91 @@ the browser on to the next hop: a signed, expiring token naming the partners lef
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from ..errors import Code, RequestError
+from ..consent import Privacy
 from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..sync import MAX_HOPS, ChainTokens, chain_callback, parse_dpid_list, sync_url
-from .common import (
-    METHODS_PIXEL,
-    Outcomes,
-    PrivacyRules,
-    method_not_allowed,
-    new_tid,
-    refusal_headers,
-    request_headers,
-)
-from .cookies import VisitorCookies
 from .dest5 import SyncOffers
-from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send
+from .pipeline import BrowserEndpoint, Call, Opening
+from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, send
 
-log = logging.getLogger("pixelsync.web")
+
+@dataclass(slots=True)
+class ChainRequest:
+    token: str | None  # t=: a hop after the first, which carries the rest and the consent
+    dpids: list[int]  # dpids=, or the token's
+    consent: dict[str, str] = field(default_factory=dict)
 
 
-class ChainEndpoint:
+class ChainEndpoint(BrowserEndpoint[ChainRequest]):
+    name = "chain"
+
     def __init__(
-        self,
-        offers: SyncOffers,
-        cookies: VisitorCookies,
-        privacy: PrivacyRules,
-        tokens: ChainTokens,
-        *,
-        public_url: str,
-        max_query: int,
+        self, opening: Opening, offers: SyncOffers, tokens: ChainTokens, *, public_url: str
     ) -> None:
+        super().__init__(opening)
         self.offers = offers
-        self.cookies = cookies
-        self.privacy = privacy
         self.tokens = tokens
         self.public_url = public_url
-        self.max_query = max_query
-        self.outcomes = Outcomes("chain")
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
-        headers = request_headers(scope)
-        visitor = self.cookies.resolve(headers.get(b"cookie"))
-        out: Headers = []
-        try:
-            query: bytes = scope["query_string"]
-            if len(query) > self.max_query:
-                raise RequestError(Code.MALFORMED, "query string too long", status=414)
-            params = dict(reversed(parse_pairs(query)))  # the first value of each counts
-            if "t" in params:
-                dpids, consent = self.tokens.read(params["t"])
-            else:
-                consent = {k: v for k, v in params.items() if k in CONSENT_KEYS}
-                dpids = parse_dpid_list(params["dpids"]) if params.get("dpids") else []
-            privacy = self.privacy.evaluate(consent, headers)
-            if visitor.opted_out:
-                raise RequestError(Code.OPTED_OUT, "visitor opted out")
-            assert visitor.uuid is not None
-            out.append(self.cookies.set_header(visitor))
-            if "t" not in params and not dpids:  # no list given: whoever is due
-                due, _ = await self.offers.offer(
-                    visitor, privacy, headers, consent, scope.get("scheme", "http"), iframes=False
-                )
-                dpids = [o.partner.dpid for o in due]
-            hops = [
-                p
-                for d in dpids
-                if (p := self.offers.by_dpid.get(d)) is not None
-                and p.render != "iframe"  # a hop is a redirect
-                and privacy.partner_allowed(p.gvl_id)
-            ][:MAX_HOPS]
-            if not hops or not privacy.outbound_allowed:
-                await self._gif(send_, out, scope)  # the end of the chain
-                self.outcomes.count("end", started)
-                return
-            first, rest = hops[0], hops[1:]
-            next_hop = None
-            if rest:
-                token = self.tokens.make([p.dpid for p in rest], consent)
-                next_hop = f"{self.public_url}/sync/chain?t={token}"
-            values = consent_values(consent, gdpr=int(privacy.gdpr_applies))
-            target = sync_url(
-                first,
-                uuid=visitor.uuid,
-                partner_uid="",
-                public_url=self.public_url,
-                proto=scope.get("scheme", "http"),
-                consent=values,
-                rand=str(secrets.randbelow(10**9)),
-                callback=chain_callback(self.public_url, first, next_hop),
+    def parse(self, call: Call, params: bytes, body: bytes) -> ChainRequest:
+        query = dict(reversed(parse_pairs(params)))  # the first value of each counts
+        if "t" in query:
+            return ChainRequest(query["t"], [])
+        dpids = parse_dpid_list(query["dpids"]) if query.get("dpids") else []
+        return ChainRequest(None, dpids, {k: v for k, v in query.items() if k in CONSENT_KEYS})
+
+    def consent(self, req: ChainRequest) -> Mapping[str, str]:
+        if req.token is not None:  # its partners and consent are the token's (or 323)
+            req.dpids, req.consent = self.tokens.read(req.token)
+        return req.consent
+
+    async def answer(self, call: Call, req: ChainRequest, privacy: Privacy | None) -> str:
+        assert privacy is not None
+        visitor, consent, dpids = call.visitor, req.consent, req.dpids
+        assert visitor.uuid is not None
+        out: Headers = [self.cookies.set_header(visitor)]
+        if req.token is None and not dpids:  # no list given: whoever is due
+            due, _ = await self.offers.offer(
+                visitor, privacy, call.headers, consent, call.scheme, iframes=False
             )
-            out.append(self.offers.hand_out(self.offers.handed(headers), [first], time.time()))
-        except RequestError as exc:
-            log.info("chain refused", extra={"tid": new_tid(), "code": int(exc.code)})
-            refusal = [*GIF_HEADERS, *refusal_headers(exc, visitor, self.cookies)]
-            await send_({"type": "http.response.start", "status": exc.status, "headers": refusal})
-            await send_(
-                {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else GIF}
-            )
-            self.outcomes.count(f"error_{int(exc.code)}", started)
-            return
+            dpids = [o.partner.dpid for o in due]
+        hops = [
+            p
+            for d in dpids
+            if (p := self.offers.by_dpid.get(d)) is not None
+            and p.render != "iframe"  # a hop is a redirect
+            and privacy.partner_allowed(p.gvl_id)
+        ][:MAX_HOPS]
+        if not hops or not privacy.outbound_allowed:  # the end of the chain
+            await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=call.head)
+            return "end"
+        first, rest = hops[0], hops[1:]
+        next_hop = None
+        if rest:
+            token = self.tokens.make([p.dpid for p in rest], consent)
+            next_hop = f"{self.public_url}/sync/chain?t={token}"
+        target = sync_url(
+            first,
+            uuid=visitor.uuid,
+            partner_uid="",
+            public_url=self.public_url,
+            proto=call.scheme,
+            consent=consent_values(consent, gdpr=int(privacy.gdpr_applies)),
+            rand=str(secrets.randbelow(10**9)),
+            callback=chain_callback(self.public_url, first, next_hop),
+        )
+        out.append(self.offers.hand_out(self.offers.handed(call.headers), [first], time.time()))
         redirect: Headers = [
             (b"location", target.encode()),
             (b"content-length", b"0"),
             *NO_CACHE,
             *out,
         ]
-        await send_({"type": "http.response.start", "status": 302, "headers": redirect})
-        await send_({"type": "http.response.body", "body": b""})
-        self.outcomes.count("hop", started)
-
-    @staticmethod
-    async def _gif(send_: Send, out: Headers, scope: Scope) -> None:
-        await send_({"type": "http.response.start", "status": 200, "headers": [*GIF_HEADERS, *out]})
-        await send_(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else GIF}
-        )
+        await send(call.send, 302, redirect, b"")
+        return "hop"

@@ -17,25 +17,17 @@ from redis.exceptions import RedisError
 from .. import metrics
 from ..consent import Privacy
 from ..destinations import Fire
-from ..errors import Code, RequestError
+from ..errors import RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..store import Store
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
-from .common import (
-    METHODS_PIXEL,
-    Outcomes,
-    PrivacyRules,
-    SyncCounters,
-    method_not_allowed,
-    new_tid,
-    refusal_headers,
-    request_headers,
-)
-from .cookies import VisitorCookies, cookie_value
+from .common import SyncCounters
+from .cookies import cookie_value
+from .pipeline import BrowserEndpoint, Call, Opening, refusal_headers
 from .qualify import Profiles
-from .responses import NO_CACHE, NOSNIFF, Headers, Receive, Scope, Send
+from .responses import NO_CACHE, NOSNIFF, Headers, send
 
 log = logging.getLogger("pixelsync.web")
 
@@ -189,68 +181,59 @@ def _tag(render: str, url: str) -> str:
     return f'<img src="{src}" width="1" height="1" alt="">'
 
 
-class Dest5Endpoint:
+class Dest5Endpoint(BrowserEndpoint[dict[str, str]]):
     """GET/HEAD /dest5.html."""
 
-    def __init__(
-        self,
-        offers: SyncOffers,
-        cookies: VisitorCookies,
-        privacy: PrivacyRules,
-        max_query: int,
-        profiles: Profiles,
-    ) -> None:
+    name = "dest5"
+
+    def __init__(self, opening: Opening, offers: SyncOffers, profiles: Profiles) -> None:
+        super().__init__(opening)
         self.offers = offers
         self.profiles = profiles
         self.fires_possible = bool(profiles.rules.url)
-        self.cookies = cookies
-        self.privacy = privacy
-        self.max_query = max_query
-        self.outcomes = Outcomes("dest5")
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
-        headers = request_headers(scope)
-        visitor = self.cookies.resolve(headers.get(b"cookie"))
-        out: Headers = [CSP, NOSNIFF, *NO_CACHE]
-        offers: list[Offer] = []
+    def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
+        return {k: v for k, v in parse_pairs(params) if k in CONSENT_KEYS}
+
+    def consent(self, req: dict[str, str]) -> Mapping[str, str]:
+        return req
+
+    async def answer(self, call: Call, req: dict[str, str], privacy: Privacy | None) -> str:
+        assert privacy is not None
+        visitor = call.visitor
         fires: list[Fire] = []
-        status = 200
-        try:
-            query: bytes = scope["query_string"]
-            if len(query) > self.max_query:
-                raise RequestError(Code.MALFORMED, "query string too long", status=414)
-            consent = {k: v for k, v in parse_pairs(query) if k in CONSENT_KEYS}
-            privacy = self.privacy.evaluate(consent, headers)
-            if visitor.opted_out:
-                raise RequestError(Code.OPTED_OUT, "visitor opted out")
-            mapped = None
-            if self.fires_possible and visitor.kind is VisitorKind.KNOWN:
-                state = await self.profiles.read(visitor)
-                fires = self.profiles.drain(visitor, state, privacy, consent)
-                mapped = self.profiles.mapped(state, today())  # {} when the read failed
-            offers, dextp = await self.offers.offer(
-                visitor, privacy, headers, consent, scope.get("scheme", "http"), mapped=mapped
-            )
-            out.append(self.cookies.set_header(visitor))
-            if dextp is not None:
-                out.append(dextp)
-            outcome = "ok"
-        except RequestError as exc:
-            log.info("dest5 refused", extra={"tid": new_tid(), "code": int(exc.code)})
-            status = exc.status
-            out += refusal_headers(exc, visitor, self.cookies)
-            outcome = f"error_{int(exc.code)}"
-        body = page(offers, fires, secure=scope.get("scheme") == "https")
-        out += [
+        mapped = None
+        if self.fires_possible and visitor.kind is VisitorKind.KNOWN:
+            state = await self.profiles.read(visitor)
+            fires = self.profiles.drain(visitor, state, privacy, req)
+            mapped = self.profiles.mapped(state, today())  # {} when the read failed
+        offers, dextp = await self.offers.offer(
+            visitor, privacy, call.headers, req, call.scheme, mapped=mapped
+        )
+        out = [self.cookies.set_header(visitor)]
+        if dextp is not None:
+            out.append(dextp)
+        await self._page(call, 200, out, offers, fires)
+        return "ok"
+
+    async def refuse(
+        self, call: Call, exc: RequestError, req: dict[str, str] | None, tid: str
+    ) -> str:
+        out = refusal_headers(exc, call.visitor, self.cookies)
+        await self._page(call, exc.status, out, [], [])
+        return f"error_{int(exc.code)}"
+
+    @staticmethod
+    async def _page(
+        call: Call, status: int, out: Headers, offers: list[Offer], fires: list[Fire]
+    ) -> None:
+        body = page(offers, fires, secure=call.scheme == "https")
+        headers: Headers = [
+            CSP,
+            NOSNIFF,
+            *NO_CACHE,
+            *out,
             (b"content-type", b"text/html; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
         ]
-        await send_({"type": "http.response.start", "status": status, "headers": out})
-        await send_(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
-        )
-        self.outcomes.count(outcome, started)
+        await send(call.send, status, headers, body, head=call.head)

@@ -19,27 +19,15 @@ from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
 from ..sync import check_declared_ids
 from ..tally import partner_field
-from .common import (
-    METHODS_PIXEL,
-    ClientGone,
-    Outcomes,
-    PrivacyRules,
-    method_not_allowed,
-    new_tid,
-    read_body,
-    refusal_headers,
-    request_headers,
-)
-from .cookies import VisitorCookies, cookie_value
+from .common import new_tid
+from .cookies import cookie_value
 from .dest5 import SyncOffers, ibs_entries
+from .pipeline import BrowserEndpoint, Call, Opening, refusal_headers
 from .qualify import Profiles, State
 from .responses import (
     GIF,
     GIF_HEADERS,
     Headers,
-    Receive,
-    Scope,
-    Send,
     cors,
     json_body,
     json_headers,
@@ -49,30 +37,38 @@ from .responses import (
 log = logging.getLogger("pixelsync.web")
 
 _FORM_TYPES: Final = (b"application/x-www-form-urlencoded", b"text/plain")
-_METHODS_EVENT: Final = frozenset({"GET", "HEAD", "POST"})
 
 
-def _wants_json(query: bytes, pairs: list[tuple[str, str]] | None) -> bool:
+def _wants_json(pairs: list[tuple[str, str]]) -> bool:
     """Whether the refusal of a request we could not fully parse should be JSON."""
-    if pairs is None:
-        return b"d_rtbd=json" in query or b"d_cb=" in query
     return any((k == "d_rtbd" and v == "json") or k == "d_cb" for k, v in pairs)
 
 
-class EventEndpoint:
+class _Unparsable(RequestError):
+    """A refusal of parse_event, knowing whether the request wanted JSON."""
+
+    def __init__(self, exc: RequestError, as_json: bool) -> None:
+        super().__init__(exc.code, exc.msg, status=exc.status)
+        self.as_json = as_json
+
+
+class EventEndpoint(BrowserEndpoint[EventRequest]):
     """GET/HEAD/POST /event: signals in, GIF or JSON/JSONP out."""
+
+    name = "event"
+    methods = frozenset({"GET", "HEAD", "POST"})
 
     def __init__(
         self,
+        opening: Opening,
         store: Store,
-        cookies: VisitorCookies,
         settings: Settings,
         access: AccessLog,
-        privacy: PrivacyRules,
         offers: SyncOffers,
         profiles: Profiles,
         realtime: RealtimeCaller | None = None,
     ) -> None:
+        super().__init__(opening)
         self.offers = offers
         self.realtime = realtime
         self.profiles = profiles
@@ -85,50 +81,30 @@ class EventEndpoint:
         self.gif_needs_state = bool(rules.own_cookies)
         self.store = store
         self.access = access
-        self.cookies = cookies
         self.region: int = settings.server["region"]
-        self.max_query: int = settings.limits["max_query_bytes"]
-        self.max_body: int = settings.limits["max_body_bytes"]
         self.dpids = frozenset(p.dpid for p in settings.partners)
         self.gvl_ids = {p.dpid: p.gvl_id for p in settings.partners}
-        self.privacy = privacy
-        self.outcomes = Outcomes("event")
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        method: str = scope["method"]
-        if method not in _METHODS_EVENT:
-            await method_not_allowed(send_, b"GET, HEAD, POST")
-            return
-        headers = request_headers(scope)
-        query: bytes = scope["query_string"]
-        visitor = self.cookies.resolve(headers.get(b"cookie"))
-        req: EventRequest | None = None
-        pairs: list[tuple[str, str]] | None = None
+    def parse(self, call: Call, params: bytes, body: bytes) -> EventRequest:
+        pairs = parse_pairs(params)
+        if call.method == "POST":
+            ctype = call.headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if body and ctype not in _FORM_TYPES:
+                raise RequestError(Code.MALFORMED, "body must be form-encoded")
+            pairs += parse_pairs(body)
         try:
-            if len(query) > self.max_query:
-                raise RequestError(Code.MALFORMED, "query string too long", status=414)
-            pairs = parse_pairs(query)
-            if method == "POST":
-                body = await read_body(receive, self.max_body, headers)
-                ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-                if body and ctype not in _FORM_TYPES:
-                    raise RequestError(Code.MALFORMED, "body must be form-encoded")
-                pairs = pairs + parse_pairs(body)
-            req = parse_event(pairs, headers, self.signal_keys)
-            if visitor.opted_out:
-                raise RequestError(Code.OPTED_OUT, "visitor opted out")
-            check_declared_ids(req.declared_ids, self.dpids)
-            privacy = self.privacy.evaluate(req.consent, headers)
-            self._record(visitor, req, privacy)
+            return parse_event(pairs, call.headers, self.signal_keys)
         except RequestError as exc:
-            as_json = req.answers_json if req is not None else _wants_json(query, pairs)
-            await self._refuse(exc, visitor, req, as_json, headers, method, send_)
-            self.outcomes.count(f"error_{int(exc.code)}", started)
-            return
-        except ClientGone:
-            self.outcomes.count("client_gone", started)
-            return
+            raise _Unparsable(exc, _wants_json(pairs)) from None
+
+    def consent(self, req: EventRequest) -> Mapping[str, str]:
+        return req.consent
+
+    async def answer(self, call: Call, req: EventRequest, privacy: Privacy | None) -> str:
+        assert privacy is not None
+        check_declared_ids(req.declared_ids, self.dpids)
+        visitor = call.visitor
+        self._record(visitor, req, privacy)
         assert visitor.uuid is not None
         out: Headers = [self.cookies.set_header(visitor)]
         realized = (
@@ -149,7 +125,7 @@ class EventEndpoint:
             state, result, fires = await self._qualify(visitor, req, privacy, realized)
             segments, realized = result.segments, result.realized
             if not state.degraded:  # segments unknown: leave the page's cookie alone
-                out += self._own_cookies(segments, privacy, headers)
+                out += self._own_cookies(segments, privacy, call.headers)
         else:
             state, segments, fires = None, frozenset(), []
         if json_answer:
@@ -167,18 +143,18 @@ class EventEndpoint:
             if state is not None and state.stored:
                 mapped = self.profiles.mapped(state, today())  # {} when the read failed
             offers, dextp = await self.offers.offer(
-                visitor, privacy, headers, req.consent, scope.get("scheme", "http"), mapped=mapped
+                visitor, privacy, call.headers, req.consent, call.scheme, mapped=mapped
             )
             doc["ibs"] = ibs_entries(offers)
             if dextp is not None:
                 out.append(dextp)
             self.access.add("event answered", tid=doc["tid"], uuid=visitor.uuid)
-            await self._send_json(doc, req.callback, headers, out, send_, 200, method)
+            await self._send_json(call, doc, req.callback, out, 200)
         else:  # the hottest answer: straight to the server, no helper coroutine
             out[:0] = GIF_HEADERS
-            await send_({"type": "http.response.start", "status": 200, "headers": out})
-            await send_({"type": "http.response.body", "body": b"" if method == "HEAD" else GIF})
-        self.outcomes.count("ok", started)
+            await call.send({"type": "http.response.start", "status": 200, "headers": out})
+            await call.send({"type": "http.response.body", "body": b"" if call.head else GIF})
+        return "ok"
 
     async def _qualify(
         self, visitor: Visitor, req: EventRequest, privacy: Privacy, realized: list[int]
@@ -248,14 +224,7 @@ class EventEndpoint:
         return doc
 
     async def _send_json(
-        self,
-        doc: dict[str, Any],
-        callback: str | None,
-        headers: Mapping[bytes, bytes],
-        out: Headers,
-        send_: Send,
-        status: int,
-        method: str,
+        self, call: Call, doc: dict[str, Any], callback: str | None, out: Headers, status: int
     ) -> None:
         body = json_body(doc)
         if callback is not None:
@@ -263,56 +232,53 @@ class EventEndpoint:
             resp = json_headers(body, b"application/javascript")
         else:
             resp = json_headers(body)
-            cors(resp, headers.get(b"origin"))
-        await send(send_, status, resp + out, body, head=method == "HEAD")
+            cors(resp, call.headers.get(b"origin"))
+        await send(call.send, status, resp + out, body, head=call.head)
 
-    async def _refuse(
-        self,
-        exc: RequestError,
-        visitor: Visitor,
-        req: EventRequest | None,
-        as_json: bool,
-        headers: Mapping[bytes, bytes],
-        method: str,
-        send_: Send,
-    ) -> None:
-        code = int(exc.code)
-        tid = new_tid()
-        log.info(
-            "event refused",
-            extra={"tid": tid, "code": code, "reason": exc.msg, "status": exc.status},
-        )
+    async def refuse(
+        self, call: Call, exc: RequestError, req: EventRequest | None, tid: str
+    ) -> str:
         # Refresh a cookie the browser already had; never issue one on a refusal.
-        out = refusal_headers(exc, visitor, self.cookies)
+        out = refusal_headers(exc, call.visitor, self.cookies)
+        if req is not None:
+            as_json = req.answers_json
+        elif isinstance(exc, _Unparsable):
+            as_json = exc.as_json
+        else:  # the parameters themselves undecodable
+            query: bytes = call.scope["query_string"]
+            as_json = b"d_rtbd=json" in query or b"d_cb=" in query
         if not as_json:
-            await send(send_, exc.status, GIF_HEADERS + out, GIF, head=method == "HEAD")
-            return
-        doc: dict[str, Any] = {"errors": [{"code": code, "msg": exc.msg}], "tid": tid}
-        if exc.code is Code.OPTED_OUT:
-            doc.update({"dcs_region": self.region, "stuff": [], "dests": [], "ibs": []})
-        # A refused callback name is never echoed: the error goes out as plain JSON.
-        callback = req.callback if req is not None else None
-        if callback is not None and not CALLBACK.fullmatch(callback):
-            callback = None
-        await self._send_json(doc, callback, headers, out, send_, exc.status, method)
+            await send(call.send, exc.status, GIF_HEADERS + out, GIF, head=call.head)
+        else:
+            code = int(exc.code)
+            doc: dict[str, Any] = {"errors": [{"code": code, "msg": exc.msg}], "tid": tid}
+            if exc.code is Code.OPTED_OUT:
+                doc.update({"dcs_region": self.region, "stuff": [], "dests": [], "ibs": []})
+            # A refused callback name is never echoed: the error goes out as plain JSON.
+            callback = req.callback if req is not None else None
+            if callback is not None and not CALLBACK.fullmatch(callback):
+                callback = None
+            await self._send_json(call, doc, callback, out, exc.status)
+        return f"error_{int(exc.code)}"
 
 
-class OptOutEndpoint:
+class OptOutEndpoint(BrowserEndpoint[None]):
     """GET/HEAD /demoptout.jpg: NOTARGET cookie, erase the visitor, answer the GIF."""
 
-    def __init__(self, store: Store, cookies: VisitorCookies) -> None:
-        self.store = store
-        self.cookies = cookies
-        self.outcomes = Outcomes("demoptout")
+    name = "demoptout"
+    refuses_opted_out = False  # opting out again refreshes the opt-out
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
-        visitor = self.cookies.resolve(request_headers(scope).get(b"cookie"))
+    def __init__(self, opening: Opening, store: Store) -> None:
+        super().__init__(opening)
+        self.store = store
+
+    def parse(self, call: Call, params: bytes, body: bytes) -> None:
+        return None  # its parameters, if any, change nothing: an opt-out always holds
+
+    async def answer(self, call: Call, req: None, privacy: Privacy | None) -> str:
+        visitor = call.visitor
         if visitor.kind is VisitorKind.KNOWN and visitor.uuid is not None:
             self.store.erase_visitor(visitor.uuid)
         out = [*GIF_HEADERS, self.cookies.opt_out_header()]
-        await send(send_, 200, out, GIF, head=scope["method"] == "HEAD")
-        self.outcomes.count("ok", started)
+        await send(call.send, 200, out, GIF, head=call.head)
+        return "ok"

@@ -9,10 +9,11 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import Final
 
 from .. import metrics
-from ..errors import RequestError
+from ..consent import Privacy
+from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
 from ..prebid import (
@@ -32,23 +33,16 @@ from ..prebid import (
     missing_consent,
     parse_cookie_sync,
     parse_setuid,
+    setuid_consent,
     setuid_refusal,
     usersync_url,
 )
 from ..signals import parse_pairs
 from ..store import Store
-from .common import (
-    METHODS_PIXEL,
-    ClientGone,
-    Outcomes,
-    PrivacyRules,
-    SyncCounters,
-    method_not_allowed,
-    read_body,
-    request_headers,
-)
+from .common import SyncCounters
 from .cookies import VisitorCookies
 from .dest5 import read_mappings, try_read_mappings
+from .pipeline import BrowserEndpoint, Call, Opening, Req, request_headers
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -77,13 +71,10 @@ class PrebidEndpoints:
     """What the three endpoints share: the bidders, the store, cookies and privacy."""
 
     store: Store
-    cookies: VisitorCookies
+    opening: Opening
     bidders: Bidders
-    privacy: PrivacyRules
     public_url: str
     bounce: bool  # [cookies] bounce: /setuid stores only for a browser with our cookie
-    max_query: int
-    max_body: int
     shuffle: Shuffle  # the order /cookie_sync evaluates bidders in under a limit
     clearing: set[asyncio.Task[None]] = field(default_factory=set)  # /setuid clears waiting
 
@@ -127,13 +118,18 @@ class PrebidEndpoints:
         log.error("setuid clear lost", extra={"dpid": dpid, "reason": "redis unreachable"})
 
     def cookie_sync(self) -> CookieSyncEndpoint:
-        return CookieSyncEndpoint(self)
+        return CookieSyncEndpoint(self.opening, self)
 
     def setuid(self) -> SetuidEndpoint:
-        return SetuidEndpoint(self)
+        return SetuidEndpoint(self.opening, self)
 
     def getuids(self) -> GetuidsEndpoint:
-        return GetuidsEndpoint(self)
+        return GetuidsEndpoint(self.opening, self)
+
+
+def _kept(exc: RequestError, cookies: VisitorCookies) -> Headers:
+    """A refusal sets no cookie, as Prebid Server's, but an opt-out is kept (SPEC §13)."""
+    return [cookies.opt_out_header()] if exc.code is Code.OPTED_OUT else []
 
 
 def _text(status: int, message: str) -> tuple[int, Headers, bytes]:
@@ -148,109 +144,93 @@ def _text(status: int, message: str) -> tuple[int, Headers, bytes]:
     return status, headers, body
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request to one of the endpoints, its headers read and its visitor known."""
+class _PrebidEndpoint(BrowserEndpoint[Req]):
+    """One of the three: the opening is the pipeline's; a refusal of the opening is
+    answered in Prebid Server's shape, its outcome one of Prebid Server's labels."""
 
-    scope: Scope
-    receive: Receive
-    send: Send
-    headers: Mapping[bytes, bytes]
-    visitor: Visitor
-
-
-class _Endpoint:
-    """One of the three: the method check, the request's headers and visitor, and its
-    answers counted by outcome."""
-
-    endpoint: ClassVar[str]
-    methods: ClassVar[frozenset[str]] = METHODS_PIXEL
-
-    def __init__(self, shared: PrebidEndpoints) -> None:
+    def __init__(self, opening: Opening, shared: PrebidEndpoints) -> None:
+        super().__init__(opening)
         self.s = shared
-        self.outcomes = Outcomes(self.endpoint)
-
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        if scope["method"] not in self.methods:
-            await method_not_allowed(send_, ", ".join(sorted(self.methods)).encode())
-            return
-        headers = request_headers(scope)
-        visitor = self.s.cookies.resolve(headers.get(b"cookie"))
-        outcome = await self.answer(Call(scope, receive, send_, headers, visitor))
-        if outcome:
-            self.outcomes.count(outcome, started)
-
-    async def answer(self, call: Call) -> str:
-        """Answer the request; the outcome to count ("": none, the client left)."""
-        raise NotImplementedError
 
 
-class CookieSyncEndpoint(_Endpoint):
+class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
     """POST /cookie_sync: the syncs this visitor still needs, for Prebid.js (called
     cross-site, with credentials) and AMP's load-cookie page."""
 
-    endpoint = "cookie_sync"
+    name = "cookie_sync"
     methods = frozenset({"OPTIONS", "POST"})
 
-    async def answer(self, call: Call) -> str:
-        origin = call.headers.get(b"origin")
-        if call.scope["method"] == "OPTIONS":
-            await self._preflight(call.send, origin, call.headers)
-            return "preflight"
-        try:
-            body = await read_body(call.receive, self.s.max_body, call.headers)
-            answer = await self._answer(
-                body, call.visitor, call.headers, call.scope.get("scheme", "http")
-            )
-        except ClientGone:
-            return ""
-        except RequestError as exc:  # a body over the limit
-            await self._refuse(
-                call.send, CookieSyncOutcome.BAD_REQUEST, exc.msg, origin, exc.status
-            )
-            return CookieSyncOutcome.BAD_REQUEST.label
-        except PrebidError as exc:
-            await self._refuse(call.send, exc.outcome, exc.message, origin, exc.outcome.status)
-            return exc.outcome.label
-        outcome, doc, set_cookie = answer
-        metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
-        body_out = json_body(doc)
-        out = json_headers(body_out, JSON_UTF8)
-        cors(out, origin)
-        if set_cookie:
-            out.append(self.s.cookies.set_header(call.visitor))
-        await send(call.send, 200, out, body_out)
-        return outcome.label
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        if scope["method"] != "OPTIONS":
+            await super().__call__(scope, receive, send_)
+            return
+        started = time.perf_counter()
+        headers = request_headers(scope)
+        await self._preflight(send_, headers.get(b"origin"), headers)
+        self.outcomes.count("preflight", started)
 
-    async def _answer(
-        self, body: bytes, visitor: Visitor, headers: Mapping[bytes, bytes], proto: str
-    ) -> tuple[CookieSyncOutcome, dict[str, object], bool]:
-        """(outcome, answer, whether to set the visitor cookie); PrebidError to refuse."""
-        req = parse_cookie_sync(body)
-        wanting = missing_consent(req.consent, self.s.privacy.gdpr_default)
-        if wanting:  # before the opt-out, as Prebid Server reads the request first
-            raise PrebidError(CookieSyncOutcome.BAD_REQUEST, wanting)
-        if visitor.opted_out:
-            raise PrebidError(CookieSyncOutcome.OPT_OUT)
+    def parse(self, call: Call, params: bytes, body: bytes) -> CookieSyncRequest:
         try:
-            privacy = self.s.privacy.evaluate(req.consent, headers)
-        except RequestError as exc:
-            outcome = cookie_sync_refusal(exc.code)
-            if outcome is CookieSyncOutcome.BAD_REQUEST:
-                raise PrebidError(outcome, exc.msg) from None
-            # The host may not set its cookie: no syncs, and no cookie (SPEC §12).
-            return outcome, cookie_sync_answer(False, [], [], req.debug), False
+            req = parse_cookie_sync(body)
+        except PrebidError as exc:
+            raise RequestError(Code.MALFORMED, exc.message) from None
+        # Prebid Server refuses a GDPR request without a consent string as a bad
+        # request, before it reads the cookie (an opt-out).
+        wanting = missing_consent(req.consent, self.privacy.gdpr_default)
+        if wanting:
+            raise RequestError(Code.MALFORMED, wanting)
+        return req
+
+    def consent(self, req: CookieSyncRequest) -> Mapping[str, str]:
+        return req.consent
+
+    async def answer(self, call: Call, req: CookieSyncRequest, privacy: Privacy | None) -> str:
+        assert privacy is not None
+        visitor = call.visitor
         mapped = await self.s.mapped(visitor)
         day = today()
         synced = {d: seen for d, (_, seen) in mapped.items()}
         evaluations = choose(req, self.s.bidders, synced, privacy, day, self.s.shuffle)
-        syncs = self._syncs(req, evaluations, visitor, mapped, privacy.gdpr_applies, proto)
+        syncs = self._syncs(req, evaluations, visitor, mapped, privacy.gdpr_applies, call.scheme)
         for e in evaluations:
             if e.bidder is not None and e.status.label:
                 metrics.child(metrics.SYNCER_REQUESTS, e.bidder.name, e.status.label).inc()
         doc = cookie_sync_answer(bool(mapped), syncs, evaluations, req.debug)
-        return CookieSyncOutcome.OK, doc, True
+        await self._send(call, CookieSyncOutcome.OK, doc, [self.cookies.set_header(visitor)])
+        return CookieSyncOutcome.OK.label
+
+    async def refuse(
+        self, call: Call, exc: RequestError, req: CookieSyncRequest | None, tid: str
+    ) -> str:
+        origin = call.headers.get(b"origin")
+        if exc.code.is_consent and req is not None:
+            outcome = cookie_sync_refusal(exc.code)
+            if outcome is not CookieSyncOutcome.BAD_REQUEST:
+                # The host may not set its cookie: no syncs, and no cookie (SPEC §12).
+                await self._send(call, outcome, cookie_sync_answer(False, [], [], req.debug), [])
+                return outcome.label
+        elif exc.code is Code.OPTED_OUT:
+            outcome = CookieSyncOutcome.OPT_OUT
+        else:  # the body over its limit, undecodable, or invalid for Prebid Server
+            outcome = CookieSyncOutcome.BAD_REQUEST
+        metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
+        status = exc.status if outcome is CookieSyncOutcome.BAD_REQUEST else outcome.status
+        code, out, body = _text(
+            status, exc.msg if outcome.label == "bad_request" else outcome.message
+        )
+        cors(out, origin)
+        out += _kept(exc, self.cookies)
+        await send(call.send, code, out, body)
+        return outcome.label
+
+    async def _send(
+        self, call: Call, outcome: CookieSyncOutcome, doc: dict[str, object], out: Headers
+    ) -> None:
+        metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
+        body = json_body(doc)
+        headers = json_headers(body, JSON_UTF8)
+        cors(headers, call.headers.get(b"origin"))
+        await send(call.send, 200, headers + out, body)
 
     def _syncs(
         self,
@@ -281,20 +261,6 @@ class CookieSyncEndpoint(_Endpoint):
             out.append((e, url))
         return out
 
-    async def _refuse(
-        self,
-        send_: Send,
-        outcome: CookieSyncOutcome | SetuidOutcome,
-        message: str,
-        origin: bytes | None,
-        status: int,
-    ) -> None:
-        metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
-        log.info("cookie_sync refused", extra={"status": outcome.label, "reason": message})
-        code, out, body = _text(status, message)
-        cors(out, origin)
-        await send(send_, code, out, body)
-
     @staticmethod
     async def _preflight(send_: Send, origin: bytes | None, headers: Mapping[bytes, bytes]) -> None:
         out: Headers = [
@@ -310,76 +276,98 @@ class CookieSyncEndpoint(_Endpoint):
         await send(send_, 204, out, b"")
 
 
-class SetuidEndpoint(_Endpoint):
+class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
     """GET /setuid: a bidder's callback with its uid, stored in the match table. It
     answers the GIF (f=i) or empty HTML (f=b), never a redirect."""
 
-    endpoint = "setuid"
+    name = "setuid"
 
-    async def answer(self, call: Call) -> str:
-        head = call.scope["method"] == "HEAD"
+    def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
+        return dict(reversed(parse_pairs(params)))  # the first value of each counts
+
+    def consent(self, req: dict[str, str]) -> Mapping[str, str]:
+        return setuid_consent(req)
+
+    async def answer(self, call: Call, req: dict[str, str], privacy: Privacy | None) -> str:
+        assert privacy is not None
         try:
-            outcome, fmt = await self._set(call.scope["query_string"], call.visitor, call.headers)
+            sync = parse_setuid(req, self.s.bidders)
+            if not privacy.partner_allowed(sync.bidder.gvl_id):
+                raise PrebidError(SetuidOutcome.GDPR_BLOCKED)
         except PrebidError as exc:
-            refused = exc.outcome
-            metrics.child(metrics.SETUID_REQUESTS, refused.label).inc()
-            log.info("setuid refused", extra={"status": refused.label, "reason": exc.message})
-            code, out, body = _text(refused.status, exc.message)
-            await send(call.send, code, out, body, head=head)
-            return refused.label
+            return await self._refuse(call, exc, [])
+        visitor = call.visitor
+        outcome = SetuidOutcome.OK
+        if visitor.kind is VisitorKind.NEW and self.s.bounce:
+            outcome = SetuidOutcome.COOKIES_BLOCKED
+        else:
+            assert visitor.uuid is not None
+            name, dpid = sync.bidder.name, sync.bidder.dpid
+            if sync.uid:
+                self.s.store.put_mapping(visitor.uuid, dpid, sync.uid, today())
+                self.s.counters.completed(dpid)
+                metrics.child(metrics.SYNCER_SETS, name, SyncerSet.OK).inc()
+            else:
+                await self.s.clear(visitor.uuid, dpid)
+                metrics.child(metrics.SYNCER_SETS, name, SyncerSet.CLEARED).inc()
         metrics.child(metrics.SETUID_REQUESTS, outcome.label).inc()
-        out = [self.s.cookies.set_header(call.visitor)]
+        out = [self.cookies.set_header(visitor)]
         if outcome is SetuidOutcome.COOKIES_BLOCKED:
             out.append((b"x-error", b"172"))
-        if fmt == "i":
-            await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=head)
+        if sync.format == "i":
+            await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=call.head)
         else:
             blank = [(b"content-type", b"text/html"), (b"content-length", b"0"), *NO_CACHE]
-            await send(call.send, 200, [*blank, *out], b"", head=head)
+            await send(call.send, 200, [*blank, *out], b"", head=call.head)
         return outcome.label
 
-    async def _set(
-        self, query: bytes, visitor: Visitor, headers: Mapping[bytes, bytes]
-    ) -> tuple[SetuidOutcome, str]:
-        """Store (or clear) the uid: (outcome, answer format); PrebidError to refuse."""
-        if visitor.opted_out:
-            raise PrebidError(SetuidOutcome.OPT_OUT)
-        if len(query) > self.s.max_query:
-            raise PrebidError(SetuidOutcome.BAD_REQUEST, "query string too long")
-        try:
-            params = dict(reversed(parse_pairs(query)))  # the first value of each counts
-        except RequestError as exc:
-            raise PrebidError(SetuidOutcome.BAD_REQUEST, exc.msg) from None
-        req = parse_setuid(params, self.s.bidders)
-        try:
-            privacy = self.s.privacy.evaluate(req.consent, headers)
-        except RequestError as exc:
-            raise setuid_refusal(exc.code, exc.msg) from None
-        if not privacy.partner_allowed(req.bidder.gvl_id):
-            raise PrebidError(SetuidOutcome.GDPR_BLOCKED)
-        if visitor.kind is VisitorKind.NEW and self.s.bounce:
-            return SetuidOutcome.COOKIES_BLOCKED, req.format
-        assert visitor.uuid is not None
-        name, dpid = req.bidder.name, req.bidder.dpid
-        if req.uid:
-            self.s.store.put_mapping(visitor.uuid, dpid, req.uid, today())
-            self.s.counters.completed(dpid)
-            metrics.child(metrics.SYNCER_SETS, name, SyncerSet.OK).inc()
-        else:
-            await self.s.clear(visitor.uuid, dpid)
-            metrics.child(metrics.SYNCER_SETS, name, SyncerSet.CLEARED).inc()
-        return SetuidOutcome.OK, req.format
+    async def refuse(
+        self, call: Call, exc: RequestError, req: dict[str, str] | None, tid: str
+    ) -> str:
+        if exc.code is Code.OPTED_OUT:
+            refusal = PrebidError(SetuidOutcome.OPT_OUT)
+        elif exc.code.is_consent:
+            refusal = setuid_refusal(exc.code, exc.msg)
+        else:  # too long (414) or undecodable (400)
+            refusal = PrebidError(SetuidOutcome.BAD_REQUEST, exc.msg)
+            return await self._refuse(call, refusal, [], status=exc.status)
+        return await self._refuse(call, refusal, _kept(exc, self.cookies))
+
+    async def _refuse(
+        self, call: Call, exc: PrebidError, out: Headers, status: int | None = None
+    ) -> str:
+        refused = exc.outcome
+        metrics.child(metrics.SETUID_REQUESTS, refused.label).inc()
+        log.info("setuid refused", extra={"status": refused.label, "reason": exc.message})
+        code, headers, body = _text(status or refused.status, exc.message)
+        await send(call.send, code, headers + out, body, head=call.head)
+        return refused.label
 
 
-class GetuidsEndpoint(_Endpoint):
+class GetuidsEndpoint(_PrebidEndpoint[None]):
     """GET /getuids: the visitor's uid per bidder, from the match table."""
 
-    endpoint = "getuids"
+    name = "getuids"
 
-    async def answer(self, call: Call) -> str:
+    def parse(self, call: Call, params: bytes, body: bytes) -> None:
+        return None  # no parameters
+
+    async def answer(self, call: Call, req: None, privacy: Privacy | None) -> str:
         mapped = await self.s.mapped(call.visitor)
-        body = json_body(buyeruids(self.s.bidders.names, {d: u for d, (u, _) in mapped.items()}))
-        out = json_headers(body, JSON_UTF8)
-        cors(out, call.headers.get(b"origin"))
-        await send(call.send, 200, out, body, head=call.scope["method"] == "HEAD")
+        await self._send(call, {d: u for d, (u, _) in mapped.items()}, [])
         return "ok"
+
+    async def refuse(self, call: Call, exc: RequestError, req: None, tid: str) -> str:
+        if exc.code is not Code.OPTED_OUT:
+            code, out, body = _text(exc.status, exc.msg)
+            await send(call.send, code, out, body, head=call.head)
+            return f"error_{int(exc.code)}"
+        # An opted-out browser has no uids, as Prebid Server answers its cookie.
+        await self._send(call, {}, [self.cookies.set_header(call.visitor)])
+        return "opt_out"
+
+    async def _send(self, call: Call, mapped: Mapping[int, str], out: Headers) -> None:
+        body = json_body(buyeruids(self.s.bidders.names, mapped))
+        headers = json_headers(body, JSON_UTF8)
+        cors(headers, call.headers.get(b"origin"))
+        await send(call.send, 200, headers + out, body, head=call.head)

@@ -4,66 +4,77 @@ partner (fire) or answer the GIF (ack)."""
 
 from __future__ import annotations
 
-import logging
-import time
+from typing import ClassVar
 
+from ..consent import Privacy
 from ..destinations import Tokens
-from ..errors import RequestError
 from ..signals import decode_path_part
 from ..store import Store
-from .common import METHODS_PIXEL, Outcomes, method_not_allowed, new_tid
+from .pipeline import BrowserEndpoint, Call, Opening
 from .qualify import TallyCounters
-from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send, send
-
-log = logging.getLogger("pixelsync.web")
+from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Scope, send
 
 FIRE_PREFIX = "/fire/"
 ACK_PREFIX = "/ack/"
 
 
-class TrackingEndpoint:
-    """One class for both: `kind` is "fire" (302 to the partner) or "ack" (GIF)."""
+class TrackingEndpoint(BrowserEndpoint[str]):
+    """/fire (302 to the partner) and /ack (the GIF). An opted-out browser is refused
+    as everywhere else: it is not sent on to the partner."""
 
-    def __init__(self, kind: str, store: Store, tokens: Tokens, loss: TallyCounters) -> None:
-        self.kind = kind
-        self.prefix = FIRE_PREFIX if kind == "fire" else ACK_PREFIX
-        self.counter = "loaded" if kind == "fire" else "confirmed"
+    kind: ClassVar[str]  # fire | ack
+    prefix: ClassVar[bytes]
+    counter: ClassVar[str]  # the loss counter a first load counts
+
+    def __init__(self, opening: Opening, store: Store, tokens: Tokens, loss: TallyCounters) -> None:
+        super().__init__(opening)
         self.store = store
         self.tokens = tokens
         self.loss = loss
-        self.outcomes = Outcomes(kind)
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        started = time.perf_counter()
-        method: str = scope["method"]
-        if method not in METHODS_PIXEL:
-            await method_not_allowed(send_, b"GET, HEAD")
-            return
+    def params(self, scope: Scope) -> bytes:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        try:
-            token = decode_path_part(raw_path[len(self.prefix) :])
-            if self.kind == "fire":
-                destination, nonce, target = self.tokens.read_fire(token)
-            else:
-                destination, nonce = self.tokens.read_ack(token)
-                target = ""
-        except RequestError as exc:
-            log.info(f"{self.kind} refused", extra={"tid": new_tid(), "code": int(exc.code)})
-            headers = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-            await send(send_, exc.status, headers, GIF, head=method == "HEAD")
-            self.outcomes.count(f"error_{int(exc.code)}", started)
-            return
+        return raw_path[len(self.prefix) :]
+
+    def parse(self, call: Call, params: bytes, body: bytes) -> str:
+        return decode_path_part(params)  # the token
+
+    async def answer(self, call: Call, req: str, privacy: Privacy | None) -> str:
+        destination, nonce, target = self.read(req)
         self.store.count_once(
             f"{self.kind}:{nonce}".encode(),
             lambda: self.loss.count(destination, self.counter),
         )
-        if self.kind == "fire":
+        if target is not None:
             out: Headers = [
                 (b"location", target.encode("latin-1", "replace")),
                 (b"content-length", b"0"),
                 *NO_CACHE,
             ]
-            await send(send_, 302, out, b"")
+            await send(call.send, 302, out, b"")
         else:
-            await send(send_, 200, GIF_HEADERS, GIF, head=method == "HEAD")
-        self.outcomes.count("ok", started)
+            await send(call.send, 200, GIF_HEADERS, GIF, head=call.head)
+        return "ok"
+
+    def read(self, token: str) -> tuple[int, str, str | None]:
+        """(destination, nonce, where to redirect or None); 323 for a bad token."""
+        raise NotImplementedError
+
+
+class FireEndpoint(TrackingEndpoint):
+    name = kind = "fire"
+    prefix = FIRE_PREFIX.encode()
+    counter = "loaded"
+
+    def read(self, token: str) -> tuple[int, str, str | None]:
+        return self.tokens.read_fire(token)
+
+
+class AckEndpoint(TrackingEndpoint):
+    name = kind = "ack"
+    prefix = ACK_PREFIX.encode()
+    counter = "confirmed"
+
+    def read(self, token: str) -> tuple[int, str, str | None]:
+        destination, nonce = self.tokens.read_ack(token)
+        return destination, nonce, None

@@ -1,0 +1,209 @@
+"""The one opening of every browser endpoint (SPEC §13).
+
+A request is answered by the first of these that applies, in this order, the same on
+every endpoint:
+
+    method (405) → size limits (414, 413) → undecodable request (311) → opted out
+    (171, the NOTARGET cookie kept) → consent (313, 315, and 314 for this service) →
+    the endpoint's own checks (314 for a partner, 320-323) → cookies blocked (172)
+    → the endpoint's answer
+
+and every answer is counted by outcome. `BrowserEndpoint` runs the order; an endpoint
+supplies only what differs: how it reads its request (`parse`), the consent
+parameters it carries (`consent`), its decision and answer (`answer`, which raises a
+RequestError for its own checks), and how it renders a refusal (`refuse`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Final, Generic, TypeVar
+
+from ..consent import Privacy, evaluate
+from ..errors import Code, RequestError
+from ..identity import Visitor, VisitorKind
+from .common import Outcomes, new_tid
+from .cookies import VisitorCookies
+from .responses import GIF, GIF_HEADERS, Headers, Receive, Scope, Send, send
+
+log = logging.getLogger("pixelsync.web")
+
+METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
+
+Req = TypeVar("Req")
+
+
+class PrivacyRules:
+    """The [privacy] settings and the host vendor id, applied to one request."""
+
+    def __init__(self, *, vendor_id: int, gdpr_default: int, honor_gpc: bool) -> None:
+        self.vendor_id = vendor_id
+        self.gdpr_default = gdpr_default
+        self.honor_gpc = honor_gpc
+
+    def evaluate(self, params: Mapping[str, str], headers: Mapping[bytes, bytes]) -> Privacy:
+        gpc = self.honor_gpc and headers.get(b"sec-gpc", b"").strip() == b"1"
+        return evaluate(params, vendor_id=self.vendor_id, gdpr_default=self.gdpr_default, gpc=gpc)
+
+
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What every browser endpoint's opening needs: built once, shared by all."""
+
+    cookies: VisitorCookies
+    privacy: PrivacyRules
+    max_query: int  # bytes of a query string (or of the parameters in a path)
+    max_body: int  # bytes of a POST body
+
+
+@dataclass(slots=True)
+class Call:
+    """One request, its headers read and its visitor known."""
+
+    scope: Scope
+    receive: Receive
+    send: Send
+    method: str
+    headers: dict[bytes, bytes]
+    visitor: Visitor
+
+    @property
+    def head(self) -> bool:
+        return self.method == "HEAD"
+
+    @property
+    def scheme(self) -> str:
+        return str(self.scope.get("scheme", "http"))
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was complete: nothing to answer."""
+
+
+class BrowserEndpoint(Generic[Req]):
+    """A raw-ASGI browser endpoint: the opening in SPEC §13's order, then `answer`."""
+
+    name: ClassVar[str]  # the endpoint's label in metrics and logs
+    methods: ClassVar[frozenset[str]] = METHODS_PIXEL
+    # /demoptout.jpg answers an opted-out visitor as any other: it refreshes the opt-out
+    refuses_opted_out: ClassVar[bool] = True
+
+    def __init__(self, opening: Opening) -> None:
+        self.cookies = opening.cookies
+        self.privacy = opening.privacy
+        self.max_query = opening.max_query
+        self.max_body = opening.max_body
+        self.outcomes = Outcomes(self.name)
+        self._allow = ", ".join(sorted(self.methods)).encode()
+        self._refused = f"{self.name} refused"
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        started = time.perf_counter()
+        method: str = scope["method"]
+        if method not in self.methods:
+            await method_not_allowed(send_, self._allow)
+            return
+        headers = request_headers(scope)
+        visitor = self.cookies.resolve(headers.get(b"cookie"))
+        call = Call(scope, receive, send_, method, headers, visitor)
+        req: Req | None = None
+        try:
+            params = self.params(scope)
+            if len(params) > self.max_query:
+                raise RequestError(Code.MALFORMED, "request too long", status=414)
+            body = await read_body(receive, self.max_body, headers) if method == "POST" else b""
+            req = self.parse(call, params, body)
+            if visitor.kind is VisitorKind.OPTED_OUT and self.refuses_opted_out:
+                raise RequestError(Code.OPTED_OUT, "visitor opted out")
+            consent = self.consent(req)
+            privacy = None if consent is None else self.privacy.evaluate(consent, headers)
+            outcome = await self.answer(call, req, privacy)
+        except RequestError as exc:
+            tid = new_tid()
+            log.info(
+                self._refused,
+                extra={"tid": tid, "code": int(exc.code), "reason": exc.msg, "status": exc.status},
+            )
+            outcome = await self.refuse(call, exc, req, tid)
+        except ClientGone:
+            outcome = "client_gone"
+        self.outcomes.count(outcome, started)
+
+    # ------------------------------------------------------------ what an endpoint gives
+
+    def params(self, scope: Scope) -> bytes:
+        """The request's parameters, still encoded, as the size limit counts them."""
+        query: bytes = scope["query_string"]
+        return query
+
+    def parse(self, call: Call, params: bytes, body: bytes) -> Req:
+        """Decode the request; RequestError 311 when it cannot be."""
+        raise NotImplementedError
+
+    def consent(self, req: Req) -> Mapping[str, str] | None:
+        """The request's consent parameters; None on an endpoint that takes none (then
+        no privacy rule is evaluated, and `answer` gets None)."""
+        return None
+
+    async def answer(self, call: Call, req: Req, privacy: Privacy | None) -> str:
+        """The endpoint's own checks (RequestError) and its answer; the outcome to count."""
+        raise NotImplementedError
+
+    async def refuse(self, call: Call, exc: RequestError, req: Req | None, tid: str) -> str:
+        """Answer a refusal; the outcome to count. The GIF, unless the endpoint says."""
+        out = [*GIF_HEADERS, *refusal_headers(exc, call.visitor, self.cookies)]
+        await send(call.send, exc.status, out, GIF, head=call.head)
+        return f"error_{int(exc.code)}"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def method_not_allowed(send_: Send, allow: bytes) -> None:
+    await send(send_, 405, [(b"allow", allow), (b"content-length", b"0")], b"")
+
+
+async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
+    declared = headers.get(b"content-length", b"")
+    if len(declared) <= 20 and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def request_headers(scope: Scope) -> dict[bytes, bytes]:
+    """Header name -> value; several Cookie headers count as one (RFC 6265 §5.4)."""
+    raw: list[tuple[bytes, bytes]] = scope["headers"]
+    headers = dict(raw)
+    if len(headers) != len(raw):  # a repeated header: join the Cookie ones
+        cookies = [value for name, value in raw if name == b"cookie"]
+        if len(cookies) > 1:
+            headers[b"cookie"] = b"; ".join(cookies)
+    return headers
+
+
+def refusal_headers(exc: RequestError, visitor: Visitor, cookies: VisitorCookies) -> Headers:
+    """X-Error names the reason; a browser's cookie is refreshed if it had one (a
+    refusal never issues one; an opted-out visitor's NOTARGET is refreshed), and none
+    is set at all where consent is wanting."""
+    out: Headers = [(b"x-error", str(int(exc.code)).encode())]
+    if visitor.kind is not VisitorKind.NEW and not exc.code.is_consent:
+        out.append(cookies.set_header(visitor))
+    return out
