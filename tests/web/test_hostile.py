@@ -391,7 +391,7 @@ def tampered_cookies(uuid: str) -> list[str]:
     return [
         f"{body}.{sig[:-3]}AAA",  # modified signature
         f"{body}.{sig[::-1]}",
-        f"{uuid[:-1]}1.{signed.split('.', 1)[1]}",  # another uuid, same signature
+        f"{uuid[:-1]}{'2' if uuid.endswith('1') else '1'}.{signed.split('.', 1)[1]}",  # another uuid, same signature
         CookieSigner(["someone-else"]).sign(uuid),  # another key
         signed[:-1],  # truncated
         signed[: len(uuid)],
