@@ -1,6 +1,7 @@
-"""The HTTP protocol `pixelsync serve` runs under uvicorn (service/web/coalesce.py):
-each answer in one write, and each request's app started at once, with a task only for
-a request that has to wait. Over raw sockets, against the module's real service."""
+"""The HTTP protocol `pixelsync serve` runs under uvicorn
+(service/replacements/uvicorn_protocol.py): each answer in one write, and each
+request's app started at once, with a task only for a request that has to wait. Over
+raw sockets, against the module's real service."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from service.identity import new_uuid
-from service.web.coalesce import CoalescingHttpToolsProtocol
+from service.replacements.uvicorn_protocol import CoalescingHttpToolsProtocol
 from service.web.responses import GIF
 from tests.conftest import Service, cookie_signed_days_ago
 

@@ -31,7 +31,7 @@ def supported(url: str) -> bool:
 
 
 class PackedPipe:
-    """Collects commands, packed, in the shape scripts.Scripts.queue expects."""
+    """Collects commands, packed, in the shape store/scripts.py's Scripts.queue expects."""
 
     __slots__ = ("commands",)
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from service.outbound.transport import PartnerTransport
+from service.replacements.partner_transport import PartnerTransport
 from tests.partners import Answer, PartnerServer, Request
 
 Reply = Callable[[bytes], Awaitable[bytes | None]]  # request head -> raw answer (None: hang up)
@@ -345,7 +345,7 @@ async def test_interim_answers_and_stray_bytes(
 async def test_the_client_getter_behind_a_proxy() -> None:
     """With HTTP(S)_PROXY set, real-time calls go through httpx's own transport (which
     honours the proxy) under the same contract as PartnerTransport.get."""
-    from service.outbound.transport import ClientGetter, proxied
+    from service.replacements.partner_transport import ClientGetter, proxied
 
     assert proxied({"HTTPS_PROXY": "http://proxy.test:3128"})
     assert proxied({"http_proxy": "http://proxy.test:3128"})
