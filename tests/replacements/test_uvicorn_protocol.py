@@ -235,3 +235,18 @@ async def test_reset_contextvars_is_honoured(reset: bool, expected: str) -> None
 
     await asyncio.create_task(serve())
     assert seen == [expected, expected]
+
+
+async def test_an_app_that_fails_at_once_is_answered_500_by_uvicorns_cycle() -> None:
+    """The app runs inside uvicorn's RequestResponseCycle.run_asgi, which catches what it
+    raises and answers 500, even when it raises before its first wait (no task yet)."""
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("boom")
+
+    protocol, transport = _protocol(app)
+    protocol.data_received(REQUEST)  # nothing escapes into the event loop's protocol call
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 500 ")
+    assert not protocol.tasks
