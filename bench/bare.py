@@ -1,5 +1,6 @@
 """The ceilings: the GIF answer of /event and nothing else, served by the same uvicorn
-as `pixelsync serve` (its one-send httptools protocol, service/web/coalesce.py):
+as `pixelsync serve` (its one-send httptools protocol,
+service/replacements/uvicorn_protocol.py):
 
     python -m bench.bare PORT WORKERS [APP] [--stock]
       bench.bare:app            raw ASGI: the cost of uvicorn alone (the default APP)

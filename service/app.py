@@ -31,9 +31,9 @@ from .logs import AccessLog
 from .macros import Template
 from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
 from .outbound.s2s import S2SDestination, S2SSender
-from .outbound.transport import ClientGetter, PartnerTransport, proxied
 from .prebid import Bidders
 from .qualification import Qualifier
+from .replacements.partner_transport import ClientGetter, PartnerTransport, proxied
 from .store import KeySchema, Retention, Store, connect
 from .sync import ChainTokens, outbound_partners, partner_rules
 from .tally import REQUESTS_FIELD, Tally

@@ -74,8 +74,9 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# uvicorn's httptools protocol, each response written in one send (service/web/coalesce.py).
-UVICORN_HTTP = "service.web.coalesce:CoalescingHttpToolsProtocol"
+# uvicorn's httptools protocol, each response written in one send
+# (service/replacements/uvicorn_protocol.py).
+UVICORN_HTTP = "service.replacements.uvicorn_protocol:CoalescingHttpToolsProtocol"
 
 
 def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:

@@ -18,11 +18,10 @@ from prometheus_client import (
 from prometheus_client import multiprocess as _multiprocess
 
 REQUESTS: Final = Counter("pixelsync_requests_total", "Answered requests", ["endpoint", "outcome"])
+# LATENCY's upper bounds (Prometheus adds +Inf), which web/common.Outcomes counts in too.
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LATENCY: Final = Histogram(
-    "pixelsync_request_seconds",
-    "Time to answer a request",
-    ["endpoint"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    "pixelsync_request_seconds", "Time to answer a request", ["endpoint"], buckets=LATENCY_BUCKETS
 )
 REDIS_ERRORS: Final = Counter(
     "pixelsync_redis_errors_total", "Redis/Valkey commands that failed", ["op"]
@@ -119,6 +118,7 @@ __all__ = [
     "DESTINATIONS",
     "DISTINCT_VISITORS",
     "LATENCY",
+    "LATENCY_BUCKETS",
     "MAPPINGS_STORED",
     "REALTIME",
     "REALTIME_BREAKER",
@@ -201,8 +201,13 @@ def flush() -> None:
 
 def add_observations(histogram: Any, buckets: list[int], total: float) -> None:
     """What observe() would have done for several observations: `buckets` counts them
-    per bucket of the child's upper bounds (observe() stores them per bucket too, and
-    adds them up at exposition)."""
+    per bucket of the child's upper bounds, +Inf last (observe() stores them per bucket
+    too, and adds them up at exposition).
+
+    prometheus_client has no public call for this (observe() takes one value, and a lock
+    each time), so this is the one place that reads a histogram child's private
+    `_buckets` and `_sum`: pyproject.toml bounds the version, tests/test_metrics.py checks
+    what /metrics then exports."""
     for value, n in zip(histogram._buckets, buckets, strict=True):
         if n:
             value.inc(n)

@@ -2,7 +2,7 @@
 its segments on the visitor, all at once, within a total budget.
 
 - Every call goes through the keep-alive, bounded pool of partner connections that the
-  shared httpx.AsyncClient sends through (outbound/transport.py), by its lean `get`:
+  shared httpx.AsyncClient sends through (replacements/partner_transport.py), by its lean `get`:
   httpx's request and response objects cost as much CPU as the call itself.
 - A partner answers `{"segments": ["abc", …]}`; the codes its `realtime_traits` maps
   become onboarded trait realizations of the same request. Unknown codes are ignored.

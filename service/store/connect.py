@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-import hiredis
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+
+from ..replacements.redis_wire import FastPackConnection, supported
 
 log = logging.getLogger("pixelsync.store")
 
@@ -116,19 +117,6 @@ class EmbeddedValkey:
             self._server = None
 
 
-class FastPackConnection(aioredis.Connection):
-    """Packs commands with hiredis, in C: about 5 times faster than redis-py's Python
-    packer, which shows in the write path's profile."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        head = args[0]
-        if isinstance(head, str):
-            head = head.encode()
-        if b" " in head:  # redis-py's own multi-word commands, e.g. "CONFIG GET"
-            args = (*head.split(), *args[1:])
-        return [hiredis.pack_command(args)]
-
-
 def connect(url: str, *, cluster: bool, socket_timeout: float | None = 1.0) -> Client:
     """A client for the given server. No I/O happens until the first command.
     socket_timeout=None: no timeout per answer (the caller bounds whole pipelines)."""
@@ -139,6 +127,6 @@ def connect(url: str, *, cluster: bool, socket_timeout: float | None = 1.0) -> C
     }
     if cluster:
         return RedisCluster.from_url(url, **common)
-    if url.startswith("redis://"):  # TLS and unix sockets keep their own classes
+    if supported(url):  # TLS and unix sockets keep their own classes
         common["connection_class"] = FastPackConnection
     return aioredis.Redis.from_url(url, max_connections=64, **common)

@@ -13,6 +13,8 @@ from typing import Any, cast
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from ..replacements.redis_wire import PackedPipe, RawConnection, SharedReads
+from ..replacements.redis_wire import supported as raw_supported
 from ..tally import Tally
 from . import scripts
 from .codec import (
@@ -39,8 +41,6 @@ from .keys import (
     once_key,
     seen_key,
 )
-from .raw import PackedPipe, RawConnection, SharedReads
-from .raw import supported as raw_supported
 from .writes import (
     Count,
     Disown,
@@ -102,7 +102,7 @@ class Store:
         """`write_client`: a client for the write buffer, ideally without a timeout per
         answer (the buffer bounds each pipeline as a whole); default: `client`.
         `write_url`: the server's URL; a standalone redis:// one lets the write buffer
-        use its own bare pipelined connection (raw.py)."""
+        use its own bare pipelined connection (replacements/redis_wire.py)."""
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
         self.schema = schema

@@ -31,11 +31,11 @@ from typing import Any, Final, cast
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import metrics
+from ..replacements.redis_wire import PackedPipe, RawConnection
 from . import scripts
 from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
 from .connect import Client
 from .keys import KeySchema
-from .raw import PackedPipe, RawConnection
 
 log = logging.getLogger("pixelsync.store")
 

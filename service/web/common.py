@@ -18,7 +18,7 @@ class Outcomes:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.latency = metrics.LATENCY.labels(endpoint)
-        self._bounds: list[float] = list(self.latency._upper_bounds)  # the last is +Inf
+        self._bounds = [*metrics.LATENCY_BUCKETS, float("inf")]  # the histogram's, +Inf last
         self._counts: dict[str, int] = {}
         self._buckets = [0] * len(self._bounds)
         self._sum = 0.0

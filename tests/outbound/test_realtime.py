@@ -20,7 +20,7 @@ from service.outbound.realtime import (
     RealtimeSettings,
     parse_answer,
 )
-from service.outbound.transport import PartnerTransport
+from service.replacements.partner_transport import PartnerTransport
 from tests.conftest import free_port
 from tests.partners import Answer, PartnerServer, Request
 

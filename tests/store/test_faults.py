@@ -1,6 +1,6 @@
 """The hot path's own Redis connections under faults, through a real TCP proxy in front
-of the real server: shared pipelined reads (raw.SharedReads) and the profile writes
-of the write buffer."""
+of the real server: shared pipelined reads (replacements/redis_wire.SharedReads) and the
+profile writes of the write buffer."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from service.profiles import Profile
+from service.replacements.redis_wire import STALL_S
 from service.store import UNREAD, KeySchema, Retention, Store, connect
 from service.store.codec import pack_profile, parse_profile
-from service.store.raw import STALL_S
 from tests.conftest import DEFAULT_BUCKETS
 from tests.proxy import FaultProxy
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from service.outbound.transport import PartnerTransport
+from service.replacements.partner_transport import PartnerTransport
 from tests.partners import Answer, PartnerServer, Request
 
 Reply = Callable[[bytes], Awaitable[bytes | None]]  # request head -> raw answer (None: hang up)
@@ -345,7 +345,7 @@ async def test_interim_answers_and_stray_bytes(
 async def test_the_client_getter_behind_a_proxy() -> None:
     """With HTTP(S)_PROXY set, real-time calls go through httpx's own transport (which
     honours the proxy) under the same contract as PartnerTransport.get."""
-    from service.outbound.transport import ClientGetter, proxied
+    from service.replacements.partner_transport import ClientGetter, proxied
 
     assert proxied({"HTTPS_PROXY": "http://proxy.test:3128"})
     assert proxied({"http_proxy": "http://proxy.test:3128"})
@@ -358,3 +358,67 @@ async def test_the_client_getter_behind_a_proxy() -> None:
         getter = ClientGetter(http)
         assert await getter.get(server.url, 100) == (200, b"0123456789")
         assert await getter.get(server.url, 4) == (200, b"01234")
+
+
+# ------------------------------------------- the httpx hooks the transport plugs into
+
+
+async def test_httpx_hands_over_the_timeouts_it_was_given() -> None:
+    """httpx passes its Timeout as request.extensions["timeout"]: without it the
+    transport would wait on a partner forever."""
+    seen: list[dict[str, float | None]] = []
+
+    class Watching(PartnerTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request.extensions["timeout"])
+            return await super().handle_async_request(request)
+
+    async def reply(head: bytes) -> bytes:
+        return ok(b"x")
+
+    async with RawServer(reply) as server, httpx.AsyncClient(transport=Watching()) as watched:
+        timeout = httpx.Timeout(1.5, connect=0.25, pool=0.75)
+        assert (await watched.get(server.url, timeout=timeout)).content == b"x"
+    assert seen == [{"connect": 0.25, "read": 1.5, "write": 1.5, "pool": 0.75}]
+
+
+async def test_httpx_closing_a_response_gives_its_socket_back(
+    client: tuple[httpx.AsyncClient, PartnerTransport],
+) -> None:
+    """httpx calls the response stream's aclose() when the response is closed: read
+    whole, the socket goes back to the idle list; closed mid-body, it is closed."""
+    http, transport = client
+
+    async def reply(head: bytes) -> bytes:
+        if b" /short " in head:
+            return b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n12345"  # more to come
+        return ok(b"hello")
+
+    async with RawServer(reply) as server:
+        async with http.stream("GET", server.url) as resp:
+            assert (transport.open, transport._n_idle) == (1, 0)  # in use
+            assert await resp.aread() == b"hello"
+        assert (transport.open, transport._n_idle) == (1, 1)
+        async with http.stream("GET", server.url + "/short") as resp:
+            assert resp.status_code == 200  # the rest of the body is never read
+        assert (transport.open, transport._n_idle) == (0, 0)
+        assert (await http.get(server.url)).content == b"hello"
+        assert server.connections == 2
+
+
+async def test_httpx_shows_the_status_line_the_transport_read(
+    client: tuple[httpx.AsyncClient, PartnerTransport],
+) -> None:
+    """The response extensions httpx reads reason_phrase and http_version from."""
+    http, _ = client
+
+    async def reply(head: bytes) -> bytes:
+        return b"HTTP/1.1 299 Fine Thanks\r\ncontent-length: 2\r\n\r\nok"
+
+    async with RawServer(reply) as server:
+        resp = await http.get(server.url)
+    assert (resp.status_code, resp.reason_phrase, resp.http_version) == (
+        299,
+        "Fine Thanks",
+        "HTTP/1.1",
+    )

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sys
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+# What uvicorn's private uvicorn._types calls ASGI3Application; we only pass it on.
+ASGIApp = Callable[..., Awaitable[None]]
 
 
 class CoalescingTransport:
@@ -118,7 +120,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     _eager = False  # an app running at once on this connection right now
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
         if self._eager:
             # Started from within an answer (the next of pipelined requests): a task,
             # or a long pipeline would nest one app run in another, deeper and deeper.

@@ -1,6 +1,7 @@
-"""The HTTP protocol `pixelsync serve` runs under uvicorn (service/web/coalesce.py):
-each answer in one write, and each request's app started at once, with a task only for
-a request that has to wait. Over raw sockets, against the module's real service."""
+"""The HTTP protocol `pixelsync serve` runs under uvicorn
+(service/replacements/uvicorn_protocol.py): each answer in one write, and each
+request's app started at once, with a task only for a request that has to wait. Over
+raw sockets, against the module's real service."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from service.identity import new_uuid
-from service.web.coalesce import CoalescingHttpToolsProtocol
+from service.replacements.uvicorn_protocol import CoalescingHttpToolsProtocol
 from service.web.responses import GIF
 from tests.conftest import Service, cookie_signed_days_ago
 
@@ -234,3 +235,18 @@ async def test_reset_contextvars_is_honoured(reset: bool, expected: str) -> None
 
     await asyncio.create_task(serve())
     assert seen == [expected, expected]
+
+
+async def test_an_app_that_fails_at_once_is_answered_500_by_uvicorns_cycle() -> None:
+    """The app runs inside uvicorn's RequestResponseCycle.run_asgi, which catches what it
+    raises and answers 500, even when it raises before its first wait (no task yet)."""
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("boom")
+
+    protocol, transport = _protocol(app)
+    protocol.data_received(REQUEST)  # nothing escapes into the event loop's protocol call
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 500 ")
+    assert not protocol.tasks
