@@ -86,9 +86,9 @@ class EventEndpoint:
         self.store = store
         self.access = access
         self.cookies = cookies
-        self.region: int = settings.server["region"]
-        self.max_query: int = settings.limits["max_query_bytes"]
-        self.max_body: int = settings.limits["max_body_bytes"]
+        self.region = settings.server.region
+        self.max_query = settings.limits.max_query_bytes
+        self.max_body = settings.limits.max_body_bytes
         self.dpids = frozenset(p.dpid for p in settings.partners)
         self.gvl_ids = {p.dpid: p.gvl_id for p in settings.partners}
         self.privacy = privacy

@@ -570,7 +570,7 @@ async def test_brute_force_shaped_requests(http: httpx.AsyncClient) -> None:
 def test_keys_are_compared_by_hash_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configured key's sha256 is compared with hmac.compare_digest, all of
     them whatever matched: no early exit, no comparison of the token itself."""
-    keys = ApiKeys([ApiKey(f"k{i}", sha(f"t{i}"), None, ["read"]) for i in range(3)])
+    keys = ApiKeys([ApiKey(name=f"k{i}", sha256=sha(f"t{i}")) for i in range(3)])
     compared: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 
