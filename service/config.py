@@ -654,13 +654,14 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
                 values[key] = tables[spec.default_from].get(key)
         refs.realtime.append((where, values.get("dpid"), values.get("realtime_traits", {})))
         # Names are Prebid bidder codes, matched case-insensitively (SPEC §15).
-        code = values.get("name", "").lower()
-        if code in bidder_codes:
-            problems.append(
-                f"{where}: key 'name': {values['name']!r} is also the name of dpid "
-                f"{bidder_codes[code]!r} (bidder codes ignore case)"
-            )
-        bidder_codes.setdefault(code, values.get("dpid"))
+        if "name" in values:  # else the name is missing or bad, and reported so
+            code = values["name"].lower()
+            if code in bidder_codes:
+                problems.append(
+                    f"{where}: key 'name': {values['name']!r} is also the name of dpid "
+                    f"{bidder_codes[code]!r} (bidder codes ignore case)"
+                )
+            bidder_codes.setdefault(code, values.get("dpid"))
         return values
 
     refs = _Refs()

@@ -319,6 +319,14 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[partners]]: must be an array of tables"],
         ),
         (
+            "two partners without a name",
+            "[[partners]]\ndpid = 7\n[[partners]]\ndpid = 8\nname = ''\n",
+            [
+                "[[partners]] entry 1 (dpid 7): key 'name': required",
+                "[[partners]] entry 2 (dpid 8): key 'name': must not be empty",
+            ],
+        ),
+        (
             "unknown destination type",
             "[[destinations]]\nid = 1\nname = 'd'\ntype = 'email'\nmappings = {}\n",
             ["[[destinations]] entry 1 (id 1): key 'type': must be one of url, cookie, s2s, file"],
