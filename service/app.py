@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import gctune, metrics
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, S2SDestinationConfig, Settings, UrlDestinationConfig, load_settings
 from .destinations import DestinationRules, Tokens
 from .identity import CookieSigner, today
 from .logs import AccessLog
@@ -69,16 +69,16 @@ _NO_COOKIES = _NoCookies()
 
 def build_store(settings: Settings, url: str) -> Store:
     retention = Retention(
-        visitor_days=settings.cookies["ttl_days"],
+        visitor_days=settings.cookies.ttl_days,
         mapping_days={p.dpid: p.mapping_ttl_days for p in settings.partners},
-        default_mapping_days=settings.sync["mapping_ttl_days"],
+        default_mapping_days=settings.sync.mapping_ttl_days,
     )
-    cluster = settings.server["redis_cluster"]
+    cluster = settings.server.redis_cluster
     return Store(
         connect(url, cluster=cluster),
-        KeySchema(settings.store["match_buckets"]),
+        KeySchema(settings.store.match_buckets),
         retention,
-        buffer_max=settings.store["buffer_max_ops"],
+        buffer_max=settings.store.buffer_max_ops,
         write_client=connect(url, cluster=cluster, socket_timeout=None),
         write_url=url,
     )
@@ -169,12 +169,12 @@ class Domain:
             getter,
             realtime_counters(store.tally).count,
             RealtimeSettings(
-                budget_s=rt["budget_ms"] / 1000,
-                cache_s=rt["cache_s"],
-                breaker_failures=rt["breaker_failures"],
-                breaker_open_s=rt["breaker_open_s"],
-                max_answer_bytes=rt["max_answer_bytes"],
-                max_in_flight=rt["max_in_flight"],
+                budget_s=rt.budget_ms / 1000,
+                cache_s=rt.cache_s,
+                breaker_failures=rt.breaker_failures,
+                breaker_open_s=rt.breaker_open_s,
+                max_answer_bytes=rt.max_answer_bytes,
+                max_in_flight=rt.max_in_flight,
             ),
         )
         profiles = Profiles(
@@ -185,7 +185,7 @@ class Domain:
             loss,
             s2s=sender,
             gvl_ids={p.dpid: p.gvl_id for p in settings.partners},
-            region=settings.server["region"],
+            region=settings.server.region,
         )
         return cls(qualifier, rules, tokens, loss, partner_http, sender, realtime, profiles)
 
@@ -200,16 +200,15 @@ def s2s_from(settings: Settings, environ: Mapping[str, str]) -> list[S2SDestinat
     """The s2s destinations, their HMAC secrets read from the environment."""
     out, problems = [], []
     for d in settings.destinations:
-        if d.type != "s2s":
+        if not isinstance(d, S2SDestinationConfig):
             continue
-        o = d.options
         secret = None
-        if o["hmac_secret_env"]:
-            value = environ.get(o["hmac_secret_env"])
+        if d.hmac_secret_env:
+            value = environ.get(d.hmac_secret_env)
             if not value:
                 problems.append(
                     f"[[destinations]] id {d.id}: key 'hmac_secret_env': "
-                    f"environment variable {o['hmac_secret_env']} is not set"
+                    f"environment variable {d.hmac_secret_env} is not set"
                 )
                 continue
             secret = value.encode()
@@ -217,12 +216,12 @@ def s2s_from(settings: Settings, environ: Mapping[str, str]) -> list[S2SDestinat
         out.append(
             S2SDestination(
                 d.id,
-                o["url"],
+                d.url,
                 d.partner,
                 secret,
-                batch_max_users=o["batch_max_users"],
-                timeout_ms=o["timeout_ms"],
-                retries=o["retries"],
+                batch_max_users=d.batch_max_users,
+                timeout_ms=d.timeout_ms,
+                retries=d.retries,
             )
         )
     if problems:
@@ -283,20 +282,20 @@ def create_app(settings: Settings) -> HotPaths:
     cookies = VisitorCookies(settings.cookies, CookieSigner(settings.secret_keys))
     access = AccessLog()
     privacy = PrivacyRules(
-        vendor_id=settings.server["vendor_id"],
-        gdpr_default=settings.privacy["gdpr_default"],
-        honor_gpc=settings.privacy["honor_gpc"],
+        vendor_id=settings.server.vendor_id,
+        gdpr_default=settings.privacy.gdpr_default,
+        honor_gpc=settings.privacy.honor_gpc,
     )
     opening = Opening(
         cookies,
         privacy,
-        max_query=settings.limits["max_query_bytes"],
-        max_body=settings.limits["max_body_bytes"],
+        max_query=settings.limits.max_query_bytes,
+        max_body=settings.limits.max_body_bytes,
     )
 
     domain = Domain.build(settings, store)
     for d in settings.destinations:
-        if d.type == "url" and d.options.get("track") != "none":
+        if isinstance(d, UrlDestinationConfig) and d.tracked:
             # At 0 from the start: a destination whose pixels never load must show a
             # 100 % loss in Prometheus, not a missing series.
             for counter in ("instructed", "loaded"):
@@ -309,11 +308,11 @@ def create_app(settings: Settings) -> HotPaths:
         await store.start()  # a bucket-count mismatch (StoreError) stops start-up
         if sender is not None:
             sender.start()
-        visitor_days = settings.cookies["ttl_days"]
+        visitor_days = settings.cookies.ttl_days
         sweeper = asyncio.create_task(
             _sweep_forever(
                 store,
-                settings.store["sweep_interval_s"],
+                settings.store.sweep_interval_s,
                 lambda raw, day, seen: profiles.pruned(raw, day, visitor_days, seen),
             )
         )
@@ -341,7 +340,7 @@ def create_app(settings: Settings) -> HotPaths:
         store,
         outbound_partners(settings.partners),
         settings.cookies,
-        limit=settings.sync["max_partners_per_page"],
+        limit=settings.sync.max_partners_per_page,
         public_url=settings.public_url,
     )
     prebid = PrebidEndpoints(
@@ -349,7 +348,7 @@ def create_app(settings: Settings) -> HotPaths:
         opening,
         Bidders(settings.partners),
         public_url=settings.public_url,
-        bounce=settings.cookies["bounce"],
+        bounce=settings.cookies.bounce,
         shuffle=random.Random().shuffle,
     )
     hot: dict[str, ASGIApp] = {
@@ -362,7 +361,7 @@ def create_app(settings: Settings) -> HotPaths:
             opening,
             store,
             partner_rules(settings.partners),
-            bounce=settings.cookies["bounce"],
+            bounce=settings.cookies.bounce,
             public_url=settings.public_url,
         ),
         "/sync/chain": ChainEndpoint(
@@ -409,7 +408,7 @@ def app_from_env() -> ASGIApp:
     """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
     settings = load_settings()
     app: ASGIApp = create_app(settings)
-    trusted = settings.server["trusted_proxies"]
+    trusted = settings.server.trusted_proxies
     if os.environ.get("PIXELSYNC_SERVER") == "granian" and trusted:
         # uvicorn does this itself (proxy_headers, forwarded_allow_ips); granian does not.
         app = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted))

@@ -90,8 +90,8 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         workers=args.workers,
         access_log=False,
         # X-Forwarded-For/-Proto are believed from the configured proxies only.
-        proxy_headers=bool(settings.server["trusted_proxies"]),
-        forwarded_allow_ips=settings.server["trusted_proxies"] or None,
+        proxy_headers=bool(settings.server.trusted_proxies),
+        forwarded_allow_ips=settings.server.trusted_proxies or None,
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=10,

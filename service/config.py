@@ -2,16 +2,26 @@
 
 Validation is strict and complete: every problem in the file is collected, each
 naming the table, the entry and the key, and reported together as a ConfigError.
+
+Each table and each kind of array entry is a frozen dataclass whose fields are its
+schema: a field's name is the key, its annotation the TOML type (a Literal: the
+allowed strings), its default the value of an absent key (none: the key is
+required, unless `metadata["default_from"]` names the table whose key of the same
+name is the default), and `metadata["check"]` what else the value must satisfy.
+Destinations are a tagged union on `type`: one class per type, sharing the common keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import typing
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, Field, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import NoneType, UnionType
+from typing import Any, Final, Literal, Never, TypeAlias
 from urllib.parse import urlsplit
 
 from .macros import Template, TemplateError
@@ -21,11 +31,23 @@ from .rules import RuleError, compile_segment_rule, compile_trait_rule
 __all__ = [
     "ApiKey",
     "ConfigError",
+    "CookieDestinationConfig",
+    "CookiesConfig",
+    "DashboardConfig",
     "Destination",
+    "FileDestinationConfig",
+    "LimitsConfig",
     "Partner",
+    "PrivacyConfig",
+    "RealtimeConfig",
+    "S2SDestinationConfig",
     "Segment",
+    "ServerConfig",
     "Settings",
+    "StoreConfig",
+    "SyncConfig",
     "Trait",
+    "UrlDestinationConfig",
     "find_config_path",
     "load_settings",
     "parse_settings",
@@ -40,50 +62,14 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-# --------------------------------------------------------------------------- schema
+# --------------------------------------------------------------------------- checks
 
-_REQUIRED: Final = object()
 Check = Callable[[Any], str | None]
 
 
-@dataclass(frozen=True)
-class _Key:
-    kind: str  # str | int | bool | float | list[str] | list[int] | dict[str,int] | dict[str,str]
-    default: Any = _REQUIRED
-    check: Check | None = None
-
-
-def _is_kind(value: Any, kind: str) -> bool:
-    match kind:
-        case "str":
-            return isinstance(value, str)
-        case "bool":
-            return isinstance(value, bool)
-        case "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        case "float":
-            return isinstance(value, int | float) and not isinstance(value, bool)
-        case "list[str]":
-            return isinstance(value, list) and all(isinstance(v, str) for v in value)
-        case "list[int]":
-            return isinstance(value, list) and all(_is_kind(v, "int") for v in value)
-        case "dict[str,int]":
-            return isinstance(value, dict) and all(_is_kind(v, "int") for v in value.values())
-        case "dict[str,str]":
-            return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    raise AssertionError(kind)
-
-
-_KIND_NAMES: Final = {
-    "str": "a string",
-    "bool": "true or false",
-    "int": "an integer",
-    "float": "a number",
-    "list[str]": "a list of strings",
-    "list[int]": "a list of integers",
-    "dict[str,int]": "a table of integers",
-    "dict[str,str]": "a table of strings",
-}
+def _check(check: Callable[[Never], str | None]) -> dict[str, object]:
+    """A field's metadata: the check its value must pass (None, or why not)."""
+    return {"check": check}
 
 
 def _positive(v: int) -> str | None:
@@ -98,8 +84,16 @@ def _non_negative(v: int | float) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
-def _non_empty(v: str | list[Any]) -> str | None:
+def _non_empty(v: str | list[str]) -> str | None:
     return None if len(v) > 0 else "must not be empty"
+
+
+def _zero_or_one(v: int) -> str | None:
+    return None if v in (0, 1) else "must be 0 or 1"
+
+
+def _one_to_ten(v: int) -> str | None:
+    return None if 1 <= v <= 10 else "must be 1..10"
 
 
 def _one_of(*choices: str) -> Check:
@@ -172,207 +166,198 @@ def _power_of_two(v: int) -> str | None:
     return None if v >= 1 and v & (v - 1) == 0 else "must be a power of two"
 
 
-_TABLES: Final[dict[str, dict[str, _Key]]] = {
-    "server": {
-        "public_url": _Key("str", "http://127.0.0.1:8080", _http_url),
-        "redis_url": _Key("str", "", _redis_url),
-        "redis_cluster": _Key("bool", False),
-        "data_dir": _Key("str", "var", _non_empty),
-        "secret_keys": _Key("list[str]", ["dev-only-change-me"], _secret_keys),
-        "vendor_id": _Key("int", 0, _non_negative),
-        "region": _Key("int", 0, _non_negative),
-        "trusted_proxies": _Key("list[str]", []),
-    },
-    "cookies": {
-        "name": _Key("str", "uuid", _cookie_name),
-        "domain": _Key("str", "", _cookie_domain),
-        "ttl_days": _Key("int", 180, _positive),
-        "sync_name": _Key("str", "dextp", _cookie_name),
-        "bounce": _Key("bool", True),
-    },
-    "sync": {
-        "max_partners_per_page": _Key("int", 5, _non_negative),
-        "refresh_days": _Key("int", 7, _positive),
-        "mapping_ttl_days": _Key("int", 90, _positive),
-    },
-    "privacy": {
-        "honor_gpc": _Key("bool", True),
-        "gdpr_default": _Key("int", 0, lambda v: None if v in (0, 1) else "must be 0 or 1"),
-    },
-    "realtime": {
-        "budget_ms": _Key("int", 50, _positive),
-        "cache_s": _Key("int", 30, _non_negative),
-        "breaker_failures": _Key("int", 5, _positive),
-        "breaker_open_s": _Key("int", 30, _positive),
-        "max_answer_bytes": _Key("int", 65536, _positive),
-        "max_in_flight": _Key("int", 16, _positive),
-    },
-    "store": {
-        "match_buckets": _Key("int", 65536, _power_of_two),
-        "buffer_max_ops": _Key("int", 100_000, _positive),
-        "sweep_interval_s": _Key("int", 86400, _positive),
-    },
-    "limits": {
-        "max_query_bytes": _Key("int", 8192, _positive),
-        "max_body_bytes": _Key("int", 32768, _positive),
-    },
-    "dashboard": {
-        # Loss rates above this are highlighted (pixel syncing loses 5-20 % normally).
-        "loss_threshold": _Key("float", 0.2, _fraction),
-        "refresh_s": _Key("int", 60, _positive),
-        "session_hours": _Key("int", 12, _positive),
-    },
-}
-
-_PARTNER: Final = {
-    "dpid": _Key("int", _REQUIRED, _positive),
-    "name": _Key("str", _REQUIRED, _non_empty),
-    "sync_url": _Key("str", "", _http_url_or_empty),
-    "callback_uid_macro": _Key("str", "$UID", _non_empty),
-    "redirect_domains": _Key("list[str]", []),
-    "refresh_days": _Key("int", None, _positive),
-    "mapping_ttl_days": _Key("int", None, _positive),
-    "gvl_id": _Key("int", 0, _non_negative),
-    "realtime_url": _Key("str", "", _realtime_url),
-    "realtime_traits": _Key("dict[str,int]", {}),
-    "sync_type": _Key("str", "redirect", _one_of("redirect", "iframe")),
-    "iframe_sync_url": _Key("str", "", _http_url_or_empty),
-}
-
-_API_KEY: Final = {
-    "name": _Key("str", _REQUIRED, _non_empty),
-    "sha256": _Key("str", _REQUIRED, _sha256_hex),
-    "partner": _Key("int", None, _positive),
-    "scopes": _Key("list[str]", ["read"], _scopes),
-}
-
-_TRAIT: Final = {
-    "sid": _Key("int", _REQUIRED, _positive),
-    "name": _Key("str", _REQUIRED, _non_empty),
-    "folder": _Key("str", ""),
-    "type": _Key("str", "rule", _one_of("rule", "onboarded")),
-    "rule": _Key("str", ""),
-    "data_source": _Key("int", None, _positive),
-    "ttl_days": _Key("int", 120, _non_negative),
-}
-
-_SEGMENT: Final = {
-    "sid": _Key("int", _REQUIRED, _positive),
-    "name": _Key("str", _REQUIRED, _non_empty),
-    "folder": _Key("str", ""),
-    "rule": _Key("str", _REQUIRED, _non_empty),
-}
-
-_DEST_COMMON: Final = {
-    "id": _Key("int", _REQUIRED, _positive),
-    "name": _Key("str", _REQUIRED, _non_empty),
-    "type": _Key("str", _REQUIRED, _one_of("url", "cookie", "s2s", "file")),
-    "partner": _Key("int", None, _positive),
-    "mappings": _Key("dict[str,str]", _REQUIRED),
-}
-
-_DEST_BY_TYPE: Final[dict[str, dict[str, _Key]]] = {
-    "url": {
-        "url": _Key("str", _REQUIRED, _http_url),
-        "secure_url": _Key("str", "", _http_url_or_empty),
-        "render": _Key("str", "img", _one_of("img", "iframe")),
-        "serialize": _Key("bool", False),
-        "delimiter": _Key("str", ",", _non_empty),
-        "track": _Key("str", "redirect", _one_of("redirect", "none")),
-    },
-    "cookie": {
-        "cookie_name": _Key("str", _REQUIRED, _cookie_name),
-        "key": _Key("str", ""),
-        "format": _Key("str", "single", _one_of("single", "multi")),
-        "serialize": _Key("bool", True),
-        "delimiter": _Key("str", ",", _non_empty),
-        "domain": _Key("str", "", _cookie_domain),
-        "ttl_days": _Key("int", 30, _non_negative),
-    },
-    "s2s": {
-        "url": _Key("str", _REQUIRED, _http_url),
-        "hmac_secret_env": _Key("str", ""),
-        "batch_max_users": _Key("int", 10, lambda v: None if 1 <= v <= 10 else "must be 1..10"),
-        "timeout_ms": _Key("int", 3000, _positive),
-        "retries": _Key("int", 1, _non_negative),
-    },
-    "file": {
-        "out_dir": _Key("str", ""),
-        "schedule": _Key("str", "14:00", _hhmm),
-        "mode": _Key("str", "iter", _one_of("iter", "full")),
-        "split_lines": _Key("int", 1_000_000, _positive),
-    },
-}
-
-_ARRAYS: Final = ("partners", "api_keys", "traits", "segments", "destinations")
+# --------------------------------------------------------------------------- tables
 
 
-# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    public_url: str = field(default="http://127.0.0.1:8080", metadata=_check(_http_url))
+    redis_url: str = field(default="", metadata=_check(_redis_url))
+    redis_cluster: bool = False
+    data_dir: str = field(default="var", metadata=_check(_non_empty))
+    secret_keys: list[str] = field(
+        default_factory=lambda: ["dev-only-change-me"], metadata=_check(_secret_keys)
+    )
+    vendor_id: int = field(default=0, metadata=_check(_non_negative))
+    region: int = field(default=0, metadata=_check(_non_negative))
+    trusted_proxies: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CookiesConfig:
+    name: str = field(default="uuid", metadata=_check(_cookie_name))
+    domain: str = field(default="", metadata=_check(_cookie_domain))
+    ttl_days: int = field(default=180, metadata=_check(_positive))
+    sync_name: str = field(default="dextp", metadata=_check(_cookie_name))
+    bounce: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncConfig:
+    max_partners_per_page: int = field(default=5, metadata=_check(_non_negative))
+    refresh_days: int = field(default=7, metadata=_check(_positive))
+    mapping_ttl_days: int = field(default=90, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyConfig:
+    honor_gpc: bool = True
+    gdpr_default: int = field(default=0, metadata=_check(_zero_or_one))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealtimeConfig:
+    budget_ms: int = field(default=50, metadata=_check(_positive))
+    cache_s: int = field(default=30, metadata=_check(_non_negative))
+    breaker_failures: int = field(default=5, metadata=_check(_positive))
+    breaker_open_s: int = field(default=30, metadata=_check(_positive))
+    max_answer_bytes: int = field(default=65536, metadata=_check(_positive))
+    max_in_flight: int = field(default=16, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreConfig:
+    match_buckets: int = field(default=65536, metadata=_check(_power_of_two))
+    buffer_max_ops: int = field(default=100_000, metadata=_check(_positive))
+    sweep_interval_s: int = field(default=86400, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    max_query_bytes: int = field(default=8192, metadata=_check(_positive))
+    max_body_bytes: int = field(default=32768, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DashboardConfig:
+    # Loss rates above this are highlighted (pixel syncing loses 5-20 % normally).
+    loss_threshold: float = field(default=0.2, metadata=_check(_fraction))
+    refresh_s: int = field(default=60, metadata=_check(_positive))
+    session_hours: int = field(default=12, metadata=_check(_positive))
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Partner:
-    dpid: int
-    name: str
-    sync_url: str
-    callback_uid_macro: str
-    redirect_domains: list[str]
-    refresh_days: int
-    mapping_ttl_days: int
-    gvl_id: int
-    realtime_url: str
-    realtime_traits: dict[str, int]
-    sync_type: str = "redirect"  # what sync_url is, for Prebid's /cookie_sync (SPEC §15)
-    iframe_sync_url: str = ""  # an iframe sync besides sync_url (Prebid's iframe syncer)
+    dpid: int = field(metadata=_check(_positive))
+    name: str = field(metadata=_check(_non_empty))
+    sync_url: str = field(default="", metadata=_check(_http_url_or_empty))
+    callback_uid_macro: str = field(default="$UID", metadata=_check(_non_empty))
+    redirect_domains: list[str] = field(default_factory=list)
+    # Absent from the entry: [sync]'s key of the same name.
+    refresh_days: int = field(metadata={**_check(_positive), "default_from": "sync"})
+    mapping_ttl_days: int = field(metadata={**_check(_positive), "default_from": "sync"})
+    gvl_id: int = field(default=0, metadata=_check(_non_negative))
+    realtime_url: str = field(default="", metadata=_check(_realtime_url))
+    realtime_traits: dict[str, int] = field(default_factory=dict)
+    # What sync_url is, for Prebid's /cookie_sync (SPEC §15).
+    sync_type: Literal["redirect", "iframe"] = "redirect"
+    # An iframe sync besides sync_url (Prebid's iframe syncer).
+    iframe_sync_url: str = field(default="", metadata=_check(_http_url_or_empty))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ApiKey:
-    name: str
-    sha256: str
-    partner: int | None
-    scopes: list[str]
+    name: str = field(metadata=_check(_non_empty))
+    sha256: str = field(metadata=_check(_sha256_hex))
+    partner: int | None = field(default=None, metadata=_check(_positive))
+    scopes: list[str] = field(default_factory=lambda: ["read"], metadata=_check(_scopes))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Trait:
-    sid: int
-    name: str
-    folder: str
-    type: str
-    rule: str
-    data_source: int | None
-    ttl_days: int
+    sid: int = field(metadata=_check(_positive))
+    name: str = field(metadata=_check(_non_empty))
+    folder: str = ""
+    type: Literal["rule", "onboarded"] = "rule"
+    rule: str = ""
+    data_source: int | None = field(default=None, metadata=_check(_positive))
+    ttl_days: int = field(default=120, metadata=_check(_non_negative))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Segment:
-    sid: int
-    name: str
-    folder: str
-    rule: str
+    sid: int = field(metadata=_check(_positive))
+    name: str = field(metadata=_check(_non_empty))
+    folder: str = ""
+    rule: str = field(metadata=_check(_non_empty))
 
 
-@dataclass(frozen=True)
-class Destination:
-    id: int
-    name: str
-    type: str
-    partner: int | None
-    mappings: dict[str, str]
-    options: dict[str, Any]  # the type-specific keys, defaults filled in
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DestinationConfig:
+    """The keys of every [[destinations]] entry; `type` tells which class below it is."""
+
+    id: int = field(metadata=_check(_positive))
+    name: str = field(metadata=_check(_non_empty))
+    type: Literal["url", "cookie", "s2s", "file"]
+    partner: int | None = field(default=None, metadata=_check(_positive))  # fills ${DP_UUID}
+    mappings: dict[str, str]  # segment sid -> alias (%ALIAS%)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UrlDestinationConfig(_DestinationConfig):
+    type: Literal["url"] = "url"
+    url: str = field(metadata=_check(_http_url))
+    secure_url: str = field(default="", metadata=_check(_http_url_or_empty))
+    render: Literal["img", "iframe"] = "img"
+    serialize: bool = False
+    delimiter: str = field(default=",", metadata=_check(_non_empty))
+    track: Literal["redirect", "none"] = "redirect"
+
+    @property
+    def tracked(self) -> bool:
+        """Whether its pixels go through /fire, so that their loss is measured."""
+        return self.track == "redirect"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CookieDestinationConfig(_DestinationConfig):
+    type: Literal["cookie"] = "cookie"
+    cookie_name: str = field(metadata=_check(_cookie_name))
+    key: str = ""
+    format: Literal["single", "multi"] = "single"
+    serialize: bool = True
+    delimiter: str = field(default=",", metadata=_check(_non_empty))
+    domain: str = field(default="", metadata=_check(_cookie_domain))
+    ttl_days: int = field(default=30, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S2SDestinationConfig(_DestinationConfig):
+    type: Literal["s2s"] = "s2s"
+    url: str = field(metadata=_check(_http_url))
+    hmac_secret_env: str = ""
+    batch_max_users: int = field(default=10, metadata=_check(_one_to_ten))
+    timeout_ms: int = field(default=3000, metadata=_check(_positive))
+    retries: int = field(default=1, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileDestinationConfig(_DestinationConfig):
+    type: Literal["file"] = "file"
+    out_dir: str = ""
+    schedule: str = field(default="14:00", metadata=_check(_hhmm))
+    mode: Literal["iter", "full"] = "iter"
+    split_lines: int = field(default=1_000_000, metadata=_check(_positive))
+
+
+Destination: TypeAlias = (
+    UrlDestinationConfig | CookieDestinationConfig | S2SDestinationConfig | FileDestinationConfig
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
-    server: dict[str, Any]
-    cookies: dict[str, Any]
-    sync: dict[str, Any]
-    privacy: dict[str, Any]
-    realtime: dict[str, Any]
-    store: dict[str, Any]
-    limits: dict[str, Any]
-    dashboard: dict[str, Any]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    cookies: CookiesConfig = field(default_factory=CookiesConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     partners: list[Partner] = field(default_factory=list)
     api_keys: list[ApiKey] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)
@@ -380,22 +365,21 @@ class Settings:
     destinations: list[Destination] = field(default_factory=list)
     source: str = "<defaults>"
 
-    # Typed accessors for the keys the hot path reads.
     @property
     def public_url(self) -> str:
-        return str(self.server["public_url"]).rstrip("/")
+        return self.server.public_url.rstrip("/")
 
     @property
     def redis_url(self) -> str:
-        return str(self.server["redis_url"])
+        return self.server.redis_url
 
     @property
     def secret_keys(self) -> list[str]:
-        return list(self.server["secret_keys"])
+        return list(self.server.secret_keys)
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.server["data_dir"])
+        return Path(self.server.data_dir)
 
     def summary(self) -> str:
         return (
@@ -405,7 +389,108 @@ class Settings:
         )
 
 
+# --------------------------------------------------------------------------- schema
+
+_REQUIRED: Final = object()
+
+# The TOML types a field may have, and how an error names them.
+_KIND_NAMES: Final[dict[object, str]] = {
+    str: "a string",
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    list[str]: "a list of strings",
+    dict[str, int]: "a table of integers",
+    dict[str, str]: "a table of strings",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """What one key accepts, read off its dataclass field."""
+
+    kind: object  # a key of _KIND_NAMES
+    default: object = _REQUIRED  # the value of an absent key, unless factory makes it
+    factory: Callable[[], object] | None = None
+    check: Check | None = None
+    default_from: str = ""  # the table whose key of the same name is the default
+
+    def __post_init__(self) -> None:
+        assert self.kind in _KIND_NAMES, f"no TOML type for {self.kind!r}"
+
+
+def _key_of(f: Field[object], annotation: object) -> _Key:
+    check: Check | None = f.metadata.get("check")
+    kind = annotation
+    if typing.get_origin(kind) is Literal:  # a closed set of strings
+        assert check is None and all(isinstance(c, str) for c in typing.get_args(kind))
+        kind, check = str, _one_of(*typing.get_args(kind))
+    elif isinstance(kind, UnionType):  # X | None: None stands for an absent key
+        (kind,) = (t for t in typing.get_args(kind) if t is not NoneType)
+    factory = None if f.default_factory is MISSING else f.default_factory
+    default = _REQUIRED if f.default is MISSING else f.default
+    return _Key(kind, default, factory, check, f.metadata.get("default_from", ""))
+
+
+def _schema(cls: type, *, skip: Collection[str] = ()) -> dict[str, _Key]:
+    """Each field's key, in the order of the fields (which is the order of the errors)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        f.name: _key_of(f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in skip
+    }
+
+
+def _settings_fields() -> tuple[dict[str, type], tuple[str, ...]]:
+    """Settings' tables ([server], …) and arrays of tables ([[partners]], …)."""
+    hints = typing.get_type_hints(Settings)
+    tables = {n: t for n, t in hints.items() if isinstance(t, type) and dataclasses.is_dataclass(t)}
+    arrays = tuple(n for n, t in hints.items() if typing.get_origin(t) is list)
+    return tables, arrays
+
+
+_TABLE_TYPES, _ARRAYS = _settings_fields()
+_TABLES: Final = {name: _schema(cls) for name, cls in _TABLE_TYPES.items()}
+_PARTNER: Final = _schema(Partner)
+_API_KEY: Final = _schema(ApiKey)
+_TRAIT: Final = _schema(Trait)
+_SEGMENT: Final = _schema(Segment)
+_DEST_COMMON: Final = _schema(_DestinationConfig)
+
+
+def _tag(cls: type[Destination]) -> str:
+    (tag,) = typing.get_args(typing.get_type_hints(cls)["type"])  # Literal["url"]: "url"
+    assert isinstance(tag, str)
+    return tag
+
+
+_DESTINATIONS: Final[dict[str, type[Destination]]] = {
+    _tag(cls): cls for cls in typing.get_args(Destination)
+}
+# Every type the common `type` key allows has its class.
+assert set(typing.get_args(typing.get_type_hints(_DestinationConfig)["type"])) == set(_DESTINATIONS)
+_DEST_BY_TYPE: Final = {
+    kind: _schema(cls, skip=_DEST_COMMON) for kind, cls in _DESTINATIONS.items()
+}
+
+
 # --------------------------------------------------------------------------- reading
+
+
+def _is_kind(value: object, kind: object) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_is_kind(v, args[0]) for v in value)
+    if typing.get_origin(kind) is dict:
+        return isinstance(value, dict) and all(_is_kind(v, args[1]) for v in value.values())
+    raise AssertionError(kind)
 
 
 def _read_keys(
@@ -422,10 +507,12 @@ def _read_keys(
             problems.append(f"{where}: key '{key}': unknown key")
     for key, spec in schema.items():
         if key not in raw:
-            if spec.default is _REQUIRED:
-                problems.append(f"{where}: key '{key}': required")
-            else:
+            if spec.factory is not None:
+                values[key] = spec.factory()
+            elif spec.default is not _REQUIRED:
                 values[key] = spec.default
+            elif not spec.default_from:  # those the caller fills in
+                problems.append(f"{where}: key '{key}': required")
             continue
         value = raw[key]
         if not _is_kind(value, spec.kind):
@@ -490,7 +577,7 @@ def _check_templates(
 def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> None:
     """Every dpid a key refers to must be a configured partner."""
     dpids = {
-        p["dpid"] for p in raw["partners"] if isinstance(p, dict) and _is_kind(p.get("dpid"), "int")
+        p["dpid"] for p in raw["partners"] if isinstance(p, dict) and _is_kind(p.get("dpid"), int)
     }
     refs = (("api_keys", "partner", "name"), ("traits", "data_source", "sid"))
     for table, key, id_key in (*refs, ("destinations", "partner", "id")):
@@ -499,7 +586,7 @@ def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> No
                 continue
             where = _entry_label(table, index, entry, id_key)
             ref = entry.get(key)
-            if _is_kind(ref, "int") and ref not in dpids:
+            if _is_kind(ref, int) and ref not in dpids:
                 problems.append(f"{where}: key '{key}': no partner with dpid {ref}")
             if table == "destinations" and ref is None and entry.get("type") in ("s2s", "file"):
                 problems.append(f"{where}: key 'partner': required for type {entry['type']}")
@@ -562,18 +649,19 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         for domain in values.get("redirect_domains", []):
             if browser_host(domain.strip()) is None:
                 problems.append(f"{where}: key 'redirect_domains': {domain!r} is not a host name")
-        for key in ("refresh_days", "mapping_ttl_days"):
-            if values.get(key) is None:
-                values[key] = tables["sync"].get(key)
+        for key, spec in _PARTNER.items():
+            if spec.default_from and values.get(key) is None:
+                values[key] = tables[spec.default_from].get(key)
         refs.realtime.append((where, values.get("dpid"), values.get("realtime_traits", {})))
         # Names are Prebid bidder codes, matched case-insensitively (SPEC §15).
-        code = values.get("name", "").lower()
-        if code in bidder_codes:
-            problems.append(
-                f"{where}: key 'name': {values['name']!r} is also the name of dpid "
-                f"{bidder_codes[code]!r} (bidder codes ignore case)"
-            )
-        bidder_codes.setdefault(code, values.get("dpid"))
+        if "name" in values:  # else the name is missing or bad, and reported so
+            code = values["name"].lower()
+            if code in bidder_codes:
+                problems.append(
+                    f"{where}: key 'name': {values['name']!r} is also the name of dpid "
+                    f"{bidder_codes[code]!r} (bidder codes ignore case)"
+                )
+            bidder_codes.setdefault(code, values.get("dpid"))
         return values
 
     refs = _Refs()
@@ -605,15 +693,12 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         kind = raw.get("type")
         type_keys = _DEST_BY_TYPE.get(kind, {}) if isinstance(kind, str) else {}
         values = _read_keys(raw, _DEST_COMMON, where, problems, extra_ok=frozenset(type_keys))
-        values["options"] = _read_keys(
-            {k: v for k, v in raw.items() if k in type_keys},
-            type_keys,
-            where,
-            problems,
+        own = _read_keys(
+            {k: v for k, v in raw.items() if k in type_keys}, type_keys, where, problems
         )
-        _check_templates(values["options"], ("url", "secure_url"), where, problems)
+        _check_templates(own, ("url", "secure_url"), where, problems)
         refs.mappings.append((where, list(values.get("mappings", {}))))
-        return values
+        return {**values, **own}
 
     def reader(schema: Mapping[str, _Key]) -> Callable[[Mapping[str, Any], str], dict[str, Any]]:
         return lambda raw, where: _read_keys(raw, schema, where, problems)
@@ -639,13 +724,14 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
     if problems:
         raise ConfigError(problems)
     try:
+        typed: dict[str, Any] = {n: cls(**tables[n]) for n, cls in _TABLE_TYPES.items()}
         return Settings(
-            **tables,
+            **typed,
             partners=[Partner(**p) for p in arrays["partners"]],
             api_keys=[ApiKey(**a) for a in arrays["api_keys"]],
             traits=[Trait(**t) for t in arrays["traits"]],
             segments=[Segment(**s) for s in arrays["segments"]],
-            destinations=[Destination(**d) for d in arrays["destinations"]],
+            destinations=[_DESTINATIONS[d["type"]](**d) for d in arrays["destinations"]],
             source=source,
         )
     except TypeError as exc:  # a required key was missing: already reported above

@@ -18,7 +18,12 @@ from urllib.parse import quote
 
 from itsdangerous import BadData, URLSafeTimedSerializer
 
-from .config import Destination
+from .config import (
+    CookieDestinationConfig,
+    Destination,
+    S2SDestinationConfig,
+    UrlDestinationConfig,
+)
 from .errors import Code, RequestError
 from .macros import Template
 from .profiles import Pending
@@ -106,17 +111,16 @@ class Tokens:
 
 
 class UrlDestination:
-    def __init__(self, d: Destination) -> None:
+    def __init__(self, d: UrlDestinationConfig) -> None:
         self.id = d.id
         self.partner = d.partner
         self.mappings = {int(sid): alias for sid, alias in d.mappings.items()}
-        self.template = Template.parse(d.options["url"])
-        secure = d.options["secure_url"]
-        self.secure_template = Template.parse(secure) if secure else None
-        self.render = d.options["render"]
-        self.serialize = d.options["serialize"]
-        self.delimiter = d.options["delimiter"]
-        self.tracked = d.options["track"] == "redirect"
+        self.template = Template.parse(d.url)
+        self.secure_template = Template.parse(d.secure_url) if d.secure_url else None
+        self.render = d.render
+        self.serialize = d.serialize
+        self.delimiter = d.delimiter
+        self.tracked = d.tracked
 
     def aliases(self, pending: Sequence[int], segments: Iterable[int]) -> list[str]:
         """The %ALIAS% of each URL to fire: one joined URL of every mapped segment the
@@ -128,18 +132,17 @@ class UrlDestination:
 
 
 class CookieDestination:
-    def __init__(self, d: Destination) -> None:
+    def __init__(self, d: CookieDestinationConfig) -> None:
         self.id = d.id
         self.partner = d.partner
         self.mappings = {int(sid): alias for sid, alias in d.mappings.items()}
-        o = d.options
-        self.name: str = o["cookie_name"]
-        self.key: str = o["key"]
-        self.multi = o["format"] == "multi"
-        self.serialize: bool = o["serialize"]
-        self.delimiter: str = o["delimiter"]
-        self.domain: str = o["domain"]
-        self.ttl_days: int = o["ttl_days"]
+        self.name = d.cookie_name
+        self.key = d.key
+        self.multi = d.format == "multi"
+        self.serialize = d.serialize
+        self.delimiter = d.delimiter
+        self.domain = d.domain
+        self.ttl_days = d.ttl_days
 
     def value(self, segments: Iterable[int]) -> str:
         aliases = [self.mappings[s] for s in sorted(segments) if s in self.mappings]
@@ -173,7 +176,7 @@ class CookieDestination:
 
 
 class S2SRules:
-    def __init__(self, d: Destination) -> None:
+    def __init__(self, d: S2SDestinationConfig) -> None:
         self.id = d.id
         self.partner = d.partner
         self.mappings = {int(sid): alias for sid, alias in d.mappings.items()}
@@ -189,9 +192,9 @@ class DestinationRules:
 
     def __init__(self, destinations: Iterable[Destination]) -> None:
         ds = list(destinations)
-        self.url = {d.id: UrlDestination(d) for d in ds if d.type == "url"}
-        self.cookie = [CookieDestination(d) for d in ds if d.type == "cookie"]
-        self.s2s = [S2SRules(d) for d in ds if d.type == "s2s"]
+        self.url = {d.id: UrlDestination(d) for d in ds if isinstance(d, UrlDestinationConfig)}
+        self.cookie = [CookieDestination(d) for d in ds if isinstance(d, CookieDestinationConfig)]
+        self.s2s = [S2SRules(d) for d in ds if isinstance(d, S2SDestinationConfig)]
         self.own_cookies = [c for c in self.cookie if c.domain]  # may be set by us
         self.names = {d.id: d.name for d in ds}
         self.types = {d.id: d.type for d in ds}

@@ -1,13 +1,32 @@
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tomllib
+import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from service.config import ConfigError, load_settings, parse_settings
+from service.config import (
+    ApiKey,
+    ConfigError,
+    CookieDestinationConfig,
+    Destination,
+    FileDestinationConfig,
+    Partner,
+    S2SDestinationConfig,
+    Segment,
+    ServerConfig,
+    Settings,
+    Trait,
+    UrlDestinationConfig,
+    load_settings,
+    parse_settings,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,21 +100,25 @@ def test_good_config_is_read_with_defaults_filled_in() -> None:
     settings = parse_settings(tomllib.loads(GOOD))
     assert settings.public_url == "https://sync.example.test"
     assert settings.secret_keys == ["new", "old"]
-    assert settings.cookies["domain"] == ".example.test"
-    assert settings.cookies["name"] == "uuid"  # default
+    assert settings.cookies.domain == ".example.test"
+    assert settings.cookies.name == "uuid"  # default
     acme, other = settings.partners
     assert acme.refresh_days == 3  # inherits [sync] refresh_days
     assert acme.mapping_ttl_days == 90
     assert other.mapping_ttl_days == 30
-    assert settings.destinations[0].options["render"] == "iframe"
-    assert settings.destinations[0].options["track"] == "redirect"
-    assert settings.destinations[1].options["split_lines"] == 1_000_000
+    pixel, file = settings.destinations
+    assert isinstance(pixel, UrlDestinationConfig) and pixel.type == "url"
+    assert pixel.render == "iframe"
+    assert pixel.track == "redirect" and pixel.tracked
+    assert isinstance(file, FileDestinationConfig) and file.type == "file"
+    assert file.split_lines == 1_000_000
+    assert file.schedule == "03:30"
 
 
 def test_example_config_is_valid() -> None:
     settings = load_settings(ROOT / "deploy" / "pixelsync.example.toml", environ={})
     assert settings.redis_url == ""
-    assert settings.store["match_buckets"] == 65536
+    assert settings.store.match_buckets == 65536
 
 
 def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -295,6 +318,74 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             "[partners]\ndpid = 1\n",
             ["[[partners]]: must be an array of tables"],
         ),
+        (
+            "two partners without a name",
+            "[[partners]]\ndpid = 7\n[[partners]]\ndpid = 8\nname = ''\n",
+            [
+                "[[partners]] entry 1 (dpid 7): key 'name': required",
+                "[[partners]] entry 2 (dpid 8): key 'name': must not be empty",
+            ],
+        ),
+        (
+            "unknown destination type",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'email'\nmappings = {}\n",
+            ["[[destinations]] entry 1 (id 1): key 'type': must be one of url, cookie, s2s, file"],
+        ),
+        (
+            "unknown render",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nmappings = {}\n"
+            "url = 'https://x.test/'\nrender = 'video'\n",
+            ["[[destinations]] entry 1 (id 1): key 'render': must be one of img, iframe"],
+        ),
+        (
+            "unknown cookie format",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'cookie'\nmappings = {}\n"
+            "cookie_name = 'c'\nformat = 'json'\n",
+            ["[[destinations]] entry 1 (id 1): key 'format': must be one of single, multi"],
+        ),
+        (
+            "cookie destination without its cookie",
+            "[[destinations]]\nid = 1\nname = 'd'\ntype = 'cookie'\nmappings = {}\n",
+            ["[[destinations]] entry 1 (id 1): key 'cookie_name': required"],
+        ),
+        (
+            "too large an s2s batch",
+            "[[partners]]\ndpid = 7\nname = 'a'\n[[destinations]]\nid = 1\nname = 'd'\n"
+            "type = 's2s'\npartner = 7\nmappings = {}\nurl = 'https://x.test/'\n"
+            "batch_max_users = 11\n",
+            ["[[destinations]] entry 1 (id 1): key 'batch_max_users': must be 1..10 (got 11)"],
+        ),
+        (
+            "unknown export mode",
+            "[[partners]]\ndpid = 7\nname = 'a'\n[[destinations]]\nid = 1\nname = 'd'\n"
+            "type = 'file'\npartner = 7\nmappings = {}\nmode = 'delta'\n",
+            ["[[destinations]] entry 1 (id 1): key 'mode': must be one of iter, full"],
+        ),
+        (
+            "unknown trait type",
+            "[[traits]]\nsid = 1\nname = 't'\ntype = 'segment'\n",
+            ["[[traits]] entry 1 (sid 1): key 'type': must be one of rule, onboarded"],
+        ),
+        (
+            "partner refresh of zero days",
+            "[[partners]]\ndpid = 7\nname = 'a'\nrefresh_days = 0\n",
+            ["[[partners]] entry 1 (dpid 7): key 'refresh_days': must be > 0 (got 0)"],
+        ),
+        (
+            "list of the wrong items",
+            "[server]\ntrusted_proxies = [1]\n",
+            ["[server]: key 'trusted_proxies': must be a list of strings, got list [1]"],
+        ),
+        (
+            "table of the wrong values",
+            "[[partners]]\ndpid = 7\nname = 'a'\nrealtime_traits = { 'abc' = 'x' }\n",
+            ["key 'realtime_traits': must be a table of integers"],
+        ),
+        (
+            "float where an integer goes",
+            "[realtime]\nbudget_ms = 1.5\n",
+            ["[realtime]: key 'budget_ms': must be an integer, got float 1.5"],
+        ),
     ],
 )
 def test_each_mistake_is_named(description: str, toml: str, expected: list[str]) -> None:
@@ -313,6 +404,136 @@ def test_all_problems_are_reported_together() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_settings(tomllib.loads(toml))
     assert len(caught.value.problems) == 6, caught.value.problems  # 2 + 2 + 2
+
+
+ALL_DESTINATIONS = """
+[[partners]]
+dpid = 7
+name = "p"
+
+[[segments]]
+sid = 500
+name = "s"
+rule = "100T"
+
+[[traits]]
+sid = 100
+name = "t"
+rule = 'c_a == "1"'
+
+[[destinations]]
+id = 1
+name = "pixel"
+type = "url"
+mappings = { "500" = "a" }
+url = "https://px.test/?s=%ALIAS%"
+track = "none"
+
+[[destinations]]
+id = 2
+name = "cookie"
+type = "cookie"
+mappings = { "500" = "a" }
+cookie_name = "seg"
+format = "multi"
+
+[[destinations]]
+id = 3
+name = "s2s"
+type = "s2s"
+partner = 7
+mappings = { "500" = "a" }
+url = "https://s2s.test/in"
+retries = 3
+
+[[destinations]]
+id = 4
+name = "file"
+type = "file"
+partner = 7
+mappings = { "500" = "a" }
+mode = "full"
+"""
+
+
+def test_each_destination_type_is_its_own_class() -> None:
+    """[[destinations]] is a tagged union: the class says the type, and only that
+    type's keys are there, typed."""
+    url, cookie, s2s, file = parse_settings(tomllib.loads(ALL_DESTINATIONS)).destinations
+
+    def describe(d: Destination) -> str:
+        match d:
+            case UrlDestinationConfig():
+                return f"url {d.url} tracked={d.tracked}"
+            case CookieDestinationConfig():
+                return f"cookie {d.cookie_name} {d.format}"
+            case S2SDestinationConfig():
+                return f"s2s {d.url} retries={d.retries} partner={d.partner}"
+            case FileDestinationConfig():
+                return f"file {d.mode} {d.schedule}"
+
+    assert [describe(d) for d in (url, cookie, s2s, file)] == [
+        "url https://px.test/?s=%ALIAS% tracked=False",
+        "cookie seg multi",
+        "s2s https://s2s.test/in retries=3 partner=7",
+        "file full 14:00",
+    ]
+    assert [d.type for d in (url, cookie, s2s, file)] == ["url", "cookie", "s2s", "file"]
+    assert not hasattr(url, "cookie_name") and not hasattr(file, "url")
+
+
+def _as_toml(entry: Any) -> dict[str, object]:
+    """A settings dataclass as the TOML table that says it (None: the key left out)."""
+    return {k: v for k, v in dataclasses.asdict(entry).items() if v is not None}
+
+
+@pytest.mark.parametrize("toml", [GOOD, ALL_DESTINATIONS])
+def test_every_field_is_a_key(toml: str) -> None:
+    """The schema is read off the dataclasses: every field of the settings, written
+    back as a TOML key, reads as the same settings."""
+    settings = parse_settings(tomllib.loads(toml))
+    doc: dict[str, object] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, list):
+            doc[f.name] = [_as_toml(entry) for entry in value]
+        elif dataclasses.is_dataclass(value):
+            doc[f.name] = _as_toml(value)
+    assert parse_settings(doc) == settings
+
+
+def test_defaults_are_the_dataclass_defaults() -> None:
+    assert parse_settings({}, source="<defaults>") == Settings()
+    assert ServerConfig().secret_keys == ["dev-only-change-me"]
+    assert ServerConfig().secret_keys is not ServerConfig().secret_keys  # not shared
+
+
+def test_settings_are_frozen() -> None:
+    settings = parse_settings(tomllib.loads(GOOD))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.cookies.name = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.destinations[0].id = 1  # type: ignore[misc]
+
+
+def _annotations(hint: object) -> Iterator[object]:
+    yield hint
+    for arg in typing.get_args(hint):
+        yield from _annotations(arg)
+
+
+TABLES = [t for t in typing.get_type_hints(Settings).values() if dataclasses.is_dataclass(t)]
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [Settings, *TABLES, Partner, ApiKey, Trait, Segment, *typing.get_args(Destination)],
+    ids=lambda cls: cls.__name__,
+)
+def test_no_any_in_the_settings_types(cls: type) -> None:
+    """mypy checks the reads of a setting only where its type is not Any."""
+    for name, hint in typing.get_type_hints(cls).items():
+        assert Any not in set(_annotations(hint)), f"{cls.__name__}.{name}: {hint}"
 
 
 def test_environment_overrides(tmp_path: Path) -> None:
@@ -335,7 +556,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     path = tmp_path / "env.toml"
     path.write_text("[cookies]\nname = 'vid'\n")
     settings = load_settings(None, environ={"PIXELSYNC_CONFIG": str(path)})
-    assert settings.cookies["name"] == "vid"
+    assert settings.cookies.name == "vid"
 
 
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from itsdangerous.timed import TimestampSigner
 
-from service.config import Destination
+from service.config import CookieDestinationConfig, S2SDestinationConfig, UrlDestinationConfig
 from service.destinations import (
     TOKEN_MAX_AGE_S,
     CookieDestination,
@@ -33,51 +33,31 @@ def url_dest(
     id: int = 9,
     mappings: dict[str, str] | None = None,
     partner: int | None = PARTNER,
-    **options: Any,
-) -> Destination:
-    opts: dict[str, Any] = {
-        "url": "https://px.test/p?seg=%ALIAS%",
-        "secure_url": "",
-        "render": "img",
-        "serialize": False,
-        "delimiter": ",",
-        "track": "redirect",
-    }
-    opts.update(options)
+    **keys: Any,
+) -> UrlDestinationConfig:
     maps = {"500": "sports", "501": "news", "502": "auto"} if mappings is None else mappings
-    return Destination(id, f"url{id}", "url", partner, maps, opts)
+    values: dict[str, Any] = {"url": "https://px.test/p?seg=%ALIAS%", **keys}
+    return UrlDestinationConfig(id=id, name=f"url{id}", partner=partner, mappings=maps, **values)
 
 
 def cookie_dest(
     id: int = 20,
     mappings: dict[str, str] | None = None,
     partner: int | None = None,
-    **options: Any,
-) -> Destination:
-    opts: dict[str, Any] = {
-        "cookie_name": "aam",
-        "key": "seg",
-        "format": "single",
-        "serialize": True,
-        "delimiter": ",",
-        "domain": "",
-        "ttl_days": 30,
-    }
-    opts.update(options)
+    **keys: Any,
+) -> CookieDestinationConfig:
     maps = {"500": "a", "501": "b", "502": "c"} if mappings is None else mappings
-    return Destination(id, f"cookie{id}", "cookie", partner, maps, opts)
+    values: dict[str, Any] = {"cookie_name": "aam", "key": "seg", **keys}
+    return CookieDestinationConfig(
+        id=id, name=f"cookie{id}", partner=partner, mappings=maps, **values
+    )
 
 
-def s2s_dest(id: int = 30, mappings: dict[str, str] | None = None) -> Destination:
-    opts: dict[str, Any] = {
-        "url": "https://s2s.test/in",
-        "hmac_secret_env": "",
-        "batch_max_users": 10,
-        "timeout_ms": 3000,
-        "retries": 1,
-    }
+def s2s_dest(id: int = 30, mappings: dict[str, str] | None = None) -> S2SDestinationConfig:
     maps = {"500": "sports", "501": "news"} if mappings is None else mappings
-    return Destination(id, f"s2s{id}", "s2s", PARTNER, maps, opts)
+    return S2SDestinationConfig(
+        id=id, name=f"s2s{id}", partner=PARTNER, mappings=maps, url="https://s2s.test/in"
+    )
 
 
 def tokens() -> Tokens:

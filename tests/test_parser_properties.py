@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.batch.files import LineError, parse_line, parse_name
-from service.config import ConfigError, parse_settings
+from service.config import ConfigError, CookiesConfig, parse_settings
 from service.consent import ConsentStringError, decode_tcf, evaluate, us_privacy_opt_out
 from service.destinations import Tokens
 from service.errors import Code, RequestError
@@ -151,7 +151,7 @@ def test_us_privacy_strings(value: str) -> None:
 
 
 SIGNER = CookieSigner(["new-key", "old-key"])
-COOKIES = VisitorCookies({"name": "uuid", "domain": "", "ttl_days": 1}, SIGNER)
+COOKIES = VisitorCookies(CookiesConfig(name="uuid", ttl_days=1), SIGNER)
 UUID = new_uuid()
 SIGNED = SIGNER.sign(UUID)
 COOKIE_PARTS = st.sampled_from(

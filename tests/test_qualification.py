@@ -14,15 +14,17 @@ DAY = 20_000  # an injected day number
 
 
 def rule_trait(sid: int, rule: str, ttl_days: int = 120) -> Trait:
-    return Trait(sid, f"t{sid}", "", "rule", rule, None, ttl_days)
+    return Trait(sid=sid, name=f"t{sid}", rule=rule, ttl_days=ttl_days)
 
 
 def onboarded_trait(sid: int, data_source: int | None, ttl_days: int = 120) -> Trait:
-    return Trait(sid, f"t{sid}", "", "onboarded", "", data_source, ttl_days)
+    return Trait(
+        sid=sid, name=f"t{sid}", type="onboarded", data_source=data_source, ttl_days=ttl_days
+    )
 
 
 def segment(sid: int, rule: str) -> Segment:
-    return Segment(sid, f"s{sid}", "", rule)
+    return Segment(sid=sid, name=f"s{sid}", rule=rule)
 
 
 TRAITS = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -10,13 +10,13 @@ from service.config import Segment, Trait
 from service.taxonomy import taxonomy
 
 
-def trait(sid: int, folder: str, type_: str = "rule") -> Trait:
+def trait(sid: int, folder: str, type_: Literal["rule", "onboarded"] = "rule") -> Trait:
     rule = 'c == "1"' if type_ == "rule" else ""
-    return Trait(sid, f"t{sid}", folder, type_, rule, None, 120)
+    return Trait(sid=sid, name=f"t{sid}", folder=folder, type=type_, rule=rule)
 
 
 def segment(sid: int, folder: str) -> Segment:
-    return Segment(sid, f"s{sid}", folder, f"{sid}T")
+    return Segment(sid=sid, name=f"s{sid}", folder=folder, rule=f"{sid}T")
 
 
 def folders(doc: dict[str, Any]) -> dict[str, tuple[list[int], list[int]]]:

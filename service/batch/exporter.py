@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..config import Destination
+from ..config import Destination, FileDestinationConfig
 from ..qualification import Qualifier
 from ..store import Store
 from ..store.codec import parse_profile, read_varint, varint
@@ -142,7 +142,7 @@ class Exporter:
         failure: Callable[[int], None] | None = None,
     ) -> ExportResult:
         """`failure(lines)`, a test hook, may raise to fail the export mid-way."""
-        if destination.type != "file" or destination.partner is None:
+        if not isinstance(destination, FileDestinationConfig) or destination.partner is None:
             raise ValueError(f"destination {destination.id} is not a file destination")
         if mode not in ("iter", "full"):
             raise ValueError("mode must be iter or full")
@@ -157,7 +157,7 @@ class Exporter:
         stem = f"{dest}_{dpid}_{mode}_{int(now * 1000)}"
         aside = out / f".pixelsync-{stem}"
         aside.mkdir()
-        writer = SplitWriter(out, aside, stem, destination.options["split_lines"])
+        writer = SplitWriter(out, aside, stem, destination.split_lines)
         unmapped = unchanged = 0
         try:
             buckets = self.store.schema.buckets

@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import RedisError
 
 from ..app import Domain, build_store
-from ..config import Settings
+from ..config import FileDestinationConfig, Settings
 from ..store import EmbeddedValkey, Store
 from .exporter import Exporter
 from .files import Receipt
@@ -127,7 +127,7 @@ async def export_command(
 ) -> int:
     """Run one file destination's export now; print the result as a JSON line."""
     found = [d for d in settings.destinations if d.id == destination_id]
-    if not found or found[0].type != "file":
+    if not found or not isinstance(found[0], FileDestinationConfig):
         print(f"no file destination with id {destination_id}", file=sys.stderr)
         return 2
     async with running(settings, url) as (store, domain):
@@ -143,7 +143,7 @@ async def worker_command(settings: Settings, url: str, stop: asyncio.Event) -> i
             store,
             Exporter(store, domain.qualifier),
             Importer(store, domain.qualifier, domain.profiles),
-            [d for d in settings.destinations if d.type == "file"],
+            [d for d in settings.destinations if isinstance(d, FileDestinationConfig)],
             settings.data_dir,
         )
         worker.inbound.mkdir(parents=True, exist_ok=True)

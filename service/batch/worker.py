@@ -21,7 +21,7 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
-from ..config import Destination
+from ..config import FileDestinationConfig
 from ..store import Store
 from .exporter import Exporter
 from .files import parse_name
@@ -33,9 +33,9 @@ LOCK_TTL_MS: Final = 60_000  # renewed every third of it while the job runs
 POLL_S: Final = 10.0
 
 
-def out_dir(destination: Destination, data_dir: Path) -> Path:
+def out_dir(destination: FileDestinationConfig, data_dir: Path) -> Path:
     """Where a file destination's exports go: its out_dir, or data_dir/outbound/<id>."""
-    configured: str = destination.options["out_dir"]
+    configured = destination.out_dir
     return Path(configured) if configured else data_dir / "outbound" / str(destination.id)
 
 
@@ -44,7 +44,7 @@ class Worker:
     store: Store
     exporter: Exporter
     importer: Importer
-    destinations: list[Destination]  # the file destinations
+    destinations: list[FileDestinationConfig]
     data_dir: Path
     clock: Callable[[], float] = time.time
 
@@ -52,16 +52,16 @@ class Worker:
     def inbound(self) -> Path:
         return self.data_dir / "inbound"
 
-    def out_dir(self, destination: Destination) -> Path:
+    def out_dir(self, destination: FileDestinationConfig) -> Path:
         return out_dir(destination, self.data_dir)
 
     # ------------------------------------------------------------------ schedule
 
-    def due(self, destination: Destination, last_day: int | None, now: float) -> bool:
+    def due(self, destination: FileDestinationConfig, last_day: int | None, now: float) -> bool:
         """Whether the export should run now: today's schedule time has passed and it
         has not run today."""
         day = int(now // 86400)
-        hour, minute = (int(x) for x in destination.options["schedule"].split(":"))
+        hour, minute = (int(x) for x in destination.schedule.split(":"))
         return (
             last_day is None or last_day < day
         ) and now >= day * 86400 + hour * 3600 + minute * 60
@@ -88,7 +88,7 @@ class Worker:
                     ran.append(f"import:{path.name}")
         return ran
 
-    async def _last_day(self, destination: Destination) -> int | None:
+    async def _last_day(self, destination: FileDestinationConfig) -> int | None:
         state = await self.store.export_state(destination.id)
         return int(state["last_day"]) if state.get("last_day") else None
 
@@ -106,8 +106,8 @@ class Worker:
 
     # ------------------------------------------------------------------ jobs
 
-    async def _export(self, destination: Destination, now: float) -> None:
-        mode: str = destination.options["mode"]
+    async def _export(self, destination: FileDestinationConfig, now: float) -> None:
+        mode = destination.mode
         log.info("export started", extra={"destination": destination.id, "mode": mode})
         result = await self.exporter.run(destination, mode, self.out_dir(destination), now=now)
         log.info("export done", extra=result.doc())

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..config import ApiKey, Destination, Partner
+from ..config import ApiKey, Destination, Partner, UrlDestinationConfig
 from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, match_rates, minutes, report
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
@@ -264,7 +264,7 @@ class Api:
         caller: Caller | None = None,
     ) -> Any:
         targets = [
-            Target("d", d.id, d.name, d.type, d.options.get("track") != "none")
+            Target("d", d.id, d.name, d.type, not isinstance(d, UrlDestinationConfig) or d.tracked)
             for d in self.destinations
             if caller is None or caller.partner is None or d.partner == caller.partner
         ]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..config import CookiesConfig
 from ..identity import OPT_OUT, OPT_OUT_MAX_AGE, CookieSigner, Visitor
 
 
@@ -23,12 +22,12 @@ def cookie_value(cookie_header: bytes | None, prefix: bytes) -> str | None:
 
 
 class VisitorCookies:
-    def __init__(self, cookies: dict[str, Any], signer: CookieSigner) -> None:
-        self.name: str = cookies["name"]
+    def __init__(self, cookies: CookiesConfig, signer: CookieSigner) -> None:
+        self.name = cookies.name
         self._prefix = self.name.encode() + b"="
         self.signer = signer
-        domain = f"; Domain={cookies['domain']}" if cookies["domain"] else ""
-        self._attrs = f"; Path=/; Max-Age={cookies['ttl_days'] * 86400}{domain}".encode()
+        domain = f"; Domain={cookies.domain}" if cookies.domain else ""
+        self._attrs = f"; Path=/; Max-Age={cookies.ttl_days * 86400}{domain}".encode()
         self._secure = b"; HttpOnly; Secure; SameSite=None"
         self._opt_out = (
             self._prefix

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import metrics
+from ..config import DashboardConfig
 from ..dashboard import CSP, Page, Totals, render
 from ..loss import WINDOWS, minutes
 from ..store import Store
@@ -66,16 +67,16 @@ class Dashboard:
         api: Api,
         keys: ApiKeys,
         secret_keys: list[str],
-        options: dict[str, Any],
+        options: DashboardConfig,
         public_url: str = "",
     ) -> None:
         self.store = store
         self.api = api
         self.keys = keys
         self.stats = Stats(store)
-        self.threshold: float = options["loss_threshold"]
-        self.refresh_s: int = options["refresh_s"]
-        self.session_s: int = options["session_hours"] * 3600
+        self.threshold = options.loss_threshold
+        self.refresh_s = options.refresh_s
+        self.session_s = options.session_hours * 3600
         # Behind a TLS proxy that is not in trusted_proxies, the request looks like
         # plain HTTP: the public URL says how browsers reach us.
         self.https = public_url.startswith("https://")

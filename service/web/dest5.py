@@ -15,6 +15,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from .. import metrics
+from ..config import CookiesConfig
 from ..consent import Privacy
 from ..destinations import Fire
 from ..errors import RequestError
@@ -48,7 +49,7 @@ class SyncOffers:
         self,
         store: Store,
         partners: list[OutboundPartner],
-        cookies: Mapping[str, Any],
+        cookies: CookiesConfig,
         *,
         limit: int,
         public_url: str,
@@ -57,12 +58,11 @@ class SyncOffers:
         self.partners = partners
         self.limit = limit
         self.public_url = public_url
-        self.name: str = cookies["sync_name"]
+        self.name = cookies.sync_name
         self._prefix = self.name.encode() + b"="
-        domain = f"; Domain={cookies['domain']}" if cookies["domain"] else ""
+        domain = f"; Domain={cookies.domain}" if cookies.domain else ""
         self._attrs = (
-            f"; Path=/; Max-Age={cookies['ttl_days'] * 86400}{domain}"
-            "; HttpOnly; Secure; SameSite=None"
+            f"; Path=/; Max-Age={cookies.ttl_days * 86400}{domain}; HttpOnly; Secure; SameSite=None"
         ).encode()
         self.by_dpid = {p.dpid: p for p in partners}
         self.counters = SyncCounters(store.tally, self.by_dpid)

@@ -81,7 +81,7 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
         self.gif_needs_state = bool(rules.own_cookies)
         self.store = store
         self.access = access
-        self.region: int = settings.server["region"]
+        self.region = settings.server.region
         self.dpids = frozenset(p.dpid for p in settings.partners)
         self.gvl_ids = {p.dpid: p.gvl_id for p in settings.partners}
 

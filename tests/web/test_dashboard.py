@@ -337,8 +337,9 @@ def test_a_session_ends_when_its_key_is_replaced() -> None:
     from service.web.api import ApiKeys
 
     old = hashlib.sha256(b"old").hexdigest()
-    keys = ApiKeys([ApiKey("admin", old, None, ["admin"])])
+    keys = ApiKeys([ApiKey(name="admin", sha256=old, scopes=["admin"])])
     assert keys.named("admin", keys.fingerprint("admin")) is not None
-    replaced = ApiKeys([ApiKey("admin", hashlib.sha256(b"new").hexdigest(), None, ["admin"])])
+    new = hashlib.sha256(b"new").hexdigest()
+    replaced = ApiKeys([ApiKey(name="admin", sha256=new, scopes=["admin"])])
     assert replaced.named("admin", old[:16]) is None
     assert replaced.named("someone", old[:16]) is None

@@ -391,7 +391,8 @@ def tampered_cookies(uuid: str) -> list[str]:
     return [
         f"{body}.{sig[:-3]}AAA",  # modified signature
         f"{body}.{sig[::-1]}",
-        f"{uuid[:-1]}{'2' if uuid.endswith('1') else '1'}.{signed.split('.', 1)[1]}",  # another uuid, same signature
+        # another uuid, same signature
+        f"{uuid[:-1]}{'2' if uuid.endswith('1') else '1'}.{signed.split('.', 1)[1]}",
         CookieSigner(["someone-else"]).sign(uuid),  # another key
         signed[:-1],  # truncated
         signed[: len(uuid)],
@@ -570,7 +571,7 @@ async def test_brute_force_shaped_requests(http: httpx.AsyncClient) -> None:
 def test_keys_are_compared_by_hash_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configured key's sha256 is compared with hmac.compare_digest, all of
     them whatever matched: no early exit, no comparison of the token itself."""
-    keys = ApiKeys([ApiKey(f"k{i}", sha(f"t{i}"), None, ["read"]) for i in range(3)])
+    keys = ApiKeys([ApiKey(name=f"k{i}", sha256=sha(f"t{i}")) for i in range(3)])
     compared: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 
