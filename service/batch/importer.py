@@ -32,7 +32,7 @@ from ..identity import Visitor, VisitorKind
 from ..qualification import Qualifier
 from ..store import Store
 from ..store.codec import parse_profile
-from ..web.qualify import Profiles, State
+from ..visits import Profiles, State
 from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
 
 log = logging.getLogger("pixelsync.batch")

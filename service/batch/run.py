@@ -14,9 +14,9 @@ from pathlib import Path
 import redis
 from redis.exceptions import RedisError
 
-from ..app import Domain, build_store
 from ..config import FileDestinationConfig, Settings
 from ..store import EmbeddedValkey, Store
+from ..wiring import Domain, build_store
 from .exporter import Exporter
 from .files import Receipt
 from .importer import Importer

@@ -24,10 +24,10 @@ from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
 from ..store import Store
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
+from ..visits import Profiles
 from .common import SyncCounters
 from .cookies import cookie_value
 from .pipeline import BrowserEndpoint, Call, Opening, refusal_headers
-from .qualify import Profiles
 from .responses import NO_CACHE, NOSNIFF, Headers, send
 
 log = logging.getLogger("pixelsync.web")

@@ -19,11 +19,11 @@ from ..signals import CALLBACK, EventRequest, parse_event, parse_pairs
 from ..store import Store
 from ..sync import check_declared_ids
 from ..tally import partner_field
+from ..visits import Profiles, State
 from .common import new_tid
 from .cookies import cookie_value
 from .dest5 import SyncOffers, ibs_entries
 from .pipeline import BrowserEndpoint, Call, Opening, refusal_headers
-from .qualify import Profiles, State
 from .responses import (
     GIF,
     GIF_HEADERS,

@@ -10,8 +10,8 @@ from ..consent import Privacy
 from ..destinations import Tokens
 from ..signals import decode_path_part
 from ..store import Store
+from ..visits import TallyCounters
 from .pipeline import BrowserEndpoint, Call, Opening
-from .qualify import TallyCounters
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Scope, send
 
 FIRE_PREFIX = "/fire/"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app import Domain
+from service.wiring import Domain
 from service.batch.exporter import Exporter
 from service.batch.run import running
 from service.config import Destination, parse_settings

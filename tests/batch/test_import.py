@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app import Domain
+from service.wiring import Domain
 from service.batch.files import Receipt, parse_line, parse_name
 from service.batch.importer import CHUNK, Importer
 from service.batch.run import Bar, running

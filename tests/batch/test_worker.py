@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app import Domain
+from service.wiring import Domain
 from service.batch.exporter import Exporter
 from service.batch.importer import Importer
 from service.batch.run import running

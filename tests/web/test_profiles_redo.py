@@ -1,4 +1,4 @@
-"""Profiles' redo (service/web/qualify.py): a request whose read failed acts on what it
+"""Profiles' redo (service/visits.py): a request whose read failed acts on what it
 finds when its write is applied; a redo that has to run again (another writer got in
 between) must not act twice on the same entry."""
 
@@ -16,7 +16,7 @@ from service.identity import Visitor, VisitorKind, new_uuid
 from service.qualification import Qualifier
 from service.store.codec import parse_profile
 from service.tally import Tally
-from service.web.qualify import Profiles, loss_counters
+from service.visits import Profiles, loss_counters
 
 CONFIG = """
 [[traits]]

@@ -1,6 +1,7 @@
 """A visitor's profile through one request: read it (with the visitor's mappings, one
 round trip), qualify, hand out or queue destination fires, send s2s changes, and
-write it back (buffered, compare-and-set). Shared by /event and dest5.html."""
+write it back (buffered, compare-and-set). Shared by /event, dest5.html and the
+batch import."""
 
 from __future__ import annotations
 
@@ -12,20 +13,20 @@ from typing import Any, Final
 
 from redis.exceptions import RedisError
 
-from .. import metrics
-from ..consent import Privacy
-from ..destinations import CookieDestination, DestinationRules, Fire, Tokens, dest_field
-from ..identity import Visitor, VisitorKind
-from ..macros import consent_values
-from ..outbound.s2s import S2SSender, SegmentChange, UserUpdate
-from ..profiles import Pending, Profile, merge_pending
-from ..qualification import Qualification, Qualifier
-from ..store import UNREAD, Store
-from ..store.codec import pack_profile, parse_profile
-from ..store.writes import Redo
-from ..tally import Tally, partner_field
+from . import metrics
+from .consent import Privacy
+from .destinations import CookieDestination, DestinationRules, Fire, Tokens, dest_field
+from .identity import Visitor, VisitorKind
+from .macros import consent_values
+from .outbound.s2s import S2SSender, SegmentChange, UserUpdate
+from .profiles import Pending, Profile, merge_pending
+from .qualification import Qualification, Qualifier
+from .store import UNREAD, Store
+from .store.codec import pack_profile, parse_profile
+from .store.writes import Redo
+from .tally import Tally, partner_field
 
-log = logging.getLogger("pixelsync.web")
+log = logging.getLogger("pixelsync.visits")
 
 STATE_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
 
