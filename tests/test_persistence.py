@@ -12,7 +12,8 @@ import httpx
 from bench.faults import children
 from service.identity import new_uuid, today
 from service.store import PartnerUid
-from tests.conftest import Service, cookie_signed_days_ago, open_store, start_service, wait_for
+from tests.conftest import cookie_signed_days_ago, open_store, wait_for
+from tests.services import Service, start_service
 
 DAY = today()
 

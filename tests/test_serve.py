@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 import time
@@ -11,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import start_service
+from tests.configs import api_key
+from tests.services import start_service
 from tests.test_persistence import embedded_url
 
 
@@ -51,16 +51,7 @@ def test_each_server_answers_alike(tmp_path: Path, redis_url: str, server: str) 
     """The same answers whichever server runs the app: the GIF and its headers, the
     visitor cookie, and X-Forwarded-Proto believed from a trusted proxy only (the
     dashboard's session cookie is Secure behind HTTPS)."""
-    config = f"""
-[server]
-data_dir = "data"
-trusted_proxies = ["127.0.0.1"]
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-"""
+    config = '[server]\ntrusted_proxies = ["127.0.0.1"]\n' + api_key("admin", ADMIN, "admin")
     svc = start_service(tmp_path, config, redis_url=redis_url, server=server)
     try:
         with httpx.Client(base_url=svc.url, timeout=10) as http:

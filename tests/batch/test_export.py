@@ -21,7 +21,7 @@ from service.config import Destination, parse_settings
 from service.profiles import Profile
 from service.store import Store
 from service.store.codec import pack_profile
-from tests.batch.configs import file_config
+from tests.configs import file_config
 
 DAY = int(time.time() // 86400)
 

@@ -22,7 +22,7 @@ from service.batch.run import running
 from service.batch.worker import Worker
 from service.config import Settings, parse_settings
 from service.store import Store
-from tests.batch.configs import file_config
+from tests.configs import file_config
 from tests.conftest import wait_for
 from tests.proxy import FaultProxy
 

@@ -15,7 +15,8 @@ from service.identity import new_uuid
 from service.profiles import Profile
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
 from service.store.codec import pack_profile, parse_profile, parse_record
-from tests.conftest import embedded_valkey, free_port, open_store
+from tests.conftest import embedded_valkey, open_store
+from tests.services import free_port
 
 DAY = int(time.time() // 86400)
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,17 +14,12 @@ import pytest
 from service.identity import CookieSigner, new_uuid
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
-from tests.conftest import Service, cookie_signed_days_ago, free_port, wait_for
+from tests.conftest import cookie_signed_days_ago, wait_for
+from tests.services import DEFAULT_KEYS, Config, Services, free_port
 
-NEW_KEY, OLD_KEY = "test-key-new", "test-key-old"  # the `service` fixture's keys
+NEW_KEY, OLD_KEY = DEFAULT_KEYS  # the module's service runs with the default config
 DAY = int(time.time() // 86400)
 COOKIE_RE = re.compile(r"^uuid=(\d{38})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
-
-
-@pytest.fixture
-async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        yield client
 
 
 def set_cookie(resp: httpx.Response) -> list[str]:
@@ -64,8 +59,8 @@ async def test_gif_answer_and_cookie_attributes(http: httpx.AsyncClient) -> None
     assert parts[1:] == ["Path=/", f"Max-Age={180 * 86400}", "HttpOnly", "Secure", "SameSite=None"]
 
 
-async def test_cookie_domain_when_configured(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory('[cookies]\ndomain = ".sync.example.test"\nttl_days = 30\n')
+async def test_cookie_domain_when_configured(services: Services) -> None:
+    svc = services.start(Config('[cookies]\ndomain = ".sync.example.test"\nttl_days = 30\n'))
     resp = httpx.get(svc.url + "/event")
     parts = set_cookie(resp)
     assert "Domain=.sync.example.test" in parts
@@ -337,10 +332,10 @@ async def test_health_readiness_and_metrics(http: httpx.AsyncClient) -> None:
     assert 'pixelsync_request_seconds_bucket{endpoint="event"' in text
 
 
-async def test_redis_down(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory("", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+async def test_redis_down(services: Services) -> None:
+    svc = services.start(Config(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     cookie = cookie_signed_days_ago(new_uuid(), "dev-only-change-me", 1)
-    async with httpx.AsyncClient(base_url=svc.url, timeout=5) as http:
+    async with svc.client() as http:
         assert (await http.get("/readyz")).status_code == 503
         started = time.perf_counter()
         resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})  # a write
@@ -352,10 +347,8 @@ async def test_redis_down(service_factory: Callable[..., Service]) -> None:
         assert re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text)
 
 
-async def test_log_lines_are_json_without_private_values(
-    service_factory: Callable[..., Service],
-) -> None:
-    svc = service_factory()
+async def test_log_lines_are_json_without_private_values(services: Services) -> None:
+    svc = services.start()
     httpx.get(svc.url + "/event?p_secret=hunter2&c_a=%zz")
     httpx.get(svc.url + "/event?p_secret=hunter2")
     tid = httpx.get(svc.url + "/event?d_rtbd=json&p_secret=hunter2").json()["tid"]
@@ -391,13 +384,15 @@ async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) 
     assert await wait_for(gone)
 
 
-async def test_rules_on_header_and_private_signals(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory(
-        '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
-        "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
-        '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'
+async def test_rules_on_header_and_private_signals(services: Services) -> None:
+    svc = services.start(
+        Config(
+            '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
+            "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
+            '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'
+        )
     )
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+    async with svc.client() as client:
         resp = await client.get(
             "/event?d_rtbd=json&d_cts=2&p_age=24&c_section=news&c_other=1",
             headers={"user-agent": "Mozilla/5.0 TestBot/1.0"},
