@@ -14,12 +14,20 @@ import pytest
 from service.identity import CookieSigner, new_uuid
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
+from tests.configs import entry
 from tests.conftest import cookie_signed_days_ago, wait_for
 from tests.services import DEFAULT_KEYS, Config, Services, free_port
 
-NEW_KEY, OLD_KEY = DEFAULT_KEYS  # the module's service runs with the default config
+NEW_KEY, OLD_KEY = DEFAULT_KEYS
+PARTNER = 1234  # the one partner, for declared IDs (d_cid)
 DAY = int(time.time() // 86400)
 COOKIE_RE = re.compile(r"^uuid=(\d{38})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+
+
+@pytest.fixture(scope="module")
+def service_config() -> Config:
+    """The default settings, and a partner."""
+    return Config(entry("partners", dpid=PARTNER, name="acme"), keys=DEFAULT_KEYS)
 
 
 def set_cookie(resp: httpx.Response) -> list[str]:
@@ -211,15 +219,41 @@ async def test_malformed_input_is_311(http: httpx.AsyncClient, query: str, why: 
     assert error["code"] == 311 and why in error["msg"]
 
 
-async def test_malformed_input_stores_nothing(http: httpx.AsyncClient, store: Store) -> None:
-    uuid = new_uuid()
-    cookie = CookieSigner([NEW_KEY]).sign(uuid)
-    resp = await http.get("/event?c_a=%zz", headers={"cookie": f"uuid={cookie}"})
-    assert resp.status_code == 400
-    assert cookie_uuid(resp) == uuid  # a known visitor's cookie is still refreshed
-    ok = await http.get("/event?d_rtbd=json")  # something that does write, to wait behind
-    await wait_for(lambda: store.visitor_last_seen(ok.json()["uuid"]))
-    assert await store.visitor_last_seen(uuid) is None
+@pytest.mark.parametrize(
+    ("malformed", "code"),
+    [
+        (f"/event?d_cid={PARTNER}%01{{uid}}&c_a=%zz", "311"),  # refused while parsing
+        (f"/event?d_rtbd=json&d_cid={PARTNER}%01{{uid}}&d_cts=9", "311"),
+        (f"/event?d_cid={PARTNER}%01{{uid}}&d_cid=5%01x", "320"),  # an unknown dpid beside
+    ],
+)
+async def test_malformed_input_stores_nothing(
+    http: httpx.AsyncClient, store: Store, malformed: str, code: str
+) -> None:
+    """A returning visitor's refused request stores nothing: neither the daily touch
+    nor its declared ID. Writes are applied in order, so once a later request's
+    write is read back, any write of the refused one would be there too."""
+    refused, behind = new_uuid(), new_uuid()
+    stored = {PARTNER: PartnerUid(f"before-{refused[:8]}", DAY - 3)}
+    store.put_mapping(refused, PARTNER, stored[PARTNER].uid, DAY - 3)  # seen 3 days ago
+    await store.drain()
+    uid = f"malformed-{refused[:8]}"
+    cookie = {"cookie": f"uuid={cookie_signed_days_ago(refused, NEW_KEY, 2)}"}  # a touch due
+    resp = await http.get(malformed.format(uid=uid), headers=cookie)
+    assert resp.status_code == 400 and resp.headers["x-error"] == code
+    assert cookie_uuid(resp) == refused  # a known visitor's cookie is still refreshed
+
+    later = {"cookie": f"uuid={cookie_signed_days_ago(behind, NEW_KEY, 2)}"}
+    ok = await http.get(f"/event?d_cid={PARTNER}%01behind-{behind[:8]}", headers=later)
+    assert ok.status_code == 200 and "x-error" not in ok.headers
+
+    async def behind_stored() -> bool:
+        return PARTNER in await store.mappings(behind, DAY)
+
+    assert await wait_for(behind_stored)
+    assert await store.visitor_last_seen(refused) == DAY - 3
+    assert await store.mappings(refused, DAY) == stored
+    assert await store.lookup(PARTNER, [uid], DAY) == {}
 
 
 async def test_size_limits(http: httpx.AsyncClient) -> None:
