@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -375,10 +376,14 @@ async def test_redis_down(services: Services) -> None:
         resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})  # a write
         assert_gif(resp)
         assert time.perf_counter() - started < 0.5
-        await asyncio.sleep(0.3)
+
+        async def flush_failed() -> bool:
+            text = (await http.get("/metrics")).text
+            return bool(re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text))
+
+        assert await wait_for(flush_failed)
         assert (await http.get("/healthz")).status_code == 200
-        text = (await http.get("/metrics")).text
-        assert re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text)
+    svc.stop(signal.SIGKILL)  # a clean stop would wait 10 s for the writes to flush
 
 
 async def test_log_lines_are_json_without_private_values(services: Services) -> None:
