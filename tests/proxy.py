@@ -1,12 +1,15 @@
 """A TCP proxy in front of the real Redis/Valkey, for fault tests: it forwards, or
 refuses new connections, or holds traffic back (a hung server), or cuts what is open.
-It runs its own event loop in a thread, so a service in another process can use it."""
+It runs its own event loop in a thread, so a service in another process can use it.
+In front of a unix:// server it listens on a unix socket of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 MODES = ("pass", "refuse", "blackhole")
@@ -15,8 +18,14 @@ MODES = ("pass", "refuse", "blackhole")
 class FaultProxy:
     def __init__(self, target_url: str) -> None:
         target = urlsplit(target_url)
+        self.target_url = target_url
         self.target = (target.hostname or "127.0.0.1", target.port or 6379)
         self.db = target.path
+        self._unix: tuple[str, Path] | None = None  # (the target's socket, our own)
+        if target.scheme == "unix":
+            self._folder = tempfile.TemporaryDirectory(prefix="pixelsync-proxy-")
+            self._unix = (target.path, Path(self._folder.name) / "proxy.sock")
+            self.db = f"?{target.query}" if target.query else ""
         self.mode = "pass"
         self._writers: set[asyncio.StreamWriter] = set()
         self._dead: set[asyncio.StreamWriter] = set()
@@ -29,16 +38,25 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
+        if self._unix is not None:
+            return f"unix://{self._unix[1]}{self.db}"
         return f"redis://127.0.0.1:{self.port}{self.db}"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._client, "127.0.0.1", 0)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
+        if self._unix is not None:
+            listening = asyncio.start_unix_server(self._client, self._unix[1])
+        else:
+            listening = asyncio.start_server(self._client, "127.0.0.1", 0)
+        self._server = self._loop.run_until_complete(listening)
+        self.port = 0 if self._unix else self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
+
+    async def _upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._unix is not None:
+            return await asyncio.open_unix_connection(self._unix[0])
+        return await asyncio.open_connection(*self.target)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "refuse":
@@ -46,7 +64,7 @@ class FaultProxy:
             return
         self._writers.add(writer)
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await self._upstream()
         except OSError:
             writer.close()
             return
@@ -105,3 +123,5 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
+        if self._unix is not None:
+            self._folder.cleanup()

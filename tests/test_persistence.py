@@ -12,7 +12,8 @@ import httpx
 from bench.faults import children
 from service.identity import new_uuid, today
 from service.store import PartnerUid
-from tests.conftest import Service, cookie_signed_days_ago, open_store, start_service, wait_for
+from tests.conftest import cookie_signed_days_ago, open_store, wait_for
+from tests.services import Service, start_service
 
 DAY = today()
 
@@ -113,8 +114,8 @@ async def test_a_dead_embedded_valkey_is_started_again(tmp_path: Path) -> None:
             async with httpx.AsyncClient() as client:
                 return (await client.get(service.url + "/readyz", timeout=5)).status_code == 200
 
-        await wait_for(restarted)
-        await wait_for(ready)
+        assert await wait_for(restarted)
+        assert await wait_for(ready)
         assert "embedded valkey died, restarting it" in service.log()
         async with open_store(url) as store:  # the same port: the workers' URL holds
             assert await store.ping()

@@ -1,17 +1,21 @@
-"""`pixelsync serve` as an operator runs it: several workers, embedded Valkey, SIGTERM."""
+"""`pixelsync serve` as an operator runs it: several workers, embedded Valkey, SIGTERM,
+a Redis on a unix socket."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import start_service
+from service.identity import CookieSigner, new_uuid, today
+from tests.configs import api_key, entry
+from tests.conftest import open_store, wait_for
+from tests.services import Config, Services, start_service
 from tests.test_persistence import embedded_url
 
 
@@ -51,16 +55,7 @@ def test_each_server_answers_alike(tmp_path: Path, redis_url: str, server: str) 
     """The same answers whichever server runs the app: the GIF and its headers, the
     visitor cookie, and X-Forwarded-Proto believed from a trusted proxy only (the
     dashboard's session cookie is Secure behind HTTPS)."""
-    config = f"""
-[server]
-data_dir = "data"
-trusted_proxies = ["127.0.0.1"]
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-"""
+    config = '[server]\ntrusted_proxies = ["127.0.0.1"]\n' + api_key("admin", ADMIN, "admin")
     svc = start_service(tmp_path, config, redis_url=redis_url, server=server)
     try:
         with httpx.Client(base_url=svc.url, timeout=10) as http:
@@ -82,3 +77,52 @@ scopes = ["admin"]
             assert "secure" in behind_tls.headers["set-cookie"].lower()
     finally:
         assert svc.stop() == 0, svc.log()
+
+
+async def test_serve_on_a_unix_socket_url(services: Services, unix_redis_url: str) -> None:
+    """A unix:// Redis URL (like rediss://) takes redis-py's pipelines for the write
+    buffer and reads, not the bare redis:// connection: ID syncs, declared IDs,
+    profiles and an erasure all land and are read back, through the API and from
+    the server itself."""
+    toml = (
+        entry("partners", dpid=1234, name="acme")
+        + entry("traits", sid=100, name="sports", rule='c_section == "sports"')
+        + entry("segments", sid=500, name="sports", rule="100T")
+        + api_key("admin", ADMIN, "admin")
+    )
+    svc = services.start(Config(toml, keys=("unix-key",), redis_url=unix_redis_url))
+    uuid = new_uuid()
+    cookie = {"cookie": f"uuid={CookieSigner(['unix-key']).sign(uuid)}"}
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    async with svc.client() as http, open_store(unix_redis_url) as direct:
+        assert direct.writes.raw is None  # the URL kind this test is about
+        assert (await http.get("/readyz")).status_code == 200
+        assert (await http.get("/ibs:dpid=1234&dpuuid=ibs-uid", headers=cookie)).status_code == 200
+        assert (await http.get("/event?c_section=sports", headers=cookie)).status_code == 200
+
+        async def user() -> dict[str, Any]:
+            resp = await http.get(f"/v1/users/{uuid}", headers=auth)
+            return dict(resp.json()) if resp.status_code == 200 else {}
+
+        async def synced_and_qualified() -> bool:
+            doc = await user()
+            return doc.get("ids") == {"1234": "ibs-uid"} and doc.get("segments") == [500]
+
+        assert await wait_for(synced_and_qualified)
+        assert await direct.lookup(1234, ["ibs-uid"], today()) == {"ibs-uid": uuid}
+        declared = await http.get("/event?d_cid=1234%01declared-uid", headers=cookie)
+        assert declared.status_code == 200 and "x-error" not in declared.headers
+
+        async def declared_wins() -> bool:
+            return await direct.lookup(1234, ["declared-uid"], today()) == {"declared-uid": uuid}
+
+        assert await wait_for(declared_wins)  # the latest mapping wins, both directions
+        assert await direct.lookup(1234, ["ibs-uid"], today()) == {}
+        assert (await http.delete(f"/v1/users/{uuid}", headers=auth)).status_code == 204
+
+        async def erased() -> bool:
+            return await direct.visitor_state(uuid) == (b"", None)
+
+        assert await wait_for(erased)
+        assert (await http.get(f"/v1/users/{uuid}", headers=auth)).status_code == 404
+    assert "redis write failed" not in svc.log()

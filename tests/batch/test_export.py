@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from service.wiring import Domain
 from service.batch.exporter import Exporter
 from service.batch.run import running
 from service.config import Destination, parse_settings
 from service.profiles import Profile
 from service.store import Store
 from service.store.codec import pack_profile
-from tests.batch.configs import file_config
+from service.wiring import Domain
+from tests.configs import file_config
 
 DAY = int(time.time() // 86400)
 

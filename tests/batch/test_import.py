@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from service.wiring import Domain
 from service.batch.files import Receipt, parse_line, parse_name
 from service.batch.importer import CHUNK, Importer
 from service.batch.run import Bar, running
 from service.config import Settings, parse_settings
 from service.store import Store
 from service.store.codec import parse_profile
+from service.wiring import Domain
 
 DAY = int(time.time() // 86400)
 SOURCE = 55

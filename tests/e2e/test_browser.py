@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from playwright.async_api import (
@@ -37,13 +37,13 @@ from tests.e2e.browser import (
     requires_chromium,
     serve_page,
 )
-
-if TYPE_CHECKING:
-    from tests.conftest import Service
+from tests.services import Config, Services
 
 TIMEOUT_MS = 15_000
 TIMEOUT_S = TIMEOUT_MS / 1000
 UUID_RE = re.compile(r"^\d{38}$")
+# The pixel's origin on `localhost`: another site than the page on 127.0.0.1.
+LOCALHOST = Config(host="localhost")
 
 pytestmark = requires_chromium
 
@@ -69,13 +69,6 @@ def publisher(pixel_origin: str) -> Iterator[str]:
 
     with serve_page(body, TIMEOUT_S) as origin:
         yield origin
-
-
-def pixel_origin(service: Service) -> str:
-    """The service's origin on `localhost`: another site than the page on 127.0.0.1."""
-    port = urlsplit(service.url).port
-    assert port is not None
-    return f"http://localhost:{port}"
 
 
 # --- the browser ------------------------------------------------------------------------
@@ -161,10 +154,9 @@ def screenshot_path(name: str) -> Path:
 
 
 async def test_browser_accepting_third_party_cookies_keeps_the_uuid(
-    service_factory: Callable[..., Service], tmp_path: Path
+    services: Services, tmp_path: Path
 ) -> None:
-    service = service_factory()
-    pixel = pixel_origin(service)
+    pixel = services.start(LOCALHOST).origin
     with publisher(pixel) as page_origin:
         assert urlsplit(page_origin).hostname != urlsplit(pixel).hostname  # cross-site
         async with (
@@ -222,10 +214,9 @@ async def test_browser_accepting_third_party_cookies_keeps_the_uuid(
 
 
 async def test_browser_refusing_third_party_cookies_keeps_nothing(
-    service_factory: Callable[..., Service],
+    services: Services,
 ) -> None:
-    service = service_factory()
-    pixel = pixel_origin(service)
+    pixel = services.start(LOCALHOST).origin
     with publisher(pixel) as page_origin:
         async with chromium() as p, refusing_context(p, TIMEOUT_MS) as context:
             page = await context.new_page()

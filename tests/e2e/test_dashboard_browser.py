@@ -11,26 +11,31 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import Service, wait_for
+from tests.conftest import wait_for
 from tests.e2e.browser import chromium, refusing_context, requires_chromium
 from tests.e2e.test_sync_browser import screenshot_path
-
-# The service and partner of the HTTP-level tests (a module of its own); the client
-# is tests/conftest.py's.
-from tests.web.test_dashboard import (  # noqa: F401  (fixtures)
+from tests.partners import PartnerServer
+from tests.services import Config, Service
+from tests.web.test_dashboard import (
     ADMIN,
     AUTH,
     LOSSY_DEST,
     OK_DEST,
-    partner,
+    dashboard_service,
     pct,
-    svc,
     traffic,
 )
 
 pytestmark = requires_chromium
 TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def service_config(partner: PartnerServer) -> Config:
+    return dashboard_service(partner)  # the HTTP-level tests' service: a module of its own
+
 
 ROWS_JS = """table => [...document.querySelectorAll(`#${table} tbody tr`)].map(
   tr => [tr.dataset.id, tr.className, [...tr.cells].map(td => td.textContent.trim())])"""
@@ -39,7 +44,7 @@ POINTS_JS = """svg => Object.fromEntries([...document.querySelectorAll(`#${svg} 
 
 
 async def test_the_dashboard_in_a_browser(
-    svc: Service,  # noqa: F811  (the imported fixtures)
+    svc: Service,
     http: httpx.AsyncClient,
 ) -> None:
     await traffic(http, 2)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ import httpx
 import pytest
 from playwright.async_api import Frame, Page
 
-from tests.conftest import Service, free_port, wait_for
+from tests.configs import api_key
+from tests.conftest import wait_for
 from tests.e2e.browser import accepting_context, chromium, requires_chromium, serve_page
 from tests.e2e.test_sync_browser import (
     GIF_LEN,
@@ -46,10 +47,10 @@ from tests.e2e.test_sync_browser import (
     cookie_value,
     frame_images,
     screenshot_path,
-    sha256,
     uuid_of,
 )
 from tests.partners import GIF, Answer, PartnerServer, Request, third_site
+from tests.services import Config, Service, Services
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -113,27 +114,16 @@ class Pixelsync:
     cookie_dest: int
 
 
-def start_pixelsync(factory: Callable[..., Service], partner: Partner) -> Pixelsync:
+def start_pixelsync(services: Services, partner: Partner) -> Pixelsync:
     """A service with one rule trait, two segments, a url and a cookie destination.
     The destination ids are drawn for this run: their loss counters start at 0."""
     url_dest = 1_000_000 + 2 * secrets.randbelow(10**8)
     cookie_dest = url_dest + 1
-    port = free_port()
-    origin = f"http://localhost:{port}"
     px = (
         f"{partner.origin}/px?d={url_dest}&seg=%ALIAS%&uuid=${{DD_UUID}}&dp=${{DP_UUID}}"
         "&proto=%http_proto%&rnd=%rnd%&ack=${ACK_URL}"
     )
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "{origin}"
-
-[[api_keys]]
-name = "e2e-admin"
-sha256 = "{sha256(ADMIN)}"
-scopes = ["admin"]
-
+    toml = f"""{api_key("e2e-admin", ADMIN, "admin")}
 [[partners]]
 dpid = {DPID}
 name = "dsp"
@@ -172,8 +162,8 @@ domain = "{PUBLISHER_HOST}"
 ttl_days = {COOKIE_TTL_DAYS}
 mappings = {{ "{SEGMENT}" = "{COOKIE_ALIAS}" }}
 """
-    service = factory(config, port=port, extra_env={"PIXELSYNC_SECRET_KEYS": KEY})
-    return Pixelsync(service, origin, url_dest, cookie_dest)
+    service = services.start(Config(toml, keys=(KEY,), host="localhost"))
+    return Pixelsync(service, service.origin, url_dest, cookie_dest)
 
 
 async def loss_row(api: httpx.AsyncClient, dest_id: int) -> dict[str, Any]:
@@ -281,14 +271,14 @@ async def embed_dest5(page: Page, frame_id: str) -> Frame:
 
 
 async def test_a_qualified_visitor_fires_url_and_cookie_destinations_in_the_browser(
-    service_factory: Callable[..., Service],
+    services: Services,
     partner: Partner,
     tmp_path: Path,
 ) -> None:
-    px = start_pixelsync(service_factory, partner)
+    px = start_pixelsync(services, partner)
     pixel = px.origin
     declared_uid = f"dsp-uid-{secrets.token_hex(6)}"
-    async with httpx.AsyncClient(base_url=px.service.url, timeout=5) as api:
+    async with px.service.client() as api:
         # A destination id nobody counted before: the counts below are this test's.
         fresh = await loss_row(api, px.url_dest)
         assert counters(fresh) == (0, 0, 0), fresh

@@ -18,7 +18,7 @@ refuses third-party cookies runs the same syncs, but /setuid stores nothing (172
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 
 from service.identity import today
 from service.store import Store
-from tests.conftest import Service, free_port, wait_for
+from tests.conftest import wait_for
 from tests.e2e.browser import (
     accepting_context,
     chromium,
@@ -35,6 +35,7 @@ from tests.e2e.browser import (
     serve_page,
 )
 from tests.e2e.test_sync_browser import Partners, Responses, cookie_value, uuid_of
+from tests.services import Config, Services
 
 TIMEOUT_MS = 20_000
 KEY = "prebid-browser-test-key"
@@ -57,7 +58,7 @@ def called(bidders: Partners) -> dict[int, tuple[str, str]]:
     return {c.dpid: (paths[c.dpid], c.uid) for c in bidders.calls}
 
 
-def config(origin: str, bidders: Partners) -> str:
+def config(bidders: Partners) -> Config:
     blocks = []
     for dpid, (code, kind) in BIDDERS.items():
         query = f"p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
@@ -70,7 +71,7 @@ def config(origin: str, bidders: Partners) -> str:
         if kind == "both":
             lines.append(f'iframe_sync_url = "{frame}"')
         blocks.append("[[partners]]\n" + "\n".join(lines) + "\n")
-    return f'[server]\ndata_dir = "data"\npublic_url = "{origin}"\n\n' + "\n".join(blocks)
+    return Config("\n".join(blocks), keys=(KEY,))
 
 
 def page(pixel: str) -> bytes:
@@ -106,11 +107,9 @@ window.again = () => fetch(SYNC + "/cookie_sync", {
 
 
 async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
-    service_factory: Callable[..., Service], bidders: Partners, store: Store, tmp_path: Path
+    services: Services, bidders: Partners, store: Store, tmp_path: Path
 ) -> None:
-    port = free_port()
-    pixel = f"http://127.0.0.1:{port}"
-    service_factory(config(pixel, bidders), port=port, extra_env={"PIXELSYNC_SECRET_KEYS": KEY})
+    pixel = services.start(config(bidders)).origin  # http://127.0.0.1:<port>
     with serve_page(page(pixel), TIMEOUT_MS / 1000) as origin:
         page_url = origin.replace("127.0.0.1", "localhost") + "/"  # another site
         async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
@@ -145,11 +144,9 @@ async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
 
 
 async def test_a_browser_that_refuses_third_party_cookies_stores_nothing(
-    service_factory: Callable[..., Service], bidders: Partners, store: Store
+    services: Services, bidders: Partners, store: Store
 ) -> None:
-    port = free_port()
-    pixel = f"http://127.0.0.1:{port}"
-    service_factory(config(pixel, bidders), port=port, extra_env={"PIXELSYNC_SECRET_KEYS": KEY})
+    pixel = services.start(config(bidders)).origin  # http://127.0.0.1:<port>
     with serve_page(page(pixel), TIMEOUT_MS / 1000) as origin:
         async with chromium() as p, refusing_context(p) as context:
             tab = await context.new_page()

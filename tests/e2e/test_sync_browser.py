@@ -22,7 +22,6 @@ See SPEC §3, §4 (dest5.html), §5.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import secrets
 import time
@@ -44,7 +43,8 @@ from playwright.async_api import (
 
 from service.identity import today
 from service.store import Store
-from tests.conftest import Service, free_port, wait_for
+from tests.configs import api_key, syncing_partners
+from tests.conftest import wait_for
 from tests.e2e.browser import (
     ARTIFACTS,
     accepting_context,
@@ -54,6 +54,7 @@ from tests.e2e.browser import (
     serve_page,
 )
 from tests.partners import Answer, PartnerServer, Request, third_site
+from tests.services import Config, Service, Services
 
 TIMEOUT_MS = 20_000
 TIMEOUT_S = TIMEOUT_MS / 1000
@@ -116,44 +117,20 @@ def partners() -> Iterator[Partners]:
 # --- pixelsync, on localhost ---------------------------------------------------------
 
 
-def sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def start_pixelsync(
-    factory: Callable[..., Service],
+    services: Services,
     partners: Partners,
     dpids: tuple[int, ...],
     *,
     per_page: int = 5,
 ) -> tuple[Service, str]:
     """A service whose public URL is its own on `localhost`; answers (service, origin)."""
-    port = free_port()
-    origin = f"http://localhost:{port}"
-    blocks = "".join(
-        f"""
-[[partners]]
-dpid = {dpid}
-name = "partner-{dpid}"
-sync_url = "{partners.origin}/sync?p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
-"""
-        for dpid in dpids
-    )
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "{origin}"
-
+    toml = f"""
 [sync]
 max_partners_per_page = {per_page}
-
-[[api_keys]]
-name = "e2e-reader"
-sha256 = "{sha256(TOKEN)}"
-scopes = ["read"]
-{blocks}"""
-    service = factory(config, port=port, extra_env={"PIXELSYNC_SECRET_KEYS": KEY})
-    return service, origin
+{api_key("e2e-reader", TOKEN, "read")}{syncing_partners(partners.origin, dpids)}"""
+    service = services.start(Config(toml, keys=(KEY,), host="localhost"))
+    return service, service.origin
 
 
 async def api_ids(service: Service, uuid: str) -> dict[str, str]:
@@ -274,13 +251,13 @@ def screenshot_path(name: str) -> Path:
 
 
 async def test_an_accepting_browser_completes_every_sync_once(
-    service_factory: Callable[..., Service],
+    services: Services,
     partners: Partners,
     store: Store,
     tmp_path: Path,
 ) -> None:
     dpids = (31, 32, 33)
-    service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
+    service, pixel = start_pixelsync(services, partners, dpids, per_page=3)
     with publisher(pixel) as page_origin:
         assert len({urlsplit(u).hostname for u in (page_origin, pixel, partners.origin)}) == 3
         async with (
@@ -353,13 +330,13 @@ async def test_an_accepting_browser_completes_every_sync_once(
 
 
 async def test_a_sync_chain_through_three_partners_completes_in_the_browser(
-    service_factory: Callable[..., Service],
+    services: Services,
     partners: Partners,
     store: Store,
     tmp_path: Path,
 ) -> None:
     dpids = (41, 42, 43)
-    service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
+    service, pixel = start_pixelsync(services, partners, dpids, per_page=3)
     profile = tmp_path / "profile"
     async with chromium() as p, accepting_context(p, profile, TIMEOUT_MS) as context:
         page = await context.new_page()
@@ -411,12 +388,12 @@ async def test_a_sync_chain_through_three_partners_completes_in_the_browser(
 
 
 async def test_a_refusing_browser_stores_no_mapping(
-    service_factory: Callable[..., Service],
+    services: Services,
     partners: Partners,
     store: Store,
 ) -> None:
     dpids = (51, 52, 53)
-    service, pixel = start_pixelsync(service_factory, partners, dpids, per_page=3)
+    service, pixel = start_pixelsync(services, partners, dpids, per_page=3)
     with publisher(pixel) as page_origin:
         async with chromium() as p, refusing_context(p, TIMEOUT_MS) as context:
             page = await context.new_page()

@@ -21,8 +21,8 @@ from service.outbound.realtime import (
     parse_answer,
 )
 from service.replacements.partner_transport import PartnerTransport
-from tests.conftest import free_port
 from tests.partners import Answer, PartnerServer, Request
+from tests.services import free_port
 
 BUDGET_S = 0.2
 

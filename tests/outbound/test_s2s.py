@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from service.outbound import S2SDestination, S2SSender, SegmentChange, UserUpdate
-from tests.conftest import free_port
 from tests.partners import Answer, PartnerServer, Request
+from tests.services import free_port
 
 SECRET = b"s2s-test-secret"
 NOW = 1796011856.0  # 2026-11-30T04:10:56Z

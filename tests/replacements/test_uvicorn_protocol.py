@@ -21,13 +21,14 @@ from uvicorn.server import ServerState
 from service.identity import new_uuid
 from service.replacements.uvicorn_protocol import CoalescingHttpToolsProtocol
 from service.web.responses import GIF
-from tests.conftest import Service, cookie_signed_days_ago
+from tests.conftest import cookie_signed_days_ago
+from tests.services import DEFAULT_KEYS, Service
 
 PIPELINED = 500  # more than Python's recursion limit allows nested runs for
 
 
-def connect(service: Service) -> socket.socket:
-    url = urlsplit(service.url)
+def connect(svc: Service) -> socket.socket:
+    url = urlsplit(svc.url)
     return socket.create_connection((url.hostname, url.port), timeout=10)
 
 
@@ -49,22 +50,22 @@ def read_answers(sock: socket.socket, count: int) -> list[bytes]:
     return answers
 
 
-def test_pipelined_requests_are_all_answered_in_order(service: Service) -> None:
+def test_pipelined_requests_are_all_answered_in_order(svc: Service) -> None:
     """The first waits for Redis (its segments, d_cts=1): the others queue behind it,
     and each is started from the answer of the one before; they answer at once."""
-    cookie = f"Cookie: uuid={cookie_signed_days_ago(new_uuid(), 'test-key-new', 0)}\r\n"
+    cookie = f"Cookie: uuid={cookie_signed_days_ago(new_uuid(), DEFAULT_KEYS[0], 0)}\r\n"
     first = f"GET /event?d_rtbd=json&d_cts=1 HTTP/1.1\r\nHost: x\r\n{cookie}\r\n"
     rest = [f"GET /event?c_n={i} HTTP/1.1\r\nHost: x\r\n{cookie}\r\n" for i in range(PIPELINED)]
-    with connect(service) as sock:
+    with connect(svc) as sock:
         sock.sendall("".join([first, *rest]).encode())
         answers = read_answers(sock, 1 + PIPELINED)
     assert answers[0].startswith(b"HTTP/1.1 200 ") and b'"segments"' in answers[0]
     assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(GIF) for a in answers[1:])
 
 
-def test_a_gif_answer_is_one_write(service: Service) -> None:
+def test_a_gif_answer_is_one_write(svc: Service) -> None:
     """Head and body arrive together: one recv gets the whole answer."""
-    with connect(service) as sock:
+    with connect(svc) as sock:
         for _ in range(20):
             sock.sendall(b"GET /event HTTP/1.1\r\nHost: x\r\n\r\n")
             time.sleep(0.01)  # whatever was written has arrived
@@ -72,8 +73,8 @@ def test_a_gif_answer_is_one_write(service: Service) -> None:
             assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(GIF)
 
 
-def test_a_request_that_waits_for_its_body_is_answered(service: Service) -> None:
-    with connect(service) as sock:
+def test_a_request_that_waits_for_its_body_is_answered(svc: Service) -> None:
+    with connect(svc) as sock:
         body = b"c_section=sports&d_rtbd=json"
         sock.sendall(
             b"POST /event HTTP/1.1\r\nHost: x\r\n"
@@ -89,8 +90,8 @@ def test_a_request_that_waits_for_its_body_is_answered(service: Service) -> None
         assert again.startswith(b"HTTP/1.1 200 ")
 
 
-async def test_many_connections_at_once(service: Service) -> None:
-    url = urlsplit(service.url)
+async def test_many_connections_at_once(svc: Service) -> None:
+    url = urlsplit(svc.url)
 
     async def one(i: int) -> bytes:
         reader, writer = await asyncio.open_connection(url.hostname, url.port)

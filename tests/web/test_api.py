@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Iterator
-
 import httpx
 import pytest
 
@@ -12,64 +9,19 @@ from service.app import create_app
 from service.config import load_settings
 from service.identity import new_uuid, today
 from service.store import Store
-from tests.conftest import Service, start_service
+from tests.configs import API, API_TOKENS
+from tests.services import Config, Service
 
 DAY = today()
-TOKENS = {"admin": "admin-token", "reader": "read-token", "acme": "acme-token"}
-
-
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    config = f"""
-[server]
-data_dir = "data"
-
-[[partners]]
-dpid = 1234
-name = "acme"
-
-[[partners]]
-dpid = 99
-name = "other"
-
-[[partners]]
-dpid = 7
-name = "short-lived"
-mapping_ttl_days = 1
-
-[[api_keys]]
-name = "admin"
-sha256 = "{sha(TOKENS["admin"])}"
-scopes = ["admin"]
-
-[[api_keys]]
-name = "reader"
-sha256 = "{sha(TOKENS["reader"])}"
-scopes = ["read"]
-
-[[api_keys]]
-name = "acme"
-sha256 = "{sha(TOKENS["acme"])}"
-partner = 1234
-scopes = ["read", "write"]
-"""
-    service = start_service(tmp_path_factory.mktemp("api"), config, redis_url=redis_url)
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-async def api(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
+def service_config() -> Config:
+    return Config(API)
 
 
 def auth(who: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {TOKENS[who]}"}
+    return {"authorization": f"Bearer {API_TOKENS[who]}"}
 
 
 @pytest.fixture
@@ -91,76 +43,76 @@ async def mapped(store: Store) -> tuple[str, str, str]:
         {"authorization": "Bearer"},
     ],
 )
-async def test_unauthenticated_is_401(api: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    resp = await api.get(f"/v1/users/{new_uuid()}", headers=headers)
+async def test_unauthenticated_is_401(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    resp = await http.get(f"/v1/users/{new_uuid()}", headers=headers)
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "unauthorized"
 
 
-async def test_get_user(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+async def test_get_user(http: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
     uuid, a, b = mapped
-    resp = await api.get(f"/v1/users/{uuid}", headers=auth("reader"))
+    resp = await http.get(f"/v1/users/{uuid}", headers=auth("reader"))
     assert resp.status_code == 200
     assert resp.json() == {"uuid": uuid, "ids": {"99": b, "1234": a}, "traits": [], "segments": []}
-    scoped = await api.get(f"/v1/users/{uuid}", headers=auth("acme"))
+    scoped = await http.get(f"/v1/users/{uuid}", headers=auth("acme"))
     assert scoped.json()["ids"] == {"1234": a}  # a partner key sees its own partner only
     for missing in (new_uuid(), "123", "x" * 38):
-        assert (await api.get(f"/v1/users/{missing}", headers=auth("reader"))).status_code == 404
+        assert (await http.get(f"/v1/users/{missing}", headers=auth("reader"))).status_code == 404
 
 
-async def test_reverse_lookup(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+async def test_reverse_lookup(http: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
     uuid, a, b = mapped
     encoded = a.replace("/", "%2F")
-    resp = await api.get(f"/v1/partners/1234/users/{encoded}", headers=auth("acme"))
+    resp = await http.get(f"/v1/partners/1234/users/{encoded}", headers=auth("acme"))
     assert resp.status_code == 200 and resp.json() == {"uuid": uuid}
     assert (
-        await api.get("/v1/partners/1234/users/nobody", headers=auth("acme"))
+        await http.get("/v1/partners/1234/users/nobody", headers=auth("acme"))
     ).status_code == 404
-    other = await api.get(f"/v1/partners/99/users/{b}", headers=auth("acme"))
+    other = await http.get(f"/v1/partners/99/users/{b}", headers=auth("acme"))
     assert other.status_code == 403  # another partner's ids
-    assert (await api.get(f"/v1/partners/99/users/{b}", headers=auth("reader"))).json() == {
+    assert (await http.get(f"/v1/partners/99/users/{b}", headers=auth("reader"))).json() == {
         "uuid": uuid
     }
-    assert (await api.get("/v1/partners/5/users/x", headers=auth("admin"))).status_code == 404
+    assert (await http.get("/v1/partners/5/users/x", headers=auth("admin"))).status_code == 404
 
 
-async def test_bulk_lookup(api: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
+async def test_bulk_lookup(http: httpx.AsyncClient, mapped: tuple[str, str, str]) -> None:
     uuid, a, _ = mapped
     body = {"dpuuids": [a, "unknown", a, "bad uid with spaces"]}
-    resp = await api.post("/v1/partners/1234/lookup", json=body, headers=auth("acme"))
+    resp = await http.post("/v1/partners/1234/lookup", json=body, headers=auth("acme"))
     assert resp.status_code == 200 and resp.json() == {"matches": {a: uuid}}
     many = {"dpuuids": [f"u{i}" for i in range(10_000)] + [a]}
     assert (
-        await api.post("/v1/partners/1234/lookup", json=many, headers=auth("acme"))
+        await http.post("/v1/partners/1234/lookup", json=many, headers=auth("acme"))
     ).status_code == 400
     full = {"dpuuids": [f"u{i}" for i in range(9_999)] + [a]}
-    ok = await api.post("/v1/partners/1234/lookup", json=full, headers=auth("acme"))
+    ok = await http.post("/v1/partners/1234/lookup", json=full, headers=auth("acme"))
     assert ok.status_code == 200 and ok.json()["matches"] == {a: uuid}
     nested = b'{"dpuuids": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 KB, too deep
     for bad in (b"{", b"[]", b'{"dpuuids": "x"}', b'{"dpuuids": [1]}', nested):
-        resp = await api.post("/v1/partners/1234/lookup", content=bad, headers=auth("acme"))
+        resp = await http.post("/v1/partners/1234/lookup", content=bad, headers=auth("acme"))
         assert resp.status_code == 400, bad[:40]
     # The longest list of the longest uids fits; much more is refused as it streams in.
     longest = {"dpuuids": ["x" * 256] * 10_000}
-    ok = await api.post("/v1/partners/1234/lookup", json=longest, headers=auth("acme"))
+    ok = await http.post("/v1/partners/1234/lookup", json=longest, headers=auth("acme"))
     assert ok.status_code == 200 and ok.json() == {"matches": {}}
     huge = b'{"dpuuids": ["' + b"x" * (4 << 20) + b'"]}'
-    resp = await api.post("/v1/partners/1234/lookup", content=huge, headers=auth("acme"))
+    resp = await http.post("/v1/partners/1234/lookup", content=huge, headers=auth("acme"))
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
 
 
-async def test_erasure(api: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store) -> None:
+async def test_erasure(http: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store) -> None:
     uuid, a, b = mapped
-    assert (await api.delete(f"/v1/users/{uuid}", headers=auth("reader"))).status_code == 403
-    resp = await api.delete(f"/v1/users/{uuid}", headers=auth("acme"))
+    assert (await http.delete(f"/v1/users/{uuid}", headers=auth("reader"))).status_code == 403
+    resp = await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))
     assert resp.status_code == 204
     assert await store.mappings(uuid, DAY) == {}
     assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {}
-    assert (await api.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
+    assert (await http.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
 
 
-async def test_openapi_describes_every_endpoint(api: httpx.AsyncClient, svc: Service) -> None:
-    doc = (await api.get("/openapi.json")).json()
+async def test_openapi_describes_every_endpoint(http: httpx.AsyncClient, svc: Service) -> None:
+    doc = (await http.get("/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
     settings = load_settings(svc.config, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
     served = {p.replace("{dpuuid:path}", "{dpuuid}") for p in create_app(settings).paths}
@@ -169,30 +121,30 @@ async def test_openapi_describes_every_endpoint(api: httpx.AsyncClient, svc: Ser
     assert served <= set(doc["paths"]), served - set(doc["paths"])
 
 
-async def test_retention_per_partner(api: httpx.AsyncClient, store: Store) -> None:
+async def test_retention_per_partner(http: httpx.AsyncClient, store: Store) -> None:
     """Mappings expire per partner, counted from last seen; the API stops answering
     them at once (the sweep deletes them later)."""
     uuid = new_uuid()
     store.put_mapping(uuid, 7, f"short-{uuid[:6]}", DAY - 2)  # 1-day retention: expired
     store.put_mapping(uuid, 1234, f"long-{uuid[:6]}", DAY - 2)  # default 90 days: alive
     await store.drain()
-    resp = await api.get(f"/v1/users/{uuid}", headers=auth("admin"))
+    resp = await http.get(f"/v1/users/{uuid}", headers=auth("admin"))
     assert resp.json()["ids"] == {"1234": f"long-{uuid[:6]}"}
-    gone = await api.get(f"/v1/partners/7/users/short-{uuid[:6]}", headers=auth("admin"))
+    gone = await http.get(f"/v1/partners/7/users/short-{uuid[:6]}", headers=auth("admin"))
     assert gone.status_code == 404
     old = new_uuid()
     store.put_mapping(old, 1234, f"old-{old[:6]}", DAY - 91)
     await store.drain()
-    expired = await api.get(f"/v1/partners/1234/users/old-{old[:6]}", headers=auth("admin"))
+    expired = await http.get(f"/v1/partners/1234/users/old-{old[:6]}", headers=auth("admin"))
     assert expired.status_code == 404
 
 
-async def test_paths_no_route_matches_answer_api_errors(api: httpx.AsyncClient) -> None:
+async def test_paths_no_route_matches_answer_api_errors(http: httpx.AsyncClient) -> None:
     """A uid with a newline matches no route, a method none: still the API's JSON error
     (schemathesis found the plain-text 404)."""
-    resp = await api.get("/v1/partners/1234/users/a%0Ab", headers=auth("admin"))
+    resp = await http.get("/v1/partners/1234/users/a%0Ab", headers=auth("admin"))
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
-    resp = await api.put("/v1/taxonomy", headers=auth("admin"))
+    resp = await http.put("/v1/taxonomy", headers=auth("admin"))
     assert resp.status_code == 405 and resp.json()["error"]["code"] == "refused"
     assert "GET" in resp.headers["allow"]
-    assert (await api.get("/nowhere")).text == "Not Found"
+    assert (await http.get("/nowhere")).text == "Not Found"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -11,36 +9,18 @@ from service.errors import Code, RequestError
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
 from service.sync import MAX_HOPS, ChainTokens
-from tests.conftest import Service, start_public, wait_for
-from tests.web.test_dest5 import SyncingPartner
+from tests.configs import syncing_partners
+from tests.conftest import wait_for
+from tests.partners import SyncingPartner
+from tests.services import Config, Service
 
 KEY = "chain-test-key"
 DAY = today()
 
 
 @pytest.fixture(scope="module")
-def partner() -> Iterator[SyncingPartner]:
-    p = SyncingPartner()
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: SyncingPartner
-) -> Iterator[Service]:
-    blocks = "".join(
-        f"""
-[[partners]]
-dpid = {dpid}
-name = "p{dpid}"
-sync_url = "http://localhost:{partner.port}/sync?p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
-"""
-        for dpid in (21, 22, 23)
-    )
-    service = start_public(tmp_path_factory.mktemp("chain"), blocks, redis_url=redis_url, key=KEY)
-    yield service
-    service.stop()
+def service_config(syncing_partner: SyncingPartner) -> Config:
+    return Config(syncing_partners(syncing_partner.origin, (21, 22, 23)), keys=(KEY,))
 
 
 async def test_a_chain_through_three_partners(svc: Service, store: Store) -> None:
@@ -65,18 +45,17 @@ async def test_a_chain_through_three_partners(svc: Service, store: Store) -> Non
     assert await wait_for(all_three)
 
 
-async def test_tampered_tokens_are_refused(svc: Service) -> None:
+async def test_tampered_tokens_are_refused(http: httpx.AsyncClient) -> None:
     tokens = ChainTokens([KEY])
     good = tokens.make([22], {})
-    async with httpx.AsyncClient(base_url=svc.url, timeout=5) as http:
-        ok = await http.get(f"/sync/chain?t={good}")
-        assert ok.status_code == 302
-        for bad in (good[:-2] + "xx", ChainTokens(["other-key"]).make([22], {}), "garbage"):
-            resp = await http.get(f"/sync/chain?t={bad}")
-            assert resp.status_code == 400 and resp.headers["x-error"] == "323"
-            assert "location" not in resp.headers
-        bad_list = await http.get("/sync/chain?dpids=1,x")
-        assert bad_list.status_code == 400 and bad_list.headers["x-error"] == "311"
+    ok = await http.get(f"/sync/chain?t={good}")
+    assert ok.status_code == 302
+    for bad in (good[:-2] + "xx", ChainTokens(["other-key"]).make([22], {}), "garbage"):
+        resp = await http.get(f"/sync/chain?t={bad}")
+        assert resp.status_code == 400 and resp.headers["x-error"] == "323"
+        assert "location" not in resp.headers
+    bad_list = await http.get("/sync/chain?dpids=1,x")
+    assert bad_list.status_code == 400 and bad_list.headers["x-error"] == "311"
 
 
 def test_tokens_expire_and_carry_at_most_ten_hops() -> None:

@@ -11,15 +11,16 @@ import asyncio
 import hashlib
 import re
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 import httpx
 import pytest
 
-from tests.conftest import Service, free_port, start_service, wait_for
-from tests.partners import Answer, PartnerServer
+from tests.configs import api_key
+from tests.conftest import wait_for
+from tests.partners import PartnerServer
+from tests.services import Config
 
 ADMIN = "dashboard-admin-token"
 READER = "dashboard-read-token"
@@ -106,25 +107,16 @@ def parse(html: str) -> Tables:
     return t
 
 
-def config(port: int, partner_port: int) -> str:
-    base = f"http://127.0.0.1:{partner_port}"
-    return f"""
-[server]
-data_dir = "data"
-public_url = "http://127.0.0.1:{port}"
-
+def dashboard_service(partner: PartnerServer) -> Config:
+    """This module's service (and the browser test's, tests/e2e/): an admin and a
+    reader key, a partner with a hostile name, and two url destinations of a segment
+    served by `partner`."""
+    base = partner.origin
+    toml = f"""
 [dashboard]
 loss_threshold = 0.25
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-
-[[api_keys]]
-name = "reader"
-sha256 = "{hashlib.sha256(READER.encode()).hexdigest()}"
-scopes = ["read"]
+{api_key("admin", ADMIN, "admin")}
+{api_key("reader", READER, "read")}
 
 [[partners]]
 dpid = {PARTNER}
@@ -157,29 +149,12 @@ partner = {PARTNER}
 url = "{base}/px?d=lossy&s=%ALIAS%"
 mappings = {{ "{SEGMENT}" = "dash" }}
 """
+    return Config(toml, keys=("dashboard-key",))
 
 
 @pytest.fixture(scope="module")
-def partner() -> Iterator[PartnerServer]:
-    p = PartnerServer(lambda r: Answer(200))
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
-) -> Iterator[Service]:
-    port = free_port()
-    service = start_service(
-        tmp_path_factory.mktemp("dashboard"),
-        config(port, partner.port),
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "dashboard-key"},
-    )
-    yield service
-    service.stop()
+def service_config(partner: PartnerServer) -> Config:
+    return dashboard_service(partner)
 
 
 async def traffic(http: httpx.AsyncClient, visitors: int) -> None:

@@ -3,83 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
-from tests.conftest import Service, start_service, wait_for
-from tests.partners import Answer, PartnerServer, Request
+from tests.configs import api_key, syncing_partners
+from tests.conftest import wait_for
+from tests.partners import SyncingPartner
+from tests.services import Config, Service
 
 KEY = "dest5-test-key"
 DAY = today()
 
 
-class SyncingPartner(PartnerServer):
-    """Receives our sync call and redirects the browser back to ${CALLBACK} with its
-    own uid in place of $UID, as partners do."""
-
-    def __init__(self) -> None:
-        super().__init__(self.answer)
-
-    def answer(self, request: Request) -> Answer:
-        uid = f"partner-{len(self.requests)}-{(request.arg('aam') or '')[:6]}"
-        return Answer(302, {"location": (request.arg("redir") or "").replace("$UID", uid)})
-
-
 @pytest.fixture(scope="module")
-def partner() -> Iterator[SyncingPartner]:
-    p = SyncingPartner()
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: SyncingPartner
-) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("dest5")
-    blocks = "".join(
-        f"""
-[[partners]]
-dpid = {dpid}
-name = "p{dpid}"
-sync_url = "http://localhost:{partner.port}/sync?p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
-"""
-        for dpid in (11, 12, 13)
-    )
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "http://127.0.0.1:PORT"
-
-[[api_keys]]
-name = "ops"
-sha256 = "{hashlib.sha256(b"ops-token").hexdigest()}"
-scopes = ["read"]
-
+def service_config(syncing_partner: SyncingPartner) -> Config:
+    toml = f"""
 [sync]
 max_partners_per_page = 2
-{blocks}
+{syncing_partners(syncing_partner.origin, (11, 12, 13))}
 [[partners]]
 dpid = 14
 name = "hostile"
 sync_url = 'https://p.test/?a="><script>alert(1)</script>&u=${{DD_UUID}}'
 refresh_days = 1
-"""
-    # The public URL must be this service's own: start once to learn the port.
-    service = start_service(
-        tmp,
-        config.replace("PORT", "0"),
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
-    yield service
-    service.stop()
+{api_key("ops", "ops-token", "read")}"""
+    return Config(toml, keys=(KEY,))
 
 
 def cookie_for(uuid: str, dextp: str = "") -> dict[str, str]:
@@ -123,7 +75,7 @@ async def test_the_iframe_hands_out_due_syncs_in_turn(http: httpx.AsyncClient) -
 
 
 async def test_a_partner_redirecting_back_completes_the_sync(
-    http: httpx.AsyncClient, partner: SyncingPartner, store: Store, svc: Service
+    http: httpx.AsyncClient, syncing_partner: SyncingPartner, store: Store, svc: Service
 ) -> None:
     uuid = new_uuid()
     page = await http.get("/dest5.html", headers=cookie_for(uuid))
@@ -134,8 +86,7 @@ async def test_a_partner_redirecting_back_completes_the_sync(
         resp = await browser.get(target)
         assert resp.status_code == 302
         back = resp.headers["location"]
-        assert back.startswith("http://127.0.0.1:0/ibs:dpid=11&dpuuid=partner-")
-        back = back.replace("http://127.0.0.1:0", svc.url)
+        assert back.startswith(f"{svc.url}/ibs:dpid=11&dpuuid=partner-")  # its public_url
         done = await browser.get(back, headers=cookie_for(uuid))
         assert done.status_code == 200 and "x-error" not in done.headers
 
@@ -148,13 +99,15 @@ async def test_a_partner_redirecting_back_completes_the_sync(
     assert not [u for u in images(again) if "p=11&amp;" in u]
 
 
-async def test_json_event_carries_the_ibs_list(http: httpx.AsyncClient) -> None:
+async def test_json_event_carries_the_ibs_list(
+    http: httpx.AsyncClient, syncing_partner: SyncingPartner
+) -> None:
     uuid = new_uuid()
     resp = await http.get("/event?d_rtbd=json", headers=cookie_for(uuid))
     ibs = resp.json()["ibs"]
     assert [e["id"] for e in ibs] == ["11", "12"]
     assert ibs[0]["tag"] == "img" and ibs[0]["ttl"] == 7 * 1440
-    assert ibs[0]["url"][0].startswith("http://localhost:")
+    assert ibs[0]["url"][0].startswith(f"{syncing_partner.origin}/sync?p=11&")
     assert dextp_of(resp).startswith("11-1-")
     gif = await http.get("/event", headers=cookie_for(uuid))
     assert not dextp_of(gif)  # a GIF answer hands nothing out
@@ -189,7 +142,7 @@ async def test_opted_out_browsers_get_an_empty_page(http: httpx.AsyncClient) -> 
 
 
 async def test_match_rates_count_what_was_handed_out_and_completed(
-    http: httpx.AsyncClient, partner: SyncingPartner, svc: Service
+    http: httpx.AsyncClient,
 ) -> None:
     auth = {"authorization": "Bearer ops-token"}
     assert (await http.get("/v1/match-rates")).status_code == 401
@@ -205,7 +158,7 @@ async def test_match_rates_count_what_was_handed_out_and_completed(
     (url,) = [u for u in images(page) if "p=11&amp;" in u]
     async with httpx.AsyncClient(timeout=5) as browser:
         back = (await browser.get(url.replace("&amp;", "&"))).headers["location"]
-        await browser.get(back.replace("http://127.0.0.1:0", svc.url), headers=cookie_for(uuid))
+        await browser.get(back, headers=cookie_for(uuid))
 
     async def counted() -> bool:  # counters reach Redis about once a second
         now = await rates()

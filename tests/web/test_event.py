@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,17 +15,20 @@ import pytest
 from service.identity import CookieSigner, new_uuid
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
-from tests.conftest import Service, cookie_signed_days_ago, free_port, wait_for
+from tests.configs import entry
+from tests.conftest import cookie_signed_days_ago, wait_for
+from tests.services import DEFAULT_KEYS, Config, Services, free_port
 
-NEW_KEY, OLD_KEY = "test-key-new", "test-key-old"  # the `service` fixture's keys
+NEW_KEY, OLD_KEY = DEFAULT_KEYS
+PARTNER = 1234  # the one partner, for declared IDs (d_cid)
 DAY = int(time.time() // 86400)
 COOKIE_RE = re.compile(r"^uuid=(\d{38})\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
-@pytest.fixture
-async def http(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        yield client
+@pytest.fixture(scope="module")
+def service_config() -> Config:
+    """The default settings, and a partner."""
+    return Config(entry("partners", dpid=PARTNER, name="acme"), keys=DEFAULT_KEYS)
 
 
 def set_cookie(resp: httpx.Response) -> list[str]:
@@ -64,8 +68,8 @@ async def test_gif_answer_and_cookie_attributes(http: httpx.AsyncClient) -> None
     assert parts[1:] == ["Path=/", f"Max-Age={180 * 86400}", "HttpOnly", "Secure", "SameSite=None"]
 
 
-async def test_cookie_domain_when_configured(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory('[cookies]\ndomain = ".sync.example.test"\nttl_days = 30\n')
+async def test_cookie_domain_when_configured(services: Services) -> None:
+    svc = services.start(Config('[cookies]\ndomain = ".sync.example.test"\nttl_days = 30\n'))
     resp = httpx.get(svc.url + "/event")
     parts = set_cookie(resp)
     assert "Domain=.sync.example.test" in parts
@@ -216,15 +220,41 @@ async def test_malformed_input_is_311(http: httpx.AsyncClient, query: str, why: 
     assert error["code"] == 311 and why in error["msg"]
 
 
-async def test_malformed_input_stores_nothing(http: httpx.AsyncClient, store: Store) -> None:
-    uuid = new_uuid()
-    cookie = CookieSigner([NEW_KEY]).sign(uuid)
-    resp = await http.get("/event?c_a=%zz", headers={"cookie": f"uuid={cookie}"})
-    assert resp.status_code == 400
-    assert cookie_uuid(resp) == uuid  # a known visitor's cookie is still refreshed
-    ok = await http.get("/event?d_rtbd=json")  # something that does write, to wait behind
-    await wait_for(lambda: store.visitor_last_seen(ok.json()["uuid"]))
-    assert await store.visitor_last_seen(uuid) is None
+@pytest.mark.parametrize(
+    ("malformed", "code"),
+    [
+        (f"/event?d_cid={PARTNER}%01{{uid}}&c_a=%zz", "311"),  # refused while parsing
+        (f"/event?d_rtbd=json&d_cid={PARTNER}%01{{uid}}&d_cts=9", "311"),
+        (f"/event?d_cid={PARTNER}%01{{uid}}&d_cid=5%01x", "320"),  # an unknown dpid beside
+    ],
+)
+async def test_malformed_input_stores_nothing(
+    http: httpx.AsyncClient, store: Store, malformed: str, code: str
+) -> None:
+    """A returning visitor's refused request stores nothing: neither the daily touch
+    nor its declared ID. Writes are applied in order, so once a later request's
+    write is read back, any write of the refused one would be there too."""
+    refused, behind = new_uuid(), new_uuid()
+    stored = {PARTNER: PartnerUid(f"before-{refused[:8]}", DAY - 3)}
+    store.put_mapping(refused, PARTNER, stored[PARTNER].uid, DAY - 3)  # seen 3 days ago
+    await store.drain()
+    uid = f"malformed-{refused[:8]}"
+    cookie = {"cookie": f"uuid={cookie_signed_days_ago(refused, NEW_KEY, 2)}"}  # a touch due
+    resp = await http.get(malformed.format(uid=uid), headers=cookie)
+    assert resp.status_code == 400 and resp.headers["x-error"] == code
+    assert cookie_uuid(resp) == refused  # a known visitor's cookie is still refreshed
+
+    later = {"cookie": f"uuid={cookie_signed_days_ago(behind, NEW_KEY, 2)}"}
+    ok = await http.get(f"/event?d_cid={PARTNER}%01behind-{behind[:8]}", headers=later)
+    assert ok.status_code == 200 and "x-error" not in ok.headers
+
+    async def behind_stored() -> bool:
+        return PARTNER in await store.mappings(behind, DAY)
+
+    assert await wait_for(behind_stored)
+    assert await store.visitor_last_seen(refused) == DAY - 3
+    assert await store.mappings(refused, DAY) == stored
+    assert await store.lookup(PARTNER, [uid], DAY) == {}
 
 
 async def test_size_limits(http: httpx.AsyncClient) -> None:
@@ -337,25 +367,27 @@ async def test_health_readiness_and_metrics(http: httpx.AsyncClient) -> None:
     assert 'pixelsync_request_seconds_bucket{endpoint="event"' in text
 
 
-async def test_redis_down(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory("", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+async def test_redis_down(services: Services) -> None:
+    svc = services.start(Config(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     cookie = cookie_signed_days_ago(new_uuid(), "dev-only-change-me", 1)
-    async with httpx.AsyncClient(base_url=svc.url, timeout=5) as http:
+    async with svc.client() as http:
         assert (await http.get("/readyz")).status_code == 503
         started = time.perf_counter()
         resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})  # a write
         assert_gif(resp)
         assert time.perf_counter() - started < 0.5
-        await asyncio.sleep(0.3)
+
+        async def flush_failed() -> bool:
+            text = (await http.get("/metrics")).text
+            return bool(re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text))
+
+        assert await wait_for(flush_failed)
         assert (await http.get("/healthz")).status_code == 200
-        text = (await http.get("/metrics")).text
-        assert re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text)
+    svc.stop(signal.SIGKILL)  # a clean stop would wait 10 s for the writes to flush
 
 
-async def test_log_lines_are_json_without_private_values(
-    service_factory: Callable[..., Service],
-) -> None:
-    svc = service_factory()
+async def test_log_lines_are_json_without_private_values(services: Services) -> None:
+    svc = services.start()
     httpx.get(svc.url + "/event?p_secret=hunter2&c_a=%zz")
     httpx.get(svc.url + "/event?p_secret=hunter2")
     tid = httpx.get(svc.url + "/event?d_rtbd=json&p_secret=hunter2").json()["tid"]
@@ -391,13 +423,15 @@ async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) 
     assert await wait_for(gone)
 
 
-async def test_rules_on_header_and_private_signals(service_factory: Callable[..., Service]) -> None:
-    svc = service_factory(
-        '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
-        "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
-        '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'
+async def test_rules_on_header_and_private_signals(services: Services) -> None:
+    svc = services.start(
+        Config(
+            '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
+            "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
+            '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'
+        )
     )
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+    async with svc.client() as client:
         resp = await client.get(
             "/event?d_rtbd=json&d_cts=2&p_age=24&c_section=news&c_other=1",
             headers={"user-agent": "Mozilla/5.0 TestBot/1.0"},

@@ -3,15 +3,16 @@ servers on 127.0.0.1, the partner's segments qualifying the visitor in the same 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.configs import api_key
+from tests.conftest import wait_for
 from tests.outbound.test_realtime import Partner
+from tests.services import Config, Service, free_port
 
 ADMIN = "realtime-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -20,15 +21,12 @@ BEHAVIOURS = {31: "fast", 32: "slow", 33: "down", 34: "error", 35: "garbage", 36
 
 @pytest.fixture(scope="module")
 def partner() -> Iterator[Partner]:
-    p = Partner()
-    yield p
-    p.close()
+    with Partner() as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: Partner
-) -> Iterator[Service]:
+def service_config(partner: Partner) -> Config:
     down = f"http://127.0.0.1:{free_port()}"
     blocks = ""
     for dpid, kind in BEHAVIOURS.items():
@@ -51,25 +49,13 @@ sid = {7000 + dpid}
 name = "{kind} says abc"
 rule = "{5000 + dpid}T"
 """
-    config = f"""
+    toml = f"""
 [realtime]
 budget_ms = 200
 cache_s = 0
 breaker_failures = 1000
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-{blocks}"""
-    service = start_service(
-        tmp_path_factory.mktemp("realtime"),
-        config,
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "realtime-key"},
-    )
-    yield service
-    service.stop()
+{api_key("admin", ADMIN, "admin")}{blocks}"""
+    return Config(toml, keys=("realtime-key",))
 
 
 async def mapped_visitor(http: httpx.AsyncClient, *dpids: int) -> tuple[str, dict[str, str]]:

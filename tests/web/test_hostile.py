@@ -15,7 +15,7 @@ import hmac
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from urllib.parse import quote, urlsplit
 
@@ -27,11 +27,12 @@ from service.config import ApiKey
 from service.identity import OPT_OUT, CookieSigner, new_uuid, today
 from service.store import Store
 from service.web.api import ApiKeys
-from tests.conftest import Service, signer_days_ago, start_service
+from tests.configs import api_key, sha256
+from tests.conftest import signer_days_ago
+from tests.services import Config, Service
 from tests.test_consent import tcf
 
 KEY = "hostile-new"
-SECRETS = f"{KEY},hostile-old"
 TOKENS = {"admin": "h-admin", "reader": "h-reader", "acme": "h-acme"}
 PARTNER, OTHER, DESTINATION = 4321, 4322, 77
 GIF_TYPE = "image/gif"
@@ -44,21 +45,9 @@ SYNC_URL = (
 )
 
 
-def sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    keys = "".join(
-        f'[[api_keys]]\nname = "{who}"\nsha256 = "{sha(token)}"\n{scope}\n'
-        for (who, token), scope in zip(
-            TOKENS.items(),
-            ['scopes = ["admin"]', 'scopes = ["read"]', f'partner = {PARTNER}\nscopes = ["read"]'],
-            strict=True,
-        )
-    )
-    config = f"""
+def service_config() -> Config:
+    toml = f"""
 traits = [{{ sid = 700, name = "x", rule = 'c_x == "1"' }}]
 segments = [{{ sid = 701, name = "xs", rule = "700T" }}]
 partners = [
@@ -70,18 +59,11 @@ destinations = [
 ]
 
 [server]
-data_dir = "data"
 trusted_proxies = ["127.0.0.1"]
-
-{keys}"""
-    service = start_service(
-        tmp_path_factory.mktemp("hostile"),
-        config,
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": SECRETS},
-    )
-    yield service
-    service.stop()
+{api_key("admin", TOKENS["admin"], "admin")}
+{api_key("reader", TOKENS["reader"], "read")}
+{api_key("acme", TOKENS["acme"], "read", partner=PARTNER)}"""
+    return Config(toml, keys=(KEY, "hostile-old"))
 
 
 def cookie(uuid: str, extra: str = "") -> dict[str, str]:
@@ -530,7 +512,7 @@ WRONG: list[dict[str, str | bytes]] = [
     {"authorization": "Bearer h-admin-"},
     {"authorization": "Bearer H-ADMIN"},
     {"authorization": "Basic aC1hZG1pbjo="},
-    {"authorization": f"Bearer {sha('h-admin')}"},  # the stored hash is not the token
+    {"authorization": f"Bearer {sha256('h-admin')}"},  # the stored hash is not the token
     {"authorization": "Token h-admin"},
     {"authorization": b"Bearer h-admin\xa0"},
     {"authorization": "Bearer " + "x" * 8000},
@@ -571,7 +553,7 @@ async def test_brute_force_shaped_requests(http: httpx.AsyncClient) -> None:
 def test_keys_are_compared_by_hash_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every configured key's sha256 is compared with hmac.compare_digest, all of
     them whatever matched: no early exit, no comparison of the token itself."""
-    keys = ApiKeys([ApiKey(name=f"k{i}", sha256=sha(f"t{i}")) for i in range(3)])
+    keys = ApiKeys([ApiKey(name=f"k{i}", sha256=sha256(f"t{i}")) for i in range(3)])
     compared: list[tuple[bytes, bytes]] = []
     original = hmac.compare_digest
 

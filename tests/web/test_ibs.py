@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from urllib.parse import quote
 
 import httpx
@@ -11,49 +10,20 @@ import pytest
 from service.identity import CookieSigner, new_uuid, today
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
-from tests.conftest import Service, start_service, wait_for
-from tests.partners import Answer, PartnerServer
+from tests.configs import entry
+from tests.conftest import wait_for
+from tests.partners import PartnerServer
+from tests.services import Config
 
 DAY = today()
 KEY = "ibs-test-key"
 
 
 @pytest.fixture(scope="module")
-def partner() -> Iterator[PartnerServer]:
-    """A partner's sync server: it records what it receives."""
-    p = PartnerServer(lambda request: Answer(200, {}, b"ok"))
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def ibs_service(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
-) -> Iterator[Service]:
-    config = """
-[[partners]]
-dpid = 1234
-name = "acme"
-redirect_domains = ["localhost", "acme.test"]
-
-[[partners]]
-dpid = 99
-name = "other"
-"""
-    svc = start_service(
-        tmp_path_factory.mktemp("ibs"),
-        config,
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture
-async def http(ibs_service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=ibs_service.url, timeout=10) as client:
-        yield client
+def service_config() -> Config:
+    toml = entry("partners", dpid=1234, name="acme", redirect_domains=["localhost", "acme.test"])
+    toml += entry("partners", dpid=99, name="other")
+    return Config(toml, keys=(KEY,))
 
 
 def cookie_for(uuid: str) -> dict[str, str]:

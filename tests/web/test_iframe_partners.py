@@ -5,13 +5,12 @@ places where no iframe can run) leaves them out."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid
-from tests.conftest import Service, start_public
+from tests.services import Config
 
 KEY = "iframe-partners-key"
 PARTNERS = """
@@ -29,12 +28,8 @@ sync_url = "https://pixel.test/sync?u=${DD_UUID}&redir=${CALLBACK}"
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    service = start_public(
-        tmp_path_factory.mktemp("iframe-partners"), PARTNERS, redis_url=redis_url, key=KEY
-    )
-    yield service
-    service.stop()
+def service_config() -> Config:
+    return Config(PARTNERS, keys=(KEY,))
 
 
 def cookie() -> dict[str, str]:

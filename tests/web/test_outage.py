@@ -4,79 +4,30 @@ read is worked out when Redis answers again: no data lost, no fire twice."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.configs import SPORTS, api_key
+from tests.conftest import wait_for
 from tests.proxy import FaultProxy
+from tests.services import Config
 
 ADMIN = "outage-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 QUICK_S = 0.25  # the contract's 100 ms, with room for a loaded test machine
 
 
+pytestmark = pytest.mark.usefixtures("passing")  # Redis reachable at each start and end
+
+
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Service]:
-    port = free_port()
-    config = f"""
-[server]
-data_dir = "data"
-public_url = "http://127.0.0.1:{port}"
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-
-[[traits]]
-sid = 100
-name = "sports"
-rule = 'c_section == "sports"'
-
-[[segments]]
-sid = 500
-name = "sports"
-rule = "100T"
-
-[[destinations]]
-id = 9
-name = "pixel"
-type = "url"
-url = "https://px.test/p?seg=%ALIAS%"
-mappings = {{ "500" = "sports" }}
-
-[[destinations]]
-id = 11
-name = "key-values"
-type = "cookie"
-cookie_name = "aam_seg"
-key = "seg"
-domain = ".pub.test"
-mappings = {{ "500" = "sportsfan" }}
-"""
-    service = start_service(
-        tmp_path_factory.mktemp("outage"),
-        config,
-        redis_url=proxy.url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "outage-key"},
+def service_config(proxy: FaultProxy) -> Config:
+    return Config(
+        api_key("admin", ADMIN, "admin") + SPORTS, keys=("outage-key",), redis_url=proxy.url
     )
-    yield service
-    proxy.set("pass")
-    service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service, proxy: FaultProxy) -> AsyncIterator[httpx.AsyncClient]:
-    proxy.set("pass")
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
-    proxy.set("pass")
 
 
 async def visitor(http: httpx.AsyncClient) -> tuple[str, dict[str, str]]:

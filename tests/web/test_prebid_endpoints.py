@@ -4,7 +4,6 @@ and GET /getuids against a served pixelsync and the session's Redis/Valkey."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,7 +13,8 @@ import pytest
 from service.identity import CookieSigner, new_uuid, today
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
-from tests.conftest import Service, free_port, start_service, wait_for
+from tests.conftest import wait_for
+from tests.services import Config, Service, Services
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 
 KEY = "prebid-test-key"
@@ -51,32 +51,10 @@ name = "nosync"
 
 
 @pytest.fixture(scope="module")
-def prebid_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    port = free_port()
-    config = f"""
-[server]
-data_dir = "data"
-vendor_id = 2
-public_url = "http://127.0.0.1:{port}"
-
-[limits]
-max_body_bytes = 4096
-{PARTNERS}"""
-    svc = start_service(
-        tmp_path_factory.mktemp("prebid"),
-        config,
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
+def service_config() -> Config:
+    return Config(
+        f"[server]\nvendor_id = 2\n\n[limits]\nmax_body_bytes = 4096\n{PARTNERS}", keys=(KEY,)
     )
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture
-async def http(prebid_service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=prebid_service.url, timeout=10) as client:
-        yield client
 
 
 def visitor(uuid: str | None = None) -> dict[str, str]:
@@ -301,7 +279,7 @@ async def test_cookie_sync_chooses(
 
 
 async def test_cookie_sync_for_a_new_visitor_sets_the_cookie_and_builds_the_urls(
-    http: httpx.AsyncClient, prebid_service: Service
+    http: httpx.AsyncClient, svc: Service
 ) -> None:
     resp = await http.post(
         "/cookie_sync",
@@ -318,7 +296,7 @@ async def test_cookie_sync_for_a_new_visitor_sets_the_cookie_and_builds_the_urls
     query = parse_qs(url.query)
     assert (url.netloc, query["u"], query["gdpr"]) == ("acme.test", [uuid], ["0"])
     assert query["redir"] == [  # the uid last, as Prebid Server's default redirect URL
-        f"{prebid_service.url}/setuid?bidder=Acme&gdpr=0&gdpr_consent=&gpp=&gpp_sid=6&f=i&uid=$UID"
+        f"{svc.url}/setuid?bidder=Acme&gdpr=0&gdpr_consent=&gpp=&gpp_sid=6&f=i&uid=$UID"
     ]
 
 
@@ -544,38 +522,26 @@ async def test_prebid_metrics(http: httpx.AsyncClient) -> None:
 # --------------------------------------------------------------------------- forty bidders
 
 
-async def test_forty_bidders_all_stay_retrievable(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, store: Store
-) -> None:
+async def test_forty_bidders_all_stay_retrievable(services: Services, store: Store) -> None:
     """Where a uids cookie holds about 30 ids, the match table keeps every one: forty
     bidders synced through their callbacks, all answered by /getuids, none due again."""
-    port = free_port()
     partners = "".join(
         f'[[partners]]\ndpid = {9000 + i}\nname = "bidder{i:02d}"\n'
         f'sync_url = "https://b{i}.test/s?redir=${{CALLBACK}}"\n\n'
         for i in range(40)
     )
-    svc = start_service(
-        tmp_path_factory.mktemp("forty"),
-        f'[server]\ndata_dir = "data"\npublic_url = "http://127.0.0.1:{port}"\n\n{partners}',
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
-    try:
-        uuid = new_uuid()
-        uids = {f"bidder{i:02d}": f"{i:02d}-{'x' * 34}" for i in range(40)}  # 36 characters
-        async with httpx.AsyncClient(base_url=svc.url, timeout=10) as http:
-            answer = (await http.post("/cookie_sync", json={}, headers=visitor(uuid))).json()
-            assert len(answer["bidder_status"]) == 40
-            for sync in answer["bidder_status"]:
-                callback = parse_qs(urlsplit(sync["usersync"]["url"]).query)["redir"][0]
-                back = callback.replace("$UID", uids[sync["bidder"]])
-                assert (await http.get(back, headers=visitor(uuid))).status_code == 200
-            await stored_mappings(store, uuid, 40)
-            got = (await http.get("/getuids", headers=visitor(uuid))).json()
-            assert got == {"buyeruids": uids}
-            again = (await http.post("/cookie_sync", json={}, headers=visitor(uuid))).json()
-            assert again == {"status": "ok", "bidder_status": []}
-    finally:
-        svc.stop()
+    svc = services.start(Config(partners, keys=(KEY,)))
+    uuid = new_uuid()
+    uids = {f"bidder{i:02d}": f"{i:02d}-{'x' * 34}" for i in range(40)}  # 36 characters
+    async with svc.client() as http:
+        answer = (await http.post("/cookie_sync", json={}, headers=visitor(uuid))).json()
+        assert len(answer["bidder_status"]) == 40
+        for sync in answer["bidder_status"]:
+            callback = parse_qs(urlsplit(sync["usersync"]["url"]).query)["redir"][0]
+            back = callback.replace("$UID", uids[sync["bidder"]])
+            assert (await http.get(back, headers=visitor(uuid))).status_code == 200
+        await stored_mappings(store, uuid, 40)
+        got = (await http.get("/getuids", headers=visitor(uuid))).json()
+        assert got == {"buyeruids": uids}
+        again = (await http.post("/cookie_sync", json={}, headers=visitor(uuid))).json()
+        assert again == {"status": "ok", "bidder_status": []}

@@ -5,37 +5,28 @@ could not be made is done once Redis answers again."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
-from tests.conftest import Service, start_public, wait_for
+from tests.configs import entry
+from tests.conftest import wait_for
 from tests.proxy import FaultProxy
+from tests.services import Config
 
 KEY = "prebid-outage-key"
 QUICK_S = 0.2  # the contract's 100 ms, with room for a loaded test machine
 
 
+pytestmark = pytest.mark.usefixtures("passing")  # Redis reachable at each start and end
+
+
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, proxy: FaultProxy) -> Iterator[Service]:
-    partner = '[[partners]]\ndpid = 851\nname = "acme"\nsync_url = "https://acme.test/s"\n'
-    service = start_public(
-        tmp_path_factory.mktemp("prebid-outage"), partner, redis_url=proxy.url, key=KEY
-    )
-    yield service
-    proxy.set("pass")
-    service.stop()
-
-
-@pytest.fixture(autouse=True)
-def passing(proxy: FaultProxy) -> Iterator[None]:
-    """Every test starts and ends with Redis reachable."""
-    proxy.set("pass")
-    yield
-    proxy.set("pass")
+def service_config(proxy: FaultProxy) -> Config:
+    partner = entry("partners", dpid=851, name="acme", sync_url="https://acme.test/s")
+    return Config(partner, keys=(KEY,), redis_url=proxy.url)
 
 
 async def mapped(store: Store, uuid: str) -> set[int]:

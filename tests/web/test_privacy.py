@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
-from tests.conftest import Service, start_service, wait_for
+from tests.configs import entry
+from tests.conftest import wait_for
+from tests.services import Config
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 
 KEY = "privacy-test-key"
@@ -17,41 +17,13 @@ DAY = today()
 
 
 @pytest.fixture(scope="module")
-def gdpr_service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+def service_config() -> Config:
     # Host vendor 2 and partner vendor 3 are consented in TRAFFECTIVE; 4 is not.
-    config = """
-[server]
-vendor_id = 2
-data_dir = "data"
-
-[[partners]]
-dpid = 1234
-name = "consented"
-gvl_id = 3
-
-[[partners]]
-dpid = 55
-name = "not-consented"
-gvl_id = 4
-
-[[partners]]
-dpid = 66
-name = "no-iab-id"
-"""
-    svc = start_service(
-        tmp_path_factory.mktemp("gdpr"),
-        config,
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
-    yield svc
-    svc.stop()
-
-
-@pytest.fixture
-async def http(gdpr_service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gdpr_service.url, timeout=10) as client:
-        yield client
+    toml = "[server]\nvendor_id = 2\n"
+    toml += entry("partners", dpid=1234, name="consented", gvl_id=3)
+    toml += entry("partners", dpid=55, name="not-consented", gvl_id=4)
+    toml += entry("partners", dpid=66, name="no-iab-id")
+    return Config(toml, keys=(KEY,))
 
 
 def cookie_for(uuid: str) -> dict[str, str]:

@@ -17,25 +17,7 @@ from service.qualification import Qualifier
 from service.store.codec import parse_profile
 from service.tally import Tally
 from service.visits import Profiles, loss_counters
-
-CONFIG = """
-[[traits]]
-sid = 100
-name = "sports"
-rule = 'c_section == "sports"'
-
-[[segments]]
-sid = 500
-name = "sports"
-rule = "100T"
-
-[[destinations]]
-id = 9
-name = "pixel"
-type = "url"
-url = "https://px.test/p?seg=%ALIAS%"
-mappings = { "500" = "sports" }
-"""
+from tests.configs import SPORTS
 
 
 def entered(sid: int) -> float:
@@ -44,7 +26,7 @@ def entered(sid: int) -> float:
 
 
 def test_a_redo_run_again_acts_on_each_entry_once() -> None:
-    settings = parse_settings(tomllib.loads(CONFIG))
+    settings = parse_settings(tomllib.loads(SPORTS))
     profiles = Profiles(
         cast(Any, None),  # the redo reads nothing: it is given what is stored
         Qualifier(settings.traits, settings.segments),

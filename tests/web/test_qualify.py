@@ -8,46 +8,29 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import Service, free_port, start_service, wait_for
-from tests.partners import Answer, PartnerServer, Request
+from tests.configs import api_key
+from tests.conftest import wait_for
+from tests.partners import PartnerServer
+from tests.services import Config
 
 S2S_SECRET = "s2s-test-secret"
 ADMIN = "qualify-admin-token"
 PARTNER = 21
 
 
-def partner_answer(request: Request) -> Answer:
-    """Pixels (GET /px...) get an empty 200, s2s batches (POST /s2s) too."""
-    return Answer(200)
-
-
 @pytest.fixture(scope="module")
-def partner() -> Iterator[PartnerServer]:
-    p = PartnerServer(partner_answer)
-    yield p
-    p.close()
-
-
-def config(port: int, partner_port: int) -> str:
-    base = f"http://127.0.0.1:{partner_port}"
-    return f"""
+def service_config(partner: PartnerServer) -> Config:
+    base = partner.origin
+    toml = f"""
 [server]
-data_dir = "data"
-public_url = "http://127.0.0.1:{port}"
 trusted_proxies = ["127.0.0.1"]  # the tests play the TLS-terminating proxy
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN.encode()).hexdigest()}"
-scopes = ["admin"]
-
+{api_key("admin", ADMIN, "admin")}
 [[partners]]
 dpid = {PARTNER}
 name = "dsp"
@@ -140,22 +123,7 @@ url = "{base}/s2s"
 hmac_secret_env = "S2S_SECRET"
 mappings = {{ "500" = "sports", "503" = "onboarded" }}
 """
-
-
-@pytest.fixture(scope="module")
-def svc(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, partner: PartnerServer
-) -> Iterator[Service]:
-    port = free_port()
-    service = start_service(
-        tmp_path_factory.mktemp("qualify"),
-        config(port, partner.port),
-        redis_url=redis_url,
-        port=port,
-        extra_env={"PIXELSYNC_SECRET_KEYS": "qualify-key", "S2S_SECRET": S2S_SECRET},
-    )
-    yield service
-    service.stop()
+    return Config(toml, keys=("qualify-key",), env={"S2S_SECRET": S2S_SECRET})
 
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}

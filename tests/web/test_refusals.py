@@ -8,15 +8,14 @@ Server's plain text and status codes, SPEC §15)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid
-from tests.conftest import Service, start_service
+from tests.configs import api_key, entry
+from tests.services import Config, Service
 from tests.test_consent import TRAFFECTIVE
 
 KEY = "refusals-test-key"
@@ -26,46 +25,27 @@ ADMIN_TOKEN = "refusals-admin-token"
 
 
 @pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+def service_config() -> Config:
     # Host vendor 2 and partner vendor 3 are consented in TRAFFECTIVE; 4 is not.
-    config = f"""
+    partners = entry(
+        "partners",
+        dpid=1234,
+        name="consented",
+        gvl_id=3,
+        sync_url="https://sync.consented.test/s?u=${DD_UUID}",
+    )
+    partners += entry("partners", dpid=55, name="notconsented", gvl_id=4)
+    toml = f"""
 [server]
 vendor_id = 2
 data_dir = "data"
 
 [limits]
 max_query_bytes = {MAX_QUERY}
-
-[[partners]]
-dpid = 1234
-name = "consented"
-gvl_id = 3
-sync_url = "https://sync.consented.test/s?u=${{DD_UUID}}"
-
-[[partners]]
-dpid = 55
-name = "notconsented"
-gvl_id = 4
-
-[[api_keys]]
-name = "admin"
-sha256 = "{hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()}"
-scopes = ["admin"]
+{partners}
+{api_key("admin", ADMIN_TOKEN, "admin")}
 """
-    service = start_service(
-        tmp_path_factory.mktemp("refusals"),
-        config,
-        redis_url=redis_url,
-        extra_env={"PIXELSYNC_SECRET_KEYS": KEY},
-    )
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-async def http(svc: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
-        yield client
+    return Config(toml, keys=(KEY,))
 
 
 def known() -> str:
@@ -313,7 +293,7 @@ async def test_huge_integers_are_refused_as_bad_input(
     svc: Service, method: str, url: str, body: str | None, status: int, code: str | None
 ) -> None:
     # The default size limit, which lets integers of 4,400 digits through to the parsers.
-    async with httpx.AsyncClient(base_url=svc.url, timeout=10) as client:
+    async with svc.client() as client:
         resp = await client.request(
             method,
             url,

@@ -17,10 +17,8 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.web.openapi import SPEC
-from tests.conftest import Service
-from tests.web.test_api import TOKENS, svc
-
-__all__ = ["svc"]  # the match-table API module's service: partners and keys of each kind
+from tests.configs import API, API_TOKENS
+from tests.services import Config, Service
 
 EXAMPLES = 25  # per operation, caller and mode: the module stays well under a minute
 
@@ -41,6 +39,11 @@ OPERATIONS = [
 # The browser endpoints refuse well-formed input on its meaning (an unknown dpid is
 # 320, an expired token 323: 400 and the GIF, as documented), which no schema can say.
 BROWSER_ONLY = [positive_data_acceptance]
+
+
+@pytest.fixture(scope="module")
+def service_config() -> Config:
+    return Config(API)  # the match-table API's: partners and keys of each kind
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def test_operation_conforms(
 ) -> None:
     operation = api_schema[path][method]
     excluded = [] if path.startswith("/v1/") else BROWSER_ONLY
-    headers = {} if caller == "anonymous" else {"Authorization": f"Bearer {TOKENS[caller]}"}
+    headers = {} if caller == "anonymous" else {"Authorization": f"Bearer {API_TOKENS[caller]}"}
 
     @given(operation.as_strategy(generation_mode=mode))
     @settings(
