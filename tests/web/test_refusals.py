@@ -99,31 +99,25 @@ def every(
 
 BAD_PERCENT = "x=%zz"
 CONSENT_GARBAGE = "gdpr=1&gdpr_consent=garbage!"
+OWN_CHECKS_FAIL = "dpid=999&d_cid=999%01x&bidder=nobody"  # an unknown dpid, bidder
+ANYWHERE = every(405, None, **{e: (405, None) for e in ("demoptout", "setuid", "getuids")})
+TOO_LONG = every(414, 311, demoptout=(414, 311), setuid=(414, None), getuids=(414, None))
+# An opted-out browser: 171 with the image, 401 from /setuid, no uids from /getuids,
+# and /demoptout.jpg opts it out again.
+OPTED_OUT_ANSWERS = every(200, 171, demoptout=(200, None), setuid=(401, None), getuids=(200, None))
+# Consent refused: the endpoints that take no consent go on to their own checks.
+NO_CONSENT = {"fire": (400, 323), "ack": (400, 323), "demoptout": (200, None)}
 CASES = [
     Case(
         "a method no endpoint takes",
         method="PUT",
-        expected=every(
-            405,
-            None,
-            demoptout=(405, None),
-            setuid=(405, None),
-            getuids=(405, None),
-            cookie_sync=(405, None),
-        ),
+        expected={**ANYWHERE, "cookie_sync": (405, None)},
     ),
     Case(
         "parameters over the size limit, from an opted-out visitor",
         query="c_x=" + "a" * MAX_QUERY,
         cookie=OPTED_OUT,
-        expected=every(
-            414,
-            311,
-            demoptout=(414, 311),
-            setuid=(414, None),
-            getuids=(414, None),
-            cookie_sync=(414, None),
-        ),
+        expected={**TOO_LONG, "cookie_sync": (414, None)},
     ),
     Case(
         "bad percent-encoding, from an opted-out visitor: decoding comes first",
@@ -144,53 +138,30 @@ CASES = [
         query="gdpr=1",
         body='{"gdpr": 1}',
         cookie=OPTED_OUT,
-        expected=every(
-            200,
-            171,
-            demoptout=(200, None),
-            setuid=(401, None),
-            getuids=(200, None),
-            # Prebid Server refuses a GDPR request without consent while reading it
-            cookie_sync=(400, None),
-        ),
+        # Prebid Server refuses a GDPR request without consent while reading it
+        expected={**OPTED_OUT_ANSWERS, "cookie_sync": (400, None)},
     ),
     Case(
         "opted out, consent string unparsable",
         query=CONSENT_GARBAGE,
         body='{"gdpr": 1, "gdpr_consent": "garbage!"}',
         cookie=OPTED_OUT,
-        expected=every(
-            200,
-            171,
-            demoptout=(200, None),
-            setuid=(401, None),
-            getuids=(200, None),
-            cookie_sync=(401, None),
-        ),
+        expected={**OPTED_OUT_ANSWERS, "cookie_sync": (401, None)},
     ),
     Case(
         "opted out, and the endpoint's own checks would fail",
-        query="dpid=999&d_cid=999%01x&t=forged&bidder=nobody",
+        query=OWN_CHECKS_FAIL + "&t=forged",
         cookie=OPTED_OUT,
-        expected=every(
-            200,
-            171,
-            demoptout=(200, None),
-            setuid=(401, None),
-            getuids=(200, None),
-            cookie_sync=(401, None),
-        ),
+        expected={**OPTED_OUT_ANSWERS, "cookie_sync": (401, None)},
     ),
     Case(
         "consent string missing, and the endpoint's own checks would fail",
-        query="gdpr=1&dpid=999&d_cid=999%01x&bidder=nobody",
+        query="gdpr=1&" + OWN_CHECKS_FAIL,
         body='{"gdpr": 1}',
         expected=every(
             200,
             315,
-            fire=(400, 323),  # takes no consent: its own check is the first that applies
-            ack=(400, 323),
-            demoptout=(200, None),
+            **NO_CONSENT,
             setuid=(400, None),  # "gdpr_consent is required when gdpr=1"
             getuids=(200, None),
             cookie_sync=(400, None),
@@ -198,14 +169,12 @@ CASES = [
     ),
     Case(
         "consent string unparsable, and the endpoint's own checks would fail",
-        query=CONSENT_GARBAGE + "&dpid=999&d_cid=999%01x&bidder=nobody",
+        query=CONSENT_GARBAGE + "&" + OWN_CHECKS_FAIL,
         body='{"gdpr": 1, "gdpr_consent": "garbage!"}',
         expected=every(
             400,
             313,
-            fire=(400, 323),
-            ack=(400, 323),
-            demoptout=(200, None),
+            **NO_CONSENT,
             setuid=(400, None),  # "gdpr_consent was invalid"
             getuids=(200, None),
             cookie_sync=(200, None),  # answered with no syncs, as Prebid Server does
