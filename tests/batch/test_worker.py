@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from service.wiring import Domain
 from service.batch.exporter import Exporter
 from service.batch.importer import Importer
 from service.batch.run import running
 from service.batch.worker import Worker
 from service.config import Settings, parse_settings
 from service.store import Store
+from service.wiring import Domain
 from tests.batch.configs import file_config
 from tests.conftest import wait_for
 from tests.proxy import FaultProxy
