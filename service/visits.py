@@ -8,10 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
-
-from redis.exceptions import RedisError
 
 from . import metrics
 from .consent import Privacy
@@ -21,9 +18,7 @@ from .macros import consent_values
 from .outbound.s2s import S2SSender, SegmentChange, UserUpdate
 from .profiles import Pending, Profile, merge_pending
 from .qualification import Qualification, Qualifier
-from .store import UNREAD, Store
-from .store.codec import pack_profile, parse_profile
-from .store.writes import Redo
+from .store import Redo, Store, StoreError, VisitorState
 from .tally import Tally, partner_field
 
 log = logging.getLogger("pixelsync.visits")
@@ -57,15 +52,16 @@ def realtime_counters(tally: Tally) -> TallyCounters:
     )
 
 
-@dataclass(slots=True)
 class State:
     """A visitor's stored data as one request sees it."""
 
-    raw: bytes = b""  # the profile as read (b"": none)
-    profile: Profile = field(default_factory=Profile)
-    record: bytes | None = None  # the match-table record
-    stored: bool = False  # a KNOWN visitor whose state was read: writes go back
-    degraded: bool = False  # the read failed: no entries or exits can be trusted
+    __slots__ = ("degraded", "profile", "read", "stored")
+
+    def __init__(self, read: VisitorState | None = None, *, stored: bool = False) -> None:
+        self.read = VisitorState() if read is None else read
+        self.profile = self.read.profile
+        self.stored = stored  # a KNOWN visitor whose state was read: writes go back
+        self.degraded = self.read.read_failed  # no entries or exits can be trusted
 
 
 class Profiles:
@@ -96,20 +92,16 @@ class Profiles:
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
             return State()
         try:
-            raw, record = await self.store.visitor_state(visitor.uuid, STATE_READ_TIMEOUT_S)
-        except (RedisError, OSError, TimeoutError):
+            read = await self.store.visitor_state(visitor.uuid, STATE_READ_TIMEOUT_S)
+        except StoreError:
             metrics.REDIS_ERRORS.labels("read").inc()
-            return State(stored=True, degraded=True)
-        return State(raw, parse_profile(raw), record, stored=True)
+            return State(VisitorState.unread(), stored=True)
+        return State(read, stored=True)
 
     def mapped(self, state: State, day: int) -> dict[int, tuple[str, int]]:
         """The visitor's live partner uids: dpid -> (uid, day last seen). Empty when
         the read failed (a second read would only wait as long again)."""
-        return self.mapped_from(state.record, day)
-
-    def mapped_from(self, record: bytes | None, day: int) -> dict[int, tuple[str, int]]:
-        live = self.store.live_mappings(record, day)
-        return {dpid: (m.uid, m.day) for dpid, m in live.items()}
+        return _mapped(state.read, day)
 
     def allowed(self, privacy: Privacy, partner: int | None) -> bool:
         """May a destination of this partner be fed, for this request? One without a
@@ -170,7 +162,7 @@ class Profiles:
         due: list[Pending] = []
         handed: set[tuple[int, int]] = set()
         if not state.degraded:
-            due = self._act(visitor, state.record, result, privacy, now, day)
+            due = self._act(visitor, state.read, result, privacy, now, day)
             if hand_out:
                 pending = merge_pending(profile.pending, due)
                 fires = self._fire(visitor, state, pending, privacy, consent, day)
@@ -199,10 +191,11 @@ class Profiles:
         self._save(visitor, state, self._redo(visitor, (), day, now, privacy, [], handed))
         return fires
 
-    def pruned(self, raw: bytes, day: int, visitor_days: int, seen: int | None) -> bytes:
-        """A stored profile after retention, packed (b"": delete it)."""
-        profile = self.qualifier.retain(parse_profile(raw), day, visitor_days, seen)
-        return b"" if profile is None else pack_profile(profile)
+    def pruned(
+        self, profile: Profile, day: int, visitor_days: int, seen: int | None
+    ) -> Profile | None:
+        """A stored profile after retention (None: delete it)."""
+        return self.qualifier.retain(profile, day, visitor_days, seen)
 
     def stuff(
         self, segments: Sequence[int] | frozenset[int], privacy: Privacy
@@ -236,7 +229,7 @@ class Profiles:
     def _act(
         self,
         visitor: Visitor,
-        record: bytes | None,
+        read: VisitorState,
         result: Qualification,
         privacy: Privacy,
         now: float,
@@ -247,7 +240,7 @@ class Profiles:
             metrics.child(metrics.SEGMENTS, str(sid), "entered").inc()
         for sid in result.exited:
             metrics.child(metrics.SEGMENTS, str(sid), "exited").inc()
-        self._send_s2s(visitor, record, result, privacy, now, day)
+        self._send_s2s(visitor, read, result, privacy, now, day)
         return self.rules.pending_for(
             result.entered, day, lambda partner: self.allowed(privacy, partner)
         )
@@ -255,7 +248,7 @@ class Profiles:
     def _send_s2s(
         self,
         visitor: Visitor,
-        record: bytes | None,
+        read: VisitorState,
         result: Qualification,
         privacy: Privacy,
         now: float,
@@ -269,7 +262,7 @@ class Profiles:
             if not changes or not self.allowed(privacy, d.partner):
                 continue
             if mapped is None:
-                mapped = self.mapped_from(record, day)
+                mapped = _mapped(read, day)
             uid = mapped.get(d.partner or 0)
             if uid is None:
                 continue  # the partner does not know this visitor: nothing to send
@@ -302,9 +295,9 @@ class Profiles:
         acted: set[tuple[int, bool]] = set()  # (segment, entered) acted on by a run
         found: list[Pending] = due
 
-        def redo(current: bytes, record: bytes | None) -> bytes:
+        def redo(current: VisitorState) -> Profile:
             nonlocal found
-            profile = parse_profile(current)
+            profile = current.profile
             result = self.qualifier.qualify(profile, realized, day, removed)
             pending = [p for p in profile.pending if (p.destination, p.segment) not in handed]
             if act:  # a redo may run again (a writer got in between): act on news only
@@ -313,19 +306,19 @@ class Profiles:
                 acted.update((s, True) for s in entered)
                 acted.update((s, False) for s in exited)
                 news = Qualification(result.realized, result.segments, entered, exited)
-                found = merge_pending(found, self._act(visitor, record, news, privacy, now, day))
+                found = merge_pending(found, self._act(visitor, current, news, privacy, now, day))
             profile.pending = merge_pending(pending, found)
-            return pack_profile(profile)
+            return profile
 
         return redo
 
     def _save(self, visitor: Visitor, state: State, redo: Redo) -> None:
         assert visitor.uuid is not None
-        new = pack_profile(state.profile)
-        # Unread: the compare-and-set fails against whatever is stored, and redo runs.
-        expected = UNREAD if state.degraded else state.raw
-        if not self.store.save_profile(visitor.uuid, expected, new, redo):
+        # state.read then stands for what was saved: batch jobs apply several lines of
+        # one visitor in a row, each saving on top of the one before.
+        if not self.store.save_profile(visitor.uuid, state.read, redo):
             metrics.REDIS_ERRORS.labels("profile_dropped").inc()
-        # What a later save built on this state expects to find (batch jobs apply
-        # several lines of one visitor in a row).
-        state.raw = new
+
+
+def _mapped(read: VisitorState, day: int) -> dict[int, tuple[str, int]]:
+    return {dpid: (m.uid, m.day) for dpid, m in read.mappings(day).items()}

@@ -34,7 +34,7 @@ class _NoCookies(DefaultCookiePolicy):
 _NO_COOKIES = _NoCookies()
 
 
-def build_store(settings: Settings, url: str) -> Store:
+def build_store(settings: Settings, url: str, *, read_back: bool = True) -> Store:
     retention = Retention(
         visitor_days=settings.cookies.ttl_days,
         mapping_days={p.dpid: p.mapping_ttl_days for p in settings.partners},
@@ -48,6 +48,7 @@ def build_store(settings: Settings, url: str) -> Store:
         buffer_max=settings.store.buffer_max_ops,
         write_client=connect(url, cluster=cluster, socket_timeout=None),
         write_url=url,
+        read_back=read_back,
     )
 
 

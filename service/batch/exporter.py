@@ -20,7 +20,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,21 +28,8 @@ from typing import Any, Final
 from ..config import Destination, FileDestinationConfig
 from ..qualification import Qualifier
 from ..store import Store
-from ..store.codec import parse_profile, read_varint, varint
 
 BUCKETS_PER_ROUND: Final = 256
-
-
-def pack_sids(sids: Sequence[int]) -> bytes:
-    return b"".join(varint(s) for s in sids)
-
-
-def unpack_sids(raw: bytes | None) -> list[int]:
-    out, pos = [], 0
-    while raw and pos < len(raw):
-        sid, pos = read_varint(raw, pos)
-        out.append(sid)
-    return out
 
 
 @dataclass
@@ -160,23 +147,26 @@ class Exporter:
         writer = SplitWriter(out, aside, stem, destination.split_lines)
         unmapped = unchanged = 0
         try:
-            buckets = self.store.schema.buckets
+            buckets = self.store.buckets
             for start in range(0, buckets, BUCKETS_PER_ROUND):
                 rows = await self.store.scan_for_export(
-                    dest, range(start, min(start + BUCKETS_PER_ROUND, buckets))
+                    dest,
+                    range(start, min(start + BUCKETS_PER_ROUND, buckets)),
+                    partner=dpid,
+                    today=day,
                 )
-                staged: dict[bytes, bytes] = {}
-                for field_, record, raw, mark in rows:
-                    uid = self.store.live_mappings(record, day).get(dpid)
+                staged: dict[str, list[int]] = {}
+                for row in rows:
+                    uid = row.uid
                     if uid is None:
                         unmapped += 1
                         continue
-                    profile = parse_profile(raw)
+                    profile = row.profile
                     profile.prune(day, self.qualifier.ttl_days, self.qualifier.keep_days)
                     current = sorted(
                         s for s in self.qualifier.evaluate(profile, day) if s in aliases
                     )
-                    before = unpack_sids(mark)
+                    before = row.exported
                     if mode == "iter" and current == before:
                         unchanged += 1
                         continue
@@ -189,7 +179,7 @@ class Exporter:
                         if failure is not None:
                             failure(sum(f.lines for f in writer.files))
                     if current != before:
-                        staged[field_] = pack_sids(current)
+                        staged[row.uuid] = current
                 await self.store.stage_marks(dest, staged)
             info = writer.publish()
         except BaseException:

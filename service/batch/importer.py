@@ -31,7 +31,6 @@ from ..consent import Privacy
 from ..identity import Visitor, VisitorKind
 from ..qualification import Qualifier
 from ..store import Store
-from ..store.codec import parse_profile
 from ..visits import Profiles, State
 from .files import MAX_LINE_BYTES, InboundName, Line, LineError, Receipt, parse_line, parse_name
 
@@ -202,15 +201,8 @@ class Importer:
     async def read(self, chunk: list[tuple[int, Line]], name: InboundName, day: int) -> Read:
         """The visitors of a chunk's partner uids, and their stored state."""
         uids = list(dict.fromkeys(line.uid for _, line in chunk))
-        records: dict[str, bytes] = {}
-        owners = await self.store.lookup(name.target, uids, day, records)
-        uuids = list(records)
-        profiles = await self.store.profiles(uuids)
-        states = {
-            uuid: State(raw, parse_profile(raw), records[uuid], stored=True)
-            for uuid, raw in zip(uuids, profiles, strict=True)
-        }
-        return owners, states
+        owners, found = await self.store.lookup_states(name.target, uids, day)
+        return owners, {uuid: State(read, stored=True) for uuid, read in found.items()}
 
     async def apply(
         self,

@@ -11,11 +11,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
-from redis.exceptions import RedisError
-
 from ..config import FileDestinationConfig, Settings
-from ..store import EmbeddedValkey, Store
+from ..store import EmbeddedValkey, Store, StoreError, server_answers
 from ..wiring import Domain, build_store
 from .exporter import Exporter
 from .files import Receipt
@@ -28,16 +25,6 @@ def url_file(settings: Settings) -> Path:
     return settings.data_dir / "valkey" / "url"
 
 
-def _answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
-        return False
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def batch_redis(settings: Settings) -> Iterator[str]:
     """The configured Redis; else the embedded Valkey a running `pixelsync serve` owns;
@@ -46,7 +33,7 @@ def batch_redis(settings: Settings) -> Iterator[str]:
         yield settings.redis_url
         return
     noted = url_file(settings)
-    if noted.exists() and _answers(url := noted.read_text().strip()):
+    if noted.exists() and server_answers(url := noted.read_text().strip()):
         yield url
         return
     embedded = EmbeddedValkey(settings.data_dir)
@@ -83,10 +70,9 @@ async def running(settings: Settings, url: str) -> AsyncIterator[tuple[Store, Do
     """A started store and the domain wired to it; counters and writes flushed at the
     end (the same objects the web app uses, so that a job acts like a request)."""
 
-    store = build_store(settings, url)
     # A job keeps each visitor's state itself while it works on it: reading profiles
     # back from memory would only make its memory grow with the file.
-    store.writes.overlay_max = 0
+    store = build_store(settings, url, read_back=False)
     await store.start()
     domain = Domain.build(settings, store)
     if domain.sender is not None:
@@ -110,7 +96,7 @@ async def import_files(settings: Settings, url: str, paths: Sequence[Path], *, f
                 bar = Bar(path.name, path.stat().st_size, time.monotonic())
             try:
                 receipt = await importer.run(path, force=force, progress=bar)
-            except (OSError, ValueError, RedisError) as exc:
+            except (OSError, ValueError, StoreError) as exc:
                 # Redis lost mid-file: the file is not marked imported; importing it
                 # again resumes after the last line its writes got to (the checkpoint).
                 print(f"{path}: {exc}", file=sys.stderr)

@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from redis.exceptions import RedisError
-
 from ..config import FileDestinationConfig
-from ..store import Store
+from ..store import Store, StoreError
 from .exporter import Exporter
 from .files import parse_name
 from .importer import Importer
@@ -117,7 +115,7 @@ class Worker:
         receipt_path = path.with_name(path.name + ".receipt.json")
         try:
             receipt = await self.importer.run(path)
-        except (RedisError, ConnectionError, TimeoutError) as exc:
+        except StoreError as exc:
             # Redis is away: the file stays, and the next round resumes it where its
             # writes got (the importer's checkpoint).
             log.error(

@@ -1,20 +1,30 @@
-"""Storage: the only package that talks to Redis/Valkey. The key schema is in keys.py."""
+"""Storage: the only package that talks to Redis/Valkey. The key schema is in keys.py.
+
+The public surface is this module: the Store and the values it takes and answers.
+Its modules (codec, writes, scripts, keys, ...) are private to the package."""
 
 from __future__ import annotations
 
-from .connect import Client, EmbeddedValkey, connect
+from .jobs import ExportRow
 from .keys import KeySchema
-from .store import PartnerUid, Retention, Store, StoreError
-from .writes import UNREAD
+from .mappings import PartnerUid, Retention
+from .profiles import Redo, VisitorState
+from .servers import Client, EmbeddedValkey, connect, server_answers
+from .store import Store, StoreError
+from .sweep import Prune
 
 __all__ = [
-    "UNREAD",
     "Client",
     "EmbeddedValkey",
+    "ExportRow",
     "KeySchema",
     "PartnerUid",
+    "Prune",
+    "Redo",
     "Retention",
     "Store",
     "StoreError",
+    "VisitorState",
     "connect",
+    "server_answers",
 ]

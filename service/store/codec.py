@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from ..profiles import Pending, Profile
@@ -88,6 +89,20 @@ def pack_day(day: int) -> bytes:
 
 def unpack_day(raw: bytes) -> int:
     return int.from_bytes(raw[:2], "big")
+
+
+# A file destination's export mark, one hash field per visitor (see keys.py): the
+# segments the last export sent, varint(sid)*.
+def pack_sids(sids: Sequence[int]) -> bytes:
+    return b"".join(varint(s) for s in sids)
+
+
+def unpack_sids(raw: bytes | None) -> list[int]:
+    out, pos = [], 0
+    while raw and pos < len(raw):
+        sid, pos = read_varint(raw, pos)
+        out.append(sid)
+    return out
 
 
 # A visitor's record, one hash field per visitor (see keys.py):

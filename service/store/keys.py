@@ -22,9 +22,10 @@ key                    type    fields -> values                               by
 ``ps:imports:progress``  hash  inbound file name -> ``<sha256>:<line>``: an    ~100/file
                                import under way (or stopped by a failure) has  while under
                                applied every line up to <line>                way
-``x:<dest>:{<vb>}``    hash    ``<uuid16>`` -> varint sids: the segments the   ~22/visitor
-                               last successful export of file destination     (exported)
-                               <dest> sent for the visitor (iter mode)
+``x:<dest>:{<vb>}``    hash    ``<uuid16>`` -> varint sids (codec.pack_sids): ~22/visitor
+                               the segments the last successful export of     (exported)
+                               file destination <dest> sent for the visitor
+                               (iter mode)
 ``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
                                '' = delete; moved into ``x:`` once its files  export
                                are complete (scripts.COMMIT)
@@ -41,7 +42,7 @@ key                    type    fields -> values                               by
 
 One field per visitor holds all of its mappings: one HGET answers "what are this
 visitor's partner uids", and the 16-byte uuid is stored once, not once per partner.
-The record is edited in place by a Lua script (store.py ``_UPSERT``) so concurrent
+The record is edited in place by a Lua script (scripts.py ``UPSERT``) so concurrent
 writers never lose each other's entries. Values longer than the server's
 ``hash-max-listpack-value`` (default 64; the embedded Valkey uses 1024) turn a bucket
 into a hashtable, which costs several times more memory: see deploy/README.md.
@@ -116,6 +117,13 @@ class KeySchema:
 
     def profile_key(self, uuid: str) -> bytes:
         return b"p:" + self.visitor_tag(uuid)
+
+    def visitor_slots(self, uuid: str) -> tuple[bytes, bytes, bytes]:
+        """(profile key, visitor key, field) of a visitor: the hot path's read, with
+        one parse of the uuid instead of three."""
+        n = int(uuid)
+        tag = b"{%x}" % (n & self._mask)
+        return b"p:" + tag, b"u:" + tag, n.to_bytes(16, "big")
 
     def profile_key_of_bucket(self, bucket: int) -> bytes:
         return b"p:{%x}" % bucket

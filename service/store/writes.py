@@ -34,8 +34,8 @@ from .. import metrics
 from ..replacements.redis_wire import PackedPipe, RawConnection
 from . import scripts
 from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
-from .connect import Client
 from .keys import KeySchema
+from .servers import Client
 
 log = logging.getLogger("pixelsync.store")
 
@@ -109,8 +109,8 @@ class Erase:
 
 
 # Given the profile and the visitor record as they now are in Redis (b"" / None for
-# none), the profile value to store instead.
-Redo = Callable[[bytes, bytes | None], bytes]
+# none), the profile value to store instead (profiles.py runs the caller's redo on it).
+PackedRedo = Callable[[bytes, bytes | None], bytes]
 UNREAD: Final = b"\x00"  # SaveProfile.expected of a request that could not read: never
 # matches a stored value, so the write goes through a Reread and the request's redo
 
@@ -124,7 +124,7 @@ class SaveProfile:
     uuid: str
     expected: bytes
     new: bytes
-    redo: Redo
+    redo: PackedRedo
     attempt: int = 0
 
 
@@ -198,6 +198,7 @@ class WriteBuffer:
         capacity: int,
         before_first_write: Callable[[], Any],
         raw: RawConnection | None = None,
+        overlay_max: int = OVERLAY_MAX,
     ) -> None:
         self.client = client
         self.raw = raw  # batches go here when set (standalone redis://), else redis-py
@@ -218,7 +219,7 @@ class WriteBuffer:
         # uuid -> the newest profile value queued and not yet written: this process's
         # next request of the visitor reads it instead of Redis's older one.
         self.unwritten_profiles: dict[str, bytes] = {}
-        self.overlay_max = OVERLAY_MAX  # 0: no read-back (batch jobs keep their own state)
+        self.overlay_max = overlay_max  # 0: no read-back (batch jobs keep their own state)
         # Visitors erased lately (uuid -> when): writes for them queued or redone after
         # the erasure are dropped, so that an erasure is not undone by a write in flight.
         self._erased: OrderedDict[str, float] = OrderedDict()

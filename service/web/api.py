@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -24,8 +23,7 @@ from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, match_rates, minutes, report
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
 from ..qualification import Qualifier
-from ..store import Store
-from ..store.codec import parse_profile
+from ..store import Store, StoreError
 from ..sync import valid_uid
 from ..tally import partner_field
 
@@ -154,7 +152,7 @@ class Api:
                 return error(403, "forbidden", f"this key lacks the {scope} scope")
             try:
                 return await handler(request, caller)
-            except (RedisError, OSError):
+            except StoreError:
                 return error(503, "unavailable", "the match table is unreachable, retry later")
 
         return endpoint
@@ -172,17 +170,17 @@ class Api:
         uuid = request.path_params["uuid"]
         if not is_uuid(uuid):
             return error(404, "not_found", "no such user")
-        raw, record = await self.store.visitor_state(uuid)
-        if record is None and not raw:
+        stored = await self.store.visitor_state(uuid)
+        if not stored.found:
             return error(404, "not_found", "no such user")
         day = today()
-        mappings = self.store.live_mappings(record, day)
+        mappings = stored.mappings(day)
         ids = {str(d): m.uid for d, m in sorted(mappings.items()) if caller.sees(d)}
         traits: list[int] = []
         segments: list[int] = []
         if caller.partner is None and self.qualifier is not None:
             # A partner's key sees its own ids only, not the customer's segments.
-            profile = parse_profile(raw)
+            profile = stored.profile
             profile.prune(day, self.qualifier.ttl_days, self.qualifier.keep_days)
             traits = profile.realized_traits()
             segments = sorted(self.qualifier.evaluate(profile, day))

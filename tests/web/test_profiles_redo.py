@@ -14,7 +14,7 @@ from service.consent import Privacy
 from service.destinations import DestinationRules, Tokens
 from service.identity import Visitor, VisitorKind, new_uuid
 from service.qualification import Qualifier
-from service.store.codec import parse_profile
+from service.store import VisitorState
 from service.tally import Tally
 from service.visits import Profiles, loss_counters
 from tests.configs import SPORTS
@@ -42,8 +42,8 @@ def test_a_redo_run_again_acts_on_each_entry_once() -> None:
     redo = profiles._redo(visitor, [100], 20000, 20000 * 86400.0, privacy, [], set(), act=True)
     before = entered(500)
 
-    first = parse_profile(redo(b"", None))
-    again = parse_profile(redo(b"", None))  # the compare-and-set lost: run on the same
+    first = redo(VisitorState())
+    again = redo(VisitorState())  # the compare-and-set lost: run on the same
 
     assert entered(500) == before + 1  # counted (and sent to s2s) once
     assert [(p.destination, p.segment) for p in first.pending] == [(9, 500)]

@@ -130,3 +130,15 @@ def connect(url: str, *, cluster: bool, socket_timeout: float | None = 1.0) -> C
     if supported(url):  # TLS and unix sockets keep their own classes
         common["connection_class"] = FastPackConnection
     return aioredis.Redis.from_url(url, max_connections=64, **common)
+
+
+def server_answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether a server answers PING at this URL within `timeout` seconds (blocking:
+    for the command line, before any event loop runs)."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
