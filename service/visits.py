@@ -18,7 +18,7 @@ from .macros import consent_values
 from .outbound.s2s import S2SSender, SegmentChange, UserUpdate
 from .profiles import Pending, Profile, merge_pending
 from .qualification import Qualification, Qualifier
-from .store import Redo, Store, StoreError, VisitorState
+from .store import PartnerUid, Redo, Store, StoreError, VisitorState
 from .tally import Tally, partner_field
 
 log = logging.getLogger("pixelsync.visits")
@@ -98,10 +98,10 @@ class Profiles:
             return State(VisitorState.unread(), stored=True)
         return State(read, stored=True)
 
-    def mapped(self, state: State, day: int) -> dict[int, tuple[str, int]]:
-        """The visitor's live partner uids: dpid -> (uid, day last seen). Empty when
-        the read failed (a second read would only wait as long again)."""
-        return _mapped(state.read, day)
+    def mapped(self, state: State, day: int) -> dict[int, PartnerUid]:
+        """The visitor's live partner uids, by dpid. Empty when the read failed (a second
+        read would only wait as long again)."""
+        return state.read.mappings(day)
 
     def allowed(self, privacy: Privacy, partner: int | None) -> bool:
         """May a destination of this partner be fed, for this request? One without a
@@ -117,7 +117,7 @@ class Profiles:
             "DD_UUID": visitor.uuid or "",
             **consent_values(consent, gdpr=int(privacy.gdpr_applies)),
         }
-        mapped: dict[int, tuple[str, int]] | None = None
+        mapped: dict[int, PartnerUid] | None = None
 
         def values(partner: int | None) -> dict[str, str] | None:
             nonlocal mapped
@@ -127,7 +127,8 @@ class Profiles:
                 return base
             if mapped is None:
                 mapped = self.mapped(state, day)
-            return {**base, "DP_UUID": mapped.get(partner, ("", 0))[0]}
+            found = mapped.get(partner)
+            return {**base, "DP_UUID": found.uid if found else ""}
 
         return values
 
@@ -256,19 +257,19 @@ class Profiles:
     ) -> None:
         if self.s2s is None or visitor.uuid is None or not (result.entered or result.exited):
             return
-        mapped: dict[int, tuple[str, int]] | None = None
+        mapped: dict[int, PartnerUid] | None = None
         for d in self.rules.s2s:
             changes = d.changes(result.entered, result.exited)
             if not changes or not self.allowed(privacy, d.partner):
                 continue
             if mapped is None:
-                mapped = _mapped(read, day)
+                mapped = read.mappings(day)
             uid = mapped.get(d.partner or 0)
             if uid is None:
                 continue  # the partner does not know this visitor: nothing to send
             update = UserUpdate(
                 visitor.uuid,
-                uid[0],
+                uid.uid,
                 self.region,
                 tuple(SegmentChange(alias, entered, now) for alias, entered in changes),
             )
@@ -318,7 +319,3 @@ class Profiles:
         # one visitor in a row, each saving on top of the one before.
         if not self.store.save_profile(visitor.uuid, state.read, redo):
             metrics.REDIS_ERRORS.labels("profile_dropped").inc()
-
-
-def _mapped(read: VisitorState, day: int) -> dict[int, tuple[str, int]]:
-    return {dpid: (m.uid, m.day) for dpid, m in read.mappings(day).items()}

@@ -19,7 +19,7 @@ from ..errors import RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
 from ..signals import CONSENT_KEYS, parse_pairs
-from ..store import Store, StoreError
+from ..store import PartnerUid, Store, StoreError
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
 from ..visits import Profiles
 from .common import SyncCounters
@@ -72,7 +72,7 @@ class SyncOffers:
         consent: Mapping[str, str],
         proto: str,
         now: float | None = None,
-        mapped: dict[int, tuple[str, int]] | None = None,
+        mapped: Mapping[int, PartnerUid] | None = None,
         iframes: bool = True,
     ) -> tuple[list[Offer], tuple[bytes, bytes] | None]:
         """(syncs to hand out, the dextp Set-Cookie recording them or None).
@@ -93,7 +93,7 @@ class SyncOffers:
         if mapped is None:
             known = visitor.kind is VisitorKind.KNOWN
             mapped = await read_mappings(self.store, visitor.uuid) if known else {}
-        synced = {dpid: day for dpid, (_, day) in mapped.items()}
+        synced = {dpid: m.day for dpid, m in mapped.items()}
         due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
         if not due:
             return [], None
@@ -103,7 +103,7 @@ class SyncOffers:
             url = sync_url(
                 p,
                 uuid=visitor.uuid,
-                partner_uid=mapped.get(p.dpid, ("", 0))[0],
+                partner_uid=m.uid if (m := mapped.get(p.dpid)) else "",
                 public_url=self.public_url,
                 proto=proto,
                 consent=values,
@@ -127,23 +127,22 @@ class SyncOffers:
 
 async def read_mappings(
     store: Store, uuid: str, timeout: float = MAPPING_READ_TIMEOUT_S
-) -> dict[int, tuple[str, int]]:
-    """The visitor's live mappings, dpid -> (uid, day seen); {} when Redis does not
-    answer within `timeout` (then the caller decides without them)."""
+) -> dict[int, PartnerUid]:
+    """The visitor's live mappings, by dpid; {} when Redis does not answer within
+    `timeout` (then the caller decides without them)."""
     found = await try_read_mappings(store, uuid, timeout)
     return {} if found is None else found
 
 
 async def try_read_mappings(
     store: Store, uuid: str, timeout: float = MAPPING_READ_TIMEOUT_S
-) -> dict[int, tuple[str, int]] | None:
+) -> dict[int, PartnerUid] | None:
     """Like read_mappings, but None when Redis does not answer within `timeout`."""
     try:
-        found = await store.mappings(uuid, today(), timeout)
+        return await store.mappings(uuid, today(), timeout)
     except StoreError:
         metrics.REDIS_ERRORS.labels("read").inc()
         return None
-    return {dpid: (m.uid, m.day) for dpid, m in found.items()}
 
 
 def ibs_entries(offers: list[Offer]) -> list[dict[str, Any]]:

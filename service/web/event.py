@@ -162,7 +162,7 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
         state = await self.profiles.read(visitor)
         if self.realtime and state.stored and not state.degraded:
             day = today()
-            mapped = {d: uid for d, (uid, _) in self.profiles.mapped(state, day).items()}
+            mapped = {d: m.uid for d, m in self.profiles.mapped(state, day).items()}
             values = self.profiles.macro_values(visitor, state, privacy, req.consent, day)
             extra = await self.realtime.ask(mapped, values)
             realized = realized + [sid for sid in extra if sid not in realized]

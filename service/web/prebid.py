@@ -38,7 +38,7 @@ from ..prebid import (
     usersync_url,
 )
 from ..signals import parse_pairs
-from ..store import Store
+from ..store import PartnerUid, Store
 from .common import SyncCounters
 from .cookies import VisitorCookies
 from .dest5 import read_mappings, try_read_mappings
@@ -81,7 +81,7 @@ class PrebidEndpoints:
     def __post_init__(self) -> None:
         self.counters = SyncCounters(self.store.tally, self.bidders.names)
 
-    async def mapped(self, visitor: Visitor) -> dict[int, tuple[str, int]]:
+    async def mapped(self, visitor: Visitor) -> dict[int, PartnerUid]:
         """The visitor's live mappings; none for a visitor without a cookie. Redis
         slow: none either (answered within SPEC §14's 100 ms, as dest5 does)."""
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
@@ -98,7 +98,7 @@ class PrebidEndpoints:
             self.clearing.add(task)
             task.add_done_callback(self.clearing.discard)
         elif dpid in found:
-            self.store.delete_mapping(uuid, dpid, found[dpid][0])
+            self.store.delete_mapping(uuid, dpid, found[dpid].uid)
 
     async def _clear_later(self, uuid: str, dpid: int) -> None:
         wait, longest = CLEAR_BACKOFF_S
@@ -110,7 +110,7 @@ class PrebidEndpoints:
                 found = await try_read_mappings(self.store, uuid, timeout=1.0)
                 if found is not None:
                     if dpid in found:
-                        self.store.delete_mapping(uuid, dpid, found[dpid][0])
+                        self.store.delete_mapping(uuid, dpid, found[dpid].uid)
                     return
         except asyncio.CancelledError:
             log.error("setuid clear lost", extra={"dpid": dpid, "reason": "shutdown"})
@@ -189,7 +189,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         visitor = call.visitor
         mapped = await self.s.mapped(visitor)
         day = today()
-        synced = {d: seen for d, (_, seen) in mapped.items()}
+        synced = {d: m.day for d, m in mapped.items()}
         evaluations = choose(req, self.s.bidders, synced, privacy, day, self.s.shuffle)
         syncs = self._syncs(req, evaluations, visitor, mapped, privacy.gdpr_applies, call.scheme)
         for e in evaluations:
@@ -237,7 +237,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         req: CookieSyncRequest,
         evaluations: list[Evaluation],
         visitor: Visitor,
-        mapped: Mapping[int, tuple[str, int]],
+        mapped: Mapping[int, PartnerUid],
         gdpr_applies: bool,
         proto: str,
     ) -> list[tuple[Evaluation, str]]:
@@ -250,7 +250,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
             url = usersync_url(
                 e,
                 uuid=visitor.uuid,
-                partner_uid=mapped.get(e.bidder.dpid, ("", 0))[0],
+                partner_uid=m.uid if (m := mapped.get(e.bidder.dpid)) else "",
                 public_url=self.s.public_url,
                 proto=proto,
                 consent=req.consent,
@@ -354,7 +354,7 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
 
     async def answer(self, call: Call, req: None, privacy: Privacy | None) -> str:
         mapped = await self.s.mapped(call.visitor)
-        await self._send(call, {d: u for d, (u, _) in mapped.items()}, [])
+        await self._send(call, {d: m.uid for d, m in mapped.items()}, [])
         return "ok"
 
     async def refuse(self, call: Call, exc: RequestError, req: None, tid: str) -> str:
