@@ -45,6 +45,20 @@ def decode_path_part(raw: bytes) -> str:
     return _decode(raw, plus_is_space=False)
 
 
+def first_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Parameter -> its first value (a repeated parameter's later values are ignored)."""
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        params.setdefault(key, value)
+    return params
+
+
+def consent_params(params: Mapping[str, str]) -> dict[str, str]:
+    """The consent parameters (gdpr, gdpr_consent, us_privacy, gpp, gpp_sid) of a
+    request's parameters."""
+    return {k: v for k, v in params.items() if k in CONSENT_KEYS}
+
+
 def parse_pairs(raw: bytes, *, plus_is_space: bool = True) -> list[tuple[str, str]]:
     """Strictly decode an application/x-www-form-urlencoded string, one pair at a time."""
     if b"%" not in raw and b"+" not in raw and raw.isascii() and b"\x00" not in raw:

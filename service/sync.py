@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
@@ -14,7 +14,6 @@ from .config import Partner
 from .errors import Code, RequestError
 from .macros import Template
 from .redirects import normalize_domains, redirect_allowed
-from .signals import CONSENT_KEYS
 
 MAX_UID_BYTES: Final = 256
 _URL_SAFE: Final = "!#$%&'()*+,-./:;=?@[]~_"  # everything printable but space, " < > \\ ^ ` { | }
@@ -45,7 +44,6 @@ class IbsRequest:
     uid: str
     redir: str | None
     bounced: bool  # the cookie-bounce follow-up (d_bounce=1)
-    consent: dict[str, str] = field(default_factory=dict)
 
 
 _UID: Final = re.compile(rf"[!-~]{{1,{MAX_UID_BYTES}}}")
@@ -57,18 +55,15 @@ def valid_uid(uid: str) -> bool:
 
 
 def parse_ibs(
-    pairs: Iterable[tuple[str, str]],
+    params: Mapping[str, str],
     partners: Mapping[int, PartnerRules],
     own_chain: tuple[str, frozenset[str]] = ("", frozenset()),
     consented: Callable[[int], bool] | None = None,
 ) -> IbsRequest:
-    """Validate an inbound sync; the first value of each parameter counts. `own_chain`:
+    """Validate an inbound sync (`params`: the first value of each). `own_chain`:
     (our /sync/chain URL prefix, our host): hops back to us need no redirect_domains.
     `consented(gvl_id)`: whether the partner may sync, checked first once the partner
     is known (SPEC §13: 314 before 320-323)."""
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        params.setdefault(key, value)
     raw_dpid = params.get("dpid", "")
     partner = (
         partners.get(int(raw_dpid))
@@ -87,8 +82,7 @@ def parse_ibs(
         prefix, host = own_chain
         if not (prefix and redir.startswith(prefix) and redirect_allowed(redir, host)):
             raise RequestError(Code.REDIRECT_NOT_ALLOWED, "redirect target not allowed")
-    consent = {k: v for k, v in params.items() if k in CONSENT_KEYS}
-    return IbsRequest(partner, uid, redir, params.get("d_bounce") == "1", consent)
+    return IbsRequest(partner, uid, redir, params.get("d_bounce") == "1")
 
 
 def check_declared_ids(declared: Sequence[tuple[int, str]], dpids: frozenset[int]) -> None:

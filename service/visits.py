@@ -5,7 +5,6 @@ batch import."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -20,8 +19,6 @@ from .profiles import Pending, Profile, merge_pending
 from .qualification import Qualification, Qualifier
 from .store import PartnerUid, Redo, Store, StoreError, VisitorState
 from .tally import Tally, partner_field
-
-log = logging.getLogger("pixelsync.visits")
 
 STATE_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
 
@@ -55,13 +52,17 @@ def realtime_counters(tally: Tally) -> TallyCounters:
 class State:
     """A visitor's stored data as one request sees it."""
 
-    __slots__ = ("degraded", "profile", "read", "stored")
+    __slots__ = ("degraded", "read", "stored")
 
     def __init__(self, read: VisitorState | None = None, *, stored: bool = False) -> None:
         self.read = VisitorState() if read is None else read
-        self.profile = self.read.profile
         self.stored = stored  # a KNOWN visitor whose state was read: writes go back
         self.degraded = self.read.read_failed  # no entries or exits can be trusted
+
+    @property
+    def profile(self) -> Profile:
+        """The profile a save writes back: the read's own, never a stale copy."""
+        return self.read.profile
 
 
 class Profiles:

@@ -17,7 +17,7 @@ from service.consent import ConsentStringError, decode_tcf, evaluate, us_privacy
 from service.destinations import Tokens
 from service.errors import Code, RequestError
 from service.identity import OPT_OUT, CookieSigner, VisitorKind, new_uuid
-from service.signals import HEADER_SIGNALS, parse_event
+from service.signals import HEADER_SIGNALS, first_values, parse_event
 from service.sync import (
     ChainTokens,
     PartnerRules,
@@ -68,7 +68,9 @@ PARTNERS = {
 @given(SYSTEM_PAIRS | PAIRS)
 def test_inbound_syncs(pairs: list[tuple[str, str]]) -> None:
     try:
-        req = parse_ibs(pairs, PARTNERS, ("https://us.test/sync/chain", frozenset({"us.test"})))
+        req = parse_ibs(
+            first_values(pairs), PARTNERS, ("https://us.test/sync/chain", frozenset({"us.test"}))
+        )
     except RequestError:
         return
     assert valid_uid(req.uid) and req.partner.dpid == 7

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from ..consent import Privacy
 from ..macros import consent_values
-from ..signals import CONSENT_KEYS, parse_pairs
+from ..signals import consent_params, first_values, parse_pairs
 from ..sync import MAX_HOPS, ChainTokens, chain_callback, parse_dpid_list, sync_url
 from .dest5 import SyncOffers
 from .pipeline import BrowserEndpoint, Call, Opening
@@ -37,11 +37,11 @@ class ChainEndpoint(BrowserEndpoint[ChainRequest]):
         self.public_url = public_url
 
     def parse(self, call: Call, params: bytes, body: bytes) -> ChainRequest:
-        query = dict(reversed(parse_pairs(params)))  # the first value of each counts
+        query = first_values(parse_pairs(params))
         if "t" in query:
             return ChainRequest(query["t"], [])
         dpids = parse_dpid_list(query["dpids"]) if query.get("dpids") else []
-        return ChainRequest(None, dpids, {k: v for k, v in query.items() if k in CONSENT_KEYS})
+        return ChainRequest(None, dpids, consent_params(query))
 
     def consent(self, req: ChainRequest) -> Mapping[str, str]:
         if req.token is not None:  # its partners and consent are the token's (or 323)

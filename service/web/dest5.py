@@ -4,7 +4,6 @@ the `dest5.html` iframe and in the `ibs` list of JSON /event answers."""
 from __future__ import annotations
 
 import html
-import logging
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from ..destinations import Fire
 from ..errors import RequestError
 from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
-from ..signals import CONSENT_KEYS, parse_pairs
+from ..signals import consent_params, first_values, parse_pairs
 from ..store import PartnerUid, Store, StoreError
 from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
 from ..visits import Profiles
@@ -26,8 +25,6 @@ from .common import SyncCounters
 from .cookies import cookie_value
 from .pipeline import BrowserEndpoint, Call, Opening, refusal_headers
 from .responses import NO_CACHE, NOSNIFF, Headers, send
-
-log = logging.getLogger("pixelsync.web")
 
 MAPPING_READ_TIMEOUT_S: Final = 0.05  # an unreachable Redis must not hold the answer up
 CSP: Final = (b"content-security-policy", b"default-src 'none'; img-src *; frame-src *")
@@ -189,7 +186,7 @@ class Dest5Endpoint(BrowserEndpoint[dict[str, str]]):
         self.fires_possible = bool(profiles.rules.url)
 
     def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
-        return {k: v for k, v in parse_pairs(params) if k in CONSENT_KEYS}
+        return consent_params(first_values(parse_pairs(params)))
 
     def consent(self, req: dict[str, str]) -> Mapping[str, str]:
         return req

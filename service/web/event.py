@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any, Final
@@ -28,13 +27,12 @@ from .responses import (
     GIF,
     GIF_HEADERS,
     Headers,
+    Scope,
     cors,
     json_body,
     json_headers,
     send,
 )
-
-log = logging.getLogger("pixelsync.web")
 
 _FORM_TYPES: Final = (b"application/x-www-form-urlencoded", b"text/plain")
 
@@ -42,6 +40,13 @@ _FORM_TYPES: Final = (b"application/x-www-form-urlencoded", b"text/plain")
 def _wants_json(pairs: list[tuple[str, str]]) -> bool:
     """Whether the refusal of a request we could not fully parse should be JSON."""
     return any((k == "d_rtbd" and v == "json") or k == "d_cb" for k, v in pairs)
+
+
+def _query_wants_json(query: bytes) -> bool:
+    try:
+        return _wants_json(parse_pairs(query))
+    except RequestError:  # undecodable: as well as it can be told
+        return b"d_rtbd=json" in query or b"d_cb=" in query
 
 
 class _Unparsable(RequestError):
@@ -87,12 +92,12 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
 
     def parse(self, call: Call, params: bytes, body: bytes) -> EventRequest:
         pairs = parse_pairs(params)
-        if call.method == "POST":
-            ctype = call.headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if body and ctype not in _FORM_TYPES:
-                raise RequestError(Code.MALFORMED, "body must be form-encoded")
-            pairs += parse_pairs(body)
         try:
+            if call.method == "POST":
+                ctype = call.headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+                if body and ctype not in _FORM_TYPES:
+                    raise RequestError(Code.MALFORMED, "body must be form-encoded")
+                pairs = pairs + parse_pairs(body)
             return parse_event(pairs, call.headers, self.signal_keys)
         except RequestError as exc:
             raise _Unparsable(exc, _wants_json(pairs)) from None
@@ -244,9 +249,8 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
             as_json = req.answers_json
         elif isinstance(exc, _Unparsable):
             as_json = exc.as_json
-        else:  # the parameters themselves undecodable
-            query: bytes = call.scope["query_string"]
-            as_json = b"d_rtbd=json" in query or b"d_cb=" in query
+        else:  # a body over its limit, or a query that cannot be decoded
+            as_json = _query_wants_json(call.scope["query_string"])
         if not as_json:
             await send(call.send, exc.status, GIF_HEADERS + out, GIF, head=call.head)
         else:
@@ -271,6 +275,9 @@ class OptOutEndpoint(BrowserEndpoint[None]):
     def __init__(self, opening: Opening, store: Store) -> None:
         super().__init__(opening)
         self.store = store
+
+    def params(self, scope: Scope) -> bytes:
+        return b""  # its query is ignored: a mangled or long one never stops an opt-out
 
     def parse(self, call: Call, params: bytes, body: bytes) -> None:
         return None  # its parameters, if any, change nothing: an opt-out always holds

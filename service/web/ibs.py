@@ -10,7 +10,7 @@ from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import VisitorKind, today
 from ..redirects import normalize_domains
-from ..signals import CONSENT_KEYS, parse_pairs
+from ..signals import consent_params, first_values, parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
 from .common import SyncCounters
@@ -21,8 +21,9 @@ PATH_FORM = "/ibs:"
 _PATH_FORM = PATH_FORM.encode()
 
 
-class IbsEndpoint(BrowserEndpoint[list[tuple[str, str]]]):
+class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
     name = "ibs"
+    too_long = "request too long"
 
     def __init__(
         self,
@@ -50,17 +51,13 @@ class IbsEndpoint(BrowserEndpoint[list[tuple[str, str]]]):
             params = params + b"&" + query if params else query
         return params
 
-    def parse(self, call: Call, params: bytes, body: bytes) -> list[tuple[str, str]]:
-        return parse_pairs(params)
+    def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
+        return first_values(parse_pairs(params))
 
-    def consent(self, req: list[tuple[str, str]]) -> Mapping[str, str]:
-        consent: dict[str, str] = {}
-        for key, value in req:
-            if key in CONSENT_KEYS:
-                consent.setdefault(key, value)  # the first value counts
-        return consent
+    def consent(self, req: dict[str, str]) -> Mapping[str, str]:
+        return consent_params(req)
 
-    async def answer(self, call: Call, req: list[tuple[str, str]], privacy: Privacy | None) -> str:
+    async def answer(self, call: Call, req: dict[str, str], privacy: Privacy | None) -> str:
         assert privacy is not None
         sync = parse_ibs(req, self.partners, self.own_chain, privacy.partner_allowed)
         visitor = call.visitor

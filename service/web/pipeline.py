@@ -12,6 +12,9 @@ and every answer is counted by outcome. `BrowserEndpoint` runs the order; an end
 supplies only what differs: how it reads its request (`parse`), the consent
 parameters it carries (`consent`), its decision and answer (`answer`, which raises a
 RequestError for its own checks), and how it renders a refusal (`refuse`).
+
+One exception is in the nature of things: /sync/chain's hops carry their consent in a
+signed token, so an invalid token (323) is found while reading the consent.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class BrowserEndpoint(Generic[Req]):
     methods: ClassVar[frozenset[str]] = METHODS_PIXEL
     # /demoptout.jpg answers an opted-out visitor as any other: it refreshes the opt-out
     refuses_opted_out: ClassVar[bool] = True
+    too_long: ClassVar[str] = "query string too long"  # the 414's message
+    # Prebid Server's endpoints log their refusals themselves, with their outcome labels
+    logs_refusals: ClassVar[bool] = True
 
     def __init__(self, opening: Opening) -> None:
         self.cookies = opening.cookies
@@ -113,7 +119,7 @@ class BrowserEndpoint(Generic[Req]):
         try:
             params = self.params(scope)
             if len(params) > self.max_query:
-                raise RequestError(Code.MALFORMED, "request too long", status=414)
+                raise RequestError(Code.MALFORMED, self.too_long, status=414)
             body = await read_body(receive, self.max_body, headers) if method == "POST" else b""
             req = self.parse(call, params, body)
             if visitor.kind is VisitorKind.OPTED_OUT and self.refuses_opted_out:
@@ -123,10 +129,16 @@ class BrowserEndpoint(Generic[Req]):
             outcome = await self.answer(call, req, privacy)
         except RequestError as exc:
             tid = new_tid()
-            log.info(
-                self._refused,
-                extra={"tid": tid, "code": int(exc.code), "reason": exc.msg, "status": exc.status},
-            )
+            if self.logs_refusals:
+                log.info(
+                    self._refused,
+                    extra={
+                        "tid": tid,
+                        "code": int(exc.code),
+                        "reason": exc.msg,
+                        "status": exc.status,
+                    },
+                )
             outcome = await self.refuse(call, exc, req, tid)
         except ClientGone:
             outcome = "client_gone"

@@ -148,6 +148,8 @@ class _PrebidEndpoint(BrowserEndpoint[Req]):
     """One of the three: the opening is the pipeline's; a refusal of the opening is
     answered in Prebid Server's shape, its outcome one of Prebid Server's labels."""
 
+    logs_refusals = False  # each logs its own, with Prebid Server's outcome label
+
     def __init__(self, opening: Opening, shared: PrebidEndpoints) -> None:
         super().__init__(opening)
         self.s = shared
@@ -214,10 +216,11 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         else:  # the body over its limit, undecodable, or invalid for Prebid Server
             outcome = CookieSyncOutcome.BAD_REQUEST
         metrics.child(metrics.COOKIE_SYNC_REQUESTS, outcome.label).inc()
-        status = exc.status if outcome is CookieSyncOutcome.BAD_REQUEST else outcome.status
-        code, out, body = _text(
-            status, exc.msg if outcome.label == "bad_request" else outcome.message
-        )
+        message = exc.msg if outcome is CookieSyncOutcome.BAD_REQUEST else outcome.message
+        log.info("cookie_sync refused", extra={"status": outcome.label, "reason": message})
+        # A size limit keeps its own status (413, 414); Prebid Server's otherwise.
+        status = exc.status if exc.status in (413, 414) else outcome.status
+        code, out, body = _text(status, message)
         cors(out, origin)
         out += _kept(exc, self.cookies)
         await send(call.send, code, out, body)
@@ -359,6 +362,7 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
 
     async def refuse(self, call: Call, exc: RequestError, req: None, tid: str) -> str:
         if exc.code is not Code.OPTED_OUT:
+            log.info("getuids refused", extra={"status": exc.status, "reason": exc.msg})
             code, out, body = _text(exc.status, exc.msg)
             await send(call.send, code, out, body, head=call.head)
             return f"error_{int(exc.code)}"

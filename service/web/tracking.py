@@ -8,6 +8,7 @@ from typing import ClassVar
 
 from ..consent import Privacy
 from ..destinations import Tokens
+from ..errors import Code, RequestError
 from ..signals import decode_path_part
 from ..store import Store
 from ..visits import TallyCounters
@@ -22,7 +23,6 @@ class TrackingEndpoint(BrowserEndpoint[str]):
     """/fire (302 to the partner) and /ack (the GIF). An opted-out browser is refused
     as everywhere else: it is not sent on to the partner."""
 
-    kind: ClassVar[str]  # fire | ack
     prefix: ClassVar[bytes]
     counter: ClassVar[str]  # the loss counter a first load counts
 
@@ -31,6 +31,8 @@ class TrackingEndpoint(BrowserEndpoint[str]):
         self.store = store
         self.tokens = tokens
         self.loss = loss
+
+    too_long = "request too long"
 
     def params(self, scope: Scope) -> bytes:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -42,7 +44,7 @@ class TrackingEndpoint(BrowserEndpoint[str]):
     async def answer(self, call: Call, req: str, privacy: Privacy | None) -> str:
         destination, nonce, target = self.read(req)
         self.store.count_once(
-            f"{self.kind}:{nonce}".encode(),
+            f"{self.name}:{nonce}".encode(),
             lambda: self.loss.count(destination, self.counter),
         )
         if target is not None:
@@ -56,13 +58,21 @@ class TrackingEndpoint(BrowserEndpoint[str]):
             await send(call.send, 200, GIF_HEADERS, GIF, head=call.head)
         return "ok"
 
+    async def refuse(self, call: Call, exc: RequestError, req: str | None, tid: str) -> str:
+        # The load of a pixel: no visitor cookie is set, only an opt-out kept.
+        out = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
+        if exc.code is Code.OPTED_OUT:
+            out.append(self.cookies.opt_out_header())
+        await send(call.send, exc.status, out, GIF, head=call.head)
+        return f"error_{int(exc.code)}"
+
     def read(self, token: str) -> tuple[int, str, str | None]:
         """(destination, nonce, where to redirect or None); 323 for a bad token."""
         raise NotImplementedError
 
 
 class FireEndpoint(TrackingEndpoint):
-    name = kind = "fire"
+    name = "fire"
     prefix = FIRE_PREFIX.encode()
     counter = "loaded"
 
@@ -71,7 +81,7 @@ class FireEndpoint(TrackingEndpoint):
 
 
 class AckEndpoint(TrackingEndpoint):
-    name = kind = "ack"
+    name = "ack"
     prefix = ACK_PREFIX.encode()
     counter = "confirmed"
 

@@ -73,7 +73,7 @@ async def store(proxy: FaultProxy, redis_url: str) -> AsyncIterator[Store]:
         Retention(180, {}, 90),
         write_url=proxy.url,
     )
-    # redis://: the bare connection (raw.py); unix://: redis-py's pipelines
+    # redis://: the bare connection (replacements/redis_wire.py); unix://: redis-py's pipelines
     assert (s.writes.raw is None) == proxy.url.startswith("unix://"), proxy.url
     await s.start()
     yield s
