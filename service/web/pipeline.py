@@ -72,10 +72,7 @@ class Call:
     method: str
     headers: dict[bytes, bytes]
     visitor: Visitor
-
-    @property
-    def head(self) -> bool:
-        return self.method == "HEAD"
+    head: bool  # a HEAD request: the answer's headers without its body
 
     @property
     def scheme(self) -> str:
@@ -114,7 +111,7 @@ class BrowserEndpoint(Generic[Req]):
             return
         headers = request_headers(scope)
         visitor = self.cookies.resolve(headers.get(b"cookie"))
-        call = Call(scope, receive, send_, method, headers, visitor)
+        call = Call(scope, receive, send_, method, headers, visitor, method == "HEAD")
         req: Req | None = None
         try:
             params = self.params(scope)
