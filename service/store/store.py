@@ -101,6 +101,9 @@ class Store:
         self._jobs = Jobs(access, retention)
         self._sweeper = Sweeper(access, retention)
         self.tally = self._counters.tally  # counters, flushed each second (flush_counts)
+        # A visitor was seen (distinct visitors: an hourly HyperLogLog). On every /event
+        # of a returning visitor: bound once, not a call through the facade.
+        self.seen: Callable[[str], None] = self._counters.seen
         # How it talks to the server: "bare", its own pipelined connections (standalone
         # redis://, replacements/redis_wire.py), or redis-py's (Cluster, rediss://, unix://).
         self.wire = "bare" if bare else "redis-py"
@@ -275,10 +278,6 @@ class Store:
     def add_counts(self, minute: int, counts: Mapping[str, int]) -> None:
         """Add to the counters of a per-minute bucket (kept 8 days)."""
         self._counters.add(minute, counts)
-
-    def seen(self, uuid: str) -> None:
-        """A visitor was seen (distinct visitors: an hourly HyperLogLog)."""
-        self._counters.seen(uuid)
 
     def flush_counts(self, now: float) -> None:
         """The tally's counts and the visitors seen, into the buckets of `now`."""

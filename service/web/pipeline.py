@@ -46,9 +46,25 @@ class PrivacyRules:
         self.vendor_id = vendor_id
         self.gdpr_default = gdpr_default
         self.honor_gpc = honor_gpc
+        # Most requests carry no consent parameter: their answer, with and without GPC,
+        # decided once (a Privacy, or the refusal to raise).
+        self._without: dict[bool, Privacy | RequestError] = {}
+        for gpc in (False, True):
+            try:
+                self._without[gpc] = self._evaluate({}, gpc)
+            except RequestError as exc:
+                self._without[gpc] = exc
 
     def evaluate(self, params: Mapping[str, str], headers: Mapping[bytes, bytes]) -> Privacy:
         gpc = self.honor_gpc and headers.get(b"sec-gpc", b"").strip() == b"1"
+        if params:
+            return self._evaluate(params, gpc)
+        decided = self._without[gpc]
+        if isinstance(decided, RequestError):
+            raise RequestError(decided.code, decided.msg, status=decided.status)
+        return decided
+
+    def _evaluate(self, params: Mapping[str, str], gpc: bool) -> Privacy:
         return evaluate(params, vendor_id=self.vendor_id, gdpr_default=self.gdpr_default, gpc=gpc)
 
 
