@@ -224,6 +224,12 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
     return headers
 
 
+def opt_out_kept(exc: RequestError, cookies: VisitorCookies) -> Headers:
+    """For the answers that never set the visitor cookie (a pixel's load, Prebid
+    Server's): none, but an opted-out visitor's NOTARGET is refreshed (SPEC §13)."""
+    return [cookies.opt_out_header()] if exc.code is Code.OPTED_OUT else []
+
+
 def refusal_headers(exc: RequestError, visitor: Visitor, cookies: VisitorCookies) -> Headers:
     """X-Error names the reason; a browser's cookie is refreshed if it had one (a
     refusal never issues one; an opted-out visitor's NOTARGET is refreshed), and none

@@ -40,9 +40,8 @@ from ..prebid import (
 from ..signals import parse_pairs
 from ..store import PartnerUid, Store
 from .common import SyncCounters
-from .cookies import VisitorCookies
 from .dest5 import read_mappings, try_read_mappings
-from .pipeline import BrowserEndpoint, Call, Opening, Req, request_headers
+from .pipeline import BrowserEndpoint, Call, Opening, Req, opt_out_kept, request_headers
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -125,11 +124,6 @@ class PrebidEndpoints:
 
     def getuids(self) -> GetuidsEndpoint:
         return GetuidsEndpoint(self.opening, self)
-
-
-def _kept(exc: RequestError, cookies: VisitorCookies) -> Headers:
-    """A refusal sets no cookie, as Prebid Server's, but an opt-out is kept (SPEC §13)."""
-    return [cookies.opt_out_header()] if exc.code is Code.OPTED_OUT else []
 
 
 def _text(status: int, message: str) -> tuple[int, Headers, bytes]:
@@ -222,7 +216,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         status = exc.status if exc.status in (413, 414) else outcome.status
         code, out, body = _text(status, message)
         cors(out, origin)
-        out += _kept(exc, self.cookies)
+        out += opt_out_kept(exc, self.cookies)
         await send(call.send, code, out, body)
         return outcome.label
 
@@ -334,7 +328,7 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
         else:  # too long (414) or undecodable (400)
             refusal = PrebidError(SetuidOutcome.BAD_REQUEST, exc.msg)
             return await self._refuse(call, refusal, [], status=exc.status)
-        return await self._refuse(call, refusal, _kept(exc, self.cookies))
+        return await self._refuse(call, refusal, opt_out_kept(exc, self.cookies))
 
     async def _refuse(
         self, call: Call, exc: PrebidError, out: Headers, status: int | None = None
@@ -367,7 +361,7 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
             await send(call.send, code, out, body, head=call.head)
             return f"error_{int(exc.code)}"
         # An opted-out browser has no uids, as Prebid Server answers its cookie.
-        await self._send(call, {}, [self.cookies.set_header(call.visitor)])
+        await self._send(call, {}, opt_out_kept(exc, self.cookies))
         return "opt_out"
 
     async def _send(self, call: Call, mapped: Mapping[int, str], out: Headers) -> None:

@@ -8,11 +8,11 @@ from typing import ClassVar
 
 from ..consent import Privacy
 from ..destinations import Tokens
-from ..errors import Code, RequestError
+from ..errors import RequestError
 from ..signals import decode_path_part
 from ..store import Store
 from ..visits import TallyCounters
-from .pipeline import BrowserEndpoint, Call, Opening
+from .pipeline import BrowserEndpoint, Call, Opening, opt_out_kept
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Scope, send
 
 FIRE_PREFIX = "/fire/"
@@ -26,13 +26,13 @@ class TrackingEndpoint(BrowserEndpoint[str]):
     prefix: ClassVar[bytes]
     counter: ClassVar[str]  # the loss counter a first load counts
 
+    too_long = "request too long"
+
     def __init__(self, opening: Opening, store: Store, tokens: Tokens, loss: TallyCounters) -> None:
         super().__init__(opening)
         self.store = store
         self.tokens = tokens
         self.loss = loss
-
-    too_long = "request too long"
 
     def params(self, scope: Scope) -> bytes:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -61,8 +61,7 @@ class TrackingEndpoint(BrowserEndpoint[str]):
     async def refuse(self, call: Call, exc: RequestError, req: str | None, tid: str) -> str:
         # The load of a pixel: no visitor cookie is set, only an opt-out kept.
         out = [*GIF_HEADERS, (b"x-error", str(int(exc.code)).encode())]
-        if exc.code is Code.OPTED_OUT:
-            out.append(self.cookies.opt_out_header())
+        out += opt_out_kept(exc, self.cookies)
         await send(call.send, exc.status, out, GIF, head=call.head)
         return f"error_{int(exc.code)}"
 
