@@ -37,7 +37,7 @@ from ..prebid import (
     setuid_refusal,
     usersync_url,
 )
-from ..signals import parse_pairs
+from ..signals import first_values, parse_pairs
 from ..store import PartnerUid, Store
 from .common import SyncCounters
 from .dest5 import read_mappings, try_read_mappings
@@ -280,7 +280,7 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
     name = "setuid"
 
     def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
-        return dict(reversed(parse_pairs(params)))  # the first value of each counts
+        return first_values(parse_pairs(params))
 
     def consent(self, req: dict[str, str]) -> Mapping[str, str]:
         return setuid_consent(req)
