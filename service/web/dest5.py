@@ -19,7 +19,14 @@ from ..identity import Visitor, VisitorKind, today
 from ..macros import consent_values
 from ..signals import consent_params, first_values, parse_pairs
 from ..store import PartnerUid, Store, StoreError
-from ..sync import OutboundPartner, due_partners, format_dextp, parse_dextp, sync_url
+from ..sync import (
+    OutboundPartner,
+    due_partners,
+    is_compact_dextp,
+    parse_dextp,
+    record_hand_outs,
+    sync_url,
+)
 from ..visits import Profiles
 from .common import SyncCounters
 from .cookies import cookie_value
@@ -78,7 +85,10 @@ class SyncOffers:
         if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
             return [], None
         now = time.time() if now is None else now
-        handed = self.handed(headers)
+        value = self.value(headers)
+        handed = parse_dextp(value)
+        # A cookie in the older, larger format is rewritten at once, even with no hand-out.
+        rewrite = None if is_compact_dextp(value) else self.hand_out(handed, [], now)
         candidates = [
             p
             for p in self.partners
@@ -86,14 +96,14 @@ class SyncOffers:
         ]
         everyone = len(candidates)
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):
-            return [], None  # the cookie says all were handed out recently: no read
+            return [], rewrite  # the cookie says all were handed out recently: no read
         if mapped is None:
             known = visitor.kind is VisitorKind.KNOWN
             mapped = await read_mappings(self.store, visitor.uuid) if known else {}
         synced = {dpid: m.day for dpid, m in mapped.items()}
         due = due_partners(candidates, handed, synced, now=now, limit=self.limit)
         if not due:
-            return [], None
+            return [], rewrite
         values = consent_values(consent, gdpr=int(privacy.gdpr_applies))
         offers = []
         for p in due:
@@ -107,19 +117,28 @@ class SyncOffers:
                 rand=str(secrets.randbelow(10**9)),
             )
             offers.append(Offer(p, url))
-        return offers, self.hand_out(handed, due, now)
+        return offers, self.hand_out(handed, due, now, synced)
 
     def hand_out(
-        self, handed: dict[int, int], partners: list[OutboundPartner], now: float
+        self,
+        handed: Mapping[int, int],
+        partners: list[OutboundPartner],
+        now: float,
+        synced: Mapping[int, int] | None = None,
     ) -> tuple[bytes, bytes]:
-        """Count the syncs handed out; answer the dextp Set-Cookie that records them."""
+        """Count the syncs handed out; answer the dextp Set-Cookie that records them.
+        `synced`: the day of each of the visitor's mappings, when read."""
         for p in partners:
-            handed[p.dpid] = int(now * 1000)
             self.counters.instructed(p.dpid)
-        return (b"set-cookie", self._prefix + format_dextp(handed).encode() + self._attrs)
+        dpids = [p.dpid for p in partners]
+        value = record_hand_outs(handed, dpids, self.by_dpid, synced or {}, now=now)
+        return (b"set-cookie", self._prefix + value.encode() + self._attrs)
+
+    def value(self, headers: Mapping[bytes, bytes]) -> str | None:
+        return cookie_value(headers.get(b"cookie"), self._prefix)
 
     def handed(self, headers: Mapping[bytes, bytes]) -> dict[int, int]:
-        return parse_dextp(cookie_value(headers.get(b"cookie"), self._prefix))
+        return parse_dextp(self.value(headers))
 
 
 async def read_mappings(

@@ -43,6 +43,7 @@ from playwright.async_api import (
 
 from service.identity import today
 from service.store import Store
+from service.sync import parse_dextp
 from tests.configs import api_key, syncing_partners
 from tests.conftest import wait_for
 from tests.e2e.browser import (
@@ -226,8 +227,8 @@ def uuid_of(cookie: str) -> str:
 
 
 def dpids_in(dextp: str | None) -> set[int]:
-    """`<dpid>-1-<unix ms>|…` -> the dpids recorded."""
-    return {int(entry.split("-")[0]) for entry in (dextp or "").strip('"').split("|") if entry}
+    """The dpids a dextp cookie records."""
+    return set(parse_dextp((dextp or "").strip('"')))
 
 
 async def settle(partners: Partners, done: Callable[[], Any]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 
 import httpx
 import pytest
 
 from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
+from service.sync import parse_dextp
 from tests.configs import api_key, syncing_partners
 from tests.conftest import wait_for
 from tests.partners import SyncingPartner
@@ -63,7 +65,7 @@ async def test_the_iframe_hands_out_due_syncs_in_turn(http: httpx.AsyncClient) -
     assert len(urls) == 2 and "p=11&amp;" in urls[0] and "p=12&amp;" in urls[1]
     assert f"aam={uuid}" in urls[0]
     handed = dextp_of(first)
-    assert re.fullmatch(r"11-1-\d+\|12-1-\d+", handed)
+    assert parse_dextp(handed).keys() == {11, 12}
 
     second = await http.get("/dest5.html", headers=cookie_for(uuid, handed))
     assert [u for u in images(second) if "p=13&amp;" in u]  # the next ones in turn
@@ -108,7 +110,7 @@ async def test_json_event_carries_the_ibs_list(
     assert [e["id"] for e in ibs] == ["11", "12"]
     assert ibs[0]["tag"] == "img" and ibs[0]["ttl"] == 7 * 1440
     assert ibs[0]["url"][0].startswith(f"{syncing_partner.origin}/sync?p=11&")
-    assert dextp_of(resp).startswith("11-1-")
+    assert parse_dextp(dextp_of(resp)).keys() == {11, 12}
     gif = await http.get("/event", headers=cookie_for(uuid))
     assert not dextp_of(gif)  # a GIF answer hands nothing out
 
@@ -134,6 +136,18 @@ async def test_no_outbound_syncs_after_an_opt_out_of_sale(
 async def test_garbage_dextp_is_ignored(http: httpx.AsyncClient) -> None:
     resp = await http.get("/dest5.html", headers=cookie_for(new_uuid(), "%%garbage|1-x-2"))
     assert resp.status_code == 200 and len(images(resp)) == 2
+
+
+async def test_an_older_dextp_is_rewritten_compact(http: httpx.AsyncClient) -> None:
+    uuid = new_uuid()
+    now_ms = int(time.time() * 1000)
+    legacy = "|".join(f"{dpid}-1-{now_ms}" for dpid in (11, 12, 13, 14, 999))
+    resp = await http.get("/dest5.html", headers=cookie_for(uuid, legacy))
+    assert images(resp) == []  # everyone handed out: no hand-out, yet a new cookie
+    value = dextp_of(resp)
+    assert value.startswith("2.") and parse_dextp(value).keys() == {11, 12, 13, 14}  # no 999
+    again = await http.get("/dest5.html", headers=cookie_for(uuid, value))
+    assert images(again) == [] and not dextp_of(again)  # compact already: left alone
 
 
 async def test_opted_out_browsers_get_an_empty_page(http: httpx.AsyncClient) -> None:
