@@ -115,8 +115,11 @@ class SetuidOutcome(Enum):
         "The gdpr_consent string prevents cookies from being saved",
     )
     SYNCER_UNKNOWN = ("syncer_unknown", 400, "")
-    # Not Prebid Server's: a browser that came without our cookie while [cookies] bounce
-    # is on. Nothing is stored (it would be a mapping no browser can ever present).
+    # Not Prebid Server's, the cookie bounce (SPEC §3): a browser that came without our
+    # cookie while [cookies] bounce is on is sent back to the same URL with a fresh one;
+    # when it comes back still without one, nothing is stored (it would be a mapping no
+    # browser can ever present).
+    BOUNCE = ("bounce", 302, "")
     COOKIES_BLOCKED = ("cookies_blocked", 200, "")
 
     def __init__(self, label: str, status: int, message: str) -> None:
@@ -484,6 +487,7 @@ class SetuidRequest:
     uid: str  # "": delete the visitor's mapping for the bidder
     format: str  # b or i
     consent: dict[str, str]
+    bounced: bool = False  # the cookie bounce's follow-up (d_bounce=1, SPEC §3)
 
 
 def parse_setuid(params: Mapping[str, str], bidders: Bidders) -> SetuidRequest:
@@ -515,7 +519,7 @@ def parse_setuid(params: Mapping[str, str], bidders: Bidders) -> SetuidRequest:
     uid = params.get("uid", "")
     if uid and not valid_uid(uid):
         raise PrebidError(SetuidOutcome.BAD_REQUEST, "uid must be 1-256 printable ASCII characters")
-    return SetuidRequest(bidder, uid, fmt, consent)
+    return SetuidRequest(bidder, uid, fmt, consent, params.get("d_bounce") == "1")
 
 
 def setuid_consent(params: Mapping[str, str]) -> dict[str, str]:

@@ -93,6 +93,7 @@ class EventRequest:
     declared_ids: list[tuple[int, str]] = field(default_factory=list)  # d_cid
     trait_sids: list[int] = field(default_factory=list)  # d_sid
     consent: dict[str, str] = field(default_factory=dict)
+    bounced: bool = False  # the cookie bounce's follow-up (d_bounce=1, SPEC §3)
 
     @property
     def answers_json(self) -> bool:
@@ -125,6 +126,8 @@ def _system(req: EventRequest, key: str, value: str) -> None:
         req.declared_ids.append((_int(dpid, key), uid))
     elif key == "d_sid":
         req.trait_sids.extend(_int(v, key) for v in value.split(",") if v)
+    elif key == "d_bounce":
+        req.bounced = value == "1"
     # Other d_ keys are the DMP protocol's and carry nothing for us: ignored.
 
 

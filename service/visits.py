@@ -87,11 +87,13 @@ class Profiles:
         self.gvl_ids = gvl_ids
         self.region = region
 
-    async def read(self, visitor: Visitor) -> State:
-        """A KNOWN visitor's profile and mappings; an empty state for anyone else
-        (nothing is stored for a browser that has not kept our cookie yet)."""
+    async def read(self, visitor: Visitor, *, store_new: bool = False) -> State:
+        """A KNOWN visitor's profile and mappings; an empty state for anyone else, as
+        nothing is stored for a fresh uuid. A NEW visitor's state is saved only with
+        `store_new` (its first request stored at once: no cookie bounce); otherwise
+        nothing is stored for a browser that has not kept our cookie yet."""
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
-            return State()
+            return State(stored=store_new and visitor.kind is VisitorKind.NEW)
         try:
             read = await self.store.visitor_state(visitor.uuid, STATE_READ_TIMEOUT_S)
         except StoreError:

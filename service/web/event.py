@@ -89,6 +89,9 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
         self.region = settings.server.region
         self.dpids = frozenset(p.dpid for p in settings.partners)
         self.gvl_ids = {p.dpid: p.gvl_id for p in settings.partners}
+        # [cookies] bounce: a visitor without our cookie is stored only once it comes
+        # back with one; without the bounce, its first request is stored at once.
+        self.bounces = settings.cookies.bounce
 
     def parse(self, call: Call, params: bytes, body: bytes) -> EventRequest:
         pairs = parse_pairs(params)
@@ -109,14 +112,25 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
         assert privacy is not None
         check_declared_ids(req.declared_ids, self.dpids)
         visitor = call.visitor
-        self._record(visitor, req, privacy)
-        assert visitor.uuid is not None
-        out: Headers = [self.cookies.set_header(visitor)]
         realized = (
             self.qualifier.realize(req.signals, req.private, req.trait_sids)
             if self.qualifier.active
             else []
         )
+        if (
+            visitor.kind is VisitorKind.NEW
+            and self.bounces
+            and (realized or self._declares(req, privacy))
+        ):
+            if req.bounced:
+                raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
+            extra: Headers = []
+            if req.answers_json:  # fetch() follows the redirect only if it passes CORS
+                cors(extra, call.headers.get(b"origin"))
+            return await self.cookie_bounce(call, extra)
+        self._record(visitor, req, privacy)
+        assert visitor.uuid is not None
+        out: Headers = [self.cookies.set_header(visitor)]
         json_answer = req.answers_json
         if json_answer:
             needs_state = bool(
@@ -164,7 +178,7 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
     async def _qualify(
         self, visitor: Visitor, req: EventRequest, privacy: Privacy, realized: list[int]
     ) -> tuple[State, Qualification, list[Fire]]:
-        state = await self.profiles.read(visitor)
+        state = await self.profiles.read(visitor, store_new=not self.bounces)
         if self.realtime and state.stored and not state.degraded:
             day = today()
             mapped = {d: m.uid for d, m in self.profiles.mapped(state, day).items()}
@@ -199,9 +213,10 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
 
     def _record(self, visitor: Visitor, req: EventRequest, privacy: Privacy) -> None:
         """Everything /event stores. Writes are buffered: no Redis round trip here."""
-        if visitor.kind is not VisitorKind.KNOWN:
-            # A browser without our cookie may be one that refuses cookies: storing
-            # for it would make a new visitor on every page view.
+        if visitor.kind is not VisitorKind.KNOWN and self.bounces:
+            # A browser without our cookie whose request would store something was
+            # bounced (a browser that refuses cookies would make a new visitor on
+            # every page view): what is left stores nothing.
             return
         assert visitor.uuid is not None
         self.store.seen(visitor.uuid)
@@ -212,6 +227,10 @@ class EventEndpoint(BrowserEndpoint[EventRequest]):
                 self.store.tally.add(partner_field(dpid, "mappings"))
         if needs_touch(visitor, now) and not req.declared_ids:
             self.store.touch_visitor(visitor.uuid, today(now))
+
+    def _declares(self, req: EventRequest, privacy: Privacy) -> bool:
+        """Whether the request declares an id that would be stored (d_cid)."""
+        return any(privacy.partner_allowed(self.gvl_ids[dpid]) for dpid, _ in req.declared_ids)
 
     def _answer(self, visitor: Visitor, req: EventRequest) -> dict[str, Any]:
         doc: dict[str, Any] = {

@@ -14,7 +14,7 @@ from ..signals import consent_params, first_values, parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
 from .common import SyncCounters
-from .pipeline import BrowserEndpoint, Call, Opening
+from .pipeline import BOUNCED, BrowserEndpoint, Call, Opening
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Scope, send
 
 PATH_FORM = "/ibs:"
@@ -51,6 +51,13 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
             params = params + b"&" + query if params else query
         return params
 
+    def bounce_location(self, scope: Scope) -> bytes:
+        # The path form without a query takes d_bounce=1 as one more of its parameters.
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path.startswith(_PATH_FORM) and not scope["query_string"]:
+            return raw_path + b"&" + BOUNCED
+        return super().bounce_location(scope)
+
     def parse(self, call: Call, params: bytes, body: bytes) -> dict[str, str]:
         return first_values(parse_pairs(params))
 
@@ -64,14 +71,7 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         if visitor.kind is VisitorKind.NEW and self.bounce:
             if sync.bounced:
                 raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
-            # Set a cookie and come back: only a browser that keeps it gets stored.
-            # The same URL plus d_bounce=1: parameters are never empty here.
-            scope = call.scope
-            raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-            query: bytes = scope["query_string"]
-            location = raw_path + (b"?" + query if query else b"") + b"&d_bounce=1"
-            await _redirect(call, location, self.cookies.set_header(visitor))
-            return "bounce"
+            return await self.cookie_bounce(call)
         assert visitor.uuid is not None
         self.store.put_mapping(visitor.uuid, sync.partner.dpid, sync.uid, today())
         self.counters.completed(sync.partner.dpid)

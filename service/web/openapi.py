@@ -132,6 +132,11 @@ _API_RESPONSES: Final = {
 _REDIRECT: Final = {
     "headers": {"Location": {"description": "where to go next", "schema": _STRING}},
 }
+# SPEC §3: a request that would store for a browser without the visitor cookie.
+_BOUNCE: Final = (
+    "the cookie bounce: a fresh visitor cookie, and the same URL plus d_bounce=1 "
+    "(its follow-up still without the cookie is answered with X-Error 172)"
+)
 
 
 def _answer(description: str, content: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -313,8 +318,12 @@ SPEC: Final[dict[str, Any]] = {
             **_pixel(
                 "Data collection: GIF, JSON (d_rtbd=json) or JSONP (d_cb); a refusal of a "
                 "JSON request is JSON (an invalid d_cb is never echoed)",
-                [_query(n) for n in ("d_rtbd", "d_cb", "d_dst", "d_cts", "d_cid", "d_sid")],
+                [
+                    _query(n)
+                    for n in ("d_rtbd", "d_cb", "d_dst", "d_cts", "d_cid", "d_sid", "d_bounce")
+                ],
                 content=_EVENT_CONTENT,
+                extra={"302": {"description": _BOUNCE, **_REDIRECT}},
             ),
             "post": {
                 "summary": "Data collection, form-encoded body (at most 32 KiB: 413 beyond)",
@@ -323,6 +332,10 @@ SPEC: Final[dict[str, Any]] = {
                 },
                 "responses": {
                     "200": _answer("GIF, JSON or JSONP", _EVENT_CONTENT),
+                    "307": {
+                        "description": _BOUNCE + "; the browser sends the body again",
+                        **_REDIRECT,
+                    },
                     "400": _answer("malformed input", _EVENT_CONTENT),
                     "413": _answer("body over the limit", _EVENT_CONTENT),
                     "414": _answer("query string over the limit", _EVENT_CONTENT),
@@ -337,7 +350,7 @@ SPEC: Final[dict[str, Any]] = {
                 _query("redir"),
                 _query("d_bounce"),
             ],
-            extra={"302": {"description": "to redir, or the cookie bounce", **_REDIRECT}},
+            extra={"302": {"description": "to redir, or " + _BOUNCE, **_REDIRECT}},
         ),
         "/dest5.html": {"get": _DEST5, "head": _DEST5},
         "/sync/chain": _pixel(
@@ -376,6 +389,7 @@ SPEC: Final[dict[str, Any]] = {
                     _query("uid"),
                     _query("f"),
                     *(_query(n) for n in ("gdpr", "gdpr_consent", "gpp", "gpp_sid")),
+                    _query("d_bounce"),
                 ],
                 "responses": {
                     "200": {
@@ -385,6 +399,7 @@ SPEC: Final[dict[str, Any]] = {
                             "text/html": {"schema": {"type": "string", "maxLength": 0}},
                         },
                     },
+                    "302": {"description": _BOUNCE, **_REDIRECT},
                     "400": _PLAIN_ERROR,
                     "401": {"description": "the visitor opted out"},
                     "451": {**_PLAIN_ERROR, "description": "GDPR consent refused"},

@@ -11,7 +11,9 @@ every endpoint:
 and every answer is counted by outcome. `BrowserEndpoint` runs the order; an endpoint
 supplies only what differs: how it reads its request (`parse`), the consent
 parameters it carries (`consent`), its decision and answer (`answer`, which raises a
-RequestError for its own checks), and how it renders a refusal (`refuse`).
+RequestError for its own checks), and how it renders a refusal (`refuse`). An
+endpoint that would store for a visitor without our cookie answers with the cookie
+bounce instead (`cookie_bounce`, SPEC §3).
 
 One exception is in the nature of things: /sync/chain's hops carry their consent in a
 signed token, so an invalid token (323) is found while reading the consent.
@@ -30,11 +32,15 @@ from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind
 from .common import Outcomes, new_tid
 from .cookies import VisitorCookies
-from .responses import GIF, GIF_HEADERS, Headers, Receive, Scope, Send, send
+from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send, send
 
 log = logging.getLogger("pixelsync.web")
 
 METHODS_PIXEL: Final = frozenset({"GET", "HEAD"})
+# What the cookie bounce adds to a request's URL; its follow-up is let past the size
+# limit by these bytes, so that a request at the limit is not lost to a 414 on its way back.
+BOUNCED: Final = b"d_bounce=1"
+_BOUNCED_LAST: Final = b"&" + BOUNCED
 
 Req = TypeVar("Req")
 
@@ -131,7 +137,7 @@ class BrowserEndpoint(Generic[Req]):
         req: Req | None = None
         try:
             params = self.params(scope)
-            if len(params) > self.max_query:
+            if len(params) > self.max_query and not _bounced_within(params, self.max_query):
                 raise RequestError(Code.MALFORMED, self.too_long, status=414)
             body = await read_body(receive, self.max_body, headers) if method == "POST" else b""
             req = self.parse(call, params, body)
@@ -183,6 +189,33 @@ class BrowserEndpoint(Generic[Req]):
         await send(call.send, exc.status, out, GIF, head=call.head)
         return f"error_{int(exc.code)}"
 
+    # ------------------------------------------------------------------ the cookie bounce
+
+    async def cookie_bounce(self, call: Call, extra: Headers | None = None) -> str:
+        """SPEC §3: instead of storing for a visitor without our cookie, set a fresh one
+        and send the browser back to the same URL plus d_bounce=1 (307 for a POST, so
+        that its body is sent again); only a browser that keeps the cookie gets stored.
+        The endpoint answers the follow-up still without a cookie with 172, never a
+        second bounce. `extra`: headers the redirect must carry (CORS)."""
+        headers: Headers = [
+            (b"location", self.bounce_location(call.scope)),
+            (b"content-length", b"0"),
+            *NO_CACHE,
+            self.cookies.set_header(call.visitor),
+        ]
+        if extra:
+            headers += extra
+        await send(call.send, 307 if call.method == "POST" else 302, headers, b"", head=call.head)
+        return "bounce"
+
+    def bounce_location(self, scope: Scope) -> bytes:
+        """The request's own URL, relative, plus d_bounce=1."""
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope["query_string"]
+        if query:
+            return raw_path + b"?" + query + _BOUNCED_LAST
+        return raw_path + b"?" + BOUNCED
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -222,6 +255,11 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
         if len(cookies) > 1:
             headers[b"cookie"] = b"; ".join(cookies)
     return headers
+
+
+def _bounced_within(params: bytes, limit: int) -> bool:
+    """A cookie bounce's follow-up of a request within the limit."""
+    return params.endswith(_BOUNCED_LAST) and len(params) - len(_BOUNCED_LAST) <= limit
 
 
 def opt_out_kept(exc: RequestError, cookies: VisitorCookies) -> Headers:

@@ -275,7 +275,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
 
 class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
     """GET /setuid: a bidder's callback with its uid, stored in the match table. It
-    answers the GIF (f=i) or empty HTML (f=b), never a redirect."""
+    answers the GIF (f=i) or empty HTML (f=b); a redirect only for the cookie bounce."""
 
     name = "setuid"
 
@@ -296,6 +296,9 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
         visitor = call.visitor
         outcome = SetuidOutcome.OK
         if visitor.kind is VisitorKind.NEW and self.s.bounce:
+            if not sync.bounced:
+                metrics.child(metrics.SETUID_REQUESTS, SetuidOutcome.BOUNCE.label).inc()
+                return await self.cookie_bounce(call)
             outcome = SetuidOutcome.COOKIES_BLOCKED
         else:
             assert visitor.uuid is not None

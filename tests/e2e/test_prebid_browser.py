@@ -12,7 +12,8 @@ Two sites, no DNS (TESTING.md, "A real browser"):
 
 Afterwards /getuids, fetched by the page with credentials, has every bidder's uid,
 and a second /cookie_sync hands out no sync: all are in the match table. A browser that
-refuses third-party cookies runs the same syncs, but /setuid stores nothing (172).
+refuses third-party cookies runs the same syncs, but /setuid stores nothing: each
+callback is bounced once (SPEC §3) and comes back without a cookie (172).
 """
 
 from __future__ import annotations
@@ -156,10 +157,17 @@ async def test_a_browser_that_refuses_third_party_cookies_stores_nothing(
             assert len(answer["bidder_status"]) == len(BIDDERS)  # handed out all the same
 
             async def all_called_back() -> bool:
-                return len(setuids.seen) == len(BIDDERS)
+                return len(setuids.seen) == 2 * len(BIDDERS)
 
+            # Each callback bounced once (302 to itself plus d_bounce=1), then 172.
             assert await wait_for(all_called_back, timeout=TIMEOUT_MS / 1000)
-            assert all(r.headers.get("x-error") == "172" for r in setuids.seen)
+            outcomes = [
+                (r.url.endswith("&d_bounce=1"), r.status, r.headers.get("x-error"))
+                for r in setuids.seen
+            ]
+            assert sorted(outcomes) == [(False, 302, None)] * len(BIDDERS) + [
+                (True, 200, "172")
+            ] * len(BIDDERS)
             await store.drain()
             for dpid, (_, uid) in called(bidders).items():
                 assert await store.lookup(dpid, [uid], today()) == {}

@@ -432,6 +432,8 @@ async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) 
 async def test_rules_on_header_and_private_signals(services: Services) -> None:
     svc = services.start(
         Config(
+            # No cookie bounce: the first request, without a cookie, is answered at once.
+            "[cookies]\nbounce = false\n"
             '[[traits]]\nsid = 71\nname = "bots"\nrule = \'h_user-agent contains "TestBot"\'\n'
             "[[traits]]\nsid = 72\nname = \"young\"\nrule = 'p_age < 25'\n"
             '[[traits]]\nsid = 73\nname = "sports"\nrule = \'c_section == "sports"\'\n'

@@ -217,12 +217,15 @@ async def test_declared_ids_of_a_browser_without_cookie_are_not_stored(
     http: httpx.AsyncClient, store: Store
 ) -> None:
     uid = f"anon-{new_uuid()[:10]}"
-    resp = await http.get(f"/event?d_rtbd=json&d_cid=1234%01{uid}")
-    assert resp.status_code == 200
-    await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(resp.json()["uuid"]))
+    bounce = await http.get(f"/event?d_rtbd=json&d_cid=1234%01{uid}")
+    assert bounce.status_code == 302  # the cookie bounce (tests/web/test_bounce.py)
+    resp = await http.get(bounce.headers["location"])  # the browser kept no cookie
+    assert resp.status_code == 200 and resp.json()["errors"][0]["code"] == 172
+    uuid = bounce.headers["set-cookie"].split("=", 1)[1].split(".")[0]
+    await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(uuid))
 
     async def marker() -> bool:
-        return 99 in await store.mappings(resp.json()["uuid"], DAY)
+        return 99 in await store.mappings(uuid, DAY)
 
     assert await wait_for(marker)
     assert await store.lookup(1234, [uid], DAY) == {}

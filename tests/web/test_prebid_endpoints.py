@@ -458,13 +458,16 @@ async def test_setuid_empty_uid_deletes_the_mapping(http: httpx.AsyncClient, sto
 async def test_setuid_without_the_visitor_cookie_stores_nothing(
     http: httpx.AsyncClient, store: Store
 ) -> None:
-    """Like /ibs's cookie bounce, without redirecting: a browser that came without our
-    cookie gets one, and nothing is stored under a uuid it may never present."""
+    """The cookie bounce, as /ibs's: a browser that came without our cookie gets one and
+    comes back; still without it, nothing is stored under a uuid it may never present."""
     uid = f"nocookie-{new_uuid()[:10]}"
-    resp = await http.get(f"/setuid?bidder=acme&uid={uid}&f=i")
+    bounce = await http.get(f"/setuid?bidder=acme&uid={uid}&f=i")
+    assert bounce.status_code == 302
+    assert bounce.headers["location"] == f"/setuid?bidder=acme&uid={uid}&f=i&d_bounce=1"
+    resp = await http.get(bounce.headers["location"])
     assert resp.status_code == 200 and resp.content == GIF
     assert resp.headers["x-error"] == "172"
-    uuid = resp.headers["set-cookie"].split("=", 1)[1].split(".")[0]
+    uuid = bounce.headers["set-cookie"].split("=", 1)[1].split(".")[0]
     await http.get("/setuid?bidder=framer&uid=marker", headers=visitor(uuid))
     assert set(await stored_mappings(store, uuid, 1)) == {802}
     assert await store.lookup(801, [uid], DAY) == {}

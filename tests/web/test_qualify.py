@@ -188,14 +188,17 @@ async def test_d_sid_realizes_only_what_the_browser_may(http: httpx.AsyncClient)
     assert doc["traits"] == [200] and doc["segments"] == [503]
 
 
-async def test_new_visitors_qualify_in_the_answer_without_storage(
+async def test_new_visitors_are_stored_only_once_they_keep_the_cookie(
     http: httpx.AsyncClient,
 ) -> None:
-    resp = await http.get("/event?d_rtbd=json&d_cts=2&c_section=sports")
-    doc = resp.json()
-    assert doc["traits"] == [100] and doc["segments"] == [500]
-    user = await http.get(f"/v1/users/{doc['uuid']}", headers=AUTH)
-    assert user.status_code == 404  # nothing stored until the browser keeps the cookie
+    bounce = await http.get("/event?d_rtbd=json&d_cts=2&c_section=sports")
+    assert bounce.status_code == 302  # the cookie bounce (tests/web/test_bounce.py)
+    refused = await http.get(bounce.headers["location"])  # still without the cookie
+    assert refused.json()["errors"][0]["code"] == 172
+    cookie = {"cookie": bounce.headers["set-cookie"].split(";")[0]}
+    uuid = cookie["cookie"].split("=", 1)[1].split(".")[0]
+    doc = (await http.get(bounce.headers["location"], headers=cookie)).json()
+    assert doc["uuid"] == uuid and doc["traits"] == [100] and doc["segments"] == [500]
 
 
 async def test_url_destination_through_dest5_fire_and_ack(
