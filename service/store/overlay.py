@@ -6,10 +6,12 @@ clean-up) and retires it when that op's answer comes back; a newer entry is neve
 retired by an older op (identity check). Per visitor and partner, an entry is the
 composed effect of every queued op on that entry (a function of the stored value):
 
-- `Put(body)`: the entry is `body` (day2 + uid codec), whatever it was;
-- `Drop()`: the entry is gone, whatever it was (a /setuid clear, Map then Disown);
-- `DropIf(encs)`: the entry is gone if it holds one of these uids (a Disown).
+- a put (a Map or Forward op itself): the entry is its uid as of its day;
+- a drop (a Clear op, or `Drop`): the entry is gone, whatever it was (Map then Disown);
+- a drop-if (a Disown op, or `DropIf`): the entry is gone if it holds one of these uids.
 
+Ops stand for their own effect (nothing to build on the hot path); `Drop` and `DropIf`
+are what composing builds, with the op whose acknowledgement retires them.
 Effects compose (a newer one over an older one), and applying one twice changes
 nothing, so a reader may apply the entries it saw before its Redis read was sent
 (`pre`: one retired while the read was in flight may not be in what Redis answered)
@@ -26,60 +28,74 @@ Everything here is bounded by the write queue: an entry only stands for queued o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
+from .codec import pack_day
 
-class Put:
-    __slots__ = ("body", "op")
-
-    def __init__(self, body: bytes, op: Any) -> None:
-        self.body = body
-        self.op = op  # the op whose acknowledgement retires this entry
+PUT: Final = 1
+DROP: Final = 2
+DROP_IF: Final = 3
 
 
 class Drop:
     __slots__ = ("op",)
+    effect = DROP
 
     def __init__(self, op: Any) -> None:
-        self.op = op
+        self.op = op  # the op whose acknowledgement retires this entry
 
 
 class DropIf:
     __slots__ = ("encs", "op")
+    effect = DROP_IF
 
     def __init__(self, encs: tuple[bytes, ...], op: Any) -> None:
         self.encs = encs
         self.op = op
 
 
-Effect = Put | Drop | DropIf
+# An effect: an op (Map, Forward: PUT with .day and .enc; Disown: DROP_IF with .enc;
+# Clear: DROP) or a Drop or DropIf; each has `effect`, one of the three.
+Effect = Any
 Entries = Mapping[int, Effect]  # dpid -> the pending effect on the visitor's entry
+
+
+def retires(effect: Effect, op: Any) -> bool:
+    """Whether acknowledging `op` retires this entry."""
+    return effect is op or (isinstance(effect, Drop | DropIf) and effect.op is op)
+
+
+def _encs(effect: Effect) -> tuple[bytes, ...]:
+    return effect.encs if isinstance(effect, DropIf) else (effect.enc,)
+
+
+def _op(effect: Effect) -> Any:
+    return effect.op if isinstance(effect, Drop | DropIf) else effect
 
 
 def compose(old: Effect | None, new: Effect) -> Effect:
     """The effect of `old` then `new` on one entry."""
-    if old is None or isinstance(new, Put | Drop):
+    if old is None or new.effect != DROP_IF:
         return new
-    if isinstance(old, Put):
+    if old.effect == PUT:
         # A Disown of the uid just put removes it; of another uid, changes nothing.
-        return Drop(new.op) if old.body[2:] in new.encs else old
-    if isinstance(old, Drop):
+        return Drop(_op(new)) if old.enc in _encs(new) else old
+    if old.effect == DROP:
         return old
-    if set(new.encs) <= set(old.encs):
-        return DropIf(old.encs, new.op)
-    return DropIf(old.encs + new.encs, new.op)
+    return DropIf(tuple(dict.fromkeys(_encs(old) + _encs(new))), _op(new))
 
 
 def apply(entries: dict[int, bytes], pending: Entries) -> None:
     """Apply pending effects to a visitor's entries (dpid -> day2 + uid codec)."""
     for dpid, effect in pending.items():
-        if isinstance(effect, Put):
-            entries[dpid] = effect.body
-        elif isinstance(effect, Drop):
+        kind = effect.effect
+        if kind == PUT:
+            entries[dpid] = pack_day(effect.day) + effect.enc
+        elif kind == DROP:
             entries.pop(dpid, None)
         else:
             body = entries.get(dpid)
-            if body is not None and body[2:] in effect.encs:
+            if body is not None and body[2:] in _encs(effect):
                 del entries[dpid]
 
 
@@ -114,12 +130,8 @@ def merged(
 
 
 def put_day(pre: Entries | None, post: Entries | None) -> int | None:
-    """The latest visitor day a pending Put sets (None: no Put pending)."""
+    """The latest visitor day a pending put sets (None: no put pending)."""
     days = [
-        int.from_bytes(e.body[:2], "big")
-        for pending in (pre, post)
-        if pending
-        for e in pending.values()
-        if isinstance(e, Put)
+        e.day for pending in (pre, post) if pending for e in pending.values() if e.effect == PUT
     ]
     return max(days) if days else None

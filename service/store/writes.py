@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -65,6 +65,8 @@ class Touch:
 class Forward:
     """The visitor's entry for a partner: (dpid, uid) as of `day`."""
 
+    effect: ClassVar = overlay.PUT  # as a pending entry of the read-back overlay
+
     uuid: str
     dpid: int
     enc: bytes
@@ -74,6 +76,8 @@ class Forward:
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Map:
     """Forward and Reverse in one command (standalone servers only)."""
+
+    effect: ClassVar = overlay.PUT
 
     uuid: str
     dpid: int
@@ -103,6 +107,8 @@ class Unlink:
 class Disown:
     """Remove a visitor's entry for a partner if it still holds this uid."""
 
+    effect: ClassVar = overlay.DROP_IF
+
     uuid: str
     dpid: int
     enc: bytes
@@ -113,6 +119,8 @@ class Clear:
     """Remove the visitor's entry for a partner, whatever uid it holds (a /setuid
     clear); the uid's reverse entry goes as a clean-up. Ordered with the visitor's
     other writes, so it never removes a uid set after it."""
+
+    effect: ClassVar = overlay.DROP
 
     uuid: str
     dpid: int
@@ -277,9 +285,18 @@ class WriteBuffer:
                 log.error("write buffer full, write dropped", extra={"dropped": self.overflowed})
             return False
         self._maps += maps
+        track = self._track
         for op in ops:
             kind = type(op)
-            if kind is Erase:
+            if kind is Map:  # inline: the one write of every /ibs
+                if track:
+                    put = cast(Map, op)
+                    if put.uuid in self.pending:
+                        self._register(op)
+                    else:
+                        self.claims[(put.dpid, put.enc)] = put
+                        self.pending[put.uuid] = {put.dpid: put}
+            elif kind is Erase:
                 self._forget(cast(Erase, op))
             elif kind is SaveProfile:
                 save = cast(SaveProfile, op)
@@ -288,7 +305,7 @@ class WriteBuffer:
                     and len(self.unwritten_profiles) < self.overlay_max
                 ):
                     self.unwritten_profiles[save.uuid] = save.new
-            elif self._track:
+            elif track:
                 self._register(op)
         self._queue.extend(ops)
         self._idle.clear()
@@ -296,37 +313,25 @@ class WriteBuffer:
         return True
 
     def _register(self, op: Op) -> None:
-        """Enter a mapping op into the read-back overlay."""
+        """Enter a mapping op into the read-back overlay: the op stands for its effect."""
         kind = type(op)
-        effect: overlay.Effect
-        if kind is Map or kind is Forward:
-            put = cast(Map | Forward, op)
-            effect = overlay.Put(pack_day(put.day) + put.enc, op)
+        if kind is Map or kind is Forward or kind is Disown or kind is Clear:
+            one = cast(Map | Forward | Disown | Clear, op)
             if kind is Map:
-                self.claims[(put.dpid, put.enc)] = cast(Map, op)
-        elif kind is Disown:
-            disown = cast(Disown, op)
-            effect = overlay.DropIf((disown.enc,), op)
-        elif kind is Clear:
-            effect = overlay.Drop(op)
-        elif kind is Reverse:
-            reverse = cast(Reverse, op)
-            self.claims[(reverse.dpid, reverse.enc)] = reverse
-            return
+                self.claims[(one.dpid, cast(Map, op).enc)] = cast(Map, op)
+            entries = self.pending.get(one.uuid)
+            if entries is None:
+                self.pending[one.uuid] = {one.dpid: op}
+            else:  # copied: a reader's snapshot is never changed under it
+                entries = dict(entries)
+                entries[one.dpid] = overlay.compose(entries.get(one.dpid), op)
+                self.pending[one.uuid] = entries
         elif kind is Touch:
             touch = cast(Touch, op)
             self.touched[touch.uuid] = touch
-            return
-        else:
-            return
-        one = cast(Map | Forward | Disown | Clear, op)
-        entries = self.pending.get(one.uuid)
-        if entries is None:
-            self.pending[one.uuid] = {one.dpid: effect}
-        else:  # copied: a reader's snapshot is never changed under it
-            entries = dict(entries)
-            entries[one.dpid] = overlay.compose(entries.get(one.dpid), effect)
-            self.pending[one.uuid] = entries
+        elif kind is Reverse:
+            reverse = cast(Reverse, op)
+            self.claims[(reverse.dpid, reverse.enc)] = reverse
 
     def _retire(self, op: Op) -> None:
         """An op left the queue (applied, failed or skipped): its overlay entries go,
@@ -356,7 +361,7 @@ class WriteBuffer:
         if entries is None:
             return
         effect = entries.get(one.dpid)
-        if effect is None or effect.op is not op:
+        if effect is None or not overlay.retires(effect, op):
             return
         if len(entries) == 1:
             del self.pending[one.uuid]

@@ -16,7 +16,7 @@ import pytest
 from service.profiles import Profile
 from service.store import KeySchema, Retention, Store, VisitorState, connect, overlay
 from service.store.codec import encode_uid, pack_day
-from service.store.writes import Disown, Erase, Map, Touch, WriteBuffer
+from service.store.writes import Clear, Disown, Erase, Map, Touch, WriteBuffer
 from tests.conftest import DEFAULT_BUCKETS
 from tests.proxy import FaultProxy
 
@@ -270,21 +270,23 @@ async def test_a_snapshot_is_not_changed_when_its_op_is_acknowledged_mid_read(
     assert v not in w.pending and w.claims == {}
     # The read answered before the op was applied (nothing in Redis): the snapshot
     # still holds it.
-    assert snapshot[7].op is put
+    assert snapshot[7] is put
     assert overlay.merged({}, v, snapshot, w.pending.get(v), w.claims) == {7: pack_day(DAY) + x}
 
 
 def test_effects_compose_as_the_ops_apply() -> None:
-    x, y = b"\x01x", b"\x01y"
-    put = overlay.Put(pack_day(DAY) + x, "put")
+    v, x, y = visitor(), b"\x01x", b"\x01y"
+    put = Map(v, 7, x, DAY)
     assert overlay.compose(None, put) is put
-    assert isinstance(overlay.compose(put, overlay.DropIf((x,), "d")), overlay.Drop)
-    assert overlay.compose(put, overlay.DropIf((y,), "d")) is put
-    drop = overlay.Drop("c")
-    assert overlay.compose(drop, overlay.DropIf((x,), "d")) is drop
-    assert overlay.compose(drop, put) is put
-    both = overlay.compose(overlay.DropIf((x,), "a"), overlay.DropIf((y,), "b"))
-    assert isinstance(both, overlay.DropIf) and set(both.encs) == {x, y} and both.op == "b"
+    assert isinstance(overlay.compose(put, Disown(v, 7, x)), overlay.Drop)
+    assert overlay.compose(put, Disown(v, 7, y)) is put
+    clear = Clear(v, 7)
+    assert overlay.compose(clear, Disown(v, 7, x)) is clear
+    assert overlay.compose(clear, put) is put
+    last = Disown(v, 7, y)
+    both = overlay.compose(Disown(v, 7, x), last)
+    assert isinstance(both, overlay.DropIf) and set(both.encs) == {x, y}
+    assert overlay.retires(both, last)
     for stored in ({7: pack_day(DAY) + x}, {7: pack_day(DAY) + y}, {}):
         entries = dict(stored)
         overlay.apply(entries, {7: both})
@@ -292,6 +294,8 @@ def test_effects_compose_as_the_ops_apply() -> None:
     entries = {7: pack_day(DAY) + b"\x01z"}
     overlay.apply(entries, {7: both})
     assert 7 in entries
+    overlay.apply(entries, {7: put, 8: clear})
+    assert entries == {7: pack_day(DAY) + x}
 
 
 def test_a_newer_entry_is_never_retired_by_an_older_op(store: Store) -> None:
@@ -300,7 +304,7 @@ def test_a_newer_entry_is_never_retired_by_an_older_op(store: Store) -> None:
     first, second = Map(v, 7, x, DAY), Map(v, 7, y, DAY)
     w.push(first, second)
     w._retire(first)
-    assert w.pending[v][7].op is second and (7, y) in w.claims and (7, x) not in w.claims
+    assert w.pending[v][7] is second and (7, y) in w.claims and (7, x) not in w.claims
     w._retire(second)
     assert w.pending == {} and w.claims == {}
 
