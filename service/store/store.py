@@ -264,7 +264,8 @@ class Store:
         self, dpid: int, uids: Sequence[str], today: int
     ) -> tuple[dict[str, str], dict[str, VisitorState]]:
         """(partner uid -> the visitor that last claimed it, visitor -> its state): a
-        lookup, then the matched visitors' profiles (three pipelined round trips)."""
+        lookup, then the matched visitors' profiles (three pipelined round trips). The
+        states are Redis's alone: the batch job that asks keeps no read-back."""
         records: dict[str, bytes] = {}
         owners = await self._matches.lookup(dpid, uids, today, records)
         return owners, await self._profiles.states(records)
