@@ -172,8 +172,6 @@ def create_app(settings: Settings) -> HotPaths:
             access.flush()
             counter.cancel()
             stats.cancel()
-            for clearing in list(prebid.clearing):  # Redis gone for good: log what is lost
-                clearing.cancel()
             await domain.close(timeout=5.0)
             store.flush_counts(time.time())
             metrics.flush()

@@ -27,9 +27,11 @@ class Counters:
 
     def add(self, minute: int, counts: Mapping[str, int]) -> None:
         key = counts_key(minute)
-        self.access.writes.push(
-            *(Count(key, f, n, COUNTS_TTL_S) for f, n in counts.items()), bounded=False
-        )
+        if not self.access.writes.push(
+            *(Count(key, f, n, COUNTS_TTL_S) for f, n in counts.items())
+        ):
+            for field, n in counts.items():  # the queue is full: next time, not lost
+                self.tally.add(field, n)
 
     def seen(self, uuid: str) -> None:
         if len(self._seen) < MAX_SEEN:
@@ -43,8 +45,7 @@ class Counters:
             seen, self._seen = [uuid16(u) for u in self._seen], set()  # off the hot path
             key = seen_key(int(now) // 3600)
             self.access.writes.push(
-                *(Seen(key, seen[i : i + 1000], SEEN_TTL_S) for i in range(0, len(seen), 1000)),
-                bounded=False,
+                *(Seen(key, seen[i : i + 1000], SEEN_TTL_S) for i in range(0, len(seen), 1000))
             )
 
     async def distinct_visitors(self, hours: int, now: float) -> int:

@@ -7,10 +7,17 @@ from collections.abc import Callable, Mapping
 from typing import cast
 
 from ..profiles import Profile
+from . import overlay
 from .access import Access
-from .codec import pack_profile, parse_profile, uuid16
-from .mappings import PartnerUid, Retention, live
+from .codec import pack_profile, parse_profile, parse_record, uuid16
+from .mappings import PartnerUid, Retention, live, live_entries
 from .writes import UNREAD, SaveProfile
+
+# What a read found queued for the visitor's entries: (uuid, the pending effects before
+# the read, after it, the pending claims of uids).
+Pending = tuple[
+    str, overlay.Entries | None, overlay.Entries | None, Mapping[tuple[int, bytes], object]
+]
 
 
 class VisitorState:
@@ -22,7 +29,7 @@ class VisitorState:
     visitor with nothing stored (`VisitorState()`, or with the profile to save) and
     that of a failed read (`VisitorState.unread()`)."""
 
-    __slots__ = ("_packed", "_record", "_retention", "profile")
+    __slots__ = ("_packed", "_pending", "_record", "_retention", "profile")
 
     def __init__(
         self,
@@ -30,11 +37,13 @@ class VisitorState:
         packed: bytes = b"",
         record: bytes | None = None,
         retention: Retention | None = None,
+        pending: Pending | None = None,
     ) -> None:
         self.profile = Profile() if profile is None else profile
         self._packed = packed  # the stored value as read (b"": none; UNREAD: unknown)
         self._record = record  # the match-table record as read (not parsed until asked)
         self._retention = retention
+        self._pending = pending  # this process's queued mapping writes (overlay.py)
 
     @classmethod
     def unread(cls) -> VisitorState:
@@ -49,14 +58,23 @@ class VisitorState:
     @property
     def found(self) -> bool:
         """Whether anything is stored for the visitor (a profile or mappings)."""
-        return self._record is not None or bool(self._packed and self._packed is not UNREAD)
+        if self._record is not None or bool(self._packed and self._packed is not UNREAD):
+            return True
+        pending = self._pending
+        return pending is not None and overlay.put_day(pending[1], pending[2]) is not None
 
     def mappings(self, today: int) -> dict[int, PartnerUid]:
-        """The visitor's live partner uids, dpid -> uid (none when the read failed)."""
-        if self._record is None:
-            return {}
+        """The visitor's live partner uids, dpid -> uid (none when the read failed),
+        this process's queued writes included."""
+        pending = self._pending
+        if pending is None:
+            if self._record is None:
+                return {}
+            assert self._retention is not None
+            return live(self._record, today, self._retention)
         assert self._retention is not None
-        return live(self._record, today, self._retention)
+        entries = {} if self._record is None else parse_record(self._record)[1]
+        return live_entries(overlay.merged(entries, *pending), today, self._retention)
 
 
 # Given the visitor's state as stored now, the profile to store instead: the change of
@@ -86,16 +104,27 @@ class ProfileStore:
 
     async def state(self, uuid: str, timeout: float) -> VisitorState:
         profile_key, visitor_key, field = self.access.schema.visitor_slots(uuid)
+        # Read your own writes: this process's are not all in Redis yet. What is queued
+        # is looked at before the read (an op acknowledged meanwhile may have been
+        # applied after Redis answered) and after it (newer).
+        w = self.access.writes
+        unwritten, pre = w.unwritten_profiles.get(uuid), w.pending.get(uuid)
+        erasing = uuid in w.erasing
         profile, record = await self.access.run(
             [("HGET", profile_key, field), ("HGET", visitor_key, field)],
             self.access.reads,
             timeout,
         )
-        # Read your own writes: this process's are not all in Redis yet.
-        packed = self.access.writes.unwritten_profiles.get(uuid)
+        if erasing or uuid in w.erasing:
+            return VisitorState(retention=self.retention)
+        packed = w.unwritten_profiles.get(uuid)
+        if packed is None:
+            packed = unwritten
         if packed is None:
             packed = cast(bytes | None, profile) or b""
-        return VisitorState(parse_profile(packed), packed, record, self.retention)
+        post, claims = w.pending.get(uuid), w.claims
+        pending = (uuid, pre, post, claims) if pre or post or claims else None
+        return VisitorState(parse_profile(packed), packed, record, self.retention, pending)
 
     async def states(self, records: Mapping[str, bytes]) -> dict[str, VisitorState]:
         """The states of visitors whose records were read already (a lookup's): their

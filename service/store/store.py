@@ -25,7 +25,7 @@ from .mappings import MatchTable, PartnerUid, Retention
 from .profiles import ProfileStore, Redo, VisitorState
 from .servers import Client
 from .sweep import Prune, Sweeper
-from .writes import OVERLAY_MAX, Erase, WriteBuffer
+from .writes import OVERLAY_MAX, WriteBuffer
 
 log = logging.getLogger("pixelsync.store")
 
@@ -216,10 +216,17 @@ class Store:
         only if it still names the other (a newer mapping wins)."""
         return self._matches.delete(uuid, dpid, uid)
 
-    def erase_visitor(self, uuid: str) -> None:
+    def clear_mapping(self, uuid: str, dpid: int) -> bool:
+        """Remove the visitor's mapping at a partner, whatever uid it holds, in both
+        directions (a /setuid clear): ordered with the visitor's other writes, so a
+        uid set after it stays. Needs no read; bounded like every buffered write."""
+        return self._matches.clear(uuid, dpid)
+
+    def erase_visitor(self, uuid: str) -> bool:
         """Erase everything about the visitor (profile, mappings in both directions).
-        Never refused."""
-        self.writes.push(Erase(uuid), bounded=False)
+        One queued erasure per visitor however often it is asked; False (counted and
+        logged) when the write buffer is full."""
+        return self.writes.erase(uuid)
 
     @_surfaced
     async def mappings(
@@ -232,6 +239,8 @@ class Store:
 
     @_surfaced
     async def visitor_last_seen(self, uuid: str) -> int | None:
+        """The day the visitor was last seen (None: no record), this process's queued
+        touches included."""
         return await self._matches.last_seen(uuid)
 
     @_surfaced
@@ -255,7 +264,8 @@ class Store:
         self, dpid: int, uids: Sequence[str], today: int
     ) -> tuple[dict[str, str], dict[str, VisitorState]]:
         """(partner uid -> the visitor that last claimed it, visitor -> its state): a
-        lookup, then the matched visitors' profiles (three pipelined round trips)."""
+        lookup, then the matched visitors' profiles (three pipelined round trips). The
+        states are Redis's alone: the batch job that asks keeps no read-back."""
         records: dict[str, bytes] = {}
         owners = await self._matches.lookup(dpid, uids, today, records)
         return owners, await self._profiles.states(records)

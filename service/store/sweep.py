@@ -93,7 +93,9 @@ class Sweeper:
             if ok:
                 counts["visitors" if not new else "records"] += 1
                 counts["mappings"] += len(gone)
-                self.access.writes.push(*unlinks(self.access.schema, field, gone), bounded=False)
+                self.access.writes.push(
+                    *unlinks(self.access.schema, field, gone)
+                )  # refused: swept as orphans later
 
     async def _reverse(self, keys: Sequence[bytes], counts: dict[str, int]) -> None:
         entries = [
@@ -114,7 +116,7 @@ class Sweeper:
                 claimed.update((u.key, u.field) for u in unlinks(s, owner, parse_record(record)[1]))
         orphans = [Unlink(k, f, o) for k, f, o in entries if (k, f) not in claimed]
         counts["orphans"] += len(orphans)
-        self.access.writes.push(*orphans, bounded=False)
+        self.access.writes.push(*orphans)  # refused: swept as orphans later
 
     def _plan(
         self, key: bytes, field: bytes, record: bytes, today: int

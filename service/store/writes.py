@@ -10,8 +10,13 @@ as ops of their own.
 Failures:
 - Redis unreachable or refusing writes for now (connection, timeout, OOM, READONLY,
   MISCONF, LOADING, CLUSTERDOWN, ...): the ops stay queued, in order, and are retried
-  with backoff. The queue is bounded: beyond it new writes are refused and counted.
-  Erasures and clean-ups are never refused.
+  with backoff. The queue is bounded (`capacity`, [limits] buffer_max_ops): beyond it
+  new writes are refused and counted, erasures included (the caller says so). The
+  bound holds for every op, the writer's clean-ups included: a queued Map, the only
+  op whose answer may call for two clean-ups, reserves a second slot, so requests
+  are refused a little before the queue itself is full, and the queue never holds
+  more than `capacity` ops. An erasure of a visitor whose erasure is queued already
+  is that one (600 opt-outs of one cookie during an outage are one op).
 - NOSCRIPT (the server lost its script cache): retried at once with EVAL.
 - An error that belongs to the op itself (WRONGTYPE, a script error): that op is
   dropped, logged and counted (pixelsync_write_failures_total); the others go on.
@@ -26,13 +31,13 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 from redis.exceptions import NoScriptError, ResponseError
 
 from .. import metrics
 from ..replacements.redis_wire import PackedPipe, RawConnection
-from . import scripts
+from . import overlay, scripts
 from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
 from .keys import KeySchema
 from .servers import Client
@@ -60,6 +65,8 @@ class Touch:
 class Forward:
     """The visitor's entry for a partner: (dpid, uid) as of `day`."""
 
+    effect: ClassVar = overlay.PUT  # as a pending entry of the read-back overlay
+
     uuid: str
     dpid: int
     enc: bytes
@@ -69,6 +76,8 @@ class Forward:
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Map:
     """Forward and Reverse in one command (standalone servers only)."""
+
+    effect: ClassVar = overlay.PUT
 
     uuid: str
     dpid: int
@@ -98,9 +107,23 @@ class Unlink:
 class Disown:
     """Remove a visitor's entry for a partner if it still holds this uid."""
 
+    effect: ClassVar = overlay.DROP_IF
+
     uuid: str
     dpid: int
     enc: bytes
+
+
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
+class Clear:
+    """Remove the visitor's entry for a partner, whatever uid it holds (a /setuid
+    clear); the uid's reverse entry goes as a clean-up. Ordered with the visitor's
+    other writes, so it never removes a uid set after it."""
+
+    effect: ClassVar = overlay.DROP
+
+    uuid: str
+    dpid: int
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -172,6 +195,7 @@ Op = (
     | Reverse
     | Unlink
     | Disown
+    | Clear
     | Erase
     | Count
     | Seen
@@ -206,6 +230,7 @@ class WriteBuffer:
         self.scripts = scripts.Scripts()
         self._queue: deque[Op] = deque()
         self._capacity = capacity
+        self._maps = 0  # Maps queued: each reserves a slot for its second clean-up
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -216,15 +241,24 @@ class WriteBuffer:
             k: metrics.child(metrics.WRITES, k) for k in ("touch", "mapping", "erase", "profile")
         }
         self._applied = dict.fromkeys(self._written, 0)  # this batch's, by kind
-        # uuid -> the newest profile value queued and not yet written: this process's
-        # next request of the visitor reads it instead of Redis's older one.
+        # Read your writes (overlay.py): what this process queued and Redis has not
+        # acknowledged yet, as reads merge it over what Redis answers.
+        # uuid -> the newest profile value queued and not yet written.
         self.unwritten_profiles: dict[str, bytes] = {}
         self.overlay_max = overlay_max  # 0: no read-back (batch jobs keep their own state)
+        self._track = overlay_max > 0
+        # uuid -> dpid -> the pending effect on that entry (dicts copied on write)
+        self.pending: dict[str, dict[int, overlay.Effect]] = {}
+        # (dpid, uid codec) -> the queued Map or Reverse naming its new owner
+        self.claims: dict[tuple[int, bytes], Map | Reverse] = {}
+        self.touched: dict[str, Touch] = {}  # uuid -> its newest queued Touch
+        self.erasing: dict[str, Erase] = {}  # uuid -> its queued erasure
         # Visitors erased lately (uuid -> when): writes for them queued or redone after
         # the erasure are dropped, so that an erasure is not undone by a write in flight.
         self._erased: OrderedDict[str, float] = OrderedDict()
         self._nonces: OrderedDict[bytes, None] = OrderedDict()  # Once keys pushed lately
         self.overflowed = 0
+        self.dropped_erasures = 0
         self.failed = 0
         self.healthy = True
 
@@ -233,30 +267,108 @@ class WriteBuffer:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def push(self, *ops: Op, bounded: bool = True) -> bool:
-        if self._erased:
-            ops = tuple(op for op in ops if not self._for_erased(op))
+    def push(self, *ops: Op) -> bool:
+        """Queue ops, in order; False (and counted) when the queue has no room for
+        them all. Ops of a visitor being erased are dropped (answered True)."""
+        if self._erased or self.erasing:
+            ops = tuple(op for op in ops if not self._moot(op))
             if not ops:
                 return True
-        if bounded and len(self._queue) + len(ops) > self._capacity:
+        maps = 0
+        for op in ops:
+            if type(op) is Map:
+                maps += 1
+        if len(self._queue) + self._maps + len(ops) + maps > self._capacity:
             self.overflowed += len(ops)
             metrics.BUFFER_OVERFLOW.inc(len(ops))
             if self.overflowed <= len(ops) or self.overflowed % 1000 < len(ops):
                 log.error("write buffer full, write dropped", extra={"dropped": self.overflowed})
             return False
+        self._maps += maps
+        track = self._track
         for op in ops:
-            if isinstance(op, Erase):
-                self._forget(op.uuid)
-            elif (
-                isinstance(op, SaveProfile)
-                and op.expected != UNREAD  # built on nothing read: not worth reading back
-                and len(self.unwritten_profiles) < self.overlay_max
-            ):
-                self.unwritten_profiles[op.uuid] = op.new
+            kind = type(op)
+            if kind is Map:  # inline: the one write of every /ibs
+                if track:
+                    put = cast(Map, op)
+                    if put.uuid in self.pending:
+                        self._register(op)
+                    else:
+                        self.claims[(put.dpid, put.enc)] = put
+                        self.pending[put.uuid] = {put.dpid: put}
+            elif kind is Erase:
+                self._forget(cast(Erase, op))
+            elif kind is SaveProfile:
+                save = cast(SaveProfile, op)
+                if (
+                    save.expected != UNREAD  # built on nothing read: no value to read back
+                    and len(self.unwritten_profiles) < self.overlay_max
+                ):
+                    self.unwritten_profiles[save.uuid] = save.new
+            elif track:
+                self._register(op)
         self._queue.extend(ops)
         self._idle.clear()
         self._wakeup.set()
         return True
+
+    def _register(self, op: Op) -> None:
+        """Enter a mapping op into the read-back overlay: the op stands for its effect."""
+        kind = type(op)
+        if kind is Map or kind is Forward or kind is Disown or kind is Clear:
+            one = cast(Map | Forward | Disown | Clear, op)
+            if kind is Map:
+                self.claims[(one.dpid, cast(Map, op).enc)] = cast(Map, op)
+            entries = self.pending.get(one.uuid)
+            if entries is None:
+                self.pending[one.uuid] = {one.dpid: op}
+            else:  # copied: a reader's snapshot is never changed under it
+                entries = dict(entries)
+                entries[one.dpid] = overlay.compose(entries.get(one.dpid), op)
+                self.pending[one.uuid] = entries
+        elif kind is Touch:
+            touch = cast(Touch, op)
+            self.touched[touch.uuid] = touch
+        elif kind is Reverse:
+            reverse = cast(Reverse, op)
+            self.claims[(reverse.dpid, reverse.enc)] = reverse
+
+    def _retire(self, op: Op) -> None:
+        """An op left the queue (applied, failed or skipped): its overlay entries go,
+        unless a newer op's stand there."""
+        kind = type(op)
+        if kind is Touch:
+            touch = cast(Touch, op)
+            if self.touched.get(touch.uuid) is touch:
+                del self.touched[touch.uuid]
+            return
+        if kind is Erase:
+            erase = cast(Erase, op)
+            if self.erasing.get(erase.uuid) is erase:
+                del self.erasing[erase.uuid]
+            return
+        if kind is Map or kind is Reverse:
+            claim = cast(Map | Reverse, op)
+            slot = (claim.dpid, claim.enc)
+            if self.claims.get(slot) is claim:
+                del self.claims[slot]
+            if kind is Reverse:
+                return
+        elif not (kind is Forward or kind is Disown or kind is Clear):
+            return
+        one = cast(Map | Forward | Disown | Clear, op)
+        entries = self.pending.get(one.uuid)
+        if entries is None:
+            return
+        effect = entries.get(one.dpid)
+        if effect is None or not overlay.retires(effect, op):
+            return
+        if len(entries) == 1:
+            del self.pending[one.uuid]
+        else:
+            entries = dict(entries)
+            del entries[one.dpid]
+            self.pending[one.uuid] = entries
 
     def push_once(self, op: Once) -> bool:
         """Push a Once unless this process pushed the same key lately (a reloaded
@@ -268,9 +380,22 @@ class WriteBuffer:
             self._nonces.popitem(last=False)
         return self.push(op)
 
-    def _forget(self, uuid: str) -> None:
-        """An erasure: drop the visitor's queued writes and read-back value, and refuse
-        its writes for a while (a request or a redo in flight would bring data back)."""
+    def erase(self, uuid: str) -> bool:
+        """Queue the visitor's erasure (one per visitor while queued); False when the
+        queue is full (counted and logged)."""
+        if self.push(Erase(uuid)):
+            return True
+        self.dropped_erasures += 1
+        log.error("write buffer full, erasure dropped", extra={"uuid": uuid})
+        return False
+
+    def _forget(self, op: Erase) -> None:
+        """An erasure: forget the visitor's read-back, and refuse its writes while the
+        erasure is queued and for a while after (a request or a redo in flight would
+        bring data back). Its ops queued before are skipped when a batch is built:
+        constant time here, whatever the queue holds."""
+        uuid = op.uuid
+        self.erasing[uuid] = op
         now = time.monotonic()
         self._erased[uuid] = now
         self._erased.move_to_end(uuid)
@@ -279,15 +404,22 @@ class WriteBuffer:
         ):
             self._erased.popitem(last=False)
         self.unwritten_profiles.pop(uuid, None)
-        kept = [op for op in self._queue if _visitor_of(op) != uuid]
-        if len(kept) != len(self._queue):
-            self._queue = deque(kept)
-            metrics.BUFFERED.set(len(self._queue))
+        self.pending.pop(uuid, None)
+        self.touched.pop(uuid, None)
+
+    def _moot(self, op: Op) -> bool:
+        """Whether a pushed op changes nothing: an erasure already queued, or a write
+        for a visitor being (or lately) erased."""
+        if isinstance(op, Erase):
+            return op.uuid in self.erasing
+        return self._for_erased(op)
 
     def _for_erased(self, op: Op) -> bool:
         uuid = _visitor_of(op)
         if uuid is None:
             return False
+        if uuid in self.erasing:
+            return True
         when = self._erased.get(uuid)
         return when is not None and when > time.monotonic() - ERASED_S
 
@@ -312,7 +444,12 @@ class WriteBuffer:
         """Drop every queued op (the writer stopped); answers how many."""
         dropped = len(self._queue)
         self._queue.clear()
+        self._maps = 0
         self.unwritten_profiles.clear()
+        self.pending.clear()
+        self.claims.clear()
+        self.touched.clear()
+        self.erasing.clear()
         metrics.BUFFERED.set(0)
         self._idle.set()
         return dropped
@@ -325,7 +462,8 @@ class WriteBuffer:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                batch = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
+                taken = [self._queue[i] for i in range(min(_BATCH, len(self._queue)))]
+                batch = self._skip_erased(taken) if self.erasing else taken
                 try:
                     if not self._ready:
                         await self._before_first_write()
@@ -334,9 +472,10 @@ class WriteBuffer:
                 except Exception as exc:  # the writer must never die
                     again, trouble = list(batch), exc
                 self._count_applied()
-                for _ in batch:
+                for _ in taken:
                     self._queue.popleft()
                 self._queue.extendleft(reversed(again))
+                self._maps += _maps_in(again) - _maps_in(taken)
                 metrics.BUFFERED.set(len(self._queue))
                 if trouble is None:
                     if not self.healthy:
@@ -354,6 +493,18 @@ class WriteBuffer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
             self._idle.set()
+
+    def _skip_erased(self, taken: list[Op]) -> list[Op]:
+        """The ops to apply, without those of visitors whose erasure is queued (all
+        queued before it: the visitor's writes are refused meanwhile)."""
+        batch: list[Op] = []
+        for op in taken:
+            uuid = _visitor_of(op)
+            if uuid is not None and uuid in self.erasing:
+                self._retire(op)
+            else:
+                batch.append(op)
+        return batch
 
     def _count_applied(self) -> None:
         """Into Prometheus once a batch: an inc() per op showed in the /ibs profile."""
@@ -380,7 +531,10 @@ class WriteBuffer:
             if trouble is not None:
                 return again + list(batch[i:]), trouble
             try:
-                again += await self._erase(op)
+                if await self._erase(op):
+                    self._retire(op)
+                else:
+                    again.append(op)  # another writer changed the record: erase it again
             except Exception as exc:  # the ops before it are done: only it and the rest
                 return again + list(batch[i:]), exc
         back, trouble = await self._pipeline(run)
@@ -415,6 +569,10 @@ class WriteBuffer:
                         redone[op.save.uuid] = len(cleanups)
                 else:
                     follow = self._after(op, result)
+                if self._track:
+                    for cleanup in follow:
+                        self._register(cleanup)  # before the op's entries go
+                    self._retire(op)
                 cleanups += follow
             elif isinstance(result, NoScriptError):
                 self.scripts.forget()
@@ -424,6 +582,7 @@ class WriteBuffer:
                 not_applied.append(op)
                 trouble = result
             else:
+                self._retire(op)
                 self.failed += 1
                 metrics.WRITE_FAILURES.inc()
                 log.error(
@@ -454,6 +613,9 @@ class WriteBuffer:
         elif isinstance(op, Disown):
             run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
                 b"", varint(op.dpid), b"", op.enc)  # fmt: skip
+        elif isinstance(op, Clear):
+            run(pipe, scripts.UPSERT, s.visitor_key(op.uuid), uuid16(op.uuid),
+                b"", varint(op.dpid), b"", b"")  # fmt: skip
         elif isinstance(op, Count):
             run(pipe, scripts.COUNT, op.key, op.field.encode(), op.n, op.ttl_s)
         elif isinstance(op, Seen):
@@ -477,7 +639,7 @@ class WriteBuffer:
         elif isinstance(op, Map):
             old, owner = cast(list[bytes | None], result)
             return self._replaced(op, old) + self._taken(op, owner)
-        elif isinstance(op, Forward):
+        elif isinstance(op, Forward | Clear):
             return self._replaced(op, cast(bytes | None, result))
         elif isinstance(op, Reverse):
             return self._taken(op, cast(bytes | None, result))
@@ -549,9 +711,9 @@ class WriteBuffer:
             self.unwritten_profiles[earlier.uuid] = new
         return True
 
-    def _replaced(self, op: Forward | Map, old: bytes | None) -> list[Op]:
+    def _replaced(self, op: Forward | Map | Clear, old: bytes | None) -> list[Op]:
         self._applied["mapping"] += 1
-        if old is not None and old[2:] != op.enc:
+        if old is not None and (isinstance(op, Clear) or old[2:] != op.enc):
             # The visitor had another uid at this partner: unlink that uid.
             key, field = self.schema.reverse_slot(op.dpid, decode_uid(old[2:]))
             return [Unlink(key, field, uuid16(op.uuid))]
@@ -563,23 +725,26 @@ class WriteBuffer:
             return [Disown(uuid_from16(owner), op.dpid, op.enc)]
         return []
 
-    async def _erase(self, op: Erase) -> list[Op]:
-        """Delete the visitor's profile and record; the record's reverse entries go
-        as clean-ups."""
+    async def _erase(self, op: Erase) -> bool:
+        """Delete the visitor's profile and record, and the record's reverse entries
+        in the same pipeline (no clean-ups queued: an erasure takes one slot of the
+        queue, whatever the visitor's number of partners). False: another writer
+        changed the record meanwhile, erase again (its reverse entries removed already
+        were being erased anyway; one left behind is swept, reads verify them)."""
         key, field = self.schema.visitor_key(op.uuid), uuid16(op.uuid)
         pipe = self.client.pipeline(transaction=False)
         pipe.hdel(self.schema.profile_key(op.uuid), field)
         pipe.hget(key, field)
         _, record = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
-        if record is None:
-            self._applied["erase"] += 1
-            return []
-        pipe = self.client.pipeline(transaction=False)
-        self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")
-        if not (await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S))[0]:
-            return [op]  # another writer changed the record meanwhile: erase it again
+        if record is not None:
+            pipe = self.client.pipeline(transaction=False)
+            self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")
+            for unlink in unlinks(self.schema, field, parse_record(record)[1]):
+                self.scripts.queue(pipe, scripts.CAS, unlink.key, unlink.field, unlink.owner, b"")
+            if not (await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S))[0]:
+                return False
         self._applied["erase"] += 1
-        return list(unlinks(self.schema, field, parse_record(record)[1]))
+        return True
 
 
 def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Iterable[Unlink]:
@@ -590,8 +755,16 @@ def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Itera
 
 def _visitor_of(op: Op) -> str | None:
     """The visitor whose data an op writes (None: an op of no one visitor)."""
-    if isinstance(op, Touch | Map | Forward | Reverse | SaveProfile):
+    if isinstance(op, Touch | Map | Forward | Reverse | Disown | Clear | SaveProfile):
         return op.uuid
     if isinstance(op, Reread):
         return op.save.uuid
     return None
+
+
+def _maps_in(ops: Iterable[Op]) -> int:
+    n = 0
+    for op in ops:
+        if type(op) is Map:
+            n += 1
+    return n

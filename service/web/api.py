@@ -190,7 +190,8 @@ class Api:
         uuid = request.path_params["uuid"]
         if not is_uuid(uuid):
             return error(404, "not_found", "no such user")
-        self.store.erase_visitor(uuid)
+        if not self.store.erase_visitor(uuid):
+            return error(503, "unavailable", "the erasure could not be queued; retry later")
         try:
             await asyncio.wait_for(self.store.drain(), ERASE_TIMEOUT_S)
         except TimeoutError:

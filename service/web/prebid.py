@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from .. import metrics
@@ -40,7 +39,7 @@ from ..prebid import (
 from ..signals import first_values, parse_pairs
 from ..store import PartnerUid, Store
 from .common import SyncCounters
-from .dest5 import read_mappings, try_read_mappings
+from .dest5 import read_mappings
 from .pipeline import BrowserEndpoint, Call, Opening, Req, opt_out_kept, request_headers
 from .responses import (
     GIF,
@@ -61,8 +60,6 @@ log = logging.getLogger("pixelsync.web")
 
 JSON_UTF8: Final = b"application/json; charset=utf-8"
 PREFLIGHT_MAX_AGE: Final = b"86400"
-CLEAR_RETRY_S: Final = 300.0  # how long a /setuid clear waits for Redis in the background
-CLEAR_BACKOFF_S: Final = (0.1, 5.0)  # first and longest wait between its reads
 
 
 @dataclass
@@ -75,7 +72,6 @@ class PrebidEndpoints:
     public_url: str
     bounce: bool  # [cookies] bounce: /setuid stores only for a browser with our cookie
     shuffle: Shuffle  # the order /cookie_sync evaluates bidders in under a limit
-    clearing: set[asyncio.Task[None]] = field(default_factory=set)  # /setuid clears waiting
 
     def __post_init__(self) -> None:
         self.counters = SyncCounters(self.store.tally, self.bidders.names)
@@ -86,35 +82,6 @@ class PrebidEndpoints:
         if visitor.kind is not VisitorKind.KNOWN or visitor.uuid is None:
             return {}
         return await read_mappings(self.store, visitor.uuid)
-
-    async def clear(self, uuid: str, dpid: int) -> None:
-        """Delete the visitor's mapping for a partner. When the read of it fails, the
-        deletion is not lost: it is retried in the background, never holding the
-        answer up."""
-        found = await try_read_mappings(self.store, uuid)
-        if found is None:
-            task = asyncio.create_task(self._clear_later(uuid, dpid))
-            self.clearing.add(task)
-            task.add_done_callback(self.clearing.discard)
-        elif dpid in found:
-            self.store.delete_mapping(uuid, dpid, found[dpid].uid)
-
-    async def _clear_later(self, uuid: str, dpid: int) -> None:
-        wait, longest = CLEAR_BACKOFF_S
-        give_up = time.monotonic() + CLEAR_RETRY_S
-        try:
-            while time.monotonic() < give_up:
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, longest)
-                found = await try_read_mappings(self.store, uuid, timeout=1.0)
-                if found is not None:
-                    if dpid in found:
-                        self.store.delete_mapping(uuid, dpid, found[dpid].uid)
-                    return
-        except asyncio.CancelledError:
-            log.error("setuid clear lost", extra={"dpid": dpid, "reason": "shutdown"})
-            raise
-        log.error("setuid clear lost", extra={"dpid": dpid, "reason": "redis unreachable"})
 
     def cookie_sync(self) -> CookieSyncEndpoint:
         return CookieSyncEndpoint(self.opening, self)
@@ -308,7 +275,7 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
                 self.s.counters.completed(dpid)
                 metrics.child(metrics.SYNCER_SETS, name, SyncerSet.OK).inc()
             else:
-                await self.s.clear(visitor.uuid, dpid)
+                self.s.store.clear_mapping(visitor.uuid, dpid)
                 metrics.child(metrics.SYNCER_SETS, name, SyncerSet.CLEARED).inc()
         metrics.child(metrics.SETUID_REQUESTS, outcome.label).inc()
         out = [self.cookies.set_header(visitor)]

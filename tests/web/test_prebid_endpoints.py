@@ -66,6 +66,8 @@ OPTED_OUT = {"cookie": "uuid=NOTARGET"}
 
 
 async def stored_mappings(store: Store, uuid: str, count: int) -> dict[int, PartnerUid]:
+    await store.drain()  # the test's own writes: in Redis for the service to read
+
     async def enough() -> dict[int, PartnerUid]:
         found = await store.mappings(uuid, DAY)
         return found if len(found) == count else {}
