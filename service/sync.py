@@ -171,12 +171,13 @@ def format_dextp(
     handed: Mapping[int, int], evict_first: Collection[int] = (), newest: Collection[int] = ()
 ) -> str:
     """{dpid: unix ms} -> the dextp value, at most DEXTP_MAX_BYTES for any number of
-    partners, hand-out times at hour precision. Over the cap, the `evict_first` partners
-    are left out first, then the oldest hand-outs; within an hour, `newest` ones last."""
+    partners, hand-out times at hour precision (rounded up). Over the cap, the
+    `evict_first` partners are left out first, then the oldest hand-outs; within an
+    hour, `newest` ones last."""
     hours = {
-        dpid: ms // HOUR_MS
+        dpid: -(-ms // HOUR_MS)  # rounded up: a partner is due late by minutes, never early
         for dpid, ms in handed.items()
-        if 0 <= dpid <= _MAX_VARINT and 0 <= ms // HOUR_MS <= _MAX_VARINT
+        if 0 <= dpid <= _MAX_VARINT and 0 <= -(-ms // HOUR_MS) <= _MAX_VARINT
     }
     raw = _encode_newest_first(hours)
     if raw is None and evict_first:

@@ -83,7 +83,7 @@ def test_inbound_syncs(pairs: list[tuple[str, str]]) -> None:
 def test_dextp_cookies(value: str | None) -> None:
     handed = parse_dextp(value)
     assert all(isinstance(k, int) and isinstance(v, int) for k, v in handed.items())
-    hourly = {dpid: ms - ms % HOUR_MS for dpid, ms in handed.items()}
+    hourly = {dpid: -(-ms // HOUR_MS) * HOUR_MS for dpid, ms in handed.items()}  # rounded up
     assert parse_dextp(format_dextp(handed)) == hourly  # hour precision (SPEC §5)
 
 

@@ -71,7 +71,7 @@ HANDED = st.dictionaries(
 
 
 def hourly(handed: dict[int, int]) -> dict[int, int]:
-    return {dpid: ms - ms % HOUR_MS for dpid, ms in handed.items()}
+    return {dpid: -(-ms // HOUR_MS) * HOUR_MS for dpid, ms in handed.items()}  # rounded up
 
 
 def test_dextp_round_trip_at_hour_precision() -> None:

@@ -42,11 +42,13 @@ class Counters:
         if counts:
             self.add(int(now) // 60, counts)
         if self._seen:
-            seen, self._seen = [uuid16(u) for u in self._seen], set()  # off the hot path
+            visitors, self._seen = self._seen, set()
+            seen = [uuid16(u) for u in visitors]  # off the hot path
             key = seen_key(int(now) // 3600)
-            self.access.writes.push(
+            if not self.access.writes.push(
                 *(Seen(key, seen[i : i + 1000], SEEN_TTL_S) for i in range(0, len(seen), 1000))
-            )
+            ):  # the queue is full: next time, not lost (up to MAX_SEEN)
+                self._seen = visitors
 
     async def distinct_visitors(self, hours: int, now: float) -> int:
         hour = int(now) // 3600

@@ -101,6 +101,10 @@ class Unlink:
     key: bytes
     field: bytes
     owner: bytes
+    # (dpid, uid codec, uuid) when the writer queued it because the visitor's entry
+    # moved off that uid: a later op of the same batch that claims the uid for the
+    # visitor again makes it stale (_superseded).
+    why: tuple[int, bytes, str] | None = None
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
@@ -231,6 +235,9 @@ class WriteBuffer:
         self._queue: deque[Op] = deque()
         self._capacity = capacity
         self._maps = 0  # Maps queued: each reserves a slot for its second clean-up
+        # Room only erasures may take: an erasure (a visitor's opt-out) still fits
+        # when other writes filled the queue during an outage.
+        self._erase_room = capacity // 10
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -272,13 +279,14 @@ class WriteBuffer:
         them all. Ops of a visitor being erased are dropped (answered True)."""
         if self._erased or self.erasing:
             ops = tuple(op for op in ops if not self._moot(op))
-            if not ops:
-                return True
+        if not ops:
+            return True
         maps = 0
         for op in ops:
             if type(op) is Map:
                 maps += 1
-        if len(self._queue) + self._maps + len(ops) + maps > self._capacity:
+        limit = self._capacity if type(ops[0]) is Erase else self._capacity - self._erase_room
+        if len(self._queue) + self._maps + len(ops) + maps > limit:
             self.overflowed += len(ops)
             metrics.BUFFER_OVERFLOW.inc(len(ops))
             if self.overflowed <= len(ops) or self.overflowed % 1000 < len(ops):
@@ -404,7 +412,13 @@ class WriteBuffer:
         ):
             self._erased.popitem(last=False)
         self.unwritten_profiles.pop(uuid, None)
-        self.pending.pop(uuid, None)
+        for effect in (self.pending.pop(uuid, None) or {}).values():
+            # Its claims of uids go too: those Maps are skipped, the previous owners
+            # keep their uids.
+            if effect.effect == overlay.PUT:
+                slot = (effect.dpid, effect.enc)
+                if self.claims.get(slot) is effect:
+                    del self.claims[slot]
         self.touched.pop(uuid, None)
 
     def _moot(self, op: Op) -> bool:
@@ -525,7 +539,10 @@ class WriteBuffer:
             if not isinstance(op, Erase):
                 run.append(op)
                 continue
-            back, trouble = await self._pipeline(run)
+            try:
+                back, trouble = await self._pipeline(run, batch[i + 1 :])
+            except Exception as exc:  # not known to be applied: they go again, with the rest
+                return again + run + list(batch[i:]), exc
             again += back
             run = []
             if trouble is not None:
@@ -537,10 +554,17 @@ class WriteBuffer:
                     again.append(op)  # another writer changed the record: erase it again
             except Exception as exc:  # the ops before it are done: only it and the rest
                 return again + list(batch[i:]), exc
-        back, trouble = await self._pipeline(run)
+        try:
+            back, trouble = await self._pipeline(run)
+        except Exception as exc:  # the clean-ups of the runs before are kept
+            return again + run, exc
         return again + back, trouble
 
-    async def _pipeline(self, ops: Sequence[Op]) -> tuple[list[Op], BaseException | None]:
+    async def _pipeline(
+        self, ops: Sequence[Op], after: Sequence[Op] = ()
+    ) -> tuple[list[Op], BaseException | None]:
+        """Apply ops in one pipeline. `after`: the ops of the batch that follow them
+        (they are applied before the clean-ups, which go to the front of the queue)."""
         if not ops:
             return [], None
         if self.raw is not None:
@@ -557,18 +581,23 @@ class WriteBuffer:
         cleanups: list[Op] = []
         trouble: BaseException | None = None
         redone: dict[str, int] = {}  # visitor -> its redone SaveProfile in cleanups
-        for op, result in zip(ops, results, strict=True):
+        claimed: dict[tuple[Any, ...], int] | None = None  # built when first needed
+        for position, (op, result) in enumerate(zip(ops, results, strict=True)):
             if not isinstance(result, BaseException):
                 follow: list[Op] = []
                 if isinstance(op, Reread):
-                    at = redone.get(op.save.uuid)
-                    if at is not None and self._chain(cleanups, at, op.save, result):
+                    chained = redone.get(op.save.uuid)
+                    if chained is not None and self._chain(cleanups, chained, op.save, result):
                         continue
                     follow = self._after(op, result)
                     if follow:  # its SaveProfile
                         redone[op.save.uuid] = len(cleanups)
                 else:
                     follow = self._after(op, result)
+                if follow and (position + 1 < len(ops) or after):
+                    if claimed is None:
+                        claimed = _claimed_last(ops, after)
+                    follow = [c for c in follow if not _superseded(c, position, claimed)]
                 if self._track:
                     for cleanup in follow:
                         self._register(cleanup)  # before the op's entries go
@@ -583,6 +612,8 @@ class WriteBuffer:
                 trouble = result
             else:
                 self._retire(op)
+                if isinstance(op, SaveProfile):
+                    self._unsaved(op.uuid, op.new)
                 self.failed += 1
                 metrics.WRITE_FAILURES.inc()
                 log.error(
@@ -661,6 +692,11 @@ class WriteBuffer:
 
     def _saved(self, uuid: str, value: bytes) -> None:
         self._applied["profile"] += 1
+        self._unsaved(uuid, value)
+
+    def _unsaved(self, uuid: str, value: bytes) -> None:
+        """The save of `value` left the queue: it is no longer read back (unless a
+        newer save of the visitor stands there)."""
         if self.unwritten_profiles.get(uuid) is value:
             del self.unwritten_profiles[uuid]
 
@@ -674,6 +710,7 @@ class WriteBuffer:
         try:
             new = save.redo(current, record)
         except Exception as exc:  # a domain bug must not stop the writer
+            self._unsaved(save.uuid, save.new)
             self.failed += 1
             metrics.WRITE_FAILURES.inc()
             log.error("profile redo failed", extra={"uuid": save.uuid, "error": repr(exc)})
@@ -696,6 +733,7 @@ class WriteBuffer:
         try:
             new = later.redo(earlier.new, record)
         except Exception as exc:  # a domain bug must not stop the writer
+            self._unsaved(later.uuid, later.new)
             self.failed += 1
             metrics.WRITE_FAILURES.inc()
             log.error("profile redo failed", extra={"uuid": later.uuid, "error": repr(exc)})
@@ -716,7 +754,7 @@ class WriteBuffer:
         if old is not None and (isinstance(op, Clear) or old[2:] != op.enc):
             # The visitor had another uid at this partner: unlink that uid.
             key, field = self.schema.reverse_slot(op.dpid, decode_uid(old[2:]))
-            return [Unlink(key, field, uuid16(op.uuid))]
+            return [Unlink(key, field, uuid16(op.uuid), (op.dpid, old[2:], op.uuid))]
         return []
 
     def _taken(self, op: Reverse | Map, owner: bytes | None) -> list[Op]:
@@ -751,6 +789,31 @@ def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Itera
     """The reverse entries of these forward entries, as conditional deletions."""
     for dpid, rest in entries.items():
         yield Unlink(*schema.reverse_slot(dpid, decode_uid(rest[2:])), owner)
+
+
+def _claimed_last(ops: Sequence[Op], after: Sequence[Op]) -> dict[tuple[Any, ...], int]:
+    """Where each (partner, uid, visitor) claim of a batch's ops last is: ("r", dpid,
+    uid codec, uuid) for a reverse entry set (Map, Reverse), ("f", uuid, dpid, uid
+    codec) for a forward entry set (Map, Forward); positions past `ops` are `after`'s."""
+    last: dict[tuple[Any, ...], int] = {}
+    for at, op in enumerate((*ops, *after)):
+        if isinstance(op, Map | Reverse):
+            last[("r", op.dpid, op.enc, op.uuid)] = at
+        if isinstance(op, Map | Forward):
+            last[("f", op.uuid, op.dpid, op.enc)] = at
+    return last
+
+
+def _superseded(cleanup: Op, at: int, claimed: dict[tuple[Any, ...], int]) -> bool:
+    """Whether an op of the batch after position `at` set again what the clean-up
+    would remove: a visitor that gave up a uid and took it back (a /setuid clear then
+    the same uid), or a uid taken from a visitor that claimed it back. Clean-ups go to
+    the front of the queue, after the whole batch: run, it would undo that op."""
+    if isinstance(cleanup, Unlink) and cleanup.why is not None:
+        return claimed.get(("r", *cleanup.why), -1) > at
+    if isinstance(cleanup, Disown):
+        return claimed.get(("f", cleanup.uuid, cleanup.dpid, cleanup.enc), -1) > at
+    return False
 
 
 def _visitor_of(op: Op) -> str | None:

@@ -262,7 +262,11 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
             return await self._refuse(call, exc, [])
         visitor = call.visitor
         outcome = SetuidOutcome.OK
-        if visitor.kind is VisitorKind.NEW and self.s.bounce:
+        if visitor.kind is VisitorKind.NEW and not sync.uid:
+            # A clear for a fresh uuid: nothing is stored for it, so nothing to clear
+            # and nothing to bounce for (SPEC §3: only what would store is bounced).
+            metrics.child(metrics.SYNCER_SETS, sync.bidder.name, SyncerSet.CLEARED).inc()
+        elif visitor.kind is VisitorKind.NEW and self.s.bounce:
             if not sync.bounced:
                 metrics.child(metrics.SETUID_REQUESTS, SetuidOutcome.BOUNCE.label).inc()
                 return await self.cookie_bounce(call)

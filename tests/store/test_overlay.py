@@ -16,7 +16,7 @@ import pytest
 from service.profiles import Profile
 from service.store import KeySchema, Retention, Store, VisitorState, connect, overlay
 from service.store.codec import encode_uid, pack_day
-from service.store.writes import Clear, Disown, Erase, Map, Touch, WriteBuffer
+from service.store.writes import Clear, Disown, Erase, Map, SaveProfile, Touch, WriteBuffer
 from tests.conftest import DEFAULT_BUCKETS
 from tests.proxy import FaultProxy
 
@@ -108,6 +108,32 @@ async def test_a_put_after_a_delete_wins(store: Store, proxy: FaultProxy) -> Non
     await resume(store, proxy)
     assert await both(store, v) == {7: y}
     assert await store.lookup(7, [x, y], DAY) == {y: v}
+
+
+@pytest.mark.parametrize("first", ["clear", "other uid", "taken"])
+async def test_a_uid_given_up_and_taken_back_in_one_batch_keeps_both_directions(
+    store: Store, proxy: FaultProxy, first: str
+) -> None:
+    """A visitor gives up its uid (a /setuid clear, or another uid), or the uid goes to
+    another visitor, and the uid is set back before the writer's next batch: the
+    clean-up the first op calls for (unlink the reverse entry, disown the other
+    visitor) must not undo the second, which the same batch applied before it."""
+    v, w, x, y = visitor(), visitor(), uid(), uid()
+    store.put_mapping(v, 7, x, DAY)
+    await store.drain()
+    stall(proxy)  # both ops below go in one batch
+    if first == "clear":
+        assert store.clear_mapping(v, 7)
+    elif first == "other uid":
+        assert store.put_mapping(v, 7, y, DAY)
+    else:
+        assert store.put_mapping(w, 7, x, DAY)  # x taken from v...
+    assert store.put_mapping(v, 7, x, DAY)  # ...and back, or v's x again
+    assert await both(store, v) == {7: x}
+    assert await store.lookup(7, [x], DAY) == {x: v}
+    await resume(store, proxy)
+    assert await both(store, v) == {7: x}
+    assert await store.lookup(7, [x], DAY) == {x: v}  # the reverse entry survived
 
 
 async def test_a_delete_removes_only_the_uid_it_names(store: Store, proxy: FaultProxy) -> None:
@@ -327,6 +353,26 @@ async def test_600_erasures_of_one_visitor_are_one_queued_op(
     assert await both(store, v) == {}
 
 
+async def test_erasures_have_room_that_other_writes_cannot_take(
+    redis_url: str, proxy: FaultProxy
+) -> None:
+    """A tenth of the buffer is kept for erasures: opt-outs during an outage still fit
+    when other writes filled the buffer; the bound still holds for them."""
+    s = await stalled_store(redis_url, proxy, capacity=20)
+    try:
+        stall(proxy)
+        touches = 0
+        while s.touch_visitor(visitor(), DAY):
+            touches += 1
+        assert touches == 18  # 20 less the erasures' 2
+        assert s.erase_visitor(visitor()) and s.erase_visitor(visitor())
+        assert not s.erase_visitor(visitor())  # the bound holds for erasures too
+        assert s.buffered == 20 and s.writes.dropped_erasures == 1
+    finally:
+        proxy.set("pass")
+        await s.close()
+
+
 async def test_an_erasure_is_refused_when_the_buffer_is_full(
     redis_url: str, proxy: FaultProxy
 ) -> None:
@@ -423,3 +469,18 @@ async def test_an_erasure_does_not_touch_the_queued_ops(redis_url: str, proxy: F
     await resume(store, proxy)
     assert store.buffered == 0
     await store.close()
+
+
+async def test_a_profile_save_that_fails_is_no_longer_read_back(store: Store) -> None:
+    """A save whose redo fails (a domain bug) leaves the queue: its value must not be
+    read back for ever after (nor hold a place of the read-back's bound)."""
+    v = visitor()
+
+    def boom(current: bytes, record: bytes | None) -> bytes:
+        raise ValueError("a bug in a redo")
+
+    assert store.writes.push(SaveProfile(v, b"what this request read", b"its value", boom))
+    assert store.writes.unwritten_profiles[v] == b"its value"
+    await store.drain()  # the compare-and-set fails, the redo raises: dropped, counted
+    assert v not in store.writes.unwritten_profiles
+    assert store.writes.failed == 1

@@ -457,6 +457,15 @@ async def test_setuid_empty_uid_deletes_the_mapping(http: httpx.AsyncClient, sto
     assert again.status_code == 200
 
 
+async def test_setuid_clear_from_a_new_browser_is_not_bounced(http: httpx.AsyncClient) -> None:
+    """An empty uid from a browser without our cookie clears nothing (nothing is
+    stored for a fresh uuid): answered at once, no bounce (SPEC §3: only a request
+    that would store something is bounced)."""
+    resp = await http.get("/setuid?bidder=acme&uid=&f=i")
+    assert resp.status_code == 200 and resp.content == GIF
+    assert "x-error" not in resp.headers and "location" not in resp.headers
+
+
 async def test_setuid_without_the_visitor_cookie_stores_nothing(
     http: httpx.AsyncClient, store: Store
 ) -> None:
