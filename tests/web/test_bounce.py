@@ -27,6 +27,7 @@ from tests.configs import entry
 from tests.conftest import wait_for
 from tests.services import Config, Service, Services
 from tests.test_consent import TRAFFECTIVE
+from tests.writes import NOTHING, settled, written_since
 
 KEY = "bounce-test-key"
 DAY = today()
@@ -83,20 +84,6 @@ async def profile(store: Store, uuid: str, sid: int) -> Profile:
         return found if sid in found.traits else None
 
     return await wait_for(realized) or (await store.visitor_state(uuid)).profile
-
-
-async def nothing_stored(http: httpx.AsyncClient, store: Store, uuid: str) -> None:
-    """Nothing is stored for `uuid`: a later write of the same process (a marker mapping)
-    is there, and nothing of what came before it."""
-    await http.get(f"/ibs?dpid=99&dpuuid=m-{uuid[:8]}", headers=cookie_for(uuid))
-
-    async def marker() -> bool:
-        return 99 in await store.mappings(uuid, DAY)
-
-    assert await wait_for(marker)
-    state = await store.visitor_state(uuid)
-    assert set(state.mappings(DAY)) == {99}
-    assert state.profile.empty
 
 
 # --------------------------------------------------------------------------- /event
@@ -156,6 +143,7 @@ async def test_event_follow_up_without_the_cookie_is_172_and_stores_nothing(
     answer: str,
 ) -> None:
     uid = f"cid-{new_uuid()[:10]}"
+    before = await settled(http, KEY)
     first = await http.get(f"/event?{query.format(uid=uid)}{answer}")
     assert first.status_code == 302
     refused = await http.get(first.headers["location"])  # the browser kept no cookie
@@ -168,11 +156,13 @@ async def test_event_follow_up_without_the_cookie_is_172_and_stores_nothing(
         assert refused.text.startswith('/**/cb({"errors":[{"code":172')
     else:
         assert refused.content == GIF
-    await nothing_stored(http, store, uuid_of(first))
+    # Nothing at all, for any visitor: the follow-up's own fresh uuid is never shown.
+    assert await written_since(http, KEY, before) == NOTHING
     assert await store.lookup(1234, [uid], DAY) == {}
 
 
 async def test_event_storing_nothing_is_not_bounced(http: httpx.AsyncClient) -> None:
+    before = await settled(http, KEY)
     for query in (
         "",
         "?c_section=news",  # realizes no trait
@@ -185,6 +175,7 @@ async def test_event_storing_nothing_is_not_bounced(http: httpx.AsyncClient) -> 
         assert resp.headers["set-cookie"].startswith("uuid=")
     # d_bounce=1 on a request that stores nothing changes nothing either.
     assert (await http.get("/event?c_section=news&d_bounce=1")).status_code == 200
+    assert await written_since(http, KEY, before) == NOTHING  # and it stored nothing
 
 
 async def test_event_head_is_bounced_as_get(http: httpx.AsyncClient) -> None:
@@ -278,11 +269,27 @@ async def test_setuid_follow_up_without_the_cookie_is_172(
     http: httpx.AsyncClient, store: Store
 ) -> None:
     uid = f"set-{new_uuid()[:10]}"
+    before = await settled(http, KEY)
     first = await http.get(f"/setuid?bidder=acme&uid={uid}&f=b")
     refused = await http.get(first.headers["location"])
     assert refused.status_code == 200 and refused.headers["x-error"] == "172"
     assert refused.headers["content-type"] == "text/html"  # as asked, no second bounce
-    await nothing_stored(http, store, uuid_of(first))
+    assert await written_since(http, KEY, before) == NOTHING
+    assert await store.lookup(1234, [uid], DAY) == {}
+
+
+@pytest.mark.parametrize("form", ["/ibs:dpid=1234&dpuuid={uid}", "/ibs?dpid=1234&dpuuid={uid}"])
+async def test_ibs_follow_up_without_the_cookie_is_172_and_stores_nothing(
+    http: httpx.AsyncClient, store: Store, form: str
+) -> None:
+    uid = f"ibs-{new_uuid()[:10]}"
+    before = await settled(http, KEY)
+    first = await http.get(form.format(uid=uid))
+    assert first.status_code == 302
+    refused = await http.get(first.headers["location"])
+    assert refused.status_code == 200 and refused.headers["x-error"] == "172"
+    assert refused.content == GIF and "set-cookie" not in refused.headers
+    assert await written_since(http, KEY, before) == NOTHING
     assert await store.lookup(1234, [uid], DAY) == {}
 
 

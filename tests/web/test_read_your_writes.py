@@ -12,17 +12,23 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import redis.asyncio
 
-from service.identity import CookieSigner, new_uuid
+from service.identity import CookieSigner, new_uuid, today
+from service.store import Store
 from tests.configs import api_key
+from tests.conftest import embedded_valkey, open_store, wait_for
 from tests.outbound.test_realtime import Partner
 from tests.proxy import FaultProxy
 from tests.services import Config, Service, Services
+from tests.writes import applied
 
 KEY = "ryw-key"
 ADMIN = "ryw-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 PAIRS = 1000
+ERASE_ROUND = 100  # erasures per stall of the writer
+DAY = today()
 SYNC = 801  # a partner of /ibs and Prebid's /setuid ("Acme")
 RT = 31  # a real-time partner: it answers "abc", trait 5031
 
@@ -218,21 +224,83 @@ async def test_an_event_realizing_a_trait_then_the_next_event(http: httpx.AsyncC
     assert misses == []
 
 
-async def test_an_erasure_then_reads_see_nothing(http: httpx.AsyncClient) -> None:
+@contextlib.asynccontextmanager
+async def writes_stalled(url: str) -> AsyncIterator[None]:
+    """Redis applies no write meanwhile (CLIENT PAUSE WRITE: the writer's scripts wait,
+    reads are answered), so every read is Redis's state before the writes plus the
+    service's read-back of what it accepted. Only on a Redis of the test's own: the
+    pause holds every client of the server. The pause's own timeout is a safety net."""
+    client = redis.asyncio.Redis.from_url(url)
+    await client.execute_command("CLIENT", "PAUSE", 30_000, "WRITE")
+    try:
+        yield
+    finally:
+        await client.execute_command("CLIENT", "UNPAUSE")
+        await client.aclose()
+
+
+async def erasure_round(
+    http: httpx.AsyncClient, store: Store, url: str, visitors: list[tuple[str, str]]
+) -> list[str]:
+    """Profile `visitors` and map them at the partner, wait until Redis has all of it,
+    then with Redis applying nothing erase each (/demoptout.jpg: it answers without
+    waiting for the writer, unlike DELETE /v1/users, which waits for the erasure to be
+    applied) and read it back at once: the misses. After the pause, the erasures reach
+    Redis."""
+    for uuid, uid in visitors:  # a trait realized and a declared uid, in one request
+        resp = await http.get(f"/event?c_section=sports&d_cid={SYNC}%01{uid}", headers=cookie(uuid))
+        assert resp.status_code == 200 and "x-error" not in resp.headers
+
+    async def in_redis(uuid: str) -> bool:  # read by this test: no read-back
+        state = await store.visitor_state(uuid)
+        return SYNC in state.mappings(DAY) and 100 in state.profile.traits
+
+    async def in_redis_each() -> list[bool]:
+        return await asyncio.gather(*(in_redis(uuid) for uuid, _ in visitors))
+
+    async def all_in_redis() -> bool:
+        return all(await in_redis_each())
+
+    assert await wait_for(all_in_redis)  # a read that skips the read-back sees them
     misses = []
-    for i in range(PAIRS):
-        uuid, uid = new_uuid(), dpuuid()
-        await ibs(http, uuid, SYNC, uid)
-        await http.get("/event?c_section=sports", headers=cookie(uuid))
-        resp = await http.delete(f"/v1/users/{uuid}", headers=AUTH)
-        assert resp.status_code in (202, 204)
-        user = await http.get(f"/v1/users/{uuid}", headers=AUTH)
-        if (
-            user.status_code != 404
-            or await owner(http, SYNC, uid) is not None
-            or await getuids(http, uuid) != {}
-        ):
-            misses.append(i)
+    async with writes_stalled(url):
+        erased = (await applied(http))["erase"]
+        for uuid, uid in visitors:
+            resp = await http.get("/demoptout.jpg", headers=cookie(uuid))
+            assert resp.status_code == 200
+            user = await http.get(f"/v1/users/{uuid}", headers=AUTH)
+            if (
+                user.status_code != 404
+                or await owner(http, SYNC, uid) is not None
+                or await getuids(http, uuid) != {}
+            ):
+                misses.append(uuid)
+        # The reads did not come from Redis: it applied none of the erasures, and
+        # still holds the visitors.
+        assert (await applied(http))["erase"] == erased
+        assert await all_in_redis()
+
+    async def all_erased() -> bool:
+        return not any(await in_redis_each())
+
+    assert await wait_for(all_erased)
+    return misses
+
+
+async def test_an_erasure_then_reads_see_nothing(services: Services, partner: Partner) -> None:
+    """1,000 erasures, each read back at once (the visitor by uuid, its uid at the
+    partner, its /getuids) while Redis still holds everything the visitor had: in
+    rounds of ERASE_ROUND, so that a stall stays well under the writer's 5 s batch
+    timeout."""
+    with embedded_valkey() as url:
+        base = config(partner)
+        svc = services.start(Config(base.toml, keys=base.keys, redis_url=url))
+        misses: list[str] = []
+        async with svc.client() as http, open_store(url) as store:
+            for _ in range(PAIRS // ERASE_ROUND):
+                visitors = [(new_uuid(), dpuuid()) for _ in range(ERASE_ROUND)]
+                misses += await erasure_round(http, store, url, visitors)
+        svc.stop()
     assert misses == []
 
 
