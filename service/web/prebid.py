@@ -282,9 +282,10 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
                 self.s.store.clear_mapping(visitor.uuid, dpid)
                 metrics.child(metrics.SYNCER_SETS, name, SyncerSet.CLEARED).inc()
         metrics.child(metrics.SETUID_REQUESTS, outcome.label).inc()
-        out = [self.cookies.set_header(visitor)]
-        if outcome is SetuidOutcome.COOKIES_BLOCKED:
-            out.append((b"x-error", b"172"))
+        if outcome is SetuidOutcome.COOKIES_BLOCKED:  # never a cookie on a refusal
+            out: Headers = [(b"x-error", b"172")]
+        else:
+            out = [self.cookies.set_header(visitor)]
         if sync.format == "i":
             await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=call.head)
         else:

@@ -274,6 +274,7 @@ async def test_setuid_follow_up_without_the_cookie_is_172(
     refused = await http.get(first.headers["location"])
     assert refused.status_code == 200 and refused.headers["x-error"] == "172"
     assert refused.headers["content-type"] == "text/html"  # as asked, no second bounce
+    assert "set-cookie" not in refused.headers  # never a cookie on a refusal, as /event's
     assert await written_since(http, KEY, before) == NOTHING
     assert await store.lookup(1234, [uid], DAY) == {}
 
