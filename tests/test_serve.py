@@ -108,8 +108,12 @@ async def test_serve_on_a_unix_socket_url(services: Services, unix_redis_url: st
             doc = await user()
             return doc.get("ids") == {"1234": "ibs-uid"} and doc.get("segments") == [500]
 
-        assert await wait_for(synced_and_qualified)
-        assert await direct.lookup(1234, ["ibs-uid"], today()) == {"ibs-uid": uuid}
+        assert await wait_for(synced_and_qualified)  # the service reads its own writes...
+
+        async def in_redis() -> bool:  # ...another process sees them once applied
+            return await direct.lookup(1234, ["ibs-uid"], today()) == {"ibs-uid": uuid}
+
+        assert await wait_for(in_redis)
         declared = await http.get("/event?d_cid=1234%01declared-uid", headers=cookie)
         assert declared.status_code == 200 and "x-error" not in declared.headers
 
