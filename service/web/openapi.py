@@ -471,6 +471,7 @@ SPEC: Final[dict[str, Any]] = {
                     **{"400": _API_ERROR, "413": _API_ERROR},
                 ),
                 "requestBody": {
+                    "required": True,  # no body: 400 bad_json
                     "content": {
                         "application/json": {
                             "schema": _object(
