@@ -485,7 +485,7 @@ SPEC: Final[dict[str, Any]] = {
                                 },
                             )
                         }
-                    }
+                    },
                 },
             }
         },
