@@ -14,17 +14,13 @@ import json
 import os
 import platform
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
 import redis
-
-from service.store import EmbeddedValkey
 
 from .batch import run_batch
 from .load import (
@@ -41,6 +37,7 @@ from .load import (
 )
 from .memory import measure_mappings, measure_profiles
 from .staleness import run_staleness, staleness_markdown
+from .valkeys import embedded_valkey
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 SECTIONS: Final = ("http", "staleness", "memory", "batch")
@@ -120,17 +117,6 @@ def machine(valkey: str) -> dict[str, Any]:
         "wrk": wrk,
         "valkey_server": valkey,
     }
-
-
-@contextmanager
-def embedded_valkey() -> Iterator[str]:
-    """A throw-away Valkey of our own: bench.memory flushes the database it is given."""
-    with tempfile.TemporaryDirectory(prefix="pixelsync-bench-valkey-") as tmp:
-        server = EmbeddedValkey(Path(tmp))
-        try:
-            yield server.start()
-        finally:
-            server.stop()
 
 
 # --- memory ------------------------------------------------------------------------------

