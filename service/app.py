@@ -26,7 +26,6 @@ from .prebid import Bidders
 from .store import Prune, Store, StoreError
 from .sync import ChainTokens, outbound_partners, partner_rules
 from .tally import REQUESTS_FIELD, Tally
-from .taxonomy import taxonomy
 from .web.api import Api, ApiKeys, http_error
 from .web.chain import ChainEndpoint
 from .web.cookies import VisitorCookies
@@ -225,7 +224,8 @@ def create_app(settings: Settings) -> HotPaths:
         settings.partners,
         qualifier=qualifier,
         destinations=settings.destinations,
-        taxonomy=taxonomy(settings.traits, settings.segments),
+        traits=settings.traits,
+        segments=settings.segments,
     )
     dashboard = Dashboard(
         store, api, keys, settings.secret_keys, settings.dashboard, settings.public_url

@@ -1,6 +1,18 @@
 """The server-to-server API (SPEC §10), the part over the match table: users, reverse
 and bulk lookups, erasure. Bearer tokens are checked against the sha256 of each
-configured key, in constant time; a partner-scoped key sees only its partner."""
+configured key, in constant time.
+
+A partner-scoped key sees only its partner (SPEC §10, §12):
+- users: only visitors mapped to its partner, and of them only that partner's uid
+  (no traits, no segments); any other visitor is a 404 like an unknown uuid, so that
+  the key cannot probe which uuids exist;
+- lookups: its own dpid only; any other dpid, configured or not, is a 403;
+- erasure (write): removes its partner's mapping of the visitor, in both directions;
+  the visitor itself stays (a full erasure needs an unscoped key); 404 when the
+  visitor has no mapping to its partner;
+- loss and match rates: its partner's ID syncs and the destinations that feed its
+  partner; taxonomy: the onboarded traits its partner may realize and the segments
+  its destinations map."""
 
 from __future__ import annotations
 
@@ -18,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..config import ApiKey, Destination, Partner, UrlDestinationConfig
+from ..config import ApiKey, Destination, Partner, Segment, Trait, UrlDestinationConfig
 from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, match_rates, minutes, report
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
@@ -26,6 +38,7 @@ from ..qualification import Qualifier
 from ..store import Store, StoreError
 from ..sync import valid_uid
 from ..tally import partner_field
+from ..taxonomy import taxonomy as build_taxonomy
 
 MAX_LOOKUP: Final = 10_000
 # 10,000 uids of up to 256 characters, quoted and separated, and some room.
@@ -113,7 +126,8 @@ class Api:
         *,
         qualifier: Qualifier | None = None,
         destinations: Iterable[Destination] = (),
-        taxonomy: dict[str, Any] | None = None,
+        traits: Iterable[Trait] = (),
+        segments: Iterable[Segment] = (),
     ) -> None:
         self.store = store
         self.keys = keys
@@ -121,7 +135,21 @@ class Api:
         self.dpids = frozenset(self.names)
         self.qualifier = qualifier
         self.destinations = list(destinations)
-        self.taxonomy_doc = taxonomy or {"folders": [], "traits": [], "segments": []}
+        traits, segments = list(traits), list(segments)
+        self.taxonomy_doc = build_taxonomy(traits, segments)
+        # A partner key's taxonomy: the traits its partner may realize (its files, its
+        # real-time answers) and the segments its partner's destinations map.
+        self.partner_taxonomy = {
+            dpid: build_taxonomy(
+                [t for t in traits if t.type == "onboarded" and t.data_source == dpid],
+                [s for s in segments if str(s.sid) in self._mapped_by(dpid)],
+            )
+            for dpid in self.names
+        }
+
+    def _mapped_by(self, dpid: int) -> set[str]:
+        """The segment sids (as mapping keys) the partner's destinations map."""
+        return {sid for d in self.destinations if d.partner == dpid for sid in d.mappings}
 
     def routes(self) -> list[Route]:
         return [
@@ -159,12 +187,12 @@ class Api:
 
     def _dpid(self, request: Request, caller: Caller) -> int | Response:
         raw = request.path_params["dpid"]
+        if caller.partner is not None and raw != str(caller.partner):
+            # Any other dpid, configured or not: which partners exist is not its business.
+            return error(403, "forbidden", "this key is for another partner")
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) in self.dpids):
             return error(404, "unknown_partner", "no partner with this dpid")
-        dpid = int(raw)
-        if not caller.sees(dpid):
-            return error(403, "forbidden", "this key is for another partner")
-        return dpid
+        return int(raw)
 
     async def get_user(self, request: Request, caller: Caller) -> Response:
         uuid = request.path_params["uuid"]
@@ -175,6 +203,8 @@ class Api:
             return error(404, "not_found", "no such user")
         day = today()
         mappings = stored.mappings(day)
+        if caller.partner is not None and caller.partner not in mappings:
+            return error(404, "not_found", "no such user")  # as an unknown uuid: no probing
         ids = {str(d): m.uid for d, m in sorted(mappings.items()) if caller.sees(d)}
         traits: list[int] = []
         segments: list[int] = []
@@ -190,7 +220,14 @@ class Api:
         uuid = request.path_params["uuid"]
         if not is_uuid(uuid):
             return error(404, "not_found", "no such user")
-        if not self.store.erase_visitor(uuid):
+        if caller.partner is not None:
+            # A scoped erasure: the partner's mapping of the visitor, both directions.
+            if caller.partner not in await self.store.mappings(uuid, today()):
+                return error(404, "not_found", "no such user")
+            queued = self.store.clear_mapping(uuid, caller.partner)
+        else:
+            queued = self.store.erase_visitor(uuid)
+        if not queued:
             return error(503, "unavailable", "the erasure could not be queued; retry later")
         try:
             await asyncio.wait_for(self.store.drain(), ERASE_TIMEOUT_S)
@@ -275,4 +312,6 @@ class Api:
         return report(window, now_minute, buckets, targets)
 
     async def taxonomy(self, request: Request, caller: Caller) -> Response:
+        if caller.partner is not None:
+            return JSONResponse(self.partner_taxonomy.get(caller.partner, build_taxonomy([], [])))
         return JSONResponse(self.taxonomy_doc)

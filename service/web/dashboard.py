@@ -1,4 +1,4 @@
-"""GET /dashboard (SPEC §11): the loss and match-rate page, for admin keys only.
+"""GET /dashboard (SPEC §11): the loss and match-rate page, for unscoped admin keys only.
 
 An admin key is presented as a bearer token, or once as `?token=`: that answer sets a
 signed, HttpOnly session cookie and redirects to /dashboard, so the key leaves the
@@ -159,7 +159,9 @@ class Dashboard:
 
 
 def _admin(caller: Caller | None) -> bool:
-    return caller is not None and "admin" in caller.scopes
+    """An unscoped admin key: the page shows every partner and the service's totals, so
+    a partner's key (even with admin) is refused, as /v1 shows it its partner only."""
+    return caller is not None and caller.partner is None and "admin" in caller.scopes
 
 
 def _refused() -> Response:

@@ -129,6 +129,20 @@ _API_RESPONSES: Final = {
     "404": _API_ERROR,
     "503": _API_ERROR,  # the store is unreachable
 }
+# What a key may do (SPEC §10, §12): the API's rules, said once in the bearer scheme.
+_SCOPES: Final = (
+    "An [[api_keys]] token. Missing or unknown: 401; a scope the key lacks: 403 "
+    "(read, write; admin has both). A key with `partner` (a partner-scoped key) sees only "
+    "that partner: GET /v1/users/{uuid} answers only for visitors mapped to its partner, "
+    "with that partner's uid alone (no traits or segments), and 404 for any other visitor, "
+    "the same answer as for an unknown uuid; lookups only at its own dpid (any other dpid: "
+    "403); DELETE /v1/users/{uuid} removes its partner's mapping of the visitor in both "
+    "directions and keeps the visitor (404 when the visitor has no mapping to its partner; "
+    "a full erasure needs an unscoped write or admin key); /v1/loss and /v1/match-rates "
+    "show its partner's ID syncs and the destinations feeding its partner; /v1/taxonomy "
+    "the onboarded traits its partner may realize and the segments its destinations map. "
+    "/dashboard needs an unscoped admin key."
+)
 _REDIRECT: Final = {
     "headers": {"Location": {"description": "where to go next", "schema": _STRING}},
 }
@@ -312,7 +326,11 @@ _DEST5: Final = {
 SPEC: Final[dict[str, Any]] = {
     "openapi": "3.1.0",
     "info": {"title": "pixelsync", "version": "0.1.0"},
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": _SCOPES},
+        }
+    },
     "paths": {
         "/event": {
             **_pixel(
@@ -428,7 +446,8 @@ SPEC: Final[dict[str, Any]] = {
         },
         "/v1/users/{uuid}": {
             "get": _api(
-                "A visitor's partner ids, traits and segments",
+                "A visitor's partner ids, traits and segments (a partner-scoped key: its "
+                "partner's uid only, and 404 for a visitor not mapped to its partner)",
                 [_path("uuid")],
                 _object(
                     ["uuid", "ids", "traits", "segments"],
@@ -441,11 +460,12 @@ SPEC: Final[dict[str, Any]] = {
                 ),
             ),
             "delete": {
-                "summary": "Erase everything about a visitor, both directions",
+                "summary": "Erase everything about a visitor, both directions (a partner-scoped "
+                "key: its partner's mapping of the visitor only, both directions)",
                 "security": [{"bearer": []}],
                 "parameters": [_path("uuid")],
                 "responses": {
-                    "204": {"description": "erased"},
+                    "204": {"description": "erased (the next request reads it)"},
                     "202": _json(_object(["status"], {"status": _STRING})),
                     **_API_RESPONSES,
                 },
@@ -453,7 +473,8 @@ SPEC: Final[dict[str, Any]] = {
         },
         "/v1/partners/{dpid}/users/{dpuuid}": {
             "get": _api(
-                "Reverse lookup: the visitor a partner uid belongs to",
+                "Reverse lookup: the visitor a partner uid belongs to (a partner-scoped key: "
+                "its own dpid only, 403 for any other)",
                 [_path("dpid", "integer"), _path("dpuuid")],
                 _object(["uuid"], {"uuid": _STRING}),
             )
@@ -462,7 +483,8 @@ SPEC: Final[dict[str, Any]] = {
             "post": {
                 **_api(
                     "Bulk reverse lookup of up to 10,000 partner uids (a body of 3 MiB at "
-                    "most: 413 beyond; 400 for a body that is not the JSON below)",
+                    "most: 413 beyond; 400 for a body that is not the JSON below; a "
+                    "partner-scoped key: its own dpid only, 403 for any other)",
                     [_path("dpid", "integer")],
                     _object(
                         ["matches"],
@@ -493,7 +515,8 @@ SPEC: Final[dict[str, Any]] = {
             "get": _api(
                 "Per partner over 7 days: syncs handed out and completed, the match rate, "
                 "mappings stored, reverse lookups that hit and missed, and the real-time "
-                "calls (calls, timeouts, errors, breaker_opens, cache_hits, shed)",
+                "calls (calls, timeouts, errors, breaker_opens, cache_hits, shed); a "
+                "partner-scoped key: its partner only",
                 [],
                 _MATCH_RATES,
             )
@@ -501,7 +524,8 @@ SPEC: Final[dict[str, Any]] = {
         "/v1/loss": {
             "get": _api(
                 "Loss per destination (instructed, loaded, confirmed, attempted, delivered, "
-                "failed, retried) and per partner's ID syncs, with a time series",
+                "failed, retried) and per partner's ID syncs, with a time series; a "
+                "partner-scoped key: its partner's syncs and the destinations feeding it",
                 [
                     {
                         "name": "window",
@@ -514,7 +538,14 @@ SPEC: Final[dict[str, Any]] = {
                 **{"400": _API_ERROR},
             )
         },
-        "/v1/taxonomy": {"get": _api("Folders, traits and segments", [], _TAXONOMY)},
+        "/v1/taxonomy": {
+            "get": _api(
+                "Folders, traits and segments (a partner-scoped key: the onboarded traits "
+                "its partner may realize and the segments its destinations map)",
+                [],
+                _TAXONOMY,
+            )
+        },
         "/fire/{token}": {
             method: {
                 "summary": "A destination pixel's load: counted once, then 302 to the partner",
@@ -533,13 +564,14 @@ SPEC: Final[dict[str, Any]] = {
         ),
         "/dashboard": {
             method: {
-                "summary": "The loss and match-rate page (HTML, admin key): a bearer header, "
-                "or ?token= once, which sets a signed HttpOnly session cookie and redirects",
+                "summary": "The loss and match-rate page (HTML, unscoped admin key): a bearer "
+                "header, or ?token= once, which sets a signed HttpOnly session cookie and "
+                "redirects",
                 "parameters": [_query("token")],
                 "responses": {
                     "200": {"description": "the page", "content": _HTML},
                     "303": {"description": "?token= accepted: the session cookie is set"},
-                    "401": {"description": "no admin key", "content": _HTML},
+                    "401": {"description": "no unscoped admin key", "content": _HTML},
                     "503": {"description": "the store is unreachable", "content": _HTML},
                 },
             }

@@ -104,11 +104,29 @@ async def test_bulk_lookup(http: httpx.AsyncClient, mapped: tuple[str, str, str]
 async def test_erasure(http: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store) -> None:
     uuid, a, b = mapped
     assert (await http.delete(f"/v1/users/{uuid}", headers=auth("reader"))).status_code == 403
-    resp = await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))
+    resp = await http.delete(f"/v1/users/{uuid}", headers=auth("admin"))
     assert resp.status_code == 204
     assert await store.mappings(uuid, DAY) == {}
     assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {}
     assert (await http.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
+
+
+async def test_scoped_erasure(
+    http: httpx.AsyncClient, mapped: tuple[str, str, str], store: Store
+) -> None:
+    """A partner key's erasure removes its partner's mapping, both directions; the
+    visitor and its other mappings stay. Again: the visitor is no longer its."""
+    uuid, a, b = mapped
+    assert (await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))).status_code == 204
+    assert set(await store.mappings(uuid, DAY)) == {99}
+    assert await store.client.hget(*store.schema.reverse_slot(1234, a)) is None
+    assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {
+        b: uuid
+    }
+    resp = await http.get(f"/v1/users/{uuid}", headers=auth("admin"))
+    assert resp.json()["ids"] == {"99": b}
+    assert (await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))).status_code == 404
+    assert (await http.get(f"/v1/users/{uuid}", headers=auth("acme"))).status_code == 404
 
 
 async def test_openapi_describes_every_endpoint(http: httpx.AsyncClient, svc: Service) -> None:
