@@ -12,6 +12,11 @@ from urllib.parse import quote
 # ${NAME}: case-sensitive. %name%: DMP-style aliases, any case.
 _TOKEN: Final = re.compile(r"\$\{([^}]*)\}|%([A-Za-z_]+)%")
 _CONSENT_N: Final = re.compile(r"GDPR_CONSENT_\d+")
+# The fixed head a URL template's first macro must come after: "scheme://authority"
+# ended by the path, query or fragment. A macro before it would let a value from the
+# request (a uid, a consent string) choose the scheme, userinfo, host or port: SSRF
+# by configuration.
+_HEAD: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*[/?#]")
 
 MACROS: Final = frozenset(
     {
@@ -33,7 +38,8 @@ ALIASES: Final = {"did": "DD_UUID", "rnd": "DD_RAND", "http_proto": "HTTP_PROTO"
 
 
 class TemplateError(ValueError):
-    """A configured URL uses a macro pixelsync does not know."""
+    """A configured URL uses a macro pixelsync does not know, or a macro where the
+    request's values would choose where the URL leads."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,15 @@ class Template:
         pos = 0
         for match in _TOKEN.finditer(url):
             name = match.group(1)
+            if name is None and match.group(2).lower() not in ALIASES:
+                continue  # a literal percent sequence, e.g. an encoded %2F...
+            if not parts and not _HEAD.match(url, 0, match.start()):
+                raise TemplateError(
+                    f"macro {match.group(0)} before the path: the scheme, userinfo, host "
+                    "and port must be fixed text (macros go in the path, query or fragment)"
+                )
             if name is None:
-                alias = match.group(2).lower()
-                if alias not in ALIASES:
-                    continue  # a literal percent sequence, e.g. an encoded %2F...
-                name = ALIASES[alias]
+                name = ALIASES[match.group(2).lower()]
             elif name not in MACROS and not _CONSENT_N.fullmatch(name):
                 raise TemplateError(f"unknown macro ${{{name}}}")
             parts += [url[pos : match.start()], name]

@@ -396,6 +396,74 @@ def test_each_mistake_is_named(description: str, toml: str, expected: list[str])
         assert fragment in text, f"{description}: {fragment!r} not in {text!r}"
 
 
+# Every URL template of the configuration (SPEC §5, §7, §8), as TOML around {url}.
+_TEMPLATED = {
+    "partner sync_url": ("sync_url", "[[partners]]\ndpid = 7\nname = 'a'\nsync_url = '{url}'\n"),
+    "partner iframe_sync_url": (
+        "iframe_sync_url",
+        "[[partners]]\ndpid = 7\nname = 'a'\niframe_sync_url = '{url}'\n",
+    ),
+    "partner realtime_url": (
+        "realtime_url",
+        "[[partners]]\ndpid = 7\nname = 'a'\nrealtime_url = '{url}'\n",
+    ),
+    "url destination url": (
+        "url",
+        "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nmappings = {{}}\nurl = '{url}'\n",
+    ),
+    "url destination secure_url": (
+        "secure_url",
+        "[[destinations]]\nid = 1\nname = 'd'\ntype = 'url'\nmappings = {{}}\n"
+        "url = 'https://px.test/'\nsecure_url = '{url}'\n",
+    ),
+    "s2s destination url": (
+        "url",
+        "[[partners]]\ndpid = 7\nname = 'a'\n[[destinations]]\nid = 1\nname = 'd'\n"
+        "type = 's2s'\npartner = 7\nmappings = {{}}\nurl = '{url}'\n",
+    ),
+}
+# A macro in the scheme, userinfo, host or port lets a request's value choose where
+# the call goes. Each also carries ${DP_UUID} in its query (realtime_url needs it).
+_HOST_CHOOSING = [
+    "http://${DP_UUID}/rt",
+    "https://a.test${X}/",
+    "https://a.test${DD_UUID}/",
+    "https://%ALIAS%.x.test/",
+    "https://%did%.x.test/",
+    "https://u:${P}@h.test/",
+    "https://${GDPR_CONSENT}@h.test/",
+    "https://h.test:${PORT}/",
+    "https://h.test:${DD_RAND}/",
+    "https://h.test%2F${GPP}/",  # no path yet: an encoded slash is not one
+    "https://h.test\\${GPP}/",  # a backslash ends the host for browsers, not for others
+    "https://h.test",  # the macro in the query below comes right after the host
+]
+_SCHEME_CHOOSING = ["${SCHEME}://h.test/", "%http_proto%://h.test/", "${DD_UUID}://h.test/"]
+_SITES = [(where, url) for where in _TEMPLATED for url in _HOST_CHOOSING + _SCHEME_CHOOSING]
+
+
+@pytest.mark.parametrize(("where", "url"), _SITES, ids=[f"{w}: {u}" for w, u in _SITES])
+def test_macros_before_the_path_are_refused(where: str, url: str) -> None:
+    key, toml = _TEMPLATED[where]
+    template = url + ("${DP_UUID}" if url == "https://h.test" else "?u=${DP_UUID}")
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(tomllib.loads(toml.format(url=template)))
+    (line,) = [p for p in caught.value.problems if f"key '{key}'" in p]
+    if url in _SCHEME_CHOOSING:  # no http(s) scheme either
+        assert "must be an absolute http(s) URL" in line
+    else:
+        assert "before the path" in line and "macro " in line, line
+
+
+@pytest.mark.parametrize("where", _TEMPLATED)
+def test_macros_in_the_path_query_and_fragment_work(where: str) -> None:
+    _, toml = _TEMPLATED[where]
+    url = "https://u:pw@h.test:8443/${DD_UUID}/%alias%?u=${DP_UUID}&r=%rnd%#${GDPR}"
+    parse_settings(tomllib.loads(toml.format(url=url)))  # no ConfigError
+    for url in ("https://h.test/${DP_UUID}", "https://h.test?u=${DP_UUID}"):
+        parse_settings(tomllib.loads(toml.format(url=url)))
+
+
 def test_all_problems_are_reported_together() -> None:
     toml = (
         "[server]\nbogus = 1\n[cookies]\nttl_days = 'x'\n"
@@ -589,3 +657,15 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "[server]: key 'bogus': unknown key" in refused.stderr
     assert "[[partners]] entry 1: key 'dpid': required" in refused.stderr
+
+
+def test_check_config_refuses_a_host_from_a_macro(tmp_path: Path) -> None:
+    """SSRF by configuration: the partner's uid (from a browser) as the host."""
+    bad = tmp_path / "ssrf.toml"
+    bad.write_text("[[partners]]\ndpid = 7\nname = 'a'\nrealtime_url = 'http://${DP_UUID}/rt'\n")
+    refused = _check_config(bad)
+    assert refused.returncode == 2
+    assert (
+        "[[partners]] entry 1 (dpid 7): key 'realtime_url': macro ${DP_UUID} before the path"
+        in refused.stderr
+    )

@@ -19,7 +19,7 @@ from service.macros import Template, TemplateError, consent_values
             {"DD_UUID": "9", "DD_RAND": "42"},
             "https://p.test/?d=9&r=42",
         ),
-        ("%http_proto%://p.test/", {"HTTP_PROTO": "https"}, "https://p.test/"),
+        ("https://p.test/?p=%http_proto%", {"HTTP_PROTO": "https"}, "https://p.test/?p=https"),
         ("https://p.test/?s=%ALIAS%", {"ALIAS": "a b&c"}, "https://p.test/?s=a%20b%26c"),
         ("https://p.test/?u=${DP_UUID}", {}, "https://p.test/?u="),  # unknown value: empty
         (
@@ -34,9 +34,29 @@ def test_macros_expand_url_encoded_once(url: str, values: dict[str, str], expect
     assert Template.parse(url).render(values) == expected
 
 
-@pytest.mark.parametrize("url", ["https://p.test/${UUID}", "https://p.test/${dd_uuid}", "${}"])
+@pytest.mark.parametrize(
+    "url", ["https://p.test/${UUID}", "https://p.test/${dd_uuid}", "https://p.test/${}"]
+)
 def test_unknown_macros_are_errors(url: str) -> None:
     with pytest.raises(TemplateError, match="unknown macro"):
+        Template.parse(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "${}",
+        "%http_proto%://p.test/",  # the scheme
+        "https://${DP_UUID}/",  # the host
+        "https://p.test${DD_UUID}/",
+        "https://%alias%.p.test/",
+        "https://${GPP}:x@p.test/",  # the userinfo
+        "https://p.test:${DD_RAND}/",  # the port
+        "https://p.test${GPP}",  # no path at all
+    ],
+)
+def test_macros_before_the_path_are_errors(url: str) -> None:
+    with pytest.raises(TemplateError, match="before the path"):
         Template.parse(url)
 
 
