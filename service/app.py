@@ -191,6 +191,7 @@ def create_app(settings: Settings) -> HotPaths:
         public_url=settings.public_url,
         bounce=settings.cookies.bounce,
         shuffle=random.Random().shuffle,
+        cors_origins=frozenset(o.encode() for o in settings.prebid.allowed_origins),
     )
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(

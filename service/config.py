@@ -38,6 +38,7 @@ __all__ = [
     "FileDestinationConfig",
     "LimitsConfig",
     "Partner",
+    "PrebidConfig",
     "PrivacyConfig",
     "RealtimeConfig",
     "S2SDestinationConfig",
@@ -162,6 +163,33 @@ def _scopes(v: list[str]) -> str | None:
     return f"unknown scope(s) {', '.join(bad)}; use read, write or admin" if bad else None
 
 
+def origin(v: str) -> str | None:
+    """A web origin as browsers send it in `Origin` (lower case, IDNA, no default
+    port), or None when `v` is not "scheme://host[:port]" with http or https."""
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:  # a port that is no number, a bad IPv6 address
+        return None
+    scheme, netloc = parts.scheme.lower(), parts.netloc
+    # Nothing but the scheme and the host[:port]: no userinfo, path, "/", query, fragment.
+    if scheme not in ("http", "https") or "@" in netloc or v[len(scheme) :] != "://" + netloc:
+        return None
+    host = browser_host(netloc.rsplit(":", 1)[0] if port is not None else netloc)
+    if host is None or netloc.endswith(":"):
+        return None
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _origins(v: list[str]) -> str | None:
+    bad = [o for o in v if origin(o) is None]
+    if bad:
+        listed = ", ".join(map(repr, bad))
+        return f"{listed}: not an origin (scheme://host[:port], http or https, no path)"
+    return None
+
+
 def _power_of_two(v: int) -> str | None:
     return None if v >= 1 and v & (v - 1) == 0 else "must be a power of two"
 
@@ -234,6 +262,19 @@ class DashboardConfig:
     loss_threshold: float = field(default=0.2, metadata=_check(_fraction))
     refresh_s: int = field(default=60, metadata=_check(_positive))
     session_hours: int = field(default=12, metadata=_check(_positive))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrebidConfig:
+    """Prebid Server's endpoints (SPEC §15)."""
+
+    # The pages (origins) that may read /getuids with credentials: a visitor's uids.
+    cors_origins: list[str] = field(default_factory=list, metadata=_check(_origins))
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """cors_origins as browsers send them in `Origin`."""
+        return frozenset(o for v in self.cors_origins if (o := origin(v)) is not None)
 
 
 # --------------------------------------------------------------------------- arrays
@@ -358,6 +399,7 @@ class Settings:
     store: StoreConfig = field(default_factory=StoreConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    prebid: PrebidConfig = field(default_factory=PrebidConfig)
     partners: list[Partner] = field(default_factory=list)
     api_keys: list[ApiKey] = field(default_factory=list)
     traits: list[Trait] = field(default_factory=list)

@@ -464,6 +464,57 @@ def test_macros_in_the_path_query_and_fragment_work(where: str) -> None:
         parse_settings(tomllib.loads(toml.format(url=url)))
 
 
+def test_prebid_cors_origins() -> None:
+    """[prebid] cors_origins: empty by default; origins are compared as browsers send
+    them (lower case, IDNA, no default port)."""
+    assert parse_settings({}).prebid.cors_origins == []
+    assert parse_settings({}).prebid.allowed_origins == frozenset()
+    listed = [
+        "HTTPS://Pub.test:443",
+        "http://localhost:8080",
+        "http://[::1]:9",
+        "https://bücher.test",
+    ]
+    settings = parse_settings({"prebid": {"cors_origins": listed}})
+    assert settings.prebid.allowed_origins == {
+        "https://pub.test",
+        "http://localhost:8080",
+        "http://[::1]:9",
+        "https://xn--bcher-kva.test",
+    }
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "https://pub.test/",  # a path, even "/"
+        "https://pub.test/page",
+        "https://pub.test?x",
+        "https://pub.test#x",
+        "https://u@pub.test",
+        "https://pub.test:99999",
+        "https://pub.test:",
+        "ftp://pub.test",
+        "pub.test",
+        "*",
+        "null",
+        "https://*.pub.test",
+        "",
+    ],
+)
+def test_prebid_cors_origins_are_origins(bad: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"prebid": {"cors_origins": ["https://ok.test", bad]}})
+    (line,) = caught.value.problems
+    assert line.startswith(f"[prebid]: key 'cors_origins': {bad!r}: not an origin"), line
+
+
+def test_prebid_unknown_keys_are_errors() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings({"prebid": {"cors_origin": ["https://pub.test"]}})
+    assert caught.value.problems == ["[prebid]: key 'cors_origin': unknown key"]
+
+
 def test_all_problems_are_reported_together() -> None:
     toml = (
         "[server]\nbogus = 1\n[cookies]\nttl_days = 'x'\n"

@@ -426,23 +426,31 @@ SPEC: Final[dict[str, Any]] = {
             for op in ("get", "head")
         },
         "/getuids": {
-            op: {
-                "summary": "Prebid Server's getuids: the visitor's uid per bidder",
-                "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "buyeruids": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": "string"},
-                                }
-                            },
-                        }
-                    )
-                },
-            }
-            for op in ("get", "head")
+            "options": {
+                "summary": "CORS preflight: allowed (credentialed) only for an origin in "
+                "[prebid] cors_origins; any other gets no Access-Control-* header",
+                "responses": {"204": {"description": "answered"}},
+            },
+            **{
+                op: {
+                    "summary": "Prebid Server's getuids: the visitor's uid per bidder; "
+                    "credentialed CORS only for an origin in [prebid] cors_origins",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "buyeruids": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "string"},
+                                    }
+                                },
+                            }
+                        )
+                    },
+                }
+                for op in ("get", "head")
+            },
         },
         "/v1/users/{uuid}": {
             "get": _api(

@@ -40,7 +40,15 @@ from ..signals import first_values, parse_pairs
 from ..store import PartnerUid, Store
 from .common import SyncCounters
 from .dest5 import read_mappings
-from .pipeline import BrowserEndpoint, Call, Opening, Req, opt_out_kept, request_headers
+from .pipeline import (
+    METHODS_PIXEL,
+    BrowserEndpoint,
+    Call,
+    Opening,
+    Req,
+    opt_out_kept,
+    request_headers,
+)
 from .responses import (
     GIF,
     GIF_HEADERS,
@@ -72,6 +80,9 @@ class PrebidEndpoints:
     public_url: str
     bounce: bool  # [cookies] bounce: /setuid stores only for a browser with our cookie
     shuffle: Shuffle  # the order /cookie_sync evaluates bidders in under a limit
+    # [prebid] cors_origins, as browsers send them: the pages that may read /getuids
+    # with credentials (a visitor's uids); none by default.
+    cors_origins: frozenset[bytes] = frozenset()
 
     def __post_init__(self) -> None:
         self.counters = SyncCounters(self.store.tally, self.bidders.names)
@@ -129,7 +140,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
             return
         started = time.perf_counter()
         headers = request_headers(scope)
-        await self._preflight(send_, headers.get(b"origin"), headers)
+        await _preflight(send_, b"POST, OPTIONS", headers.get(b"origin"), headers)
         self.outcomes.count("preflight", started)
 
     def parse(self, call: Call, params: bytes, body: bytes) -> CookieSyncRequest:
@@ -225,19 +236,25 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
             out.append((e, url))
         return out
 
-    @staticmethod
-    async def _preflight(send_: Send, origin: bytes | None, headers: Mapping[bytes, bytes]) -> None:
-        out: Headers = [
-            (b"access-control-allow-methods", b"POST, OPTIONS"),
+
+async def _preflight(
+    send_: Send, methods: bytes, origin: bytes | None, headers: Mapping[bytes, bytes]
+) -> None:
+    """A CORS preflight's answer, allowing `origin` (None: no origin is allowed)."""
+    out: Headers = [(b"content-length", b"0")]
+    if origin:
+        out += [
+            (b"access-control-allow-methods", methods),
             (
                 b"access-control-allow-headers",
                 headers.get(b"access-control-request-headers", b"content-type"),
             ),
             (b"access-control-max-age", PREFLIGHT_MAX_AGE),
-            (b"content-length", b"0"),
         ]
         cors(out, origin)
-        await send(send_, 204, out, b"")
+    else:
+        out.append((b"vary", b"Origin"))
+    await send(send_, 204, out, b"")
 
 
 class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
@@ -317,9 +334,26 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
 
 
 class GetuidsEndpoint(_PrebidEndpoint[None]):
-    """GET /getuids: the visitor's uid per bidder, from the match table."""
+    """GET /getuids: the visitor's uid per bidder, from the match table. Another site's
+    page may read it with credentials only when its origin is in [prebid] cors_origins:
+    otherwise any page could read a visitor's partner uids."""
 
     name = "getuids"
+    methods = METHODS_PIXEL | {"OPTIONS"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        if scope["method"] != "OPTIONS":
+            await super().__call__(scope, receive, send_)
+            return
+        started = time.perf_counter()
+        headers = request_headers(scope)
+        await _preflight(send_, b"GET, HEAD, OPTIONS", self._allowed(headers), headers)
+        self.outcomes.count("preflight", started)
+
+    def _allowed(self, headers: Mapping[bytes, bytes]) -> bytes | None:
+        """The request's Origin if it may read the answer with credentials."""
+        origin = headers.get(b"origin")
+        return origin if origin in self.s.cors_origins else None
 
     def parse(self, call: Call, params: bytes, body: bytes) -> None:
         return None  # no parameters
@@ -342,5 +376,9 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
     async def _send(self, call: Call, mapped: Mapping[int, str], out: Headers) -> None:
         body = json_body(buyeruids(self.s.bidders.names, mapped))
         headers = json_headers(body, JSON_UTF8)
-        cors(headers, call.headers.get(b"origin"))
+        allowed = self._allowed(call.headers)
+        if allowed:
+            cors(headers, allowed)
+        else:
+            headers.append((b"vary", b"Origin"))
         await send(call.send, 200, headers + out, body, head=call.head)

@@ -10,7 +10,8 @@ Two sites, no DNS (TESTING.md, "A real browser"):
   each sync call answers 302 to the callback with the bidder's own uid in place of
   $UID, as bidders do.
 
-Afterwards /getuids, fetched by the page with credentials, has every bidder's uid,
+Afterwards /getuids, fetched by the page with credentials (its origin is in [prebid]
+cors_origins, which credentialed CORS on /getuids needs), has every bidder's uid,
 and a second /cookie_sync hands out no sync: all are in the match table. A browser that
 refuses third-party cookies runs the same syncs, but /setuid stores nothing: each
 callback is bounced once (SPEC §3) and comes back without a cookie (172).
@@ -59,8 +60,9 @@ def called(bidders: Partners) -> dict[int, tuple[str, str]]:
     return {c.dpid: (paths[c.dpid], c.uid) for c in bidders.calls}
 
 
-def config(bidders: Partners) -> Config:
-    blocks = []
+def config(bidders: Partners, page_origin: str) -> Config:
+    """The bidders as partners; the publisher's page may read /getuids."""
+    blocks = [f"[prebid]\ncors_origins = [{json.dumps(page_origin)}]\n"]
     for dpid, (code, kind) in BIDDERS.items():
         query = f"p={dpid}&aam=${{DD_UUID}}&redir=${{CALLBACK}}"
         frame, img = f"{bidders.origin}/frame?{query}", f"{bidders.origin}/img?{query}"
@@ -75,12 +77,13 @@ def config(bidders: Partners) -> Config:
     return Config("\n".join(blocks), keys=(KEY,))
 
 
-def page(pixel: str) -> bytes:
+def page() -> bytes:
     """A publisher page doing what Prebid.js's pbsBidAdapter does with s2sConfig's
-    syncEndpoint: POST /cookie_sync with credentials, then one image or iframe per sync."""
-    script = (
-        f"const SYNC = {json.dumps(pixel)};"
-        + """
+    syncEndpoint: POST /cookie_sync with credentials, then one image or iframe per sync.
+    pixelsync's origin comes in the page's query (?sync=): the page is served first, so
+    that pixelsync's configuration can name the page's origin."""
+    script = """
+const SYNC = new URLSearchParams(location.search).get("sync");
 window.answer = fetch(SYNC + "/cookie_sync", {
   method: "POST",
   credentials: "include",
@@ -100,7 +103,6 @@ window.again = () => fetch(SYNC + "/cookie_sync", {
   method: "POST", credentials: "include", body: "{}",
 }).then((r) => r.json());
 """
-    )
     return (
         '<!doctype html><html><head><meta charset="utf-8"><title>Publisher</title></head>'
         f"<body><h1>News</h1><script>{script}</script></body></html>"
@@ -110,9 +112,10 @@ window.again = () => fetch(SYNC + "/cookie_sync", {
 async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
     services: Services, bidders: Partners, store: Store, tmp_path: Path
 ) -> None:
-    pixel = services.start(config(bidders)).origin  # http://127.0.0.1:<port>
-    with serve_page(page(pixel), TIMEOUT_MS / 1000) as origin:
-        page_url = origin.replace("127.0.0.1", "localhost") + "/"  # another site
+    with serve_page(page(), TIMEOUT_MS / 1000) as origin:
+        site = origin.replace("127.0.0.1", "localhost")  # another site
+        pixel = services.start(config(bidders, site)).origin  # http://127.0.0.1:<port>
+        page_url = f"{site}/?sync={pixel}"
         async with chromium() as p, accepting_context(p, tmp_path / "profile") as context:
             tab = await context.new_page()
             await tab.goto(page_url, wait_until="load")
@@ -147,12 +150,13 @@ async def test_prebid_syncs_in_a_browser_that_accepts_third_party_cookies(
 async def test_a_browser_that_refuses_third_party_cookies_stores_nothing(
     services: Services, bidders: Partners, store: Store
 ) -> None:
-    pixel = services.start(config(bidders)).origin  # http://127.0.0.1:<port>
-    with serve_page(page(pixel), TIMEOUT_MS / 1000) as origin:
+    with serve_page(page(), TIMEOUT_MS / 1000) as origin:
+        site = origin.replace("127.0.0.1", "localhost")  # another site
+        pixel = services.start(config(bidders, site)).origin  # http://127.0.0.1:<port>
         async with chromium() as p, refusing_context(p) as context:
             tab = await context.new_page()
             setuids = Responses(tab, pixel + "/setuid")
-            await tab.goto(origin.replace("127.0.0.1", "localhost") + "/", wait_until="load")
+            await tab.goto(f"{site}/?sync={pixel}", wait_until="load")
             answer: dict[str, Any] = await tab.evaluate("window.answer")
             assert len(answer["bidder_status"]) == len(BIDDERS)  # handed out all the same
 

@@ -21,6 +21,7 @@ from tests.writes import NOTHING, settled, written_since
 KEY = "prebid-test-key"
 DAY = today()
 ORIGIN = "http://publisher.test"
+OTHER_ORIGIN = "https://elsewhere.test"  # not in [prebid] cors_origins
 
 # Host vendor 2 and partner vendor 3 are consented in TRAFFECTIVE; 284 is not; NO_VENDORS
 # consents to no vendor at all, the host's included.
@@ -54,7 +55,11 @@ name = "nosync"
 @pytest.fixture(scope="module")
 def service_config() -> Config:
     return Config(
-        f"[server]\nvendor_id = 2\n\n[limits]\nmax_body_bytes = 4096\n{PARTNERS}", keys=(KEY,)
+        f"[server]\nvendor_id = 2\n\n[limits]\nmax_body_bytes = 4096\n\n"
+        # As an operator may write them: the service compares them as browsers send them.
+        f'[prebid]\ncors_origins = ["HTTP://Publisher.test:80", "https://other.test:8443"]\n'
+        f"{PARTNERS}",
+        keys=(KEY,),
     )
 
 
@@ -502,6 +507,83 @@ async def test_getuids(http: httpx.AsyncClient, store: Store) -> None:
     assert resp.headers["access-control-allow-origin"] == ORIGIN
     assert (await http.get("/getuids")).json() == {}
     assert (await http.get("/getuids", headers=OPTED_OUT)).json() == {}
+
+
+CORS_HEADERS = ("access-control-allow-origin", "access-control-allow-credentials")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (ORIGIN, True),
+        ("https://other.test:8443", True),
+        (OTHER_ORIGIN, False),
+        ("http://publisher.test:8080", False),  # another port is another origin
+        ("https://publisher.test", False),  # another scheme too
+        ("http://sub.publisher.test", False),
+        ("http://publisher.test.evil.test", False),
+        ("null", False),  # a sandboxed iframe, a data: URL, a redirect across sites
+        (None, False),
+    ],
+)
+async def test_getuids_cors_only_for_configured_origins(
+    http: httpx.AsyncClient, store: Store, origin: str | None, allowed: bool
+) -> None:
+    """Credentialed CORS on /getuids only for [prebid] cors_origins: a page of any other
+    origin cannot read the visitor's uids (the browser refuses it the answer)."""
+    uuid = new_uuid()
+    await http.get(f"/setuid?bidder=acme&uid=u-{uuid[:6]}", headers=visitor(uuid))
+    await stored_mappings(store, uuid, 1)
+    sent = {"origin": origin} if origin else {}
+    for request in (
+        http.get("/getuids", headers={**visitor(uuid), **sent}),
+        http.get("/getuids", headers={**OPTED_OUT, **sent}),
+        http.head("/getuids", headers={**visitor(uuid), **sent}),
+    ):
+        resp = await request
+        assert resp.status_code == 200
+        if allowed:
+            assert resp.headers["access-control-allow-origin"] == origin
+            assert resp.headers["access-control-allow-credentials"] == "true"
+        else:
+            assert not any(h in resp.headers for h in CORS_HEADERS), resp.headers
+        assert "origin" in resp.headers["vary"].lower()
+    # The answer itself is the same: it is the browser that withholds it.
+    answer = await http.get("/getuids", headers={**visitor(uuid), **sent})
+    assert answer.json() == {"buyeruids": {"Acme": f"u-{uuid[:6]}"}}
+    preflight = await http.options(
+        "/getuids",
+        headers={
+            **sent,
+            "access-control-request-method": "GET",
+            "access-control-request-headers": "x-requested-with",
+        },
+    )
+    assert preflight.status_code == 204
+    if allowed:
+        assert preflight.headers["access-control-allow-origin"] == origin
+        assert preflight.headers["access-control-allow-credentials"] == "true"
+        assert "GET" in preflight.headers["access-control-allow-methods"]
+        assert preflight.headers["access-control-allow-headers"] == "x-requested-with"
+    else:
+        assert not any(h.startswith("access-control-") for h in preflight.headers)
+
+
+async def test_json_answers_still_echo_any_origin(http: httpx.AsyncClient) -> None:
+    """/cookie_sync and JSON /event serve publishers' pages: any origin, credentialed."""
+    headers = {**visitor(), "origin": OTHER_ORIGIN}
+    answers = [
+        await http.post("/cookie_sync", json={"bidders": ["acme"]}, headers=headers),
+        await http.get("/event?d_rtbd=json&c_x=1", headers=headers),
+        await http.options(
+            "/cookie_sync",
+            headers={"origin": OTHER_ORIGIN, "access-control-request-method": "POST"},
+        ),
+    ]
+    for resp in answers:
+        assert resp.status_code in (200, 204), resp.text
+        assert resp.headers["access-control-allow-origin"] == OTHER_ORIGIN
+        assert resp.headers["access-control-allow-credentials"] == "true"
 
 
 async def test_prebid_metrics(http: httpx.AsyncClient) -> None:
