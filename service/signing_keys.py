@@ -173,9 +173,14 @@ def check_secret_keys(
     elif listen_host is not None and not is_loopback_host(listen_host):
         reach = f"serve listens on {listen_host}, which other machines can reach"
     else:
+        listens = (
+            "(serve also needs --host on loopback)"
+            if listen_host is None
+            else f"and serve listens on {listen_host}"
+        )
         lines.append(
             f"{setting}: accepted only because public_url {public_url} is a loopback "
-            f"address; before anyone else can reach this service, {make}"
+            f"address {listens}; before anyone else can reach this service, {make}"
         )
         return KeyCheck(tuple(lines), refused=False)
     lines.append(

@@ -163,7 +163,10 @@ def test_keys_by_public_url(key_case: str, url_case: str) -> None:
     if reachable:
         assert f"refused because public_url {public_url} is not a loopback address" in lines
     else:
-        assert f"accepted only because public_url {public_url} is a loopback" in lines
+        assert (
+            f"accepted only because public_url {public_url} is a loopback address "
+            "(serve also needs --host on loopback)"
+        ) in lines
     for key in keys:
         assert key not in lines
 
@@ -185,6 +188,8 @@ def test_a_loopback_public_url_is_exempt_only_when_serve_listens_on_loopback(
     assert check.refused is refused
     if refused:
         assert f"serve listens on {listen_host}, which other machines can reach" in check.lines[-1]
+    else:
+        assert f"loopback address and serve listens on {listen_host};" in check.lines[-1]
     strong = check_secret_keys(
         [STRONG], setting="s", public_url="https://sync.example.com", listen_host=listen_host
     )
