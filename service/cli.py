@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from . import gctune, logs, metrics
 from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
-from .config import ConfigError, Settings, find_config_path, load_settings
+from .config import ConfigError, ServerConfig, Settings, find_config_path, load_settings
+from .signing_keys import KeyCheck, check_secret_keys, key_setting
 from .store import EmbeddedValkey
 
 
@@ -26,8 +28,27 @@ def _load(path: str | None) -> Settings:
         sys.exit(2)
 
 
+def _check_keys(settings: Settings, listen_host: str | None) -> KeyCheck:
+    """SPEC §2 `secret_keys`: weak keys are refused unless only loopback reaches us."""
+    return check_secret_keys(
+        settings.secret_keys,
+        setting=key_setting(
+            settings.source,
+            from_env=bool(os.environ.get("PIXELSYNC_SECRET_KEYS", "").strip(" ,")),
+            is_default=settings.secret_keys == ServerConfig().secret_keys,
+        ),
+        public_url=settings.public_url,
+        listen_host=listen_host,
+    )
+
+
 def check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
+    keys = _check_keys(settings, listen_host=None)
+    for line in keys.lines:
+        print(line, file=sys.stderr)
+    if keys.refused:
+        return 2
     print(settings.summary())
     return 0
 
@@ -38,7 +59,14 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
+    keys = _check_keys(settings, listen_host=args.host)
+    if keys.refused:
+        for line in keys.lines:
+            print(line, file=sys.stderr)
+        return 2
     logs.setup()
+    if keys.lines:  # weak keys, accepted on loopback
+        logging.getLogger(__name__).warning("weak secret keys", extra={"problems": keys.lines})
     gctune.tune()
     found = find_config_path(args.config, os.environ)
     if found is not None:
