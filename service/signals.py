@@ -10,6 +10,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .errors import Code, RequestError
+from .numbers import parse_uint
 
 _BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 CALLBACK: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$.]{0,63}")
@@ -101,9 +102,10 @@ class EventRequest:
 
 
 def _int(value: str, key: str) -> int:
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
+    number = parse_uint(value)
+    if number is None:
         raise RequestError(Code.MALFORMED, f"{key} must be an unsigned integer")
-    return int(value)
+    return number
 
 
 def _system(req: EventRequest, key: str, value: str) -> None:
