@@ -131,9 +131,7 @@ _NAMES: Final = {
 # Possessive quantifiers, and a dot that cannot be skipped between two digit runs: one
 # way to match any text, so a failing value costs one pass (the former `[0-9]+\.?[0-9]*`
 # tried every split of a digit run: 21 s for 32 KiB of digits and a letter).
-_NUMERIC: Final = re.compile(
-    r"[+-]?+(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?+"
-)
+_NUMERIC: Final = re.compile(r"[+-]?+(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?+")
 _ESCAPE: Final = re.compile(r'\\(["\\])')
 _WORD: Final = re.compile(r"[A-Za-z0-9_.\-]+|\S")
 _COMPARE: Final[dict[str, Callable[[Any, Any], bool]]] = {

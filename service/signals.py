@@ -153,6 +153,10 @@ def parse_event(
             req.private.setdefault(key, []).extend(value.split(","))
         elif not key.startswith("h_"):
             req.signals.setdefault(key, []).extend(value.split(","))
+    for found in (req.signals, req.private):
+        for key, values in found.items():
+            if len(values) > 1:  # a rule asks whether ANY value holds: each once is enough
+                found[key] = list(dict.fromkeys(values))  # (32 KiB of "1," is 16,384)
     if headers:
         for header, name in HEADER_SIGNALS.items():
             if (wanted is None or name in wanted) and (raw := headers.get(header)):

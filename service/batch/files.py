@@ -75,6 +75,20 @@ def _tokens(text: str) -> list[str]:
     return [t.strip() for t in out if t.strip()]
 
 
+def _realized(token: str) -> int | None:
+    """`<sid>` or `d_sid=<sid>`."""
+    return parse_uint(token[6:] if token.startswith("d_sid=") else token)
+
+
+def _removed(token: str) -> int | None:
+    """`d_unsid=<sid>`, `<sid>:0` or `<sid>:-1`."""
+    if token.startswith("d_unsid="):
+        return parse_uint(token[8:])
+    if token.endswith((":0", ":-1")):
+        return parse_uint(token.rsplit(":", 1)[0])
+    return None
+
+
 def parse_line(raw: bytes) -> Line | None:
     """One line without its line ending: None when it is empty, else the line, or
     LineError saying why it cannot be used."""
@@ -93,15 +107,9 @@ def parse_line(raw: bytes) -> Line | None:
         raise LineError("invalid partner uid")
     line = Line(uid)
     for token in _tokens(rest):
-        if (sid := parse_uint(token)) is not None:
+        if (sid := _realized(token)) is not None:
             line.realize.append(sid)
-        elif token.startswith("d_sid=") and (sid := parse_uint(token[6:])) is not None:
-            line.realize.append(sid)
-        elif token.startswith("d_unsid=") and (sid := parse_uint(token[8:])) is not None:
-            line.remove.append(sid)
-        elif token.endswith((":0", ":-1")) and (
-            (sid := parse_uint(token.rsplit(":", 1)[0])) is not None
-        ):
+        elif (sid := _removed(token)) is not None:
             line.remove.append(sid)
         elif signal := _SIGNAL.fullmatch(token):
             line.signals.setdefault(signal[1], []).append(signal[2])
