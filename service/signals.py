@@ -153,6 +153,8 @@ def parse_event(
             req.private.setdefault(key, []).extend(value.split(","))
         elif not key.startswith("h_"):
             req.signals.setdefault(key, []).extend(value.split(","))
+    if len(req.declared_ids) > 1:  # the same id declared again is the same write
+        req.declared_ids = list(dict.fromkeys(req.declared_ids))
     for found in (req.signals, req.private):
         for key, values in found.items():
             if len(values) > 1:  # a rule asks whether ANY value holds: each once is enough

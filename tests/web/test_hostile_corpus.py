@@ -2,17 +2,20 @@
 the path, sent over real HTTP to every endpoint that parses it, against a service with
 a numeric rule (`c_price > 100`) and `matchesregex` rules configured. For each request:
 
-(a) it is answered, never with a 5xx, in under 50 ms;
+(a) it is answered, never with a 5xx (nor 413/414: every case is within the limits),
+    in under 50 ms;
 (b) the service's event loop is never blocked for 50 ms or more while it runs: a probe
     sends `GET /healthz` again and again on a connection of its own meanwhile, and its
     slowest answer, less the probe's own median when the service is idle, is the
     longest the loop was held.
 
-The machine is a noisy 2-core box shared with other work: a case fails only when it is
-over a bound on each of three attempts (the best of the three is kept for each bound).
-What the old parsers did with the same corpus (a 32 KiB POST /event held the loop 21 s
-with the quadratic number regex; a TCF bitfield of 65,535 vendors cost 62 ms) is told
-in each case's comment; `--hostile-report` prints the figures.
+The machine is a noisy 2-core box shared with other work: each case is sent three times
+and fails only when the best of the three is over a bound (the probe's median is taken
+off too); an attempt over a second is no noise, and ends the case.
+Against the parsers before issue 18 the corpus fails: 8 KiB of digits and a letter in
+a GET held the loop 3.9 s, the same in a 32 KiB POST over 30 s (the quadratic number
+regex), a TCF bitfield of 43,000 vendors 59 ms, a zero-padded gpp_sid answered 500;
+"(a+)+b" (Python's re) never ends. `test_report` prints the figures (with -v, per case).
 
 Last, a batch-import case: a 100 KiB hostile line through the import's parser and the
 rules, timed directly (batch lines reach the same rules as /event)."""
@@ -35,7 +38,6 @@ import pytest
 
 from service.batch.files import MAX_LINE_BYTES, LineError, parse_line
 from service.config import parse_settings
-from service.consent import MAX_CONSENT_CHARS
 from service.identity import CookieSigner, new_uuid
 from service.qualification import Qualifier
 from service.rules import compile_trait_rule
@@ -128,17 +130,18 @@ def _b(prefix: str, unit: str, suffix: str = "") -> bytes:
 
 
 def _consent_strings() -> Iterator[tuple[str, str]]:
-    """(name, consent string), each within the 8 KiB cap unless said."""
+    """(name, consent string) for a GET: each fits its query with gdpr=1 (so within the
+    8 KiB cap)."""
+    room = (GET_MAX - 40) * 6 - 300  # bits, less the core's fixed fields
     yield "bitfield of 43,000 vendors", tcf(max_vendor=43000, bitfield="1" * 43000)
-    count = (MAX_CONSENT_CHARS * 6 - 300) // 33
-    yield "ranges over every id", tcf(max_vendor=65535, ranges=[(1, 65535)] * count)
-    singles = [(i, i) for i in range(1, (MAX_CONSENT_CHARS * 6 - 300) // 17)]
+    yield "ranges over every id", tcf(max_vendor=65535, ranges=[(1, 65535)] * (room // 33))
+    singles = [(i, i) for i in range(1, room // 17)]
     yield "single-id ranges", tcf(max_vendor=65535, ranges=singles)
     yield "range count past the end", _ranges_cut_short()
-    yield "all A", "A" * (GET_MAX - 200)
-    yield "all _", "_" * (GET_MAX - 200)
-    yield "all -", "-" * (GET_MAX - 200)
-    yield "dots", "." * (GET_MAX - 200)
+    yield "all A", "A" * (GET_MAX - 40)
+    yield "all _", "_" * (GET_MAX - 40)
+    yield "all -", "-" * (GET_MAX - 40)
+    yield "dots", "." * (GET_MAX - 40)
 
 
 def _ranges_cut_short() -> str:
@@ -208,13 +211,20 @@ def corpus() -> Iterator[Case]:
     yield Case("event d_sid many", "GET", "/event?" + _q("d_sid=", "800,"))
     yield Case("event d_sid repeated", "GET", "/event?" + _q("", "d_sid=1&"))
     yield Case("event d_cid repeated", "GET", "/event?" + _q("", f"d_cid={PARTNER}%01u&"))
+    distinct = "&".join(f"d_cid={PARTNER}%01u{i}" for i in range(GET_MAX // 20))
+    yield Case(
+        "event d_cid distinct", "GET", "/event?" + distinct[: distinct.rfind("&", 0, GET_MAX)]
+    )
     for name in ("d_sid", "d_cts"):
         yield Case(f"event {name} huge", "GET", f"/event?{name}={HUGE}", status=400, error="311")
         yield Case(f"event {name} padded", "GET", f"/event?{name}={PADDED}", status=400)
     yield Case("event d_cid huge", "GET", f"/event?d_cid={HUGE}%01x", status=400, error="311")
-    yield Case("event gdpr huge", "GET", f"/event?gdpr={HUGE}&gpp_sid={HUGE}")
+    yield Case("event gdpr huge", "GET", f"/event?gdpr={HUGE}&gdpr_consent=x")
+    yield Case("event gpp_sid huge", "GET", f"/event?gpp_sid={HUGE}")
+    yield Case("event gpp_sid padded", "GET", f"/event?gpp_sid={PADDED}&gdpr_consent=x")
     # --- consent: TCF strings at the cap and past it, gpp, gpp_sid
     for name, text in _consent_strings():
+        assert len(text) <= GET_MAX - 40, name
         yield Case(f"event consent {name}", "GET", f"/event?gdpr=1&gdpr_consent={text}")
     yield Case(
         "event POST consent 32 KiB of A (cap: 313)",
@@ -487,11 +497,11 @@ async def test_hostile_request(
             assert resp.status_code < 500, (resp.status_code, resp.text[:300])
             if case.status is not None:
                 assert resp.status_code == case.status, resp.text[:300]
+            else:  # within the size limits by construction: it reached the parsers
+                assert resp.status_code not in (413, 414), resp.text[:300]
             if case.error is not None:
                 assert resp.headers.get("x-error") == case.error, resp.headers
             figures.status, figures.error = resp.status_code, resp.headers.get("x-error")
-        if figures.answer_s < BOUND_S and figures.blocked_s < BOUND_S:
-            break
         if answered > HOPELESS_S or blocked > HOPELESS_S:
             break
     assert figures.answer_s < BOUND_S, f"answered in {figures.answer_s * 1000:.1f} ms at best"
