@@ -21,7 +21,6 @@ from starlette.routing import Route
 from ..config import ApiKey, Destination, Partner, UrlDestinationConfig
 from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, match_rates, minutes, report
-from ..numbers import parse_uint
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
 from ..qualification import Qualifier
 from ..store import Store, StoreError
@@ -159,9 +158,10 @@ class Api:
         return endpoint
 
     def _dpid(self, request: Request, caller: Caller) -> int | Response:
-        dpid = parse_uint(request.path_params["dpid"])
-        if dpid is None or dpid not in self.dpids:
+        raw = request.path_params["dpid"]
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) in self.dpids):
             return error(404, "unknown_partner", "no partner with this dpid")
+        dpid = int(raw)
         if not caller.sees(dpid):
             return error(403, "forbidden", "this key is for another partner")
         return dpid
