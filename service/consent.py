@@ -2,7 +2,9 @@
 and Sec-GPC, turned into decisions. No HTTP, no Redis.
 
 The TCF v2 core segment is decoded here (a few fixed-width fields and one vendor
-section): the Python packages for it are unmaintained, and the format is small."""
+section): the Python packages for it are unmaintained, and the format is small. A
+consent string comes from a browser: it is read in time linear in its length, and
+refused (313) past MAX_CONSENT_CHARS."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from itertools import compress
 from typing import Final
 
 from .errors import Code, RequestError
 
 PURPOSE_STORAGE: Final = 1  # "Store and/or access information on a device"
+# Real strings, with a bitfield of every vendor on the Global Vendor List (~1,000), the
+# disclosed-vendors segment and publisher restrictions, stay under a few KB.
+MAX_CONSENT_CHARS: Final = 8192
 
 
 class ConsentStringError(ValueError):
@@ -40,22 +46,33 @@ class TCString:
         return purpose in self.purposes and vendor_id in self.vendors
 
 
+_BIT_VALUES: Final = bytes.maketrans(b"01", b"\x00\x01")  # "0"/"1" -> false/true bytes
+
+
 class _Bits:
+    """A reader of big-endian bit fields. The bits are a str of "0" and "1", made in one
+    pass: reading a field costs its width (shifting one big integer per field cost the
+    whole string's length each time: 62 ms for an 11 KB bitfield of 65,535 vendors)."""
+
     def __init__(self, raw: bytes) -> None:
-        self._value = int.from_bytes(raw, "big")
-        self._size = len(raw) * 8
+        self._bits = format(int.from_bytes(raw, "big"), f"0{len(raw) * 8}b") if raw else ""
         self._pos = 0
 
-    def read(self, width: int) -> int:
-        if self._pos + width > self._size:
+    def _take(self, width: int) -> str:
+        end = self._pos + width
+        if end > len(self._bits):
             raise ConsentStringError("consent string too short")
-        self._pos += width
-        return (self._value >> (self._size - self._pos)) & ((1 << width) - 1)
+        field = self._bits[self._pos : end]
+        self._pos = end
+        return field
+
+    def read(self, width: int) -> int:
+        return int(self._take(width), 2)
 
     def flags(self, width: int) -> frozenset[int]:
         """Bit i (1-based) set -> i in the set."""
-        field = self.read(width)
-        return frozenset(i + 1 for i in range(width) if field >> (width - 1 - i) & 1)
+        field = self._take(width).encode("ascii").translate(_BIT_VALUES)
+        return frozenset(compress(range(1, width + 1), field))
 
 
 def _union(ranges: list[tuple[int, int]]) -> frozenset[int]:
@@ -71,6 +88,8 @@ def _union(ranges: list[tuple[int, int]]) -> frozenset[int]:
 
 
 def decode_tcf(text: str) -> TCString:
+    if len(text) > MAX_CONSENT_CHARS:
+        raise ConsentStringError(f"consent string over {MAX_CONSENT_CHARS} characters")
     core = text.split(".", 1)[0]
     if not core or not core.isascii():
         raise ConsentStringError("empty or non-ASCII consent string")

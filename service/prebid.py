@@ -19,6 +19,7 @@ from .config import Partner
 from .consent import GdprScope, Privacy, gdpr_scope
 from .errors import Code
 from .macros import Template
+from .numbers import parse_small_int
 from .sync import OutboundPartner, sync_url, valid_uid
 
 CONSENT_FIELDS: Final = ("gdpr", "gdpr_consent", "us_privacy", "gpp", "gpp_sid")
@@ -245,13 +246,20 @@ def _gpp_sid(value: str | list[Any]) -> str:
     strconv.ParseInt refuses it), written back canonically ("02" names section 2)."""
     tokens = value.split(",") if isinstance(value, str) else value
     sids = []
+    read: dict[str, str] = {}  # each distinct token read once: "2,2,2…" is 16,000 tokens
     for token in tokens:
         text = str(token) if isinstance(token, int) and not isinstance(token, bool) else token
-        if not isinstance(text, str) or not _INT8.fullmatch(text):
+        if not isinstance(text, str):
             raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: invalid syntax")
-        if len(text.lstrip("+-").lstrip("0")) > 3 or not -128 <= int(text) <= 127:  # no huge int()
-            raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: value out of range")
-        sids.append(str(int(text)))
+        canonical = read.get(text)
+        if canonical is None:
+            if not _INT8.fullmatch(text):
+                raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: invalid syntax")
+            sid = parse_small_int(text, 3)
+            if sid is None or not -128 <= sid <= 127:
+                raise _bad(f"strconv.ParseInt: parsing {json.dumps(text)}: value out of range")
+            canonical = read[text] = str(sid)
+        sids.append(canonical)
     return ",".join(sids)
 
 

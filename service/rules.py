@@ -5,10 +5,19 @@ Trait rules compare signals: ``c_section == "sports" AND (c_price > 100 OR p_age
   no values) makes it false, so ``NOT c_x == "1"`` holds when c_x is absent, and
   ``k != "a"`` holds for ``k=a,b`` (use ``NOT k == "a"`` for "no value is a").
 - Against a number literal the value must be a finite ASCII decimal (sign, fraction and
-  exponent allowed, no spaces) and compares numerically; anything else fails. Against a
-  string literal, ordering operators compare code points. ``contains``, ``startswith``,
-  ``endswith`` are case-sensitive on the literal's text (a number's source text);
-  ``matchesregex`` is ``re.search`` with the pattern compiled here.
+  exponent allowed, no spaces) of at most MAX_NUMBER_CHARS characters, and compares
+  numerically; anything else fails. Against a string literal, ordering operators compare
+  code points. ``contains``, ``startswith``, ``endswith`` are case-sensitive on the
+  literal's text (a number's source text).
+- ``matchesregex`` searches the value (anywhere, like ``re.search``) with RE2
+  (google-re2), whose time is linear in the value whatever the pattern: a pattern of
+  Python's ``re`` could backtrack for seconds on a browser's value. RE2's dialect is
+  Python's without what needs backtracking: no backreferences (``\\1``), lookarounds
+  (``(?=``, ``(?<=``, ...), possessive or atomic groups, ``\\Z`` (write ``\\z``) nor
+  repeat counts over 1000, which are configuration errors; ``\\d``, ``\\w``, ``\\s``, ``\\b``
+  are ASCII-only; ``$`` matches only at the very end (not before a last newline).
+  Linear is not free: a pattern whose matcher must track many positions at once (such
+  as ``a[ab]{20}c``) costs about a microsecond per byte of value.
 - String literals: double quotes, ``\\"`` and ``\\\\`` are escapes; any other backslash is
   kept as written so regexes read naturally (``"\\d+"``).
 - Keys are ``[A-Za-z_][A-Za-z0-9_.-]*``; ``AND``, ``OR``, ``NOT`` (any case) are reserved,
@@ -32,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, TypeVar, cast
 
+import re2
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedToken
 
@@ -40,6 +50,9 @@ T = TypeVar("T")
 Predicate = Callable[[T], bool]
 
 MAX_DEPTH: Final = 64  # deeper rules would overflow the stack when compiled or evaluated
+# A value compared with a number: longer ones are no number (the longest float written
+# out, such as 2.2250738585072014e-308, has 23 characters; this leaves room for zeros).
+MAX_NUMBER_CHARS: Final = 100
 _WORD_END: Final = r"(?![A-Za-z0-9_.\-])"  # a keyword must not be the start of a key
 
 _COMMON: Final = rf"""
@@ -115,7 +128,10 @@ _NAMES: Final = {
     "_RPAR": "')'",
     "$END": "the end of the rule",
 }
-_NUMERIC: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Possessive quantifiers, and a dot that cannot be skipped between two digit runs: one
+# way to match any text, so a failing value costs one pass (the former `[0-9]+\.?[0-9]*`
+# tried every split of a digit run: 21 s for 32 KiB of digits and a letter).
+_NUMERIC: Final = re.compile(r"[+-]?+(?:[0-9]++(?:\.[0-9]*+)?+|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?+")
 _ESCAPE: Final = re.compile(r'\\(["\\])')
 _WORD: Final = re.compile(r"[A-Za-z0-9_.\-]+|\S")
 _COMPARE: Final[dict[str, Callable[[Any, Any], bool]]] = {
@@ -273,13 +289,8 @@ def _value_test(op: str, literal: Token) -> Callable[[str], bool]:
     if op == "endswith":
         return lambda value: value.endswith(text)
     if op == "matchesregex":
-        try:
-            pattern = re.compile(text)
-        except re.error as exc:
-            raise RuleError(f"invalid regular expression ({exc.msg})", *_start(literal)) from None
-        except (OverflowError, RecursionError):  # huge repeat counts, deep nesting
-            raise RuleError("regular expression too large", *_start(literal)) from None
-        return lambda value: pattern.search(value) is not None
+        search = _regex(text, literal)
+        return lambda value: search(value.encode("utf-8", "surrogatepass")) is not None
     compare = _COMPARE[op]
     if literal.type == "STRING":
         return lambda value: compare(value, text)
@@ -294,8 +305,26 @@ def _value_test(op: str, literal: Token) -> Callable[[str], bool]:
     return numeric
 
 
+def _regex(text: str, literal: Token) -> Callable[[bytes], object]:
+    """RE2's search for a pattern, or a RuleError for one RE2 cannot run (SPEC §6's
+    "re.search", in a dialect that cannot backtrack: see the module's docstring)."""
+    options = re2.Options()
+    options.never_capture = True  # only whether it matches is wanted
+    options.log_errors = False  # the error is the configuration's, reported by it
+    try:
+        pattern = re2.compile(text, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else ""
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        if "too large" in reason or "too big" in reason:
+            raise RuleError("regular expression too large", *_start(literal)) from None
+        raise RuleError(f"invalid regular expression ({reason})", *_start(literal)) from None
+    search: Callable[[bytes], object] = pattern.search
+    return search
+
+
 def _number(value: str) -> float | None:
-    if _NUMERIC.fullmatch(value) is None:
+    if len(value) > MAX_NUMBER_CHARS or _NUMERIC.fullmatch(value) is None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None

@@ -10,6 +10,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .errors import Code, RequestError
+from .numbers import parse_uint
 
 _BAD_PERCENT: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 CALLBACK: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$.]{0,63}")
@@ -101,9 +102,10 @@ class EventRequest:
 
 
 def _int(value: str, key: str) -> int:
-    if not value.isascii() or not value.isdigit() or len(value) > 18:
+    number = parse_uint(value)
+    if number is None:
         raise RequestError(Code.MALFORMED, f"{key} must be an unsigned integer")
-    return int(value)
+    return number
 
 
 def _system(req: EventRequest, key: str, value: str) -> None:
@@ -151,6 +153,12 @@ def parse_event(
             req.private.setdefault(key, []).extend(value.split(","))
         elif not key.startswith("h_"):
             req.signals.setdefault(key, []).extend(value.split(","))
+    if len(req.declared_ids) > 1:  # the same id declared again is the same write
+        req.declared_ids = list(dict.fromkeys(req.declared_ids))
+    for found in (req.signals, req.private):
+        for key, values in found.items():
+            if len(values) > 1:  # a rule asks whether ANY value holds: each once is enough
+                found[key] = list(dict.fromkeys(values))  # (32 KiB of "1," is 16,384)
     if headers:
         for header, name in HEADER_SIGNALS.items():
             if (wanted is None or name in wanted) and (raw := headers.get(header)):

@@ -14,6 +14,7 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from .config import Partner
 from .errors import Code, RequestError
 from .macros import Template
+from .numbers import parse_uint
 from .redirects import normalize_domains, redirect_allowed
 
 MAX_UID_BYTES: Final = 256
@@ -65,12 +66,8 @@ def parse_ibs(
     (our /sync/chain URL prefix, our host): hops back to us need no redirect_domains.
     `consented(gvl_id)`: whether the partner may sync, checked first once the partner
     is known (SPEC §13: 314 before 320-323)."""
-    raw_dpid = params.get("dpid", "")
-    partner = (
-        partners.get(int(raw_dpid))
-        if len(raw_dpid) <= 18 and raw_dpid.isascii() and raw_dpid.isdigit()
-        else None
-    )
+    dpid = parse_uint(params.get("dpid", ""))
+    partner = partners.get(dpid) if dpid is not None else None
     if partner is None:
         raise RequestError(Code.UNKNOWN_DPID, "unknown dpid")
     if consented is not None and not consented(partner.gvl_id):
@@ -219,9 +216,9 @@ def record_hand_outs(
 def _parse_legacy(value: str) -> dict[int, int]:
     handed: dict[int, int] = {}
     for entry in value.split("|", _LEGACY_MAX_ENTRIES)[:_LEGACY_MAX_ENTRIES]:
-        parts = entry.split("-")
-        if len(parts) == 3 and all(p.isascii() and p.isdigit() and len(p) < 16 for p in parts):
-            handed[int(parts[0])] = int(parts[2])
+        match [parse_uint(part, 15) for part in entry.split("-")]:
+            case [int(dpid), int(), int(ms)]:
+                handed[dpid] = ms
     return handed
 
 
@@ -454,10 +451,10 @@ def parse_dpid_list(value: str) -> list[int]:
     """`1,2,3` -> [1, 2, 3]; 311 for anything else."""
     dpids = []
     for part in value.split(","):
-        part = part.strip()
-        if not part.isascii() or not part.isdigit() or len(part) > 18:
+        dpid = parse_uint(part.strip())
+        if dpid is None:
             raise RequestError(Code.MALFORMED, "dpids must be a comma-separated list of integers")
-        dpids.append(int(part))
+        dpids.append(dpid)
     return dpids
 
 

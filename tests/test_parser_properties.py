@@ -6,17 +6,25 @@ cookies, whole consent parameter sets and rules inside a configuration.)"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.batch.files import LineError, parse_line, parse_name
-from service.config import ConfigError, CookiesConfig, parse_settings
+from service.config import ConfigError, CookiesConfig, Partner, parse_settings
 from service.consent import ConsentStringError, decode_tcf, evaluate, us_privacy_opt_out
 from service.destinations import Tokens
 from service.errors import Code, RequestError
 from service.identity import OPT_OUT, CookieSigner, VisitorKind, new_uuid
+from service.prebid import (
+    Bidders,
+    CookieSyncOutcome,
+    PrebidError,
+    parse_cookie_sync,
+    parse_setuid,
+)
 from service.signals import HEADER_SIGNALS, first_values, parse_event
 from service.sync import (
     HOUR_MS,
@@ -32,7 +40,15 @@ from service.web.cookies import VisitorCookies
 from tests.test_consent import TRAFFECTIVE, tcf
 from tests.test_rules import _token_texts
 
-TEXT = st.text(max_size=80)
+# Runs of digits past the 4,300 that make int() raise (issue 18), some zero-padded (a
+# length check must count the zeros), as whole values and inside others.
+DIGITS = st.builds(
+    lambda zeros, nines, sign: sign + "0" * zeros + "9" * nines,
+    st.integers(0, 5200),
+    st.integers(0, 5200),
+    st.sampled_from(["", "", "-", "+"]),
+)
+TEXT = st.text(max_size=80) | DIGITS
 PAIRS = st.lists(st.tuples(TEXT, TEXT), max_size=12)
 SYSTEM_KEYS = st.sampled_from(
     ["d_rtbd", "d_cb", "d_dst", "d_cts", "d_sid", "d_cid", "d_cid_ic", "gdpr", "gdpr_consent",
@@ -77,7 +93,7 @@ def test_inbound_syncs(pairs: list[tuple[str, str]]) -> None:
     assert valid_uid(req.uid) and req.partner.dpid == 7
 
 
-@given(st.none() | TEXT | st.lists(st.tuples(
+@given(st.none() | TEXT | DIGITS.map(lambda d: f"{d}-1-{d}|{d}-{d}-1|1-1-{d}") | st.lists(st.tuples(
     st.integers(0, 10**17), st.integers(0, 10**15)), max_size=5).map(
     lambda entries: format_dextp(dict(entries))))  # fmt: skip
 def test_dextp_cookies(value: str | None) -> None:
@@ -141,6 +157,20 @@ def test_inbound_lines(raw: bytes) -> None:
     if line is not None:
         assert valid_uid(line.uid)
         assert all(isinstance(s, int) for s in line.realize + line.remove)
+
+
+@given(st.lists(DIGITS.flatmap(lambda d: st.sampled_from([d, f"d_sid={d}", f"d_unsid={d}",
+                                                          f"{d}:0", f"{d}:-1"])),
+                min_size=1, max_size=4))  # fmt: skip
+def test_inbound_lines_with_huge_trait_ids(tokens: list[str]) -> None:
+    """Every integer a line holds: a trait id, or a format error, never int()'s own."""
+    try:
+        line = parse_line(("u1\t" + ",".join(tokens)).encode())
+    except LineError as exc:
+        assert str(exc).startswith("bad token")
+        return
+    assert line is not None
+    assert all(0 <= s < 10**18 for s in line.realize + line.remove)
 
 
 @given(TEXT)
@@ -285,3 +315,45 @@ def test_rules_in_a_configuration(trait: str, segment: str, junk: dict[str, Any]
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
         return
     assert [t.sid for t in settings_.traits][:1] == [100]
+
+
+PREBID_PARTNER = Partner(
+    dpid=7,
+    name="acme",
+    sync_url="https://a.test/s?u=${DD_UUID}",
+    refresh_days=7,
+    mapping_ttl_days=90,
+)
+BIDDERS = Bidders([PREBID_PARTNER])
+
+
+@given(
+    st.sampled_from(["gdpr", "limit", "gpp_sid", "gpp_sid_list"]),
+    DIGITS,
+    st.booleans(),
+)
+@example("gpp_sid", "0" * 4999 + "2", True)  # was int() of 5,000 characters: a 500
+@example("gpp_sid_list", "9" * 5000, False)
+def test_cookie_sync_integers(field: str, digits: str, quoted: bool) -> None:
+    """/cookie_sync's integer fields with any run of digits, as a JSON number (json.loads
+    refuses one of more than 4,300 digits) or a string: a request, or Prebid Server's
+    400 — never another exception."""
+    value = json.dumps(digits) if quoted else digits
+    key = field.removesuffix("_list")
+    body = f'{{"{key}": [{value}]}}' if field.endswith("_list") else f'{{"{key}": {value}}}'
+    try:
+        req = parse_cookie_sync(body.encode())
+    except PrebidError as exc:
+        assert exc.outcome is CookieSyncOutcome.BAD_REQUEST
+        return
+    if key == "gpp_sid":
+        assert all(-128 <= int(s) <= 127 for s in req.consent["gpp_sid"].split(",") if s)
+
+
+@given(st.sampled_from(["gdpr", "gpp_sid", "uid", "bidder", "f"]), DIGITS)
+def test_setuid_integers(key: str, digits: str) -> None:
+    params = {"bidder": "acme", key: digits}
+    try:
+        parse_setuid(params, BIDDERS)
+    except PrebidError as exc:
+        assert exc.outcome.status in (400, 451)

@@ -4,6 +4,7 @@ import math
 import operator
 import random
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.config import ConfigError, parse_settings
 from service.rules import (
     MAX_DEPTH,
     RuleError,
@@ -152,7 +154,13 @@ def test_error_message() -> None:
         ('c_x == "abc', 1, 8, "unterminated string"),
         ('c_x == "abc\\"', 1, 8, "unterminated string"),
         ('c_x matchesregex "("', 1, 18, "invalid regular expression"),
-        ('c_x matchesregex "a{99999999999}"', 1, 18, "regular expression too large"),
+        ('c_x matchesregex "\\p{L}{1000}"', 1, 18, "regular expression too large"),
+        # RE2's dialect (the module's docstring): what needs backtracking is refused.
+        ('c_x matchesregex "a{1001}"', 1, 18, "invalid repetition size"),
+        ('c_x matchesregex "(a)\\1"', 1, 18, "invalid regular expression"),
+        ('c_x matchesregex "(?=a)b"', 1, 18, "invalid regular expression"),
+        ('c_x matchesregex "(?<!a)b"', 1, 18, "invalid regular expression"),
+        ('c_x matchesregex "a++"', 1, 18, "invalid regular expression"),
         ("(c_x == 1", 1, 10, "expected AND, OR or ')' after '1', found the end"),
         ("c_x == 1)", 1, 9, "expected AND, OR or the end of the rule"),
         ("c_x == 1 c_y == 2", 1, 10, "found 'c_y'"),
@@ -611,3 +619,82 @@ def test_parsers_fail_only_with_rule_error(text: str) -> None:
         assert exc.line >= 1 and exc.column >= 1
     else:
         segment_rule(HISTORY)
+
+
+# --- hostile values (issue 18) ---------------------------------------------------------
+
+HOSTILE_PATTERNS = [
+    "(a+)+b",  # each is exponential in Python's re on a run of a's (or x's) without a match
+    "(x+x+)+y",
+    "(.*a){20}",
+    "^(([a-z])+.)+[A-Z]([a-z])+$",
+    "(a|aa)+$",
+    "(\\w+\\s?)+$",
+]
+
+
+@pytest.mark.parametrize("pattern", HOSTILE_PATTERNS)
+def test_matchesregex_is_linear(pattern: str) -> None:
+    """RE2: 32 KiB of the value each pattern backtracks on longest, the best of three
+    under 50 ms (Python's re took 103 s for "(a+)+b" on 30 characters)."""
+    rule = compile_trait_rule(f'c_x matchesregex "{pattern}"')
+    for value in ("a" * 32768 + "!", "x" * 32768, "ab" * 16384 + "!", "a" * 32767 + "\n"):
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            rule({"c_x": [value]})
+            best = min(best, time.perf_counter() - started)
+        assert best < 0.05, (pattern, value[:4], best)
+
+
+def test_matchesregex_keeps_search_semantics() -> None:
+    """A search anywhere in the value, in Unicode: RE2 with the value's UTF-8."""
+    assert compile_trait_rule('c_x matchesregex "é+t"')({"c_x": ["été"]})
+    assert compile_trait_rule('c_x matchesregex "^.$"')({"c_x": ["é"]})  # one code point
+    assert compile_trait_rule('c_x matchesregex "(?i)SPORT"')({"c_x": ["my sports"]})
+    assert not compile_trait_rule('c_x matchesregex "^sport"')({"c_x": ["my sports"]})
+    assert compile_trait_rule('c_x matchesregex "b\\\\z"')({"c_x": ["ab"]})
+
+
+def test_a_pattern_re2_refuses_names_its_trait() -> None:
+    """check-config and load_settings refuse it, naming the trait, key and position."""
+    doc = {"traits": [{"sid": 7, "name": "t", "rule": 'c_x matchesregex "(a)\\\\1"'}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(doc)
+    (problem,) = caught.value.problems
+    assert "sid 7" in problem and "key 'rule'" in problem
+    assert "invalid regular expression (invalid escape sequence: \\1)" in problem
+    assert "line 1, column 18" in problem
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1" * 32767 + "x", "1." * 16384, "1e" * 16384, "." * 32768, "+" * 32768, "9" * 32768],
+)
+def test_numeric_comparisons_are_linear(value: str) -> None:
+    """The number regex was quadratic: 21 s for 32 KiB of digits and a letter."""
+    rule = compile_trait_rule("c_price > 100")
+    started = time.perf_counter()
+    assert rule({"c_price": [value]}) is False
+    assert time.perf_counter() - started < 0.05
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("101", True),
+        ("1e3", True),
+        ("+1.5E+2", True),
+        (".5e3", True),
+        ("1000.", True),
+        ("1" + "0" * 97 + ".5", True),  # 100 characters
+        ("1" + "0" * 98 + ".5", False),  # 101: not a number (MAX_NUMBER_CHARS)
+        ("0" * 120 + "101", False),
+        ("1e", False),
+        ("1.2.3", False),
+        ("--101", False),
+        ("\u0661\u0660\u0661", False),  # float() reads other scripts' digits: the rule does not
+    ],
+)
+def test_numeric_values(value: str, expected: bool) -> None:
+    assert compile_trait_rule("c_price > 100")({"c_price": [value]}) is expected

@@ -6,16 +6,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ..numbers import parse_uint
 from ..sync import valid_uid
 
 MAX_LINE_BYTES: Final = 100 * 1024
 MAX_ERRORS_LISTED: Final = 100
+# [0-9], not \d: \d also matches other scripts' digits, which int() would read.
 _NAME: Final = re.compile(
-    r"ftp_dpm_(?P<dpid>\d{1,18})(?:_(?P<target>\d{1,18}))?_(?P<ts>\d{1,12})"
-    r"\.(?P<kind>sync|overwrite)(?:\.(?P<split>\d{1,6}))?(?P<gz>\.gz)?"
+    r"ftp_dpm_(?P<dpid>[0-9]{1,18})(?:_(?P<target>[0-9]{1,18}))?_(?P<ts>[0-9]{1,12})"
+    r"\.(?P<kind>sync|overwrite)(?:\.(?P<split>[0-9]{1,6}))?(?P<gz>\.gz)?"
 )
-_DIGITS: Final = re.compile(r"\d{1,18}")
-_SIGNAL: Final = re.compile(r'"([^"]*)"="([^"]*)"')
+# Linear: neither group can cross a quote, so a failing line backtracks only once.
+_SIGNAL: Final = re.compile(r'"([^"]*+)"="([^"]*+)"')
 
 
 class LineError(ValueError):
@@ -73,6 +75,20 @@ def _tokens(text: str) -> list[str]:
     return [t.strip() for t in out if t.strip()]
 
 
+def _realized(token: str) -> int | None:
+    """`<sid>` or `d_sid=<sid>`."""
+    return parse_uint(token[6:] if token.startswith("d_sid=") else token)
+
+
+def _removed(token: str) -> int | None:
+    """`d_unsid=<sid>`, `<sid>:0` or `<sid>:-1`."""
+    if token.startswith("d_unsid="):
+        return parse_uint(token[8:])
+    if token.endswith((":0", ":-1")):
+        return parse_uint(token.rsplit(":", 1)[0])
+    return None
+
+
 def parse_line(raw: bytes) -> Line | None:
     """One line without its line ending: None when it is empty, else the line, or
     LineError saying why it cannot be used."""
@@ -91,14 +107,10 @@ def parse_line(raw: bytes) -> Line | None:
         raise LineError("invalid partner uid")
     line = Line(uid)
     for token in _tokens(rest):
-        if _DIGITS.fullmatch(token):
-            line.realize.append(int(token))
-        elif token.startswith("d_sid=") and _DIGITS.fullmatch(token[6:]):
-            line.realize.append(int(token[6:]))
-        elif token.startswith("d_unsid=") and _DIGITS.fullmatch(token[8:]):
-            line.remove.append(int(token[8:]))
-        elif token.endswith((":0", ":-1")) and _DIGITS.fullmatch(token.rsplit(":", 1)[0]):
-            line.remove.append(int(token.rsplit(":", 1)[0]))
+        if (sid := _realized(token)) is not None:
+            line.realize.append(sid)
+        elif (sid := _removed(token)) is not None:
+            line.remove.append(sid)
         elif signal := _SIGNAL.fullmatch(token):
             line.signals.setdefault(signal[1], []).append(signal[2])
         else:

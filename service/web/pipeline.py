@@ -30,6 +30,7 @@ from typing import ClassVar, Final, Generic, TypeVar
 from ..consent import Privacy, evaluate
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind
+from ..numbers import parse_uint
 from .common import Outcomes, new_tid
 from .cookies import VisitorCookies
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send, send
@@ -227,8 +228,8 @@ async def method_not_allowed(send_: Send, allow: bytes) -> None:
 async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes."""
     too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
-    declared = headers.get(b"content-length", b"")
-    if len(declared) <= 20 and declared.isdigit() and int(declared) > limit:
+    declared = parse_uint(headers.get(b"content-length", b""), 20)
+    if declared is not None and declared > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0

@@ -703,3 +703,82 @@ async def test_a_consent_string_bomb_is_answered_at_once(http: httpx.AsyncClient
     started = time.perf_counter()
     resp = await http.get("/event", params={"gdpr": "1", "gdpr_consent": bomb})
     assert resp.status_code == 200 and time.perf_counter() - started < 1.0
+
+
+# --- huge integers (issue 18) ------------------------------------------------------
+
+HUGE = "9" * 5000  # past the 4,300 digits that make int() raise
+PADDED = "0" * 4999 + "2"  # 5,000 digits, the value 2: the zeros count too
+# Every integer a request carries, where it is read: (method, target, body, status,
+# X-Error); {n} is the number. Image endpoints answer 400 with the GIF and their code.
+INTEGER_FIELDS = [
+    ("GET", "/ibs?dpid={n}&dpuuid=u1", None, 400, "320"),
+    ("GET", "/ibs:dpid={n}&dpuuid=u1", None, 400, "320"),
+    ("GET", "/event?d_sid={n}", None, 400, "311"),
+    ("GET", "/event?d_sid=1,{n}", None, 400, "311"),
+    ("GET", "/event?d_cts={n}", None, 400, "311"),
+    ("GET", "/event?d_cid={n}%01x", None, 400, "311"),
+    ("GET", "/event?gdpr={n}&c_x=1", None, 200, None),  # not 1: GDPR does not apply
+    ("GET", "/sync/chain?dpids={n}", None, 400, "311"),
+    ("GET", f"/sync/chain?dpids={PARTNER},{{n}}", None, 400, "311"),
+    ("GET", "/dest5.html?gpp_sid={n}", None, 200, None),
+    ("GET", "/setuid?bidder=acme&gdpr={n}", None, 400, None),
+    ("POST", "/cookie_sync", '{{"gpp_sid": "{n}"}}', None, None),
+    ("POST", "/cookie_sync", '{{"gpp_sid": "7,{n}"}}', None, None),
+    ("POST", "/cookie_sync", '{{"gpp_sid": [{n}]}}', 400, None),
+    ("POST", "/cookie_sync", '{{"gdpr": {n}}}', 400, None),
+    ("POST", "/cookie_sync", '{{"limit": {n}}}', 400, None),
+    ("GET", "/v1/partners/{n}/users/u1", None, 404, None),
+    ("POST", "/v1/partners/{n}/lookup", '{{"dpuuids": ["u1"]}}', 404, None),
+    ("POST", f"/v1/partners/{PARTNER}/lookup", '{{"dpuuids": [{n}]}}', 400, None),
+    ("GET", "/v1/users/{n}", None, 404, None),
+]
+
+
+@pytest.mark.parametrize("number", [HUGE, PADDED], ids=["huge", "padded"])
+@pytest.mark.parametrize(
+    ("method", "target", "body", "status", "code"),
+    INTEGER_FIELDS,
+    ids=[f"{m} {t.split('{')[0]}{b or ''}"[:60] for m, t, b, _, _ in INTEGER_FIELDS],
+)
+async def test_huge_integers_everywhere(
+    http: httpx.AsyncClient,
+    method: str,
+    target: str,
+    body: str | None,
+    status: int | None,
+    code: str | None,
+    number: str,
+) -> None:
+    """A 5,000-digit number (or a zero-padded small one) wherever an integer is read:
+    the contract's refusal, never a 500. Where a padded number is a valid small one
+    (gpp_sid "0…02" is section 2) any answer but a 5xx."""
+    headers = {**cookie(new_uuid()), **auth("admin"), "content-type": "application/json"}
+    content = body.format(n=number) if body is not None else None
+    resp = await http.request(method, target.format(n=number), content=content, headers=headers)
+    assert resp.status_code < 500, resp.text[:200]
+    if number == HUGE and status is not None:
+        assert resp.status_code == status, resp.text[:200]
+        assert resp.headers.get("x-error") == code
+
+
+@pytest.mark.parametrize(
+    "jar",
+    [
+        f"dextp={HUGE}-1-{HUGE}",
+        f"dextp={PADDED}-1-{PADDED}|1-1-{HUGE}",
+        f"uuid={HUGE}",
+        f"uuid={'1' * 38}.{HUGE}.{HUGE}",
+    ],
+)
+async def test_huge_integers_in_cookies(http: httpx.AsyncClient, jar: str) -> None:
+    for path in ("/event?d_rtbd=json", "/dest5.html", "/getuids"):
+        resp = await http.get(path, headers={"cookie": jar})
+        assert resp.status_code == 200, (path, resp.text[:200])
+
+
+def test_a_huge_content_length(svc: Service) -> None:
+    """Refused by the server or answered, never a 500."""
+    for target in (b"/event", b"/cookie_sync"):
+        answer = raw(svc, target, b"Content-Length: " + HUGE.encode() + b"\r\n", method=b"POST")
+        assert answer.status in (0, 400, 413), answer.status

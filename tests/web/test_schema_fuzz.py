@@ -7,6 +7,7 @@ operations are driven through its Python API: one hypothesis test per operation.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -81,3 +82,64 @@ def test_operation_conforms(
         case.call_and_validate(session=session, headers=headers, excluded_checks=excluded)
 
     run()
+
+
+# Huge integers (issue 18) wherever the document says an integer is read, and in the
+# strings that carry integers: 5,000 digits (past the 4,300 int() reads) and 5,000 digits
+# that are the value 2 (a length check must count the zeros).
+HUGE = "9" * 5000
+PADDED = "0" * 4999 + "2"
+INTEGER_PLACES = [
+    (method, path, where, param["name"])
+    for path, item in SPEC["paths"].items()
+    for method, op in item.items()
+    for param in op.get("parameters", [])
+    for where in [param["in"]]
+    if param["schema"].get("type") == "integer"
+    or param["name"] in ("gdpr", "gpp_sid", "dpid", "dpids", "d_sid", "d_cts")
+]
+
+
+@pytest.mark.parametrize("value", [HUGE, PADDED], ids=["huge", "padded"])
+@pytest.mark.parametrize(("method", "path", "where", "name"), INTEGER_PLACES)
+def test_huge_integer_parameters_conform(
+    api_schema: Any, session: Any, method: str, path: str, where: str, name: str, value: str
+) -> None:
+    """Answered as the document says (no 5xx), for the admin key."""
+    operation = api_schema[path][method]
+    path_parameters = {"dpid": "1234", "dpuuid": "u1", "uuid": "1" * 38, "token": "t"}
+    query: dict[str, str] = {}
+    if where == "path":
+        path_parameters[name] = value
+    else:
+        query[name] = value
+    body: Any = {"dpuuids": ["u1"]} if path.endswith("/lookup") else None
+    case = operation.Case(
+        path_parameters={k: v for k, v in path_parameters.items() if "{" + k in path},
+        query=query,
+        **({"body": body, "media_type": "application/json"} if body is not None else {}),
+    )
+    excluded = [] if path.startswith("/v1/") else BROWSER_ONLY
+    headers = {"Authorization": f"Bearer {API_TOKENS['admin']}"}
+    case.call_and_validate(session=session, headers=headers, excluded_checks=excluded)
+
+
+@pytest.mark.parametrize("field", ["gdpr", "limit", "gpp_sid"])
+@pytest.mark.parametrize("digits", [4300, 5000])
+def test_huge_integers_in_json_bodies_conform(
+    api_schema: Any, session: Any, field: str, digits: int
+) -> None:
+    """/cookie_sync's integer fields (and gpp_sid as a list of integers) holding an
+    integer of 4,300 digits (which json.loads reads) or 5,000 (which it refuses)."""
+    operation = api_schema["/cookie_sync"]["post"]
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # this process only: to write the body
+    try:
+        number = int("9" * digits)
+        case = operation.Case(
+            body={field: [number] if field == "gpp_sid" else number},
+            media_type="application/json",
+        )
+        case.call_and_validate(session=session, excluded_checks=BROWSER_ONLY)
+    finally:
+        sys.set_int_max_str_digits(limit)
