@@ -112,6 +112,7 @@ class Case:
     status: int | None = None  # the answer's status, when the contract fixes it
     error: str | None = None  # its X-Error
     known: str = ""  # why this case is over a bound today, for a reason no parser's
+    bulk: bool = False  # legitimate bulk work: its answer may take longer, its loop may not
 
 
 def _fill(prefix: str, unit: str, limit: int, suffix: str = "") -> str:
@@ -367,8 +368,20 @@ def corpus() -> Iterator[Case]:
             json.dumps({"dpuuids": [f"u{i}-" + "x" * 200 for i in range(10_000)]}).encode(),
             200,
         ),
+        (
+            "10,000 uids of quotes",  # each `\\"` counted off: never refused for its count
+            json.dumps(
+                {"dpuuids": [f'u{i}"\\' + '"' * 120 + "\\" for i in range(10_000)]}
+            ).encode(),
+            200,
+        ),
         ("10,001 uids", json.dumps({"dpuuids": ["u"] * 10_001}).encode(), 400),
         ("3 MiB of numbers", b'{"dpuuids": [' + b"1e308," * 524_000 + b"1]}", 400),
+        ("3 MiB of small numbers", b'{"dpuuids": [' + b"1," * 1_570_000 + b"1]}", 400),
+        ("3 MiB of arrays", b'{"dpuuids": [' + b"[]," * 1_040_000 + b"[]]}", 400),
+        ("3 MiB of objects", b'{"dpuuids": [' + b"{}," * 1_040_000 + b"{}]}", 400),
+        ("3 MiB of short strings", b'{"dpuuids": [' + b'"a",' * 780_000 + b'"a"]}', 400),
+        ("3 MiB, one more key", b'{"x": [' + b"[]," * 1_040_000 + b'[]], "dpuuids": []}', 400),
     ]
     for name, body, status in lookups:
         yield Case(
@@ -378,14 +391,9 @@ def corpus() -> Iterator[Case]:
             body,
             {**auth, **JSON_TYPE},
             status,
-            # Not the parsers of issue 18: 10,000 lookups in one request, their keys
-            # and their answer, all in one turn of the event loop (~100 ms; the body's
-            # json.loads takes 2 ms); and json.loads of a body at the API's 3 MiB limit
-            # made of numbers (~200 ms), for a caller with a read key.
-            known={
-                "10,000 uids": "10,000 lookups run in one turn of the event loop",
-                "3 MiB of numbers": "json.loads of 3 MiB of numbers holds the event loop",
-            }.get(name, ""),
+            # 10,000 lookups take longer than the bound (ten round trips of 1,000), but
+            # each slice's answer is read in its own turn of the event loop.
+            bulk=name.startswith("10,000 uids"),
         )
     yield Case(
         "v1 lookup dpid huge",
@@ -510,7 +518,8 @@ async def test_hostile_request(
             figures.status, figures.error = resp.status_code, resp.headers.get("x-error")
         if answered > HOPELESS_S or blocked > HOPELESS_S:
             break
-    assert figures.answer_s < BOUND_S, f"answered in {figures.answer_s * 1000:.1f} ms at best"
+    if not case.bulk:
+        assert figures.answer_s < BOUND_S, f"answered in {figures.answer_s * 1000:.1f} ms at best"
     assert figures.blocked_s < BOUND_S, f"loop blocked {figures.blocked_s * 1000:.1f} ms at best"
 
 
@@ -521,12 +530,19 @@ def test_report(request: pytest.FixtureRequest) -> None:
     measured = {k: v for k, v in REPORT.items() if math.isfinite(v.answer_s) and k not in known}
     if not measured:
         pytest.skip("no case of the corpus ran")
-    slowest = max(measured.items(), key=lambda kv: kv[1].answer_s)
+    bulk = {c.values[0].id for c in CORPUS if c.values[0].bulk}  # type: ignore[union-attr]
+    slowest = max(
+        ((k, v) for k, v in measured.items() if k not in bulk), key=lambda kv: kv[1].answer_s
+    )
     blocking = max(measured.items(), key=lambda kv: kv[1].blocked_s)
     lines = [
         f"hostile corpus: {len(measured)} requests",
         f"slowest answer: {slowest[1].answer_s * 1000:.1f} ms ({slowest[0]})",
         f"longest loop block: {blocking[1].blocked_s * 1000:.1f} ms ({blocking[0]})",
+        *(
+            f"bulk (no answer bound): {k}: {REPORT[k].answer_s * 1000:.1f} ms"
+            for k in sorted(bulk & measured.keys())
+        ),
         *(
             f"known, left out: {k}: {REPORT[k].answer_s * 1000:.1f} ms, "
             f"blocked {REPORT[k].blocked_s * 1000:.1f} ms"
