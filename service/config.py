@@ -808,6 +808,8 @@ def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         server["secret_keys"] = keys
     if environ.get("PIXELSYNC_PUBLIC_URL"):
         server["public_url"] = environ["PIXELSYNC_PUBLIC_URL"]
+    if environ.get("PIXELSYNC_ADMIN_LISTEN"):
+        server["admin_listen"] = environ["PIXELSYNC_ADMIN_LISTEN"]
     if server or "server" in doc:
         return {**doc, "server": server}
     return doc

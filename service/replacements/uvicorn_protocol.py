@@ -173,10 +173,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             # next request), or it is too large: its rest is never read.
             self._head_left = 0
             super().data_received(data[:left])
-            if self._head_left < 0 and not self.transport.is_closing():
-                self.data_received(data[left:])
-            elif self._head_left >= 0 and not self.transport.is_closing():
+            if self.transport.is_closing():
+                return
+            if self._head_left == 0:  # still the same head, and more of it to come
                 self._refuse(b"431 Request Header Fields Too Large")
+            else:  # in a body (-1), or a next request began (max_bytes)
+                self.data_received(data[left:])
             return
         self._head_left = left - len(data)
         super().data_received(data)

@@ -83,7 +83,7 @@ class Opening:
     privacy: PrivacyRules
     max_query: int  # bytes of a query string (or of the parameters in a path)
     max_body: int  # bytes of a POST body
-    body_timeout_s: float = 10.0  # to receive a POST body, once its head is in
+    body_timeout_s: float  # to receive a POST body, once its head is in
 
 
 @dataclass(slots=True)
