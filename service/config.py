@@ -179,7 +179,7 @@ def _head_room(max_head_bytes: int, max_query_bytes: int) -> str | None:
 
 
 def _host_port(v: str) -> tuple[str, int] | None:
-    """ "host:port" (an IPv6 host in brackets) as (host, port); None if it is not."""
+    """A "host:port" (an IPv6 host in brackets) as (host, port); None if it is not."""
     host, sep, port = v.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
