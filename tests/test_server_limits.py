@@ -250,3 +250,26 @@ def test_requests_over_max_concurrency(server: Server) -> None:
     with server.connect() as sock:  # and afterwards, served again
         sock.sendall(head())
         assert status(sock.recv(65536)) == 200
+
+
+def test_a_body_trickled_after_the_answer_is_cut_off(server: Server) -> None:
+    """A POST answered without its body being read (405 here; a 401 of the API alike),
+    whose body then comes a byte every 0.5 s: the connection does not live on."""
+    with server.connect() as sock:
+        sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        started = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - started < HEAD_TIMEOUT + MARGIN + 5:
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                try:
+                    closed = sock.recv(65536) == b""
+                except ConnectionResetError:
+                    closed = True
+                continue
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        lived = time.monotonic() - started
+    assert closed and lived < HEAD_TIMEOUT + MARGIN, lived

@@ -17,7 +17,9 @@ and starting each request's app at once instead of in a new task.
   is never closed). Here a head over `HeadLimits.max_bytes` or `max_headers` is answered
   431 and the connection closed, without reading the rest; a head not whole within
   `timeout_s` of its first byte (of the connection, for the first request) closes the
-  connection, with a 408 if any of it came.
+  connection, with a 408 if any of it came; and so does a body not whole within
+  `timeout_s` of its head (even one the app answered without reading: uvicorn would
+  read its trickle for ever).
 """
 
 from __future__ import annotations
@@ -161,11 +163,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._limits = limits
         self._head_left = limits.max_bytes
         # Until the first head is whole: a connection that sends nothing is closed too.
-        self._head_timer = self.loop.call_later(limits.timeout_s, self._head_timed_out)
+        self._head_timer = self.loop.call_later(limits.timeout_s, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         left = self._head_left
-        if left < 0:  # a body, or a request being answered: uvicorn's own bounds
+        if left < 0:  # a body, or a request being answered
             super().data_received(data)
             return
         if len(data) > left:
@@ -177,23 +179,25 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 return
             if self._head_left == 0:  # still the same head, and more of it to come
                 self._refuse(b"431 Request Header Fields Too Large")
-            else:  # in a body (-1), or a next request began (max_bytes)
-                self.data_received(data[left:])
-            return
-        self._head_left = left - len(data)
-        super().data_received(data)
-        if self._head_timer is None and self._head_begun() and not self.transport.is_closing():
-            # A head split over several reads (a whole one never gets a timer).
-            self._head_timer = self.loop.call_later(self._limits.timeout_s, self._head_timed_out)
+                return
+            self.data_received(data[left:])  # in a body (-1), or a next request began
+        else:
+            self._head_left = left - len(data)
+            super().data_received(data)
+        if self._head_timer is None and self._waiting() and not self.transport.is_closing():
+            # A head split over several reads, or a body still to come (a request
+            # that came whole in one read never starts a timer).
+            self._head_timer = self.loop.call_later(self._limits.timeout_s, self._timed_out)
 
-    def _head_begun(self) -> bool:
-        """Some of a head came, not all of it (the bytes of a pipelined request that
-        came with the one before are not counted: its next read starts the timer)."""
-        return 0 <= self._head_left < self._limits.max_bytes
+    def _waiting(self) -> bool:
+        """Some of a request came, not all of it: part of its head (the bytes of a
+        pipelined request that came with the one before are not counted: its next
+        read starts the timer), or its head and not all of its body (-1)."""
+        return self._head_left < self._limits.max_bytes
 
     def on_headers_complete(self) -> None:
         self._head_left = -1
-        if self._head_timer is not None:
+        if self._head_timer is not None:  # the head's; the body gets one of its own
             self._head_timer.cancel()
             self._head_timer = None
         if len(self.headers) > self._limits.max_headers:
@@ -208,6 +212,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._head_left = self._limits.max_bytes  # what comes next is the next head
+        if self._head_timer is not None:  # the body's
+            self._head_timer.cancel()
+            self._head_timer = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
@@ -215,13 +222,25 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
+    def _timed_out(self) -> None:
+        """A head not whole, or a body not whole, within timeout_s: the connection is
+        closed, with a 408 if some of a request came and nothing was answered yet (the
+        app, waiting for the body, is told the client is gone)."""
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._head_begun():
+        cycle = self.cycle
+        if self._head_left == -1 and cycle is not None:  # the body's
+            answered = cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if answered:
+                self.transport.close()
+            else:
+                self._refuse(b"408 Request Timeout")
+        elif self._waiting():
             self._refuse(b"408 Request Timeout")
-        else:
+        else:  # nothing at all came
             self.transport.close()
 
     def _refuse(self, status: bytes) -> None:
