@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -323,4 +324,25 @@ async def test_a_head_that_times_out_is_408_and_a_silent_connection_closed() -> 
     protocol, transport = _limited(_served, HeadLimits(timeout_s=0.05))
     protocol.data_received(REQUEST[:10])
     await asyncio.sleep(0.2)
+    assert transport.closing and b"".join(transport.writes).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_body_that_does_not_come_is_408_and_the_app_told() -> None:
+    """The body's timer: started by a head whose body did not come with it (none for
+    a request that came whole), it answers 408 and the waiting app gets a disconnect."""
+    got: list[object] = []
+
+    async def app(scope: dict[str, object], receive: Any, send: object) -> None:
+        if scope["type"] == "http":
+            got.append(await receive())
+            got.append(await receive())
+
+    protocol, transport = _limited(app, HeadLimits(timeout_s=0.05))
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert protocol._head_timer is not None
+    await asyncio.sleep(0.3)
+    assert got == [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     assert transport.closing and b"".join(transport.writes).startswith(b"HTTP/1.1 408 ")
