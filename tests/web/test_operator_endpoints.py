@@ -72,7 +72,7 @@ def test_with_admin_listen_they_answer_there_only(tmp_path: Path, redis_url: str
     """Two workers (uvicorn's supervisor, both sockets shared): the public listener
     answers 404 for the operator paths, even to an admin key; the admin listener
     answers them without a key, and 404 for anything else but /healthz."""
-    svc, admin_url = admin_listener(tmp_path, redis_url, workers=2)
+    svc, admin_url = admin_listener(tmp_path, redis_url, workers=2, server="uvicorn")
     forwarded = {"x-forwarded-for": "203.0.113.9", "x-forwarded-proto": "https"}
     try:
         with (
