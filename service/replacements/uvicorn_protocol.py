@@ -122,7 +122,8 @@ async def _resume(rest: _Rest) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
-    """A request head's bounds: bytes (request line and headers), headers, seconds."""
+    """A request's bounds: its head's bytes (request line and headers) and headers, and
+    the seconds its head may take, then its body (from the end of the head)."""
 
     max_bytes: int = 32768
     max_headers: int = 100
