@@ -52,6 +52,8 @@ DPID: Final = 77  # the partner of the drills' ID syncs
 RT_DPID: Final = 78  # a real-time partner (the shutdown drill's slow requests)
 SECRET: Final = "faults-only-not-a-secret"
 ADMIN: Final = "faults-admin-not-a-secret"
+# The operator endpoints (/readyz, /metrics) answer an admin key (web/ops.py).
+OPERATOR: Final = {"authorization": f"Bearer {ADMIN}"}
 VISITORS: Final = 200  # returning visitors of the "event", "qualify" and "dest5" requests
 LATENCY_TARGET_S: Final = 0.100  # SPEC §14: browser endpoints answer within 100 ms
 EXPECTED: Final = {"event": 200, "ibs": 200, "qualify": 200, "dest5": 200, "lookup": 200}
@@ -146,7 +148,7 @@ def rss_bytes(pid: int) -> int:
 async def ready(client: httpx.AsyncClient, url: str) -> tuple[int, int]:
     """/readyz: (status, writes still buffered); (0, -1) when nothing answered."""
     try:
-        response = await client.get(url + "/readyz", timeout=2.0)
+        response = await client.get(url + "/readyz", headers=OPERATOR, timeout=2.0)
         return response.status_code, int(response.json().get("buffered_writes", -1))
     except (httpx.HTTPError, ValueError):
         return 0, -1
@@ -167,7 +169,7 @@ async def drained(url: str, timeout_s: float = 60.0) -> float | None:
 async def metric(url: str, name: str) -> float:
     """The sum of a Prometheus series over its labels (0 when absent)."""
     async with httpx.AsyncClient() as client:
-        text = (await client.get(url + "/metrics", timeout=5.0)).text
+        text = (await client.get(url + "/metrics", headers=OPERATOR, timeout=5.0)).text
     total = 0.0
     for line in text.splitlines():
         if re.match(rf"{re.escape(name)}(\{{|\s)", line):

@@ -35,7 +35,7 @@ from .web.event import EventEndpoint, OptOutEndpoint
 from .web.ibs import PATH_FORM as IBS_PATH_FORM
 from .web.ibs import IbsEndpoint
 from .web.openapi import openapi
-from .web.ops import healthz, metrics_endpoint, readyz
+from .web.ops import Listeners, admin_only, healthz, metrics_endpoint, not_found, readyz
 from .web.pipeline import Opening, PrivacyRules
 from .web.prebid import PrebidEndpoints
 from .web.tracking import ACK_PREFIX, FIRE_PREFIX, AckEndpoint, FireEndpoint
@@ -83,8 +83,10 @@ class HotPaths:
         hot: dict[str, ASGIApp],
         prefixed: dict[str, ASGIApp],
         tally: Tally | None = None,
+        listeners: Listeners | None = None,
     ) -> None:
         self.app = app
+        self._listeners = listeners  # with an admin listener: who answers what
         self.state = app.state
         self._tally = tally or Tally()  # browser requests, for the dashboard's totals
         self._hot = hot
@@ -99,6 +101,9 @@ class HotPaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            if self._listeners is not None and not self._listeners.allows(scope, path):
+                await not_found(scope, receive, send)
+                return
             handler = self._hot.get(path)
             if handler is None:
                 for prefix, candidate in self._prefixed:
@@ -134,6 +139,7 @@ def create_app(settings: Settings) -> HotPaths:
         privacy,
         max_query=settings.limits.max_query_bytes,
         max_body=settings.limits.max_body_bytes,
+        body_timeout_s=settings.limits.head_timeout_s,
     )
 
     domain = Domain.build(settings, store)
@@ -231,20 +237,24 @@ def create_app(settings: Settings) -> HotPaths:
     dashboard = Dashboard(
         store, api, keys, settings.secret_keys, settings.dashboard, settings.public_url
     )
+    admin = settings.server.admin_address
+    # The operator endpoints: on the admin listener only, or for admin keys (web/ops.py).
+    listeners = None if admin is None else Listeners(admin[1])
+    operator = admin_only(keys) if listeners is None else (lambda endpoint: endpoint)
     routes = [
         *api.routes(),
         Route("/dashboard", dashboard.show, methods=["GET", "HEAD"]),
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
-        Route("/readyz", readyz(store), methods=["GET", "HEAD"]),
-        Route("/metrics", metrics_endpoint, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/readyz", operator(readyz(store)), methods=["GET", "HEAD"]),
+        Route("/metrics", operator(metrics_endpoint), methods=["GET"]),
+        Route("/openapi.json", operator(openapi), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
     app.state.store = store
     app.state.settings = settings
-    return HotPaths(app, hot, prefixed, store.tally)
+    return HotPaths(app, hot, prefixed, store.tally, listeners)
 
 
 def app_from_env() -> ASGIApp:

@@ -8,9 +8,11 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import gctune, logs, metrics
 from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
@@ -92,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         if args.server == "granian":
-            _granian(args)
+            _granian(args, settings)
         else:
             _uvicorn(args, settings)
     finally:
@@ -109,8 +111,12 @@ UVICORN_HTTP = "service.replacements.uvicorn_protocol:CoalescingHttpToolsProtoco
 
 def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    uvicorn.run(
+    from .replacements.uvicorn_protocol import HeadLimits, LimitedConfig
+
+    limits = settings.limits
+    config = LimitedConfig(
         "service.app:app_from_env",
         factory=True,
         host=args.host,
@@ -126,16 +132,58 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         lifespan="on",
         http=os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP),  # the env: A/B runs
         ws="none",  # no WebSocket endpoint: an Upgrade request is an ordinary request
+        # The server's own limits ([limits]): per worker; the head's are our protocol's.
+        timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=limits.max_concurrency,
+        h11_max_incomplete_event_size=limits.max_head_bytes,  # if run on h11 (A/B)
     )
+    config.head_limits = HeadLimits(
+        max_bytes=limits.max_head_bytes,
+        max_headers=limits.max_headers,
+        timeout_s=limits.head_timeout_s,
+    )
+    # What uvicorn.run does, with the admin listener's socket beside the public one.
+    sockets = [config.bind_socket()]
+    admin = settings.server.admin_address
+    if admin is not None:
+        if admin[1] == args.port:  # the app tells the listeners apart by their port
+            _refuse(f"[server]: key 'admin_listen': port {admin[1]} is also --port's")
+        sockets.append(_bind_admin(*admin))
+    server = uvicorn.Server(config)
+    if args.workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        config.load_app()
+        server.run(sockets=sockets)
+        if not server.started:
+            sys.exit(3)  # uvicorn's STARTUP_FAILURE
 
 
-def _granian(args: argparse.Namespace) -> None:
+def _refuse(problem: str) -> NoReturn:
+    print(problem, file=sys.stderr)
+    sys.exit(2)
+
+
+def _bind_admin(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        _refuse(f"[server]: key 'admin_listen': cannot listen on {host}:{port}: {exc.strerror}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def _granian(args: argparse.Namespace, settings: Settings) -> None:
     """granian (a Rust HTTP server): its workers build the app with app_from_env, which
     adds uvicorn's proxy-headers middleware for the trusted proxies."""
     import multiprocessing
 
     from granian import Granian
     from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
 
     # Workers started afresh, as uvicorn's are: forked ones would keep this process's
     # prometheus_client, set up before PROMETHEUS_MULTIPROC_DIR was.
@@ -147,6 +195,13 @@ def _granian(args: argparse.Namespace) -> None:
         loop = Loops.uvloop
     except ImportError:
         loop = Loops.asyncio
+    if settings.server.admin_listen:
+        _refuse(
+            "[server]: key 'admin_listen': granian serves one address; use "
+            '--server uvicorn for an admin listener, or admin_listen = "" (then '
+            "/metrics, /readyz and /openapi.json need an admin API key)"
+        )
+    limits = settings.limits
     Granian(
         "service.app:app_from_env",
         factory=True,
@@ -159,6 +214,14 @@ def _granian(args: argparse.Namespace) -> None:
         log_dictconfig=logs.DICT_CONFIG,
         workers_kill_timeout=10,
         respawn_failed_workers=True,
+        # [limits], as far as granian has them (deploy/README.md): a head's time and
+        # size (its read buffer: hyper answers 431 beyond it), requests at once per
+        # worker. No idle keep-alive timeout nor header count of its own.
+        backpressure=limits.max_concurrency,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(limits.head_timeout_s * 1000),
+            max_buffer_size=limits.max_head_bytes,
+        ),
     ).serve()
 
 

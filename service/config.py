@@ -194,6 +194,33 @@ def _power_of_two(v: int) -> str | None:
     return None if v >= 1 and v & (v - 1) == 0 else "must be a power of two"
 
 
+# Room in a request head besides the query: the request line's method, path and
+# version, `&d_bounce=1` (a bounce's follow-up), and the headers of a browser with
+# big cookies. A head cap below the query cap plus this would answer an over-long
+# query 431 instead of the contract's 414.
+HEAD_ROOM: Final = 8192
+
+
+def _head_room(max_head_bytes: int, max_query_bytes: int) -> str | None:
+    least = max_query_bytes + HEAD_ROOM
+    return None if max_head_bytes >= least else f"must be >= max_query_bytes + {HEAD_ROOM}"
+
+
+def _host_port(v: str) -> tuple[str, int] | None:
+    """A "host:port" (an IPv6 host in brackets) as (host, port); None if it is not."""
+    host, sep, port = v.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+        return None
+    return (host, int(port)) if 0 < int(port) < 65536 else None
+
+
+def _host_port_or_empty(v: str) -> str | None:
+    ok = v == "" or _host_port(v) is not None
+    return None if ok else 'must be "" or "host:port", e.g. "127.0.0.1:9091"'
+
+
 # --------------------------------------------------------------------------- tables
 
 
@@ -209,6 +236,14 @@ class ServerConfig:
     vendor_id: int = field(default=0, metadata=_check(_non_negative))
     region: int = field(default=0, metadata=_check(_non_negative))
     trusted_proxies: list[str] = field(default_factory=list)
+    # /metrics, /readyz and /openapi.json on a listener of their own ("host:port");
+    # "": on the public one, for admin API keys only.
+    admin_listen: str = field(default="", metadata=_check(_host_port_or_empty))
+
+    @property
+    def admin_address(self) -> tuple[str, int] | None:
+        """admin_listen as (host, port); None when it is empty."""
+        return _host_port(self.admin_listen) if self.admin_listen else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,6 +289,12 @@ class StoreConfig:
 class LimitsConfig:
     max_query_bytes: int = field(default=8192, metadata=_check(_positive))
     max_body_bytes: int = field(default=32768, metadata=_check(_positive))
+    # The HTTP server's own (deploy/pixelsync.example.toml says why these defaults).
+    max_head_bytes: int = field(default=32768, metadata=_check(_positive))
+    max_headers: int = field(default=100, metadata=_check(_positive))
+    head_timeout_s: float = field(default=10.0, metadata=_check(_positive))
+    keep_alive_s: int = field(default=75, metadata=_check(_positive))
+    max_concurrency: int = field(default=1024, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -762,6 +803,13 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         {k: v if isinstance(v := doc.get(k, []), list) else [] for k in _ARRAYS}, problems
     )
     _check_rule_refs(refs, arrays, problems)
+    limits = tables["limits"]
+    if "max_head_bytes" in limits and "max_query_bytes" in limits:
+        why = _head_room(limits["max_head_bytes"], limits["max_query_bytes"])
+        if why is not None:
+            problems.append(
+                f"[limits]: key 'max_head_bytes': {why} (got {limits['max_head_bytes']})"
+            )
 
     if problems:
         raise ConfigError(problems)
@@ -802,6 +850,8 @@ def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
         server["secret_keys"] = keys
     if environ.get("PIXELSYNC_PUBLIC_URL"):
         server["public_url"] = environ["PIXELSYNC_PUBLIC_URL"]
+    if environ.get("PIXELSYNC_ADMIN_LISTEN"):
+        server["admin_listen"] = environ["PIXELSYNC_ADMIN_LISTEN"]
     if server or "server" in doc:
         return {**doc, "server": server}
     return doc

@@ -8,6 +8,7 @@ same data, workers, exit codes)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -23,6 +24,16 @@ import httpx
 import pytest
 
 DEFAULT_KEYS = ("test-key-new", "test-key-old")  # `svc`'s, unless its module says otherwise
+
+# Every service's admin API key for the operator endpoints (/metrics, /readyz,
+# /openapi.json), which answer only to an admin key unless [server] admin_listen is
+# set: `headers=OPS` on those requests.
+OPS_TOKEN = "tests-operator-token"
+OPS = {"authorization": f"Bearer {OPS_TOKEN}"}
+OPS_KEY = (
+    '\n[[api_keys]]\nname = "tests-operator"\n'
+    f'sha256 = "{hashlib.sha256(OPS_TOKEN.encode()).hexdigest()}"\nscopes = ["admin"]\n'
+)
 
 
 def free_port() -> int:
@@ -75,12 +86,12 @@ def start_service(
     server: str | None = None,
 ) -> Service:
     """`pixelsync serve` in `tmp` (its data in tmp/data unless the TOML has a [server]
-    table). redis_url None: the TOML's, else an embedded Valkey."""
+    table), with OPS_KEY added. redis_url None: the TOML's, else an embedded Valkey."""
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "pixelsync.toml"
     if "[server]" not in config_text:
         config_text = f'[server]\ndata_dir = "{tmp / "data"}"\n' + config_text
-    config.write_text(config_text)
+    config.write_text(config_text + OPS_KEY)
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIXELSYNC_", "REDIS_URL"))}
     if redis_url:

@@ -175,6 +175,32 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             ["[[partners]] entry 1 (dpid 7): key 'sync_url': must be an absolute http(s) URL"],
         ),
         (
+            "a head cap that would turn an over-long query's 414 into a 431",
+            "[limits]\nmax_query_bytes = 16384\nmax_head_bytes = 20000\n",
+            ["[limits]: key 'max_head_bytes': must be >= max_query_bytes + 8192 (got 20000)"],
+        ),
+        (
+            "server limits must be positive",
+            "[limits]\nhead_timeout_s = 0\nkeep_alive_s = -1\nmax_concurrency = 0\n"
+            "max_headers = 0\n",
+            [
+                "[limits]: key 'max_headers': must be > 0",
+                "[limits]: key 'head_timeout_s': must be > 0",
+                "[limits]: key 'keep_alive_s': must be > 0",
+                "[limits]: key 'max_concurrency': must be > 0",
+            ],
+        ),
+        (
+            "admin_listen without a port",
+            "[server]\nadmin_listen = '127.0.0.1'\n",
+            ['[server]: key \'admin_listen\': must be "" or "host:port"'],
+        ),
+        (
+            "admin_listen with a port out of range",
+            "[server]\nadmin_listen = '0.0.0.0:70000'\n",
+            ["[server]: key 'admin_listen': must be"],
+        ),
+        (
             "bad scope",
             "[[api_keys]]\nname = 'k'\nsha256 = '" + "a" * 64 + "'\nscopes = ['root']\n",
             ["[[api_keys]] entry 1 (name 'k'): key 'scopes': unknown scope(s) root"],
@@ -664,8 +690,10 @@ def test_environment_overrides(tmp_path: Path) -> None:
         "PIXELSYNC_REDIS_URL": "redis://specific:6379",
         "PIXELSYNC_SECRET_KEYS": "k2, k1",
         "PIXELSYNC_PUBLIC_URL": "https://px.example.test/",
+        "PIXELSYNC_ADMIN_LISTEN": "0.0.0.0:9091",
     }
     settings = load_settings(path, environ=env)
+    assert settings.server.admin_address == ("0.0.0.0", 9091)
     assert settings.redis_url == "redis://specific:6379"
     assert settings.secret_keys == ["k2", "k1"]
     assert settings.public_url == "https://px.example.test"
@@ -722,3 +750,12 @@ def test_check_config_refuses_a_host_from_a_macro(tmp_path: Path) -> None:
         "[[partners]] entry 1 (dpid 7): key 'realtime_url': macro ${DP_UUID} before the path"
         in refused.stderr
     )
+
+
+def test_admin_listen_host_and_port() -> None:
+    def admin(value: str) -> tuple[str, int] | None:
+        return parse_settings({"server": {"admin_listen": value}}).server.admin_address
+
+    assert admin("") is None
+    assert admin("127.0.0.1:9091") == ("127.0.0.1", 9091)
+    assert admin("[::1]:9091") == ("::1", 9091)

@@ -13,7 +13,7 @@ from bench.faults import children
 from service.identity import new_uuid, today
 from service.store import PartnerUid
 from tests.conftest import cookie_signed_days_ago, open_store, wait_for
-from tests.services import Service, start_service
+from tests.services import OPS, Service, start_service
 
 DAY = today()
 
@@ -112,7 +112,9 @@ async def test_a_dead_embedded_valkey_is_started_again(tmp_path: Path) -> None:
 
         async def ready() -> bool:
             async with httpx.AsyncClient() as client:
-                return (await client.get(service.url + "/readyz", timeout=5)).status_code == 200
+                return (
+                    await client.get(service.url + "/readyz", headers=OPS, timeout=5)
+                ).status_code == 200
 
         assert await wait_for(restarted)
         assert await wait_for(ready)

@@ -15,7 +15,7 @@ import pytest
 from service.identity import CookieSigner, new_uuid, today
 from tests.configs import api_key, entry
 from tests.conftest import open_store, wait_for
-from tests.services import Config, Services, start_service
+from tests.services import OPS, Config, Services, start_service
 from tests.test_persistence import embedded_url
 
 
@@ -27,12 +27,12 @@ def test_workers_share_metrics_and_stop_cleanly(tmp_path: Path, server: str) -> 
         with httpx.Client(base_url=svc.url, timeout=10) as http:
             for _ in range(20):
                 assert http.get("/event").status_code == 200
-            assert http.get("/readyz").status_code == 200
+            assert http.get("/readyz", headers=OPS).status_code == 200
             # Prometheus counters are summed over the worker processes; each worker
             # adds its hot paths' counts once a second.
             deadline = time.monotonic() + 10
             while True:
-                text = http.get("/metrics").text
+                text = http.get("/metrics", headers=OPS).text
                 match = re.search(
                     r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} (\S+)', text
                 )
@@ -96,7 +96,7 @@ async def test_serve_on_a_unix_socket_url(services: Services, unix_redis_url: st
     auth = {"authorization": f"Bearer {ADMIN}"}
     async with svc.client() as http, open_store(unix_redis_url) as direct:
         assert direct.wire == "redis-py"  # the URL kind this test is about
-        assert (await http.get("/readyz")).status_code == 200
+        assert (await http.get("/readyz", headers=OPS)).status_code == 200
         assert (await http.get("/ibs:dpid=1234&dpuuid=ibs-uid", headers=cookie)).status_code == 200
         assert (await http.get("/event?c_section=sports", headers=cookie)).status_code == 200
 

@@ -23,6 +23,7 @@ import httpx
 
 from service.identity import CookieSigner, new_uuid
 from tests.conftest import wait_for
+from tests.services import OPS
 
 KINDS: Final = ("touch", "mapping", "profile", "erase")
 NOTHING: Final = dict.fromkeys(KINDS, 0)
@@ -33,7 +34,7 @@ _SAMPLE: Final = re.compile(
 
 async def applied(http: httpx.AsyncClient) -> dict[str, int]:
     """The service's applied writes so far, per kind (one process: its own counters)."""
-    resp = await http.get("/metrics")
+    resp = await http.get("/metrics", headers=OPS)
     assert resp.status_code == 200
     found = {kind: int(float(n)) for kind, n in _SAMPLE.findall(resp.text)}
     assert set(KINDS) <= set(found), f"no applied-writes counters on /metrics: {found}"

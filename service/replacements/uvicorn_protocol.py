@@ -12,6 +12,14 @@ and starting each request's app at once instead of in a new task.
   Python 3.12's eager tasks do), in a context of its own, and only a request that has
   to wait (for Redis, a partner, its body) gets a task, which resumes it where it
   stopped.
+- uvicorn's httptools protocol caps neither the size of a request head nor its number
+  of headers, and gives a head all the time it wants (a connection that sends nothing
+  is never closed). Here a head over `HeadLimits.max_bytes` or `max_headers` is answered
+  431 and the connection closed, without reading the rest; a head not whole within
+  `timeout_s` of its first byte (of the connection, for the first request) closes the
+  connection, with a 408 if any of it came; and so does a body not whole within
+  `timeout_s` of its head (even one the app answered without reading: uvicorn would
+  read its trickle for ever).
 """
 
 from __future__ import annotations
@@ -20,8 +28,10 @@ import asyncio
 import contextvars
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # What uvicorn's private uvicorn._types calls ASGI3Application; we only pass it on.
@@ -110,13 +120,133 @@ async def _resume(rest: _Rest) -> Any:
     return await rest
 
 
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """A request's bounds: its head's bytes (request line and headers) and headers, and
+    the seconds its head may take, then its body (from the end of the head)."""
+
+    max_bytes: int = 32768
+    max_headers: int = 100
+    timeout_s: float = 10.0
+
+
+class LimitedConfig(uvicorn.Config):
+    """uvicorn's Config and the head limits (pickled with it to each worker)."""
+
+    head_limits = HeadLimits()
+
+
+class _Refused(Exception):
+    """Raised in a parser callback after a refusal was answered: httptools stops there
+    and uvicorn's data_received takes it for a parser error (and logs it so)."""
+
+
+def _answer_and_close(transport: Any, status: bytes) -> None:
+    transport.write(
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    transport.close()
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """`uvicorn.run(http=CoalescingHttpToolsProtocol)`."""
+    """`uvicorn.run(http=CoalescingHttpToolsProtocol)`; the head limits are the
+    config's `head_limits` (a LimitedConfig), else HeadLimits()'s defaults."""
+
+    _head_left = -1  # bytes a head may still take; -1: not reading a head
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # Flow control (pause/resume reading and writing) stays on the real transport.
         self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+        limits: HeadLimits = getattr(self.config, "head_limits", None) or HeadLimits()
+        self._limits = limits
+        self._head_left = limits.max_bytes
+        # Until the first head is whole: a connection that sends nothing is closed too.
+        self._head_timer = self.loop.call_later(limits.timeout_s, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        left = self._head_left
+        if left < 0:  # a body, or a request being answered
+            super().data_received(data)
+            return
+        if len(data) > left:
+            # The head may end within its allowance (then the rest is a body or the
+            # next request), or it is too large: its rest is never read.
+            self._head_left = 0
+            super().data_received(data[:left])
+            if self.transport.is_closing():
+                return
+            if self._head_left == 0:  # still the same head, and more of it to come
+                self._refuse(b"431 Request Header Fields Too Large")
+                return
+            self.data_received(data[left:])  # in a body (-1), or a next request began
+        else:
+            self._head_left = left - len(data)
+            super().data_received(data)
+        if self._head_timer is None and self._waiting() and not self.transport.is_closing():
+            # A head split over several reads, or a body still to come (a request
+            # that came whole in one read never starts a timer).
+            self._head_timer = self.loop.call_later(self._limits.timeout_s, self._timed_out)
+
+    def _waiting(self) -> bool:
+        """Some of a request came, not all of it: part of its head (the bytes of a
+        pipelined request that came with the one before are not counted: its next
+        read starts the timer), or its head and not all of its body (-1)."""
+        return self._head_left < self._limits.max_bytes
+
+    def on_headers_complete(self) -> None:
+        self._head_left = -1
+        if self._head_timer is not None:  # the head's; the body gets one of its own
+            self._head_timer.cancel()
+            self._head_timer = None
+        if len(self.headers) > self._limits.max_headers:
+            self._refuse(b"431 Request Header Fields Too Large")
+            raise _Refused  # stops the parser: the rest of what came is not read
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.transport.is_closing():  # not after a refusal of ours (_Refused)
+            super().send_400_response(msg)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_left = self._limits.max_bytes  # what comes next is the next head
+        if self._head_timer is not None:  # the body's
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _timed_out(self) -> None:
+        """A head not whole, or a body not whole, within timeout_s: the connection is
+        closed, with a 408 if some of a request came and nothing was answered yet (the
+        app, waiting for the body, is told the client is gone)."""
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._head_left == -1 and cycle is not None:  # the body's
+            answered = cycle.response_started
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if answered:
+                self.transport.close()
+            else:
+                self._refuse(b"408 Request Timeout")
+        elif self._waiting():
+            self._refuse(b"408 Request Timeout")
+        else:  # nothing at all came
+            self.transport.close()
+
+    def _refuse(self, status: bytes) -> None:
+        self._head_left = -1
+        _answer_and_close(self.transport, status)
 
     _eager = False  # an app running at once on this connection right now
 

@@ -210,10 +210,18 @@ def _api(
     }
 
 
-def _plain(summary: str, *statuses: str, content: str) -> dict[str, Any]:
-    """An operations endpoint (SPEC §11), GET and HEAD."""
+def _plain(summary: str, *statuses: str, content: str, operator: bool = True) -> dict[str, Any]:
+    """An operations endpoint (SPEC §11), GET and HEAD. An operator's: for an unscoped
+    admin key, unless [server] admin_listen serves it apart (web/ops.py)."""
     answer: dict[str, Any] = {"content": {content: {"schema": {}}}}
-    op = {"summary": summary, "responses": {s: {"description": s, **answer} for s in statuses}}
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {s: {"description": s, **answer} for s in statuses},
+    }
+    if operator:
+        op["summary"] += " (admin key, or only on [server] admin_listen)"
+        op["security"] = [{"bearer": []}]
+        op["responses"] |= {"401": _API_ERROR, "403": _API_ERROR}
     return {"get": op, "head": op}
 
 
@@ -585,7 +593,7 @@ SPEC: Final[dict[str, Any]] = {
             }
             for method in ("get", "head")
         },
-        "/healthz": _plain("Liveness", "200", content="application/json"),
+        "/healthz": _plain("Liveness", "200", content="application/json", operator=False),
         "/readyz": _plain("Readiness: Redis answers", "200", "503", content="application/json"),
         "/metrics": _plain("Prometheus metrics", "200", content="text/plain"),
         "/openapi.json": _plain("This document", "200", content="application/json"),

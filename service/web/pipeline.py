@@ -21,6 +21,7 @@ signed token, so an invalid token (323) is found while reading the consent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ from ..identity import Visitor, VisitorKind
 from ..numbers import parse_uint
 from .common import Outcomes, new_tid
 from .cookies import VisitorCookies
-from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Receive, Scope, Send, send
+from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Message, Receive, Scope, Send, send
 
 log = logging.getLogger("pixelsync.web")
 
@@ -83,6 +84,7 @@ class Opening:
     privacy: PrivacyRules
     max_query: int  # bytes of a query string (or of the parameters in a path)
     max_body: int  # bytes of a POST body
+    body_timeout_s: float  # to receive a POST body, once its head is in
 
 
 @dataclass(slots=True)
@@ -122,6 +124,7 @@ class BrowserEndpoint(Generic[Req]):
         self.privacy = opening.privacy
         self.max_query = opening.max_query
         self.max_body = opening.max_body
+        self.body_timeout_s = opening.body_timeout_s
         self.outcomes = Outcomes(self.name)
         self._allow = ", ".join(sorted(self.methods)).encode()
         self._refused = f"{self.name} refused"
@@ -140,7 +143,10 @@ class BrowserEndpoint(Generic[Req]):
             params = self.params(scope)
             if len(params) > self.max_query and not _bounced_within(params, self.max_query):
                 raise RequestError(Code.MALFORMED, self.too_long, status=414)
-            body = await read_body(receive, self.max_body, headers) if method == "POST" else b""
+            if method == "POST":
+                body = await read_body(receive, self.max_body, headers, self.body_timeout_s)
+            else:
+                body = b""
             req = self.parse(call, params, body)
             if visitor.kind is VisitorKind.OPTED_OUT and self.refuses_opted_out:
                 raise RequestError(Code.OPTED_OUT, "visitor opted out")
@@ -149,6 +155,8 @@ class BrowserEndpoint(Generic[Req]):
             outcome = await self.answer(call, req, privacy)
         except RequestError as exc:
             tid = new_tid()
+            if exc.status == 408:  # the rest of a slow body is not waited for
+                call.send = _closing(call.send)
             if self.logs_refusals:
                 log.info(
                     self._refused,
@@ -225,16 +233,27 @@ async def method_not_allowed(send_: Send, allow: bytes) -> None:
     await send(send_, 405, [(b"allow", allow), (b"content-length", b"0")], b"")
 
 
-async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+async def read_body(
+    receive: Receive, limit: int, headers: Mapping[bytes, bytes], timeout_s: float
+) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes, and with
+    408 when it is not whole within `timeout_s` (a slowloris of the body)."""
     too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
     declared = parse_uint(headers.get(b"content-length", b""), 20)
     if declared is not None and declared > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     while True:
-        message = await receive()
+        try:
+            # wait_for, not asyncio.timeout: on 3.11 the app may run outside a task
+            # (replacements/uvicorn_protocol.py).
+            message = await asyncio.wait_for(receive(), deadline - loop.time())
+        except TimeoutError:
+            msg = f"body not received within {timeout_s:g} s"
+            raise RequestError(Code.MALFORMED, msg, status=408) from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -245,6 +264,17 @@ async def read_body(receive: Receive, limit: int, headers: Mapping[bytes, bytes]
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _closing(send_: Send) -> Send:
+    """send_, its answer closing the connection (Connection: close)."""
+
+    async def closing(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+        await send_(message)
+
+    return closing
 
 
 def request_headers(scope: Scope) -> dict[bytes, bytes]:

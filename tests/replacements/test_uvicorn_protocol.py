@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +20,11 @@ import uvicorn
 from uvicorn.server import ServerState
 
 from service.identity import new_uuid
-from service.replacements.uvicorn_protocol import CoalescingHttpToolsProtocol
+from service.replacements.uvicorn_protocol import (
+    CoalescingHttpToolsProtocol,
+    HeadLimits,
+    LimitedConfig,
+)
 from service.web.responses import GIF
 from tests.conftest import cookie_signed_days_ago
 from tests.services import DEFAULT_KEYS, Service
@@ -251,3 +256,93 @@ async def test_an_app_that_fails_at_once_is_answered_500_by_uvicorns_cycle() -> 
     await asyncio.sleep(0)
     assert b"".join(transport.writes).startswith(b"HTTP/1.1 500 ")
     assert not protocol.tasks
+
+
+# ------------------------------------------------------ in-process: the head limits
+
+
+def _limited(app: object, limits: HeadLimits) -> tuple[CoalescingHttpToolsProtocol, _Transport]:
+    cfg = LimitedConfig(app, http=CoalescingHttpToolsProtocol, log_level="warning")  # type: ignore[arg-type]
+    cfg.head_limits = limits
+    protocol = CoalescingHttpToolsProtocol(cfg, ServerState(), {}, _loop=asyncio.get_running_loop())
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def _served(scope: dict[str, object], receive: object, send: object) -> None:
+    if scope["type"] == "http":
+        await _answer(scope, receive, send)
+
+
+async def test_a_whole_head_in_one_read_leaves_no_timer() -> None:
+    """The fast path: the connection's one timer is cancelled by its first head, and a
+    head that comes whole starts none; a head split over reads has one until it ends."""
+    protocol, transport = _limited(_served, HeadLimits())
+    assert protocol._head_timer is not None  # the connection's: it may send nothing
+    for _ in range(3):
+        protocol.data_received(REQUEST)
+        assert protocol._head_timer is None
+    protocol.data_received(REQUEST[:10])
+    assert protocol._head_timer is not None
+    protocol.data_received(REQUEST[10:])
+    assert protocol._head_timer is None
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).count(b"HTTP/1.1 200 ") == 4 and not transport.closing
+
+
+async def test_the_head_cap_counts_one_head_not_one_read() -> None:
+    """Pipelined heads far over the cap in one read are each within it: all answered.
+    A single head one byte over, split over reads, is refused without a parser error."""
+    limit = len(REQUEST) + 5
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(REQUEST * 50)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert b"".join(transport.writes).count(b"HTTP/1.1 200 ") == 50 and not transport.closing
+
+    over = REQUEST[:-2] + b"X: " + b"a" * (limit - len(REQUEST) - 4) + b"\r\n\r\n"
+    assert len(over) == limit + 1
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(over[:7])
+    protocol.data_received(over[7:])
+    await asyncio.sleep(0)
+    assert transport.writes[0].startswith(b"HTTP/1.1 431 ")
+    assert transport.closing
+    exact = over[:-4].replace(b"X: a", b"X: ", 1) + b"\r\n\r\n"
+    assert len(exact) == limit
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(exact)
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_head_that_times_out_is_408_and_a_silent_connection_closed() -> None:
+    protocol, transport = _limited(_served, HeadLimits(timeout_s=0.05))
+    await asyncio.sleep(0.2)
+    assert transport.closing and transport.writes == []
+    protocol, transport = _limited(_served, HeadLimits(timeout_s=0.05))
+    protocol.data_received(REQUEST[:10])
+    await asyncio.sleep(0.2)
+    assert transport.closing and b"".join(transport.writes).startswith(b"HTTP/1.1 408 ")
+
+
+async def test_a_body_that_does_not_come_is_408_and_the_app_told() -> None:
+    """The body's timer: started by a head whose body did not come with it (none for
+    a request that came whole), it answers 408 and the waiting app gets a disconnect."""
+    got: list[object] = []
+
+    async def app(scope: dict[str, object], receive: Any, send: object) -> None:
+        if scope["type"] == "http":
+            got.append(await receive())
+            got.append(await receive())
+
+    protocol, transport = _limited(app, HeadLimits(timeout_s=0.05))
+    protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert protocol._head_timer is not None
+    await asyncio.sleep(0.3)
+    assert got == [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert transport.closing and b"".join(transport.writes).startswith(b"HTTP/1.1 408 ")

@@ -29,7 +29,7 @@ from service.identity import CookieSigner
 from service.store import KeySchema, PartnerUid, Retention, Store, connect
 from tests.configs import api_key, file_config
 from tests.conftest import wait_for
-from tests.services import start_service
+from tests.services import OPS, start_service
 
 BUCKETS = 1024
 DRAIN_TIMEOUT = 20.0
@@ -278,7 +278,7 @@ name = "acme"
             assert found.json() == {"matches": {last: uuid}}  # the latest uid wins
             assert (await http.delete(f"/v1/users/{uuid}", headers=cookie)).status_code == 204
             assert (await http.get(f"/v1/users/{uuid}", headers=cookie)).status_code == 404
-            assert (await http.get("/readyz")).status_code == 200
+            assert (await http.get("/readyz", headers=OPS)).status_code == 200
     finally:
         assert service.stop() == 0
 

@@ -10,7 +10,7 @@ from service.config import load_settings
 from service.identity import new_uuid, today
 from service.store import Store
 from tests.configs import API, API_TOKENS
-from tests.services import Config, Service
+from tests.services import OPS, Config, Service
 
 DAY = today()
 
@@ -130,7 +130,7 @@ async def test_scoped_erasure(
 
 
 async def test_openapi_describes_every_endpoint(http: httpx.AsyncClient, svc: Service) -> None:
-    doc = (await http.get("/openapi.json")).json()
+    doc = (await http.get("/openapi.json", headers=OPS)).json()
     assert doc["openapi"].startswith("3.")
     settings = load_settings(svc.config, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
     served = {p.replace("{dpuuid:path}", "{dpuuid}") for p in create_app(settings).paths}

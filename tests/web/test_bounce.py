@@ -25,7 +25,7 @@ from service.store import Store
 from service.web.responses import GIF
 from tests.configs import entry
 from tests.conftest import wait_for
-from tests.services import Config, Service, Services
+from tests.services import OPS, Config, Service, Services
 from tests.test_consent import TRAFFECTIVE
 from tests.writes import NOTHING, settled, written_since
 
@@ -236,7 +236,7 @@ async def test_bounces_are_counted(http: httpx.AsyncClient) -> None:
     await http.get("/setuid?bidder=acme&uid=counted")
 
     async def counted() -> bool:
-        text = (await http.get("/metrics")).text
+        text = (await http.get("/metrics", headers=OPS)).text
         return all(
             re.search(rf'pixelsync_requests_total\{{endpoint="{e}",outcome="bounce"\}} [1-9]', text)
             for e in ("event", "ibs", "setuid")

@@ -20,7 +20,7 @@ import pytest
 from tests.configs import api_key
 from tests.conftest import wait_for
 from tests.partners import PartnerServer
-from tests.services import Config
+from tests.services import OPS, Config
 
 ADMIN = "dashboard-admin-token"
 READER = "dashboard-read-token"
@@ -297,7 +297,7 @@ def test_the_page_is_readable_without_traffic() -> None:
 async def test_prometheus_shows_a_destination_that_never_loads(http: httpx.AsyncClient) -> None:
     """A tracked url destination's loaded counter exists from the start, at 0: a
     dashboard over Prometheus shows its loss as 100 %, not as a missing series."""
-    text = (await http.get("/metrics")).text
+    text = (await http.get("/metrics", headers=OPS)).text
     labels = f'counter="loaded",destination="{LOSSY_DEST}"'
     line = re.search(rf"pixelsync_destination_events_total\{{{labels}\}} (\S+)", text)
     assert line is not None and float(line.group(1)) == 0

@@ -17,7 +17,7 @@ from service.store import PartnerUid, Store
 from service.web.responses import GIF
 from tests.configs import entry
 from tests.conftest import cookie_signed_days_ago, wait_for
-from tests.services import DEFAULT_KEYS, Config, Services, free_port
+from tests.services import DEFAULT_KEYS, OPS, Config, Services, free_port
 
 NEW_KEY, OLD_KEY = DEFAULT_KEYS
 PARTNER = 1234  # the one partner, for declared IDs (d_cid)
@@ -364,10 +364,10 @@ async def _erased(store: Store, uuid: str) -> bool:
 
 async def test_health_readiness_and_metrics(http: httpx.AsyncClient) -> None:
     assert (await http.get("/healthz")).status_code == 200
-    ready = await http.get("/readyz")
+    ready = await http.get("/readyz", headers=OPS)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     await http.get("/event?c_x=%zz")
-    text = (await http.get("/metrics")).text
+    text = (await http.get("/metrics", headers=OPS)).text
     assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="ok"\} [1-9]', text)
     assert re.search(r'pixelsync_requests_total\{endpoint="event",outcome="error_311"\}', text)
     assert 'pixelsync_request_seconds_bucket{endpoint="event"' in text
@@ -377,14 +377,14 @@ async def test_redis_down(services: Services) -> None:
     svc = services.start(Config(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     cookie = cookie_signed_days_ago(new_uuid(), "dev-only-change-me", 1)
     async with svc.client() as http:
-        assert (await http.get("/readyz")).status_code == 503
+        assert (await http.get("/readyz", headers=OPS)).status_code == 503
         started = time.perf_counter()
         resp = await http.get("/event", headers={"cookie": f"uuid={cookie}"})  # a write
         assert_gif(resp)
         assert time.perf_counter() - started < 0.5
 
         async def flush_failed() -> bool:
-            text = (await http.get("/metrics")).text
+            text = (await http.get("/metrics", headers=OPS)).text
             return bool(re.search(r'pixelsync_redis_errors_total\{op="flush"\} [1-9]', text))
 
         assert await wait_for(flush_failed)
@@ -423,7 +423,7 @@ async def test_a_client_gone_mid_body_is_not_processed(http: httpx.AsyncClient) 
     await writer.wait_closed()
 
     async def gone() -> bool:
-        text = (await http.get("/metrics")).text
+        text = (await http.get("/metrics", headers=OPS)).text
         return 'outcome="client_gone"' in text
 
     assert await wait_for(gone)

@@ -12,7 +12,7 @@ import pytest
 from tests.configs import api_key
 from tests.conftest import wait_for
 from tests.outbound.test_realtime import Partner
-from tests.services import Config, Service, free_port
+from tests.services import OPS, Config, Service, free_port
 
 ADMIN = "realtime-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -129,6 +129,6 @@ async def test_counted_in_match_rates_and_metrics(
 
     rates = await wait_for(counted)
     assert rates[31]["errors"] == 0
-    metrics = (await http.get("/metrics")).text
+    metrics = (await http.get("/metrics", headers=OPS)).text
     assert 'pixelsync_realtime_breaker_state{dpid="31"} 0.0' in metrics
     assert 'pixelsync_realtime_call_seconds_count{dpid="31"}' in metrics

@@ -14,7 +14,7 @@ from service.identity import CookieSigner, new_uuid, today
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
 from tests.conftest import wait_for
-from tests.services import Config, Service, Services
+from tests.services import OPS, Config, Service, Services
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 from tests.writes import NOTHING, settled, written_since
 
@@ -600,7 +600,7 @@ async def test_prebid_metrics(http: httpx.AsyncClient) -> None:
     await http.get(f"/setuid?bidder=acme&uid=m-{uuid[:6]}", headers=visitor(uuid))
     await http.get("/setuid?bidder=acme&uid=", headers=visitor(uuid))
     await http.get("/setuid?bidder=zzz&uid=1", headers=visitor(uuid))
-    text = (await http.get("/metrics")).text
+    text = (await http.get("/metrics", headers=OPS)).text
     for line in (
         'pixelsync_cookie_sync_requests_total{status="ok"}',
         'pixelsync_cookie_sync_requests_total{status="bad_request"}',

@@ -20,7 +20,7 @@ from tests.configs import api_key
 from tests.conftest import embedded_valkey, open_store, wait_for
 from tests.outbound.test_realtime import Partner
 from tests.proxy import FaultProxy
-from tests.services import Config, Service, Services
+from tests.services import OPS, Config, Service, Services
 from tests.writes import applied
 
 KEY = "ryw-key"
@@ -156,7 +156,7 @@ async def test_ibs_then_the_partner_lookup_while_others_write(
 async def read_timeouts(http: httpx.AsyncClient) -> float:
     """Reads the worker gave up on (SPEC §14: a browser endpoint answers within 100 ms
     whatever Redis does; /getuids then answers without the stored uids)."""
-    text = (await http.get("/metrics")).text
+    text = (await http.get("/metrics", headers=OPS)).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

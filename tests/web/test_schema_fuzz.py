@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from service.web.openapi import SPEC
 from tests.configs import API, API_TOKENS
-from tests.services import Config, Service
+from tests.services import OPS, Config, Service
 
 EXAMPLES = 25  # per operation, caller and mode: the module stays well under a minute
 
@@ -49,7 +49,7 @@ def service_config() -> Config:
 
 @pytest.fixture(scope="module")
 def api_schema(svc: Service) -> Any:
-    schema = schemathesis.openapi.from_url(svc.url + "/openapi.json", timeout=10)
+    schema = schemathesis.openapi.from_url(svc.url + "/openapi.json", headers=OPS, timeout=10)
     schema.config.update(base_url=svc.url, request_timeout=10)
     # Unknown query parameters are signals to /event and ignored elsewhere, by design.
     schema.config.generation.update(allow_extra_parameters=False)
