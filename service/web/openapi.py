@@ -84,7 +84,11 @@ _COOKIE_SYNC_REQUEST: Final = {
     "properties": {
         "bidders": _BIDDERS,  # absent, null or "*": every bidder
         "gdpr": _or_null({"enum": [0, 1]}),
-        **{k: _or_null(_STRING) for k in ("gdpr_consent", "us_privacy", "gpp", "gpp_sid")},
+        **{k: _or_null(_STRING) for k in ("gdpr_consent", "us_privacy", "gpp")},
+        # "2,6", or as a list of section ids (ints or their text), as Prebid Server reads it
+        "gpp_sid": _or_null(
+            {"anyOf": [_STRING, {"type": "array", "items": {"anyOf": [_INT, _STRING]}}]}
+        ),
         "limit": _or_null(_INT),
         "debug": _or_null({"type": "boolean"}),
         "filterSettings": _or_null(
