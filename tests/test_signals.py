@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.errors import Code, RequestError
-from service.signals import parse_event, parse_pairs
+from service.signals import MAX_DECLARED_IDS, MAX_VALUES_PER_KEY, parse_event, parse_pairs
 
 
 def test_pairs_are_decoded_one_by_one() -> None:
@@ -95,3 +95,24 @@ def test_only_the_keys_a_rule_names_are_kept() -> None:
     assert req.signals == {"c_section": ["sports"], "h_user-agent": ["TestBot"]}
     assert req.private == {"p_age": ["24"]}
     assert req.json and req.consent == {"gdpr": "0"}
+
+
+def test_a_key_keeps_its_first_distinct_values_up_to_the_cap() -> None:
+    """The rules see at most MAX_VALUES_PER_KEY distinct values of a key: a request's
+    cost is its values times the rules on the key."""
+    many = ",".join(str(i % 300) for i in range(3000))
+    req = parse_event(parse_pairs(f"c_s={many}&c_s=x&p_k={many}".encode()))
+    assert req.signals["c_s"] == [str(i) for i in range(MAX_VALUES_PER_KEY)]
+    assert req.private["p_k"] == [str(i) for i in range(MAX_VALUES_PER_KEY)]
+    few = parse_event(parse_pairs(b"c_s=b,a,b&c_s=c"))
+    assert few.signals["c_s"] == ["b", "a", "c"]
+
+
+def test_at_most_max_declared_ids() -> None:
+    def cids(n: int, repeat: int = 1) -> bytes:
+        return "&".join(f"d_cid=7%01u{i % n}" for i in range(n * repeat)).encode()
+
+    assert len(parse_event(parse_pairs(cids(MAX_DECLARED_IDS, 3))).declared_ids) == 100
+    with pytest.raises(RequestError) as refused:
+        parse_event(parse_pairs(cids(MAX_DECLARED_IDS + 1)))
+    assert refused.value.code == Code.MALFORMED

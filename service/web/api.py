@@ -160,17 +160,21 @@ class Api:
         self.taxonomy_doc = build_taxonomy(traits, segments)
         # A partner key's taxonomy: the traits its partner may realize (its files, its
         # real-time answers) and the segments its partner's destinations map.
+        mapped: dict[int, set[str]] = {}  # dpid -> the segment sids its destinations map
+        for d in self.destinations:
+            if d.partner is not None:
+                mapped.setdefault(d.partner, set()).update(d.mappings)
+        realized: dict[int, list[Trait]] = {}  # dpid -> the onboarded traits it may realize
+        for t in traits:
+            if t.type == "onboarded" and t.data_source is not None:
+                realized.setdefault(t.data_source, []).append(t)
         self.partner_taxonomy = {
             dpid: build_taxonomy(
-                [t for t in traits if t.type == "onboarded" and t.data_source == dpid],
-                [s for s in segments if str(s.sid) in self._mapped_by(dpid)],
+                realized.get(dpid, []),
+                [s for s in segments if str(s.sid) in mapped.get(dpid, ())],
             )
             for dpid in self.names
         }
-
-    def _mapped_by(self, dpid: int) -> set[str]:
-        """The segment sids (as mapping keys) the partner's destinations map."""
-        return {sid for d in self.destinations if d.partner == dpid for sid in d.mappings}
 
     def routes(self) -> list[Route]:
         return [

@@ -68,6 +68,10 @@ TRAITS = [
     ('h_referer matchesregex "[?&]utm_source=(mail|ads)"', 804),
     ('c_x matchesregex "(a+)+b"', 805),  # catastrophic in Python's re, linear in RE2
     ('c_x contains "zz" AND c_price >= 0', 806),
+    # A DMP's hundreds of rules on one key: a request's cost is its values times these.
+    *((f'c_s == "v{i}"', 1000 + i) for i in range(200)),
+    *((f'c_s matchesregex "^(x|y)[0-9]+{i}$"', 1200 + i) for i in range(10)),
+    *((f"c_s > {i * 10}", 1300 + i) for i in range(10)),
 ]
 
 
@@ -168,6 +172,17 @@ def corpus() -> Iterator[Case]:
     yield Case("event GET digit run", "GET", "/event?" + _q("c_price=", "1", "x"))
     yield Case("event GET digit run json", "GET", "/event?" + _q("d_rtbd=json&c_price=", "1", "x"))
     yield Case("event POST digit run", "POST", "/event", _b("c_price=", "1", "x"), FORM)
+    distinct = ",".join(str(i) for i in range(8000))  # 220 rules on c_s
+    yield Case("event GET distinct values", "GET", "/event?" + ("c_s=" + distinct)[:GET_MAX])
+    yield Case(
+        "event POST distinct values",
+        "POST",
+        "/event",
+        ("c_s=" + distinct)[:BODY_MAX].encode(),
+        FORM,
+    )
+    cids = "&".join(f"d_cid={PARTNER}%01u{i}" for i in range(120))
+    yield Case("event GET 120 d_cid", "GET", "/event?" + cids, status=400, error="311")
     yield Case("event POST 1.1.1.1", "POST", "/event", _b("c_price=", "1."), FORM)
     yield Case("event POST 1e1e1e", "POST", "/event", _b("c_price=", "1e"), FORM)
     yield Case("event POST ----", "POST", "/event", _b("c_price=", "-"), FORM)
