@@ -23,6 +23,7 @@ from .config import ConfigError, Settings, UrlDestinationConfig, load_settings
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .prebid import Bidders
+from .signing_keys import settings_key_check
 from .store import Prune, Store, StoreError
 from .sync import ChainTokens, outbound_partners, partner_rules
 from .tally import REQUESTS_FIELD, Tally
@@ -260,6 +261,11 @@ def create_app(settings: Settings) -> HotPaths:
 def app_from_env() -> ASGIApp:
     """The uvicorn factory used by `pixelsync serve` (config path and URL come by env)."""
     settings = load_settings()
+    if "PIXELSYNC_SERVER" not in os.environ:  # not started by `pixelsync serve`, which
+        # judged the keys knowing its --host: a server's own command line did
+        keys = settings_key_check(settings, listen_host=None)
+        if keys.refused:
+            raise ConfigError(list(keys.lines))
     app: ASGIApp = create_app(settings)
     trusted = settings.server.trusted_proxies
     if os.environ.get("PIXELSYNC_SERVER") == "granian" and trusted:

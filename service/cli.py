@@ -16,8 +16,8 @@ from typing import NoReturn
 
 from . import gctune, logs, metrics
 from .batch.run import batch_redis, export_command, import_files, url_file, worker_command
-from .config import ConfigError, ServerConfig, Settings, find_config_path, load_settings
-from .signing_keys import KeyCheck, check_secret_keys, key_setting
+from .config import ConfigError, Settings, find_config_path, load_settings
+from .signing_keys import settings_key_check
 from .store import EmbeddedValkey
 
 
@@ -30,23 +30,9 @@ def _load(path: str | None) -> Settings:
         sys.exit(2)
 
 
-def _check_keys(settings: Settings, listen_host: str | None) -> KeyCheck:
-    """SPEC §2 `secret_keys`: weak keys are refused unless only loopback reaches us."""
-    return check_secret_keys(
-        settings.secret_keys,
-        setting=key_setting(
-            settings.source,
-            from_env=bool(os.environ.get("PIXELSYNC_SECRET_KEYS", "").strip(" ,")),
-            is_default=settings.secret_keys == ServerConfig().secret_keys,
-        ),
-        public_url=settings.public_url,
-        listen_host=listen_host,
-    )
-
-
 def check_config(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    keys = _check_keys(settings, listen_host=None)
+    keys = settings_key_check(settings, listen_host=None)
     for line in keys.lines:
         print(line, file=sys.stderr)
     if keys.refused:
@@ -61,7 +47,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
-    keys = _check_keys(settings, listen_host=args.host)
+    keys = settings_key_check(settings, listen_host=args.host)
     if keys.refused:
         for line in keys.lines:
             print(line, file=sys.stderr)

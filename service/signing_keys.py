@@ -25,12 +25,16 @@ them whatever its public_url). That keeps `make run` and the tests working.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = [
     "MAKE_A_KEY",
@@ -40,6 +44,7 @@ __all__ = [
     "check_secret_keys",
     "is_loopback_host",
     "key_setting",
+    "settings_key_check",
     "weakness",
 ]
 
@@ -188,3 +193,19 @@ def check_secret_keys(
         f"forge visitor cookies and /fire tokens; {make}"
     )
     return KeyCheck(tuple(lines), refused=True)
+
+
+def settings_key_check(settings: Settings, listen_host: str | None) -> KeyCheck:
+    """check_secret_keys for loaded settings, naming where their keys came from."""
+    from .config import ServerConfig
+
+    return check_secret_keys(
+        settings.secret_keys,
+        setting=key_setting(
+            settings.source,
+            from_env=bool(os.environ.get("PIXELSYNC_SECRET_KEYS", "").strip(" ,")),
+            is_default=settings.secret_keys == ServerConfig().secret_keys,
+        ),
+        public_url=settings.public_url,
+        listen_host=listen_host,
+    )

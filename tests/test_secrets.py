@@ -396,3 +396,27 @@ def test_check_config_reports_weak_keys(tmp_path: Path) -> None:
         "(it contains 'replace')" in placeholder.stderr
     )
     assert STRONG not in placeholder.stderr
+
+
+def test_an_app_started_by_another_command_refuses_weak_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    """`uvicorn --factory service.app:app_from_env` (or granian's own CLI) skips
+    `serve`: the app factory judges the keys itself, by public_url (it cannot know the
+    address the server listens on), before it builds anything."""
+    from service.app import app_from_env
+    from service.config import ConfigError
+
+    config = tmp_path / "pixelsync.toml"
+    config.write_text(EXAMPLE.read_text())
+    for name in [k for k in os.environ if k.startswith("PIXELSYNC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PIXELSYNC_CONFIG", str(config))
+    monkeypatch.setenv("PIXELSYNC_PUBLIC_URL", PUBLIC)
+    monkeypatch.setenv("PIXELSYNC_REDIS_URL", redis_url)
+    with pytest.raises(ConfigError) as refused:
+        app_from_env()
+    assert "key 1 of 1 (signs): it is published in the pixelsync repository" in str(refused.value)
+    assert EXAMPLE_KEY not in str(refused.value)
+    monkeypatch.setenv("PIXELSYNC_SECRET_KEYS", STRONG)
+    assert callable(app_from_env())  # a strong key: the app is built
