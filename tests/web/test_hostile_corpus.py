@@ -628,8 +628,11 @@ def test_the_numeric_rule_is_linear() -> None:
     other near-numbers, against `c_price > 100`."""
     rule = compile_trait_rule("c_price > 100")
     for value in ("1" * 32767 + "x", "1." * 16384, "1e" * 16384, "-" * 32768, "9" * 32768):
-        started = time.perf_counter()
-        assert rule({"c_price": [value]}) is False
-        assert time.perf_counter() - started < BOUND_S
+        best = math.inf
+        for _ in range(ATTEMPTS):  # the best of three, as everywhere here
+            started = time.perf_counter()
+            assert rule({"c_price": [value]}) is False
+            best = min(best, time.perf_counter() - started)
+        assert best < BOUND_S, f"{value[:8]}…: {best * 1000:.1f} ms at best"
     assert rule({"c_price": ["1" + "0" * 97 + ".5"]}) is True  # 100 characters: a number
     assert rule({"c_price": ["1" + "0" * 98 + ".5"]}) is False  # 101: none
