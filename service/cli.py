@@ -116,6 +116,9 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     from .replacements.uvicorn_protocol import HeadLimits, LimitedConfig
 
     limits = settings.limits
+    http = os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP)  # the env: A/B runs
+    # Our protocol's body timer bounds a POST body: the app need not (app_from_env).
+    os.environ["PIXELSYNC_BODY_TIMER"] = "server" if http == UVICORN_HTTP else "app"
     config = LimitedConfig(
         "service.app:app_from_env",
         factory=True,
@@ -130,7 +133,7 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
         lifespan="on",
-        http=os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP),  # the env: A/B runs
+        http=http,
         ws="none",  # no WebSocket endpoint: an Upgrade request is an ordinary request
         # The server's own limits ([limits]): per worker; the head's are our protocol's.
         timeout_keep_alive=limits.keep_alive_s,

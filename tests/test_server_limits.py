@@ -138,6 +138,34 @@ def test_too_many_headers_is_431(server: Server) -> None:
         assert status(read_until_closed(sock)) == 431
 
 
+def test_endless_chunked_trailers_are_cut_off(server: Server) -> None:
+    """A chunked body's trailers are headers too: endless `a:b` lines after the last
+    chunk must meet the head's caps, not be kept until the body's timer. uvicorn
+    (our protocol) answers 431 at max_headers and closes; granian (hyper) is asserted
+    for what it does: the connection ends well before 16 MiB, with no 5xx."""
+    with server.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(
+            b"POST /event HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+        )
+        started = time.monotonic()
+        sent = 0
+        lines = b"a:b\r\n" * 13107  # 64 KiB
+        try:
+            while sent < 16 * 1024 * 1024:
+                sent += sock.send(lines)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    assert sent < 16 * 1024 * 1024  # loopback buffers are a few MiB at most
+    assert elapsed < HEAD_TIMEOUT  # cut off, not closed by the body's timer
+    if server.kind == "uvicorn":
+        assert status(answer) == 431
+    else:
+        assert answer == b"" or status(answer) < 500, answer[:100]
+
+
 def test_an_unfinished_huge_head_is_closed_at_the_cap(server: Server) -> None:
     """A head that never ends (the 64 MiB case): the server stops reading at the cap
     and closes, without waiting for the head's deadline; what the client got through
