@@ -70,6 +70,9 @@ def serve(args: argparse.Namespace) -> int:
     if keys.lines:  # weak keys, accepted on loopback
         logging.getLogger(__name__).warning("weak secret keys", extra={"problems": keys.lines})
     gctune.tune()
+    short = fit_open_files(settings.limits.max_concurrency)
+    if short is not None:
+        logging.getLogger(__name__).warning("open files limit below max_concurrency", extra=short)
     found = find_config_path(args.config, os.environ)
     if found is not None:
         os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
@@ -102,6 +105,27 @@ def serve(args: argparse.Namespace) -> int:
             url_file(settings).unlink(missing_ok=True)
             embedded.stop()
     return 0
+
+
+# File descriptors a worker needs beyond its connections: Redis, partners, logs, the
+# listening sockets, the embedded Valkey's pipes.
+OPEN_FILES_MARGIN = 256
+
+
+def fit_open_files(max_concurrency: int) -> dict[str, int] | None:
+    """Each connection (an idle keep-alive one too) is a file descriptor: raise this
+    process's soft RLIMIT_NOFILE (the workers inherit it) to max_concurrency plus a
+    margin, as far as the hard limit allows. What falls short, else None."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_concurrency + OPEN_FILES_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < need:
+        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < need:
+        return {"max_concurrency": max_concurrency, "open_files": soft, "needed": need}
+    return None
 
 
 # uvicorn's httptools protocol, each response written in one send
