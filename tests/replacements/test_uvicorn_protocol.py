@@ -453,3 +453,26 @@ async def test_a_pipelined_refusal_waits_for_the_answer_before_it() -> None:
         assert answers.startswith(b"HTTP/1.1 200 ") and answers.endswith(b"\r\n\r\n")
         assert answers.index(b"HTTP/1.1 431 ") > answers.index(b"\r\n\r\nok")
         assert answers.count(b"HTTP/1.1 ") == 2 and transport.closing
+
+
+async def test_a_pipelined_head_is_held_to_twice_the_cap_at_most() -> None:
+    """What deploy/README.md says holds for pipelined requests: a next head's bytes in
+    the read that ended the request before it are not counted, so it may pass the cap,
+    but never twice the cap: one byte more is 431 (after the first one's answer)."""
+    limit = 1024
+
+    def after_first(size: int) -> bytes:
+        second = b"GET / HTTP/1.1\r\nX: " + b"a" * (size - 23) + b"\r\n\r\n"
+        assert len(second) == size
+        return REQUEST + second
+
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(after_first(limit + 500))  # over the cap, let through
+    await _turns()
+    assert b"".join(transport.writes).count(b"HTTP/1.1 200 ") == 2 and not transport.closing
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(after_first(2 * limit + 1))
+    await _turns()
+    answers = b"".join(transport.writes)
+    assert answers.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 431 " in answers
+    assert transport.closing
