@@ -229,6 +229,7 @@ def _granian(args: argparse.Namespace, settings: Settings) -> None:
             "/metrics, /readyz and /openapi.json need an admin API key)"
         )
     limits = settings.limits
+    os.environ["PIXELSYNC_BODY_TIMER"] = "app"  # granian has no body timer (app_from_env)
     Granian(
         "service.app:app_from_env",
         factory=True,

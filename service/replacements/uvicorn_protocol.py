@@ -232,8 +232,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     _deferred: bytes | None = None  # a refusal written after the answers before it
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_body:
-            super().on_header(name, value)
+        if not self._in_body:  # the head's: uvicorn's own on_header, inlined (hot path)
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
             return
         # Not kept: counted as a head's headers (and their ": " and CRLF).
         self._trailer_count += 1
