@@ -118,7 +118,9 @@ class HotPaths:
         await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings) -> HotPaths:
+def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPaths:
+    """`server_times_body`: the server bounds a POST body's time itself (uvicorn with
+    our protocol), so the endpoints need not."""
     if not settings.redis_url:
         # Several workers must share one server: `pixelsync serve` starts it once.
         raise ConfigError(
@@ -140,7 +142,7 @@ def create_app(settings: Settings) -> HotPaths:
         privacy,
         max_query=settings.limits.max_query_bytes,
         max_body=settings.limits.max_body_bytes,
-        body_timeout_s=settings.limits.head_timeout_s,
+        body_timeout_s=None if server_times_body else settings.limits.head_timeout_s,
     )
 
     domain = Domain.build(settings, store)
@@ -266,7 +268,9 @@ def app_from_env() -> ASGIApp:
         keys = settings_key_check(settings, listen_host=None)
         if keys.refused:
             raise ConfigError(list(keys.lines))
-    app: ASGIApp = create_app(settings)
+    # Set by `pixelsync serve` for uvicorn with our protocol (cli._uvicorn).
+    server_times_body = os.environ.get("PIXELSYNC_BODY_TIMER") == "server"
+    app: ASGIApp = create_app(settings, server_times_body=server_times_body)
     trusted = settings.server.trusted_proxies
     if os.environ.get("PIXELSYNC_SERVER") == "granian" and trusted:
         # uvicorn does this itself (proxy_headers, forwarded_allow_ips); granian does not.

@@ -56,6 +56,9 @@ def serve(args: argparse.Namespace) -> int:
     if keys.lines:  # weak keys, accepted on loopback
         logging.getLogger(__name__).warning("weak secret keys", extra={"problems": keys.lines})
     gctune.tune()
+    short = fit_open_files(settings.limits.max_concurrency)
+    if short is not None:
+        logging.getLogger(__name__).warning("open files limit below max_concurrency", extra=short)
     found = find_config_path(args.config, os.environ)
     if found is not None:
         os.environ["PIXELSYNC_CONFIG"] = str(found.resolve())
@@ -90,6 +93,27 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# File descriptors a worker needs beyond its connections: Redis, partners, logs, the
+# listening sockets, the embedded Valkey's pipes.
+OPEN_FILES_MARGIN = 256
+
+
+def fit_open_files(max_concurrency: int) -> dict[str, int] | None:
+    """Each connection (an idle keep-alive one too) is a file descriptor: raise this
+    process's soft RLIMIT_NOFILE (the workers inherit it) to max_concurrency plus a
+    margin, as far as the hard limit allows. What falls short, else None."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = max_concurrency + OPEN_FILES_MARGIN
+    if soft != resource.RLIM_INFINITY and soft < need:
+        soft = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < need:
+        return {"max_concurrency": max_concurrency, "open_files": soft, "needed": need}
+    return None
+
+
 # uvicorn's httptools protocol, each response written in one send
 # (service/replacements/uvicorn_protocol.py).
 UVICORN_HTTP = "service.replacements.uvicorn_protocol:CoalescingHttpToolsProtocol"
@@ -102,6 +126,9 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
     from .replacements.uvicorn_protocol import HeadLimits, LimitedConfig
 
     limits = settings.limits
+    http = os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP)  # the env: A/B runs
+    # Our protocol's body timer bounds a POST body: the app need not (app_from_env).
+    os.environ["PIXELSYNC_BODY_TIMER"] = "server" if http == UVICORN_HTTP else "app"
     config = LimitedConfig(
         "service.app:app_from_env",
         factory=True,
@@ -116,7 +143,7 @@ def _uvicorn(args: argparse.Namespace, settings: Settings) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
         lifespan="on",
-        http=os.environ.get("PIXELSYNC_UVICORN_HTTP", UVICORN_HTTP),  # the env: A/B runs
+        http=http,
         ws="none",  # no WebSocket endpoint: an Upgrade request is an ordinary request
         # The server's own limits ([limits]): per worker; the head's are our protocol's.
         timeout_keep_alive=limits.keep_alive_s,
@@ -188,6 +215,7 @@ def _granian(args: argparse.Namespace, settings: Settings) -> None:
             "/metrics, /readyz and /openapi.json need an admin API key)"
         )
     limits = settings.limits
+    os.environ["PIXELSYNC_BODY_TIMER"] = "app"  # granian has no body timer (app_from_env)
     Granian(
         "service.app:app_from_env",
         factory=True,

@@ -294,7 +294,7 @@ class LimitsConfig:
     max_headers: int = field(default=100, metadata=_check(_positive))
     head_timeout_s: float = field(default=10.0, metadata=_check(_positive))
     keep_alive_s: int = field(default=75, metadata=_check(_positive))
-    max_concurrency: int = field(default=1024, metadata=_check(_positive))
+    max_concurrency: int = field(default=4096, metadata=_check(_positive))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -130,3 +130,46 @@ async def test_serve_on_a_unix_socket_url(services: Services, unix_redis_url: st
         assert await wait_for(erased)
         assert (await http.get(f"/v1/users/{uuid}", headers=auth)).status_code == 404
     assert "redis write failed" not in svc.log()
+
+
+def _soft_open_files(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open files limit")
+
+
+def test_serve_raises_the_open_files_limit_to_max_concurrency(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Every connection, idle ones too, is a file descriptor: started with the common
+    soft limit of 1024, serve raises it to max_concurrency (4096 by default) plus a
+    margin, up to the hard limit, and says so when the hard limit falls short."""
+    import resource
+
+    from service.cli import OPEN_FILES_MARGIN, fit_open_files
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4096 + OPEN_FILES_MARGIN
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard open files limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        svc = start_service(tmp_path, "", redis_url=redis_url)  # inherits the 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert _soft_open_files(svc.process.pid) == need
+        assert "open files limit" not in svc.log()
+    finally:
+        assert svc.stop() == 0, svc.log()
+    if hard != resource.RLIM_INFINITY:  # more than the hard limit allows
+        try:
+            short = fit_open_files(hard)
+            assert short == {
+                "max_concurrency": hard,
+                "open_files": hard,
+                "needed": need - 4096 + hard,
+            }
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

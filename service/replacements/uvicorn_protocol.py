@@ -20,6 +20,13 @@ and starting each request's app at once instead of in a new task.
   connection, with a 408 if any of it came; and so does a body not whole within
   `timeout_s` of its head (even one the app answered without reading: uvicorn would
   read its trickle for ever).
+- A chunked body's trailers are headers to httptools, which uvicorn would append to
+  the request's headers without limit, even after the app has them. Here they are not
+  kept (ASGI has no use for them) and are capped as a head is: over `max_headers` of
+  them, or over `max_bytes` of their bytes, the connection is answered 431 (if its
+  request was not answered yet) and closed.
+- A refusal of a pipelined request (431, 408) is written after the answers of the
+  requests before it, never ahead of them.
 """
 
 from __future__ import annotations
@@ -169,7 +176,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         left = self._head_left
         if left < 0:  # a body, or a request being answered
-            super().data_received(data)
+            if self._chunk_open:  # perhaps the last chunk's trailers
+                self._trailers_received(data)
+            elif self._deferred is None:  # not after a refusal waiting its turn
+                super().data_received(data)
             return
         if len(data) > left:
             # The head may end within its allowance (then the rest is a body or the
@@ -185,7 +195,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._head_left = left - len(data)
             super().data_received(data)
-        if self._head_timer is None and self._waiting() and not self.transport.is_closing():
+        if (
+            self._head_timer is None
+            and self._waiting()
+            and not self.transport.is_closing()
+            and self._deferred is None
+        ):
             # A head split over several reads, or a body still to come (a request
             # that came whole in one read never starts a timer).
             self._head_timer = self.loop.call_later(self._limits.timeout_s, self._timed_out)
@@ -196,6 +211,55 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         read starts the timer), or its head and not all of its body (-1)."""
         return self._head_left < self._limits.max_bytes
 
+    def _trailers_received(self, data: bytes) -> None:
+        """A read after a chunk's size line: if no body byte of it came, the size was
+        0 and the read is trailers, whose bytes are all counted (a trailer that never
+        ends reaches no on_header: httptools keeps it whole)."""
+        left = self._trailer_left
+        self._body_came = False
+        super().data_received(data)
+        if self._chunk_open and not self._body_came and not self.transport.is_closing():
+            self._trailer_left = left - len(data)
+            if self._trailer_left < 0:
+                self._refuse_trailers()
+
+    # A chunked body's trailers (httptools calls on_header for them too, after the head).
+    _in_body = False  # the head is whole, the message not: a header now is a trailer
+    _chunk_open = False  # a chunk's size line came and none of its bytes yet
+    _body_came = False  # some body came in the read being parsed
+    _trailer_left = 0  # bytes the trailers may still take
+    _trailer_count = 0
+    _deferred: bytes | None = None  # a refusal written after the answers before it
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_body:  # the head's: uvicorn's own on_header, inlined (hot path)
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            self.headers.append((name, value))
+            return
+        # Not kept: counted as a head's headers (and their ": " and CRLF).
+        self._trailer_count += 1
+        self._trailer_left -= len(name) + len(value) + 4
+        if self._trailer_left < 0 or self._trailer_count > self._limits.max_headers:
+            self._refuse_trailers()
+            raise _Refused  # stops the parser: the rest of what came is not read
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_open = False
+        self._body_came = True
+        super().on_body(body)
+
+    def _refuse_trailers(self) -> None:
+        self._chunk_open = False
+        self._end_body(b"431 Request Header Fields Too Large")
+
     def on_headers_complete(self) -> None:
         self._head_left = -1
         if self._head_timer is not None:  # the head's; the body gets one of its own
@@ -204,13 +268,18 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) > self._limits.max_headers:
             self._refuse(b"431 Request Header Fields Too Large")
             raise _Refused  # stops the parser: the rest of what came is not read
+        self._in_body = True
+        self._trailer_left = self._limits.max_bytes
+        self._trailer_count = 0
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
-        if not self.transport.is_closing():  # not after a refusal of ours (_Refused)
+        # Not after a refusal of ours (_Refused), answered or waiting its turn.
+        if not self.transport.is_closing() and self._deferred is None:
             super().send_400_response(msg)
 
     def on_message_complete(self) -> None:
+        self._in_body = self._chunk_open = False
         super().on_message_complete()
         self._head_left = self._limits.max_bytes  # what comes next is the next head
         if self._head_timer is not None:  # the body's
@@ -230,23 +299,50 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if self._head_left == -1 and cycle is not None:  # the body's
-            answered = cycle.response_started
-            cycle.disconnected = True
-            cycle.message_event.set()
-            if answered:
-                self.transport.close()
-            else:
-                self._refuse(b"408 Request Timeout")
+        if self._head_left == -1 and self.cycle is not None:  # the body's
+            self._end_body(b"408 Request Timeout")
         elif self._waiting():
             self._refuse(b"408 Request Timeout")
         else:  # nothing at all came
             self.transport.close()
 
+    def _end_body(self, status: bytes) -> None:
+        """The current request's body is refused: the app (if it waits for the body)
+        is told the client is gone, and the connection closed, answered `status` if
+        the app had not answered yet."""
+        cycle = self.cycle
+        if cycle is None or self.transport.is_closing():
+            return
+        answered = cycle.response_started
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if answered:
+            self.transport.close()
+        else:
+            self._head_left = -1
+            _answer_and_close(self.transport, status)
+
     def _refuse(self, status: bytes) -> None:
+        """Refuse the request whose head is being read: at once, or, while requests
+        pipelined before it are still being answered, after their answers."""
         self._head_left = -1
+        cycle = self.cycle
+        if self.pipeline or (cycle is not None and not cycle.response_complete):
+            self._deferred = status  # nothing more is read (data_received)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            self.flow.pause_reading()
+            return
         _answer_and_close(self.transport, status)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        deferred = self._deferred
+        if deferred is not None and not self.pipeline and not self.transport.is_closing():
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                _answer_and_close(self.transport, deferred)
 
     _eager = False  # an app running at once on this connection right now
 

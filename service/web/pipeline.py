@@ -84,7 +84,9 @@ class Opening:
     privacy: PrivacyRules
     max_query: int  # bytes of a query string (or of the parameters in a path)
     max_body: int  # bytes of a POST body
-    body_timeout_s: float  # to receive a POST body, once its head is in
+    # To receive a POST body, once its head is in; None where the server bounds it
+    # itself (uvicorn with our protocol: its body timer ends the request).
+    body_timeout_s: float | None
 
 
 @dataclass(slots=True)
@@ -169,6 +171,12 @@ class BrowserEndpoint(Generic[Req]):
                 )
             outcome = await self.refuse(call, exc, req, tid)
         except ClientGone:
+            # uvicorn drops this answer (the client is gone); granian also tells an app
+            # its body was cut off by granian's own limits (trailers over its buffer)
+            # so, and answers a 500 for an app that gave no answer (SPEC §13: never).
+            gone = RequestError(Code.MALFORMED, "request body not received", status=400)
+            call.send = _closing(call.send)
+            await self.refuse(call, gone, req, new_tid())
             outcome = "client_gone"
         self.outcomes.count(outcome, started)
 
@@ -234,10 +242,12 @@ async def method_not_allowed(send_: Send, allow: bytes) -> None:
 
 
 async def read_body(
-    receive: Receive, limit: int, headers: Mapping[bytes, bytes], timeout_s: float
+    receive: Receive, limit: int, headers: Mapping[bytes, bytes], timeout_s: float | None
 ) -> bytes:
     """The request body, refused with 413 as soon as it passes `limit` bytes, and with
-    408 when it is not whole within `timeout_s` (a slowloris of the body)."""
+    408 when it is not whole within `timeout_s` (a slowloris of the body). With
+    `timeout_s` None (the server bounds the body's time), each message is a plain
+    await: no task, and no suspension for a body that is there already."""
     too_large = RequestError(Code.MALFORMED, f"body over {limit} bytes", status=413)
     declared = parse_uint(headers.get(b"content-length", b""), 20)
     if declared is not None and declared > limit:
@@ -245,15 +255,18 @@ async def read_body(
     chunks: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    deadline = None if timeout_s is None else loop.time() + timeout_s
     while True:
-        try:
-            # wait_for, not asyncio.timeout: on 3.11 the app may run outside a task
-            # (replacements/uvicorn_protocol.py).
-            message = await asyncio.wait_for(receive(), deadline - loop.time())
-        except TimeoutError:
-            msg = f"body not received within {timeout_s:g} s"
-            raise RequestError(Code.MALFORMED, msg, status=408) from None
+        if deadline is None:
+            message = await receive()
+        else:
+            try:
+                # wait_for, not asyncio.timeout: on 3.11 the app may run outside a task
+                # (replacements/uvicorn_protocol.py).
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except TimeoutError:
+                msg = f"body not received within {timeout_s:g} s"
+                raise RequestError(Code.MALFORMED, msg, status=408) from None
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")

@@ -346,3 +346,133 @@ async def test_a_body_that_does_not_come_is_408_and_the_app_told() -> None:
         {"type": "http.disconnect"},
     ]
     assert transport.closing and b"".join(transport.writes).startswith(b"HTTP/1.1 408 ")
+
+
+async def _turns() -> None:
+    """Some turns of the loop: a task waiting for its body resumed, its answer flushed."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _reads_body(scope: dict[str, object], receive: Any, send: object) -> None:
+    """Answers 200 once its body is whole, with the headers it was given."""
+    if scope["type"] != "http":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        if not message.get("more_body", False):
+            break
+    names = b",".join(name for name, _ in scope["headers"])  # type: ignore[attr-defined]
+    headers = [(b"content-length", str(len(names)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+    await send({"type": "http.response.body", "body": names})  # type: ignore[operator]
+
+
+CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+
+
+async def test_trailers_are_not_kept_and_a_few_are_accepted() -> None:
+    """A chunked body's trailers (headers to httptools) reach neither the request's
+    headers nor the app; within the caps, the request is answered as any other."""
+    protocol, transport = _limited(_reads_body, HeadLimits(max_headers=3))
+    protocol.data_received(CHUNKED + b"X-T1: 1\r\nX-T2: 2\r\n")
+    protocol.data_received(b"X-T3: 3\r\n\r\n")
+    await _turns()
+    answer = b"".join(transport.writes)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"host,transfer-encoding")
+    assert not transport.closing
+    assert protocol.headers == [(b"host", b"x"), (b"transfer-encoding", b"chunked")]
+
+
+async def test_trailers_over_max_headers_are_431_and_closed() -> None:
+    """The reviewer's case: endless `a:b` trailers. Stopped at max_headers, none kept,
+    the app (waiting for the end of its body) told the client is gone."""
+    protocol, transport = _limited(_reads_body, HeadLimits(max_headers=100))
+    protocol.data_received(CHUNKED + b"a:b\r\n" * 20_000)
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 431 ")
+    assert transport.closing
+    assert len(protocol.headers) == 2
+
+
+async def test_trailer_bytes_are_capped_even_in_one_endless_trailer() -> None:
+    """One trailer that never ends never reaches on_header (httptools keeps it): the
+    reads after the last chunk are counted, and the cap closes the connection."""
+    limit = 4096
+    protocol, transport = _limited(_reads_body, HeadLimits(max_bytes=limit))
+    protocol.data_received(CHUNKED + b"X-Big: ")
+    reads = 0
+    while not transport.closing:
+        protocol.data_received(b"b" * 1000)
+        reads += 1
+        assert reads <= limit // 1000 + 1
+    await asyncio.sleep(0)
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 431 ")
+
+
+async def test_a_chunk_size_line_split_from_its_bytes_is_not_taken_for_trailers() -> None:
+    """A chunk's size line at the end of a read, its bytes in the next ones: a body,
+    however large, not trailers."""
+    protocol, transport = _limited(_reads_body, HeadLimits(max_bytes=1024))
+    protocol.data_received(CHUNKED[: -len(b"0\r\n")] + b"1000\r\n")
+    for _ in range(4):
+        protocol.data_received(b"c" * 1024)
+    protocol.data_received(b"\r\n800\r\n")
+    protocol.data_received(b"d" * 2048 + b"\r\n0\r\n\r\n")
+    await _turns()
+    assert b"".join(transport.writes).startswith(b"HTTP/1.1 200 ") and not transport.closing
+
+
+async def test_a_pipelined_refusal_waits_for_the_answer_before_it() -> None:
+    """A 431 for the second of pipelined requests, found while the first still waits:
+    written after the first one's answer, not ahead of it (nor instead of it)."""
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, object], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await release.wait()
+            await _answer(scope, receive, send)
+
+    too_many = b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 5 + b"\r\n"
+    too_long = b"GET / HTTP/1.1\r\nX: " + b"a" * 200
+    for second, reads in ((too_many, 1), (too_long, 2)):
+        release.clear()
+        protocol, transport = _limited(app, HeadLimits(max_bytes=100, max_headers=3))
+        if reads == 1:
+            protocol.data_received(REQUEST + second)
+        else:  # the first read within the cap, the next over it
+            protocol.data_received(REQUEST + second[:50])
+            protocol.data_received(second[50:])
+        await asyncio.sleep(0)
+        assert transport.writes == [] and not transport.closing
+        release.set()
+        await _turns()
+        answers = b"".join(transport.writes)
+        assert answers.startswith(b"HTTP/1.1 200 ") and answers.endswith(b"\r\n\r\n")
+        assert answers.index(b"HTTP/1.1 431 ") > answers.index(b"\r\n\r\nok")
+        assert answers.count(b"HTTP/1.1 ") == 2 and transport.closing
+
+
+async def test_a_pipelined_head_is_held_to_twice_the_cap_at_most() -> None:
+    """What deploy/README.md says holds for pipelined requests: a next head's bytes in
+    the read that ended the request before it are not counted, so it may pass the cap,
+    but never twice the cap: one byte more is 431 (after the first one's answer)."""
+    limit = 1024
+
+    def after_first(size: int) -> bytes:
+        second = b"GET / HTTP/1.1\r\nX: " + b"a" * (size - 23) + b"\r\n\r\n"
+        assert len(second) == size
+        return REQUEST + second
+
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(after_first(limit + 500))  # over the cap, let through
+    await _turns()
+    assert b"".join(transport.writes).count(b"HTTP/1.1 200 ") == 2 and not transport.closing
+    protocol, transport = _limited(_served, HeadLimits(max_bytes=limit))
+    protocol.data_received(after_first(2 * limit + 1))
+    await _turns()
+    answers = b"".join(transport.writes)
+    assert answers.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 431 " in answers
+    assert transport.closing

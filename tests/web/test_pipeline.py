@@ -3,11 +3,21 @@ order they run in is tests/web/test_refusals.py's, over HTTP."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from service import app as app_module
+from service.config import load_settings
 from service.consent import evaluate
 from service.errors import Code, RequestError
-from service.web.pipeline import PrivacyRules, request_headers
+from service.web.pipeline import (
+    BrowserEndpoint,
+    ClientGone,
+    PrivacyRules,
+    read_body,
+    request_headers,
+)
 from tests.test_consent import NO_VENDORS
 
 GPC = {b"sec-gpc": b"1"}
@@ -64,3 +74,65 @@ def test_several_cookie_headers_count_as_one() -> None:
     scope = {"headers": [(b"cookie", b"a=1"), (b"host", b"x"), (b"cookie", b"uuid=2")]}
     assert request_headers(scope)[b"cookie"] == b"a=1; uuid=2"
     assert request_headers({"headers": [(b"cookie", b"a=1")]})[b"cookie"] == b"a=1"
+
+
+def _at_once(*messages: dict[str, Any]) -> Any:
+    """A receive() whose messages are there already: it never waits."""
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return queue.pop(0)
+
+    return receive
+
+
+async def test_a_body_that_is_there_is_read_without_suspending() -> None:
+    """With the server timing the body (uvicorn with our protocol), read_body is plain
+    awaits: a body already received completes in one step of the coroutine, with no
+    task (asyncio.wait_for made one per message on Python 3.11, and suspended)."""
+    receive = _at_once(
+        {"type": "http.request", "body": b"c_a=", "more_body": True},
+        {"type": "http.request", "body": b"1", "more_body": False},
+    )
+    coro = read_body(receive, 100, {}, None)
+    with pytest.raises(StopIteration) as done:
+        coro.send(None)
+    assert done.value.value == b"c_a=1"
+
+
+async def test_without_a_timeout_the_body_limits_still_hold() -> None:
+    big = {"type": "http.request", "body": b"a" * 101, "more_body": False}
+    with pytest.raises(RequestError) as exc:
+        await read_body(_at_once(big), 100, {}, None)
+    assert exc.value.status == 413
+    with pytest.raises(ClientGone):
+        await read_body(_at_once({"type": "http.disconnect"}), 100, {}, None)
+
+
+def _event_endpoint(monkeypatch: pytest.MonkeyPatch, body_timer: str | None) -> Any:
+    """The /event endpoint of the app `pixelsync serve`'s workers build (app_from_env)."""
+    monkeypatch.setenv("PIXELSYNC_REDIS_URL", "redis://127.0.0.1:1/0")  # never connected
+    monkeypatch.delenv("PIXELSYNC_CONFIG", raising=False)
+    monkeypatch.delenv("PIXELSYNC_SERVER", raising=False)
+    if body_timer is None:
+        monkeypatch.delenv("PIXELSYNC_BODY_TIMER", raising=False)
+    else:
+        monkeypatch.setenv("PIXELSYNC_BODY_TIMER", body_timer)
+    monkeypatch.setattr(app_module.gctune, "tune", lambda: None)  # this process's gc kept
+    built: Any = app_module.app_from_env()
+    endpoint = built._hot["/event"]
+    assert isinstance(endpoint, BrowserEndpoint)
+    return endpoint
+
+
+@pytest.mark.parametrize("body_timer", [None, "app", "server"])
+def test_the_app_times_a_body_unless_the_server_does(
+    monkeypatch: pytest.MonkeyPatch, body_timer: str | None
+) -> None:
+    """`serve` under uvicorn with our protocol sets PIXELSYNC_BODY_TIMER=server
+    (cli._uvicorn): its endpoints read bodies without a timeout; any other server
+    (granian, an A/B protocol, an app run some other way) has them time it."""
+    endpoint = _event_endpoint(monkeypatch, body_timer)
+    defaults = load_settings(None, environ={"PIXELSYNC_REDIS_URL": "redis://127.0.0.1:1/0"})
+    expected = None if body_timer == "server" else defaults.limits.head_timeout_s
+    assert endpoint.body_timeout_s == expected
