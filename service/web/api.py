@@ -285,6 +285,7 @@ class Api:
                 return error(400, "bad_request", 'expected {"dpuuids": ["…", …]}')
             if _strings_at_least(body) > MAX_LOOKUP + 1:  # before json.loads reads them
                 return error(400, "too_many", f"at most {MAX_LOOKUP} dpuuids per lookup")
+            await asyncio.sleep(0)  # the checks, json.loads and each slice: a loop turn each
         try:
             doc: Any = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep: too
@@ -294,10 +295,12 @@ class Api:
             return error(400, "too_many", f"at most {MAX_LOOKUP} dpuuids per lookup")
         if not isinstance(uids, list) or not all(isinstance(u, str) for u in uids):
             return error(400, "bad_request", 'expected {"dpuuids": ["…", …]}')
-        wanted = list(dict.fromkeys(u for u in uids if valid_uid(u)))
+        distinct = list(dict.fromkeys(uids))
         matches: dict[str, str] = {}
-        for start in range(0, len(wanted), LOOKUP_SLICE):
-            matches.update(await self._lookup(dpid, wanted[start : start + LOOKUP_SLICE]))
+        for start in range(0, len(distinct), LOOKUP_SLICE):
+            wanted = [u for u in distinct[start : start + LOOKUP_SLICE] if valid_uid(u)]
+            if wanted:
+                matches.update(await self._lookup(dpid, wanted))
         return JSONResponse({"matches": matches})
 
     async def _lookup(self, dpid: int, uids: list[str]) -> dict[str, str]:
