@@ -122,9 +122,25 @@ class _PrebidEndpoint(BrowserEndpoint[Req]):
 
     logs_refusals = False  # each logs its own, with Prebid Server's outcome label
 
+    # The methods a CORS preflight (OPTIONS) allows; b"": OPTIONS is not served.
+    preflight_methods = b""
+
     def __init__(self, opening: Opening, shared: PrebidEndpoints) -> None:
         super().__init__(opening)
         self.s = shared
+
+    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
+        if scope["method"] != "OPTIONS" or not self.preflight_methods:
+            await super().__call__(scope, receive, send_)
+            return
+        started = time.perf_counter()
+        headers = request_headers(scope)
+        await _preflight(send_, self.preflight_methods, self.cors_origin(headers), headers)
+        self.outcomes.count("preflight", started)
+
+    def cors_origin(self, headers: Mapping[bytes, bytes]) -> bytes | None:
+        """The request's Origin if it may read the answer with credentials."""
+        return headers.get(b"origin")
 
 
 class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
@@ -133,15 +149,7 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
 
     name = "cookie_sync"
     methods = frozenset({"OPTIONS", "POST"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        if scope["method"] != "OPTIONS":
-            await super().__call__(scope, receive, send_)
-            return
-        started = time.perf_counter()
-        headers = request_headers(scope)
-        await _preflight(send_, b"POST, OPTIONS", headers.get(b"origin"), headers)
-        self.outcomes.count("preflight", started)
+    preflight_methods = b"POST, OPTIONS"
 
     def parse(self, call: Call, params: bytes, body: bytes) -> CookieSyncRequest:
         try:
@@ -340,18 +348,9 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
 
     name = "getuids"
     methods = METHODS_PIXEL | {"OPTIONS"}
+    preflight_methods = b"GET, HEAD, OPTIONS"
 
-    async def __call__(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        if scope["method"] != "OPTIONS":
-            await super().__call__(scope, receive, send_)
-            return
-        started = time.perf_counter()
-        headers = request_headers(scope)
-        await _preflight(send_, b"GET, HEAD, OPTIONS", self._allowed(headers), headers)
-        self.outcomes.count("preflight", started)
-
-    def _allowed(self, headers: Mapping[bytes, bytes]) -> bytes | None:
-        """The request's Origin if it may read the answer with credentials."""
+    def cors_origin(self, headers: Mapping[bytes, bytes]) -> bytes | None:
         origin = headers.get(b"origin")
         return origin if origin in self.s.cors_origins else None
 
@@ -376,7 +375,7 @@ class GetuidsEndpoint(_PrebidEndpoint[None]):
     async def _send(self, call: Call, mapped: Mapping[int, str], out: Headers) -> None:
         body = json_body(buyeruids(self.s.bidders.names, mapped))
         headers = json_headers(body, JSON_UTF8)
-        allowed = self._allowed(call.headers)
+        allowed = self.cors_origin(call.headers)
         if allowed:
             cors(headers, allowed)
         else:
