@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, Never, TypeAlias
 from urllib.parse import urlsplit
 
 from .macros import Template, TemplateError
+from .numbers import parse_uint
 from .redirects import browser_host
 from .rules import RuleError, compile_segment_rule, compile_trait_rule
 
@@ -211,9 +212,10 @@ def _host_port(v: str) -> tuple[str, int] | None:
     host, sep, port = v.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
+    number = parse_uint(port, 5)
+    if not sep or not host or number is None:
         return None
-    return (host, int(port)) if 0 < int(port) < 65536 else None
+    return (host, number) if 0 < number < 65536 else None
 
 
 def _host_port_or_empty(v: str) -> str | None:

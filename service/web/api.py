@@ -34,6 +34,7 @@ from starlette.routing import Route
 from ..config import ApiKey, Destination, Partner, Segment, Trait, UrlDestinationConfig
 from ..identity import is_uuid, today
 from ..loss import WINDOWS, Target, match_rates, minutes, report
+from ..numbers import parse_uint
 from ..outbound.realtime import COUNTERS as RT_COUNTERS
 from ..qualification import Qualifier
 from ..store import Store, StoreError
@@ -97,6 +98,12 @@ class Caller:
 
     def sees(self, dpid: int) -> bool:
         return self.partner is None or self.partner == dpid
+
+    @property
+    def operator(self) -> bool:
+        """An unscoped admin key: what shows every partner at once (the dashboard, the
+        operator endpoints) is for it only, not for a partner's key even with admin."""
+        return self.partner is None and "admin" in self.scopes
 
 
 class ApiKeys:
@@ -215,9 +222,10 @@ class Api:
         if caller.partner is not None and raw != str(caller.partner):
             # Any other dpid, configured or not: which partners exist is not its business.
             return error(403, "forbidden", "this key is for another partner")
-        if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and int(raw) in self.dpids):
+        dpid = parse_uint(raw)
+        if dpid is None or dpid not in self.dpids:
             return error(404, "unknown_partner", "no partner with this dpid")
-        return int(raw)
+        return dpid
 
     async def get_user(self, request: Request, caller: Caller) -> Response:
         uuid = request.path_params["uuid"]

@@ -159,9 +159,8 @@ class Dashboard:
 
 
 def _admin(caller: Caller | None) -> bool:
-    """An unscoped admin key: the page shows every partner and the service's totals, so
-    a partner's key (even with admin) is refused, as /v1 shows it its partner only."""
-    return caller is not None and caller.partner is None and "admin" in caller.scopes
+    """The page shows every partner and the service's totals: an operator's key only."""
+    return caller is not None and caller.operator
 
 
 def _refused() -> Response:

@@ -52,7 +52,7 @@ def admin_only(keys: ApiKeys) -> Callable[[Endpoint], Endpoint]:
             caller = keys.caller(request)
             if caller is None:
                 return error(401, "unauthorized", "missing or unknown bearer token")
-            if "admin" not in caller.scopes or caller.partner is not None:
+            if not caller.operator:
                 return error(403, "forbidden", "an unscoped admin key is needed")
             return await handler(request)
 
