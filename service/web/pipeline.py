@@ -254,8 +254,7 @@ async def read_body(
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout_s is None else loop.time() + timeout_s
+    deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
     while True:
         if deadline is None:
             message = await receive()
@@ -263,7 +262,8 @@ async def read_body(
             try:
                 # wait_for, not asyncio.timeout: on 3.11 the app may run outside a task
                 # (replacements/uvicorn_protocol.py).
-                message = await asyncio.wait_for(receive(), deadline - loop.time())
+                left = deadline - asyncio.get_running_loop().time()
+                message = await asyncio.wait_for(receive(), left)
             except TimeoutError:
                 msg = f"body not received within {timeout_s:g} s"
                 raise RequestError(Code.MALFORMED, msg, status=408) from None
