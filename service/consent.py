@@ -136,13 +136,25 @@ def decode_tcf(text: str) -> TCString:
     )
 
 
+class OptOut(Enum):
+    """Why a request refuses outbound syncs and destination fires (SPEC §12); the value
+    is the reason code in answers (`X-Privacy`), metrics and docs/privacy.md."""
+
+    US_PRIVACY = "us_privacy"  # us_privacy 1?Y?
+    GPC = "gpc"  # Sec-GPC: 1, when [privacy] honor_gpc
+    GPP_US = "gpp_us"  # a US section of the gpp string that gpp_sid names
+
+
 @dataclass(frozen=True)
 class Privacy:
     """What one request's privacy signals allow."""
 
     gdpr_applies: bool
     tcf: TCString | None
-    sale_opt_out: bool  # us_privacy 1?Y? or Sec-GPC: 1 (when honoured)
+    sale_opt_out: bool  # us_privacy 1?Y?, Sec-GPC: 1 (when honoured), a GPP US opt-out
+    # The GPP section ids that gpp_sid names (SPEC §12): the sections in force.
+    sections: frozenset[int] = frozenset()
+    opt_out: OptOut | None = None  # why sale_opt_out, when it is set
 
     def partner_allowed(self, gvl_id: int) -> bool:
         """May this partner be synced or fed? (gvl_id 0: never while GDPR applies.)"""
@@ -157,9 +169,9 @@ class Privacy:
 
 
 _PLAIN: Final = {
-    (applies, opt_out): Privacy(applies, None, opt_out)
+    (applies, reason): Privacy(applies, None, reason is not None, frozenset(), reason)
     for applies in (False, True)
-    for opt_out in (False, True)
+    for reason in (None, *OptOut)
 }
 
 
@@ -176,14 +188,25 @@ class GdprScope(Enum):
     NO = "no"
 
 
-def gdpr_scope(params: Mapping[str, str], gdpr_default: int) -> GdprScope:
+def gpp_sections(params: Mapping[str, str]) -> frozenset[int]:
+    """The section ids of `gpp_sid` (comma-separated). A token that is not a small
+    number names no section; each distinct token is read once."""
+    sids = params.get("gpp_sid")
+    if not sids:
+        return frozenset()
+    tokens = {t.strip() for t in sids.split(",")}
+    return frozenset(int(t) for t in tokens if 0 < len(t) <= 3 and t.isascii() and t.isdigit())
+
+
+def gdpr_scope(
+    params: Mapping[str, str], gdpr_default: int, sections: frozenset[int] | None = None
+) -> GdprScope:
     """GDPR applies with gdpr=1 or gpp_sid containing 2; without a gdpr signal, as
     `gdpr_default` says."""
     gdpr = params.get("gdpr")
     if gdpr == "1":
         return GdprScope.APPLIES
-    sids = params.get("gpp_sid")
-    if sids and "2" in {s.strip() for s in sids.split(",")}:
+    if 2 in (gpp_sections(params) if sections is None else sections):
         return GdprScope.APPLIES
     if gdpr != "0" and gdpr_default == 1:
         return GdprScope.ASSUMED
@@ -199,7 +222,8 @@ def evaluate(
 ) -> Privacy:
     """Decide, or refuse with the contract's code: 315 (GDPR applies, no consent
     string), 313 (unparsable), 314 (this service's vendor may not store)."""
-    applies = gdpr_scope(params, gdpr_default) is not GdprScope.NO
+    sections = gpp_sections(params)
+    applies = gdpr_scope(params, gdpr_default, sections) is not GdprScope.NO
     tcf: TCString | None = None
     text = params.get("gdpr_consent", "")
     if applies and text:
@@ -214,7 +238,13 @@ def evaluate(
             raise RequestError(Code.CONSENT_MISSING, "GDPR applies and no consent string")
         if not tcf.allows(vendor_id):
             raise RequestError(Code.CONSENT_REFUSED, "no consent to store for this service")
-    opt_out = gpc or us_privacy_opt_out(params.get("us_privacy", ""))
-    if tcf is None:  # most requests: one of four answers, built once
-        return _PLAIN[applies, opt_out]
-    return Privacy(applies, tcf, opt_out)
+    reason = (
+        OptOut.US_PRIVACY
+        if us_privacy_opt_out(params.get("us_privacy", ""))
+        else OptOut.GPC
+        if gpc
+        else None
+    )
+    if tcf is None and not sections:  # most requests: one of a few answers, built once
+        return _PLAIN[applies, reason]
+    return Privacy(applies, tcf, reason is not None, sections, reason)
