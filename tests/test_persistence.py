@@ -15,8 +15,6 @@ from service.store import PartnerUid
 from tests.conftest import cookie_signed_days_ago, open_store, wait_for
 from tests.services import OPS, Service, start_service
 
-DAY = today()
-
 
 def embedded_url(service: Service) -> str:
     for line in service.log().splitlines():
@@ -32,7 +30,7 @@ async def test_restart_keeps_what_was_stored(tmp_path: Path) -> None:
         uuid = resp.json()["uuid"]
         cookie = resp.headers["set-cookie"].split(";")[0]
         async with open_store(embedded_url(first)) as store:
-            store.put_mapping(uuid, 1234, "acme-uid-1", DAY)  # as an ID sync stores it
+            store.put_mapping(uuid, 1234, "acme-uid-1", today())  # as an ID sync stores it
             await store.drain()
             config = await store.client.config_get("append*")
             assert config["appendonly"] == "yes" and config["appendfsync"] == "everysec"
@@ -43,9 +41,9 @@ async def test_restart_keeps_what_was_stored(tmp_path: Path) -> None:
     second = start_service(tmp_path, "", redis_url=None)
     try:
         async with open_store(embedded_url(second)) as store:
-            assert await store.visitor_last_seen(uuid) == DAY
-            assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-1", DAY)}
-            assert await store.lookup(1234, ["acme-uid-1"], DAY) == {"acme-uid-1": uuid}
+            assert await store.visitor_last_seen(uuid) == today()
+            assert await store.mappings(uuid, today()) == {1234: PartnerUid("acme-uid-1", today())}
+            assert await store.lookup(1234, ["acme-uid-1"], today()) == {"acme-uid-1": uuid}
         again = httpx.get(second.url + "/event?d_rtbd=json", headers={"cookie": cookie}, timeout=10)
         assert again.json()["uuid"] == uuid
     finally:
@@ -57,7 +55,7 @@ async def test_sigterm_flushes_buffered_writes(tmp_path: Path) -> None:
     uuid = new_uuid()
     try:
         async with open_store(embedded_url(service)) as store:
-            store.put_mapping(uuid, 1234, "acme-uid-2", DAY - 3)
+            store.put_mapping(uuid, 1234, "acme-uid-2", today() - 3)
             await store.drain()
             # Valkey holds every write for 3 s: the service's write waits in its buffer.
             await store.client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
@@ -70,7 +68,7 @@ async def test_sigterm_flushes_buffered_writes(tmp_path: Path) -> None:
     again = start_service(tmp_path, "", redis_url=None)
     try:
         async with open_store(embedded_url(again)) as store:
-            assert await store.visitor_last_seen(uuid) == DAY  # the buffered touch landed
+            assert await store.visitor_last_seen(uuid) == today()  # the buffered touch landed
     finally:
         assert again.stop() == 0
 
@@ -83,7 +81,7 @@ async def test_a_valkey_left_running_by_a_killed_serve_is_replaced(tmp_path: Pat
     first = start_service(tmp_path, "", redis_url=None)
     uuid = new_uuid()
     async with open_store(embedded_url(first)) as store:
-        store.put_mapping(uuid, 1234, "acme-uid-3", DAY)
+        store.put_mapping(uuid, 1234, "acme-uid-3", today())
         await store.drain()
     (orphan,) = _valkeys_of(first.process.pid)
     first.process.kill()  # the parent only: its Valkey lives on, on the same files
@@ -95,7 +93,7 @@ async def test_a_valkey_left_running_by_a_killed_serve_is_replaced(tmp_path: Pat
         assert not Path(f"/proc/{orphan}").exists() or "Z" in stat_state(orphan)
         assert "shutting down an embedded valkey left running" in second.log()
         async with open_store(embedded_url(second)) as store:
-            assert await store.mappings(uuid, DAY) == {1234: PartnerUid("acme-uid-3", DAY)}
+            assert await store.mappings(uuid, today()) == {1234: PartnerUid("acme-uid-3", today())}
     finally:
         assert second.stop() == 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ..consent import Privacy
+from ..consent import OptOut, Privacy
 from ..errors import Code, RequestError
 from ..identity import VisitorKind, today
 from ..redirects import normalize_domains
@@ -14,7 +14,7 @@ from ..signals import consent_params, first_values, parse_pairs
 from ..store import Store
 from ..sync import PartnerRules, parse_ibs, redirect_target
 from .common import SyncCounters
-from .pipeline import BOUNCED, BrowserEndpoint, Call, Opening
+from .pipeline import BOUNCED, BrowserEndpoint, Call, Opening, refusal_headers
 from .responses import GIF, GIF_HEADERS, NO_CACHE, Headers, Scope, send
 
 PATH_FORM = "/ibs:"
@@ -68,6 +68,8 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         assert privacy is not None
         sync = parse_ibs(req, self.partners, self.own_chain, privacy.partner_allowed)
         visitor = call.visitor
+        if privacy.opt_out is not None:
+            return await self._opted_out(call, sync.redir, privacy.opt_out)
         if visitor.kind is VisitorKind.NEW and self.bounce:
             if sync.bounced:
                 raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
@@ -85,7 +87,23 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
             await call.send({"type": "http.response.body", "body": b"" if call.head else GIF})
         return "ok"
 
+    async def _opted_out(self, call: Call, redir: str | None, why: OptOut) -> str:
+        """SPEC §12: an opt-out of sale or sharing (us_privacy, Sec-GPC, a GPP US
+        section) stores nothing; a `redir` is still followed, so that the partner's page
+        flow goes on, with ${DD_UUID} empty. X-Error 171 and X-Privacy say why."""
+        refused = RequestError(Code.OPTED_OUT, f"opted out of sale or sharing ({why.value})")
+        headers = [*refusal_headers(refused, call.visitor, self.cookies), privacy_header(why)]
+        if redir is None:
+            await send(call.send, 200, [*GIF_HEADERS, *headers], GIF, head=call.head)
+        else:
+            await _redirect(call, redirect_target(redir, ""), *headers)
+        return f"opt_out_{why.value}"
 
-async def _redirect(call: Call, location: bytes, cookie: tuple[bytes, bytes]) -> None:
-    headers: Headers = [(b"location", location), (b"content-length", b"0"), *NO_CACHE, cookie]
+
+def privacy_header(why: OptOut) -> tuple[bytes, bytes]:
+    return (b"x-privacy", why.value.encode())
+
+
+async def _redirect(call: Call, location: bytes, *extra: tuple[bytes, bytes]) -> None:
+    headers: Headers = [(b"location", location), (b"content-length", b"0"), *NO_CACHE, *extra]
     await send(call.send, 302, headers, b"")

@@ -12,8 +12,6 @@ from service.store import Store
 from tests.configs import API, API_TOKENS
 from tests.services import OPS, Config, Service
 
-DAY = today()
-
 
 @pytest.fixture(scope="module")
 def service_config() -> Config:
@@ -28,8 +26,8 @@ def auth(who: str) -> dict[str, str]:
 async def mapped(store: Store) -> tuple[str, str, str]:
     uuid = new_uuid()
     a, b = f"acme/{uuid[:6]}/x", f"other-{uuid[:6]}"  # a uid with slashes
-    store.put_mapping(uuid, 1234, a, DAY)
-    store.put_mapping(uuid, 99, b, DAY)
+    store.put_mapping(uuid, 1234, a, today())
+    store.put_mapping(uuid, 99, b, today())
     await store.drain()
     return uuid, a, b
 
@@ -106,8 +104,10 @@ async def test_erasure(http: httpx.AsyncClient, mapped: tuple[str, str, str], st
     assert (await http.delete(f"/v1/users/{uuid}", headers=auth("reader"))).status_code == 403
     resp = await http.delete(f"/v1/users/{uuid}", headers=auth("admin"))
     assert resp.status_code == 204
-    assert await store.mappings(uuid, DAY) == {}
-    assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {}
+    assert await store.mappings(uuid, today()) == {}
+    assert (
+        await store.lookup(1234, [a], today()) == {} and await store.lookup(99, [b], today()) == {}
+    )
     assert (await http.get(f"/v1/users/{uuid}", headers=auth("admin"))).status_code == 404
 
 
@@ -118,11 +118,11 @@ async def test_scoped_erasure(
     visitor and its other mappings stay. Again: the visitor is no longer its."""
     uuid, a, b = mapped
     assert (await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))).status_code == 204
-    assert set(await store.mappings(uuid, DAY)) == {99}
+    assert set(await store.mappings(uuid, today())) == {99}
     assert await store.client.hget(*store.schema.reverse_slot(1234, a)) is None
-    assert await store.lookup(1234, [a], DAY) == {} and await store.lookup(99, [b], DAY) == {
-        b: uuid
-    }
+    assert await store.lookup(1234, [a], today()) == {} and await store.lookup(
+        99, [b], today()
+    ) == {b: uuid}
     resp = await http.get(f"/v1/users/{uuid}", headers=auth("admin"))
     assert resp.json()["ids"] == {"99": b}
     assert (await http.delete(f"/v1/users/{uuid}", headers=auth("acme"))).status_code == 404
@@ -143,15 +143,15 @@ async def test_retention_per_partner(http: httpx.AsyncClient, store: Store) -> N
     """Mappings expire per partner, counted from last seen; the API stops answering
     them at once (the sweep deletes them later)."""
     uuid = new_uuid()
-    store.put_mapping(uuid, 7, f"short-{uuid[:6]}", DAY - 2)  # 1-day retention: expired
-    store.put_mapping(uuid, 1234, f"long-{uuid[:6]}", DAY - 2)  # default 90 days: alive
+    store.put_mapping(uuid, 7, f"short-{uuid[:6]}", today() - 2)  # 1-day retention: expired
+    store.put_mapping(uuid, 1234, f"long-{uuid[:6]}", today() - 2)  # default 90 days: alive
     await store.drain()
     resp = await http.get(f"/v1/users/{uuid}", headers=auth("admin"))
     assert resp.json()["ids"] == {"1234": f"long-{uuid[:6]}"}
     gone = await http.get(f"/v1/partners/7/users/short-{uuid[:6]}", headers=auth("admin"))
     assert gone.status_code == 404
     old = new_uuid()
-    store.put_mapping(old, 1234, f"old-{old[:6]}", DAY - 91)
+    store.put_mapping(old, 1234, f"old-{old[:6]}", today() - 91)
     await store.drain()
     expired = await http.get(f"/v1/partners/1234/users/old-{old[:6]}", headers=auth("admin"))
     assert expired.status_code == 404

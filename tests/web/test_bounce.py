@@ -30,7 +30,6 @@ from tests.test_consent import TRAFFECTIVE
 from tests.writes import NOTHING, settled, written_since
 
 KEY = "bounce-test-key"
-DAY = today()
 ORIGIN = "http://publisher.test"
 MAX_QUERY = 1024
 # Host vendor 2 and partner vendor 3 are consented in TRAFFECTIVE, 284 is not.
@@ -123,11 +122,11 @@ async def test_event_bounce_then_the_follow_up_with_the_cookie_is_stored(
     else:
         assert follow_up.content == GIF
     if trait is not None:
-        assert (await profile(store, uuid, trait)).traits[trait] == [(DAY, 1)]
+        assert (await profile(store, uuid, trait)).traits[trait] == [(today(), 1)]
     if declared is not None:  # with the consent the first request carried (gdpr=1)
 
         async def mapped() -> bool:
-            return await store.lookup(1234, [uid], DAY) == {uid: uuid}
+            return await store.lookup(1234, [uid], today()) == {uid: uuid}
 
         assert await wait_for(mapped)
 
@@ -158,7 +157,7 @@ async def test_event_follow_up_without_the_cookie_is_172_and_stores_nothing(
         assert refused.content == GIF
     # Nothing at all, for any visitor: the follow-up's own fresh uuid is never shown.
     assert await written_since(http, KEY, before) == NOTHING
-    assert await store.lookup(1234, [uid], DAY) == {}
+    assert await store.lookup(1234, [uid], today()) == {}
 
 
 async def test_event_storing_nothing_is_not_bounced(http: httpx.AsyncClient) -> None:
@@ -197,7 +196,7 @@ async def test_event_post_is_bounced_by_307_and_keeps_its_body(
     doc = follow_up.json()
     assert doc["uuid"] == uuid_of(first) and doc["traits"] == [100]
     assert sorted(doc["segments"]) == [500, 501]  # FREQUENCY counts the first view
-    assert (await profile(store, doc["uuid"], 100)).traits[100] == [(DAY, 1)]
+    assert (await profile(store, doc["uuid"], 100)).traits[100] == [(today(), 1)]
     refused = await http.post(first.headers["location"], data=body)
     assert refused.json()["errors"][0]["code"] == 172
 
@@ -260,7 +259,7 @@ async def test_setuid_bounce_then_the_follow_up_with_the_cookie_is_stored(
     assert follow_up.status_code == 200 and "x-error" not in follow_up.headers
 
     async def mapped() -> bool:
-        return await store.lookup(1234, [uid], DAY) == {uid: uuid_of(first)}
+        return await store.lookup(1234, [uid], today()) == {uid: uuid_of(first)}
 
     assert await wait_for(mapped)
 
@@ -276,7 +275,7 @@ async def test_setuid_follow_up_without_the_cookie_is_172(
     assert refused.headers["content-type"] == "text/html"  # as asked, no second bounce
     assert "set-cookie" not in refused.headers  # never a cookie on a refusal, as /event's
     assert await written_since(http, KEY, before) == NOTHING
-    assert await store.lookup(1234, [uid], DAY) == {}
+    assert await store.lookup(1234, [uid], today()) == {}
 
 
 @pytest.mark.parametrize("form", ["/ibs:dpid=1234&dpuuid={uid}", "/ibs?dpid=1234&dpuuid={uid}"])
@@ -291,7 +290,7 @@ async def test_ibs_follow_up_without_the_cookie_is_172_and_stores_nothing(
     assert refused.status_code == 200 and refused.headers["x-error"] == "172"
     assert refused.content == GIF and "set-cookie" not in refused.headers
     assert await written_since(http, KEY, before) == NOTHING
-    assert await store.lookup(1234, [uid], DAY) == {}
+    assert await store.lookup(1234, [uid], today()) == {}
 
 
 # --------------------------------------------------------------------------- bounce = false
@@ -310,13 +309,13 @@ async def test_without_the_bounce_the_first_request_is_stored_at_once(
         for resp in (ibs, setuid):
             assert resp.status_code == 200 and "x-error" not in resp.headers
     uuid = event.json()["uuid"]
-    assert (await profile(store, uuid, 100)).traits[100] == [(DAY, 1)]
+    assert (await profile(store, uuid, 100)).traits[100] == [(today(), 1)]
 
     async def mapped() -> bool:
         return (
-            await store.lookup(1234, [f"e{uid}"], DAY) == {f"e{uid}": uuid}
-            and await store.lookup(99, [f"i{uid}"], DAY) == {f"i{uid}": uuid_of(ibs)}
-            and await store.lookup(1234, [f"s{uid}"], DAY) == {f"s{uid}": uuid_of(setuid)}
+            await store.lookup(1234, [f"e{uid}"], today()) == {f"e{uid}": uuid}
+            and await store.lookup(99, [f"i{uid}"], today()) == {f"i{uid}": uuid_of(ibs)}
+            and await store.lookup(1234, [f"s{uid}"], today()) == {f"s{uid}": uuid_of(setuid)}
         )
 
     assert await wait_for(mapped)

@@ -15,7 +15,6 @@ from tests.partners import SyncingPartner
 from tests.services import Config, Service
 
 KEY = "chain-test-key"
-DAY = today()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ async def test_a_chain_through_three_partners(svc: Service, store: Store) -> Non
     assert sum("/sync/chain?t=" in u for u in visited) == 2  # two signed hops back
 
     async def all_three() -> bool:
-        return set(await store.mappings(uuid, DAY)) == {21, 22, 23}
+        return set(await store.mappings(uuid, today())) == {21, 22, 23}
 
     assert await wait_for(all_three)
 

@@ -18,7 +18,6 @@ from tests.partners import SyncingPartner
 from tests.services import Config, Service
 
 KEY = "dest5-test-key"
-DAY = today()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ async def test_a_partner_redirecting_back_completes_the_sync(
         assert done.status_code == 200 and "x-error" not in done.headers
 
     async def mapped() -> bool:
-        return 11 in await store.mappings(uuid, DAY)
+        return 11 in await store.mappings(uuid, today())
 
     assert await wait_for(mapped)
     # Without the dextp cookie the match table still says 11 is synced: not due.

@@ -15,7 +15,6 @@ from tests.conftest import wait_for
 from tests.partners import PartnerServer
 from tests.services import Config
 
-DAY = today()
 KEY = "ibs-test-key"
 
 
@@ -43,14 +42,14 @@ async def test_path_and_query_forms_store_both_directions(
     await store.drain()
 
     async def both() -> bool:
-        return len(await store.mappings(uuid, DAY)) == 2
+        return len(await store.mappings(uuid, today())) == 2
 
     assert await wait_for(both)
-    assert await store.mappings(uuid, DAY) == {
-        1234: PartnerUid(uid_a, DAY),
-        99: PartnerUid(uid_b, DAY),
+    assert await store.mappings(uuid, today()) == {
+        1234: PartnerUid(uid_a, today()),
+        99: PartnerUid(uid_b, today()),
     }
-    assert await store.lookup(1234, [uid_a], DAY) == {uid_a: uuid}
+    assert await store.lookup(1234, [uid_a], today()) == {uid_a: uuid}
 
 
 async def test_cookie_bounce(http: httpx.AsyncClient, store: Store) -> None:
@@ -72,7 +71,7 @@ async def test_cookie_bounce(http: httpx.AsyncClient, store: Store) -> None:
     assert kept.status_code == 200 and "x-error" not in kept.headers
 
     async def stored() -> dict[str, str]:
-        return await store.lookup(1234, [uid], DAY)
+        return await store.lookup(1234, [uid], today())
 
     assert await wait_for(stored) == {uid: uuid}
 
@@ -116,7 +115,7 @@ async def test_a_partner_initiated_sync_through_redirects(
     assert (last.path, last.query) == ("/synced", {"ours": [uid], "dmp": [uuid]})
 
     async def stored() -> dict[str, str]:
-        return await store.lookup(1234, [uid], DAY)
+        return await store.lookup(1234, [uid], today())
 
     assert await wait_for(stored) == {uid: uuid}
 
@@ -152,10 +151,10 @@ async def test_refusals_store_nothing(
     await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(uuid))  # a later write
 
     async def marker() -> bool:
-        return 99 in await store.mappings(uuid, DAY)
+        return 99 in await store.mappings(uuid, today())
 
     assert await wait_for(marker)
-    assert 1234 not in await store.mappings(uuid, DAY)
+    assert 1234 not in await store.mappings(uuid, today())
 
 
 async def test_opted_out_browsers_are_not_synced(http: httpx.AsyncClient) -> None:
@@ -171,8 +170,8 @@ async def test_the_latest_claim_of_a_uid_wins(http: httpx.AsyncClient, store: St
     await http.get(f"/ibs:dpid=1234&dpuuid={uid}", headers=cookie_for(second))
 
     async def moved() -> bool:
-        return await store.lookup(1234, [uid], DAY) == {uid: second} and not (
-            await store.mappings(first, DAY)
+        return await store.lookup(1234, [uid], today()) == {uid: second} and not (
+            await store.mappings(first, today())
         )
 
     assert await wait_for(moved)
@@ -185,11 +184,11 @@ async def test_declared_ids_on_event(http: httpx.AsyncClient, store: Store) -> N
     assert resp.status_code == 200 and "x-error" not in resp.headers
 
     async def both() -> bool:
-        return len(await store.mappings(uuid, DAY)) == 2
+        return len(await store.mappings(uuid, today())) == 2
 
     assert await wait_for(both)
-    assert await store.lookup(1234, [a], DAY) == {a: uuid}
-    assert await store.lookup(99, [b], DAY) == {b: uuid}
+    assert await store.lookup(1234, [a], today()) == {a: uuid}
+    assert await store.lookup(99, [b], today()) == {b: uuid}
 
 
 @pytest.mark.parametrize(
@@ -207,10 +206,10 @@ async def test_bad_declared_ids_are_refused(
     await http.get("/ibs:dpid=1234&dpuuid=marker", headers=cookie_for(uuid))
 
     async def marker() -> bool:
-        return 1234 in await store.mappings(uuid, DAY)
+        return 1234 in await store.mappings(uuid, today())
 
     assert await wait_for(marker)
-    assert 99 not in await store.mappings(uuid, DAY)  # nothing of the refused request
+    assert 99 not in await store.mappings(uuid, today())  # nothing of the refused request
 
 
 async def test_declared_ids_of_a_browser_without_cookie_are_not_stored(
@@ -225,12 +224,74 @@ async def test_declared_ids_of_a_browser_without_cookie_are_not_stored(
     await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(uuid))
 
     async def marker() -> bool:
-        return 99 in await store.mappings(uuid, DAY)
+        return 99 in await store.mappings(uuid, today())
 
     assert await wait_for(marker)
-    assert await store.lookup(1234, [uid], DAY) == {}
+    assert await store.lookup(1234, [uid], today()) == {}
 
 
 async def test_an_opted_out_cookie_is_kept_on_ibs(http: httpx.AsyncClient) -> None:
     resp = await http.get("/ibs:dpid=1234&dpuuid=x", headers={"cookie": "uuid=NOTARGET"})
     assert resp.headers["set-cookie"].startswith("uuid=NOTARGET;")
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "reason"),
+    [
+        ("us_privacy=1YYN", {}, "us_privacy"),
+        ("us_privacy=1nyn", {}, "us_privacy"),
+        ("us_privacy=1NNN", {"sec-gpc": "1"}, "gpc"),
+    ],
+)
+async def test_an_opt_out_of_sale_redirects_without_the_uuid_and_stores_nothing(
+    http: httpx.AsyncClient,
+    partner: PartnerServer,
+    store: Store,
+    query: str,
+    headers: dict[str, str],
+    reason: str,
+) -> None:
+    """SPEC §12: the partner's page flow goes on (the redirect), but it learns no uuid
+    and no mapping is stored; X-Error 171 and X-Privacy say why."""
+    uuid = new_uuid()
+    uid = f"sale-{uuid[:10]}"
+    redir = quote(f"http://localhost:{partner.port}/back?dmp=${{DD_UUID}}&x=1", safe="")
+    resp = await http.get(
+        f"/ibs:dpid=1234&dpuuid={uid}&redir={redir}&{query}",
+        headers={**cookie_for(uuid), **headers},
+    )
+    assert resp.status_code == 302
+    assert resp.headers["location"] == f"http://localhost:{partner.port}/back?dmp=&x=1"
+    assert (resp.headers["x-error"], resp.headers["x-privacy"]) == ("171", reason)
+    no_redir = await http.get(
+        f"/ibs?dpid=1234&dpuuid={uid}&{query}", headers={**cookie_for(uuid), **headers}
+    )
+    assert no_redir.status_code == 200 and no_redir.content == GIF
+    assert (no_redir.headers["x-error"], no_redir.headers["x-privacy"]) == ("171", reason)
+    await http.get("/ibs:dpid=99&dpuuid=marker", headers=cookie_for(uuid))  # a later write
+
+    async def marker() -> bool:
+        return 99 in await store.mappings(uuid, today())
+
+    assert await wait_for(marker)
+    assert 1234 not in await store.mappings(uuid, today())
+    assert await store.lookup(1234, [uid], today()) == {}
+
+
+async def test_an_opt_out_of_sale_issues_no_cookie_and_no_bounce(http: httpx.AsyncClient) -> None:
+    redir = quote("http://acme.test/back?dmp=${DD_UUID}", safe="")
+    resp = await http.get(f"/ibs:dpid=1234&dpuuid=x&redir={redir}&us_privacy=1YYY")
+    assert resp.status_code == 302 and resp.headers["location"] == "http://acme.test/back?dmp="
+    assert "set-cookie" not in resp.headers
+
+
+async def test_not_applicable_us_privacy_syncs(http: httpx.AsyncClient, store: Store) -> None:
+    uuid = new_uuid()
+    uid = f"na-{uuid[:10]}"
+    resp = await http.get(f"/ibs:dpid=1234&dpuuid={uid}&us_privacy=1---", headers=cookie_for(uuid))
+    assert resp.status_code == 200 and "x-error" not in resp.headers
+
+    async def stored() -> dict[str, str]:
+        return await store.lookup(1234, [uid], today())
+
+    assert await wait_for(stored) == {uid: uuid}

@@ -19,7 +19,6 @@ from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 from tests.writes import NOTHING, settled, written_since
 
 KEY = "prebid-test-key"
-DAY = today()
 ORIGIN = "http://publisher.test"
 OTHER_ORIGIN = "https://elsewhere.test"  # not in [prebid] cors_origins
 
@@ -75,10 +74,10 @@ async def stored_mappings(store: Store, uuid: str, count: int) -> dict[int, Part
     await store.drain()  # the test's own writes: in Redis for the service to read
 
     async def enough() -> dict[int, PartnerUid]:
-        found = await store.mappings(uuid, DAY)
+        found = await store.mappings(uuid, today())
         return found if len(found) == count else {}
 
-    return await wait_for(enough) or await store.mappings(uuid, DAY)
+    return await wait_for(enough) or await store.mappings(uuid, today())
 
 
 # --------------------------------------------------------------------------- /cookie_sync
@@ -312,8 +311,8 @@ async def test_cookie_sync_already_synced(http: httpx.AsyncClient, store: Store)
     """A fresh mapping in the match table is "already synced"; one older than the
     partner's refresh_days (7 by default) is synced again."""
     uuid = new_uuid()
-    store.put_mapping(uuid, 801, f"fresh-{uuid[:6]}", DAY - 6)
-    store.put_mapping(uuid, 802, f"stale-{uuid[:6]}", DAY - 7)
+    store.put_mapping(uuid, 801, f"fresh-{uuid[:6]}", today() - 6)
+    store.put_mapping(uuid, 802, f"stale-{uuid[:6]}", today() - 7)
     await stored_mappings(store, uuid, 2)
     resp = await http.post(
         "/cookie_sync", json={"bidders": ["acme", "framer"], "debug": True}, headers=visitor(uuid)
@@ -447,7 +446,7 @@ async def test_setuid_stores_the_mapping(
     assert resp.headers["set-cookie"].startswith(f"uuid={uuid}.")
     dpid = 802 if "framer" in query else 801
     assert (await stored_mappings(store, uuid, 1))[dpid].uid == uid
-    assert await store.lookup(dpid, [uid], DAY) == {uid: uuid}
+    assert await store.lookup(dpid, [uid], today()) == {uid: uuid}
 
 
 async def test_setuid_empty_uid_deletes_the_mapping(http: httpx.AsyncClient, store: Store) -> None:
@@ -458,7 +457,7 @@ async def test_setuid_empty_uid_deletes_the_mapping(http: httpx.AsyncClient, sto
     resp = await http.get("/setuid?bidder=ACME&uid=&f=i", headers=visitor(uuid))
     assert resp.status_code == 200 and resp.content == GIF
     assert set(await stored_mappings(store, uuid, 1)) == {802}
-    assert await store.lookup(801, [f"del-801-{uuid[:6]}"], DAY) == {}
+    assert await store.lookup(801, [f"del-801-{uuid[:6]}"], today()) == {}
     again = await http.get("/setuid?bidder=acme", headers=visitor(uuid))  # nothing left
     assert again.status_code == 200
 
@@ -487,7 +486,7 @@ async def test_setuid_without_the_visitor_cookie_stores_nothing(
     assert resp.status_code == 200 and resp.content == GIF
     assert resp.headers["x-error"] == "172"
     assert await written_since(http, KEY, before) == NOTHING
-    assert await store.lookup(801, [uid], DAY) == {}
+    assert await store.lookup(801, [uid], today()) == {}
 
 
 # --------------------------------------------------------------------------- /getuids

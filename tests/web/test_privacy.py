@@ -13,7 +13,6 @@ from tests.services import Config
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 
 KEY = "privacy-test-key"
-DAY = today()
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +56,10 @@ async def test_without_consent_nothing_is_stored_and_no_cookie_set(
     await http.get("/ibs:dpid=1234&dpuuid=marker&gdpr=0", headers=cookie_for(uuid))
 
     async def marker() -> bool:
-        return 1234 in await store.mappings(uuid, DAY)
+        return 1234 in await store.mappings(uuid, today())
 
     assert await wait_for(marker)
-    assert await store.lookup(1234, [uid], DAY) == {}
+    assert await store.lookup(1234, [uid], today()) == {}
 
 
 async def test_partners_are_synced_only_with_their_own_consent(
@@ -80,11 +79,11 @@ async def test_partners_are_synced_only_with_their_own_consent(
     assert event.status_code == 200 and "x-error" not in event.headers
 
     async def stored() -> bool:
-        got = await store.mappings(uuid, DAY)
+        got = await store.mappings(uuid, today())
         return got.get(1234) is not None and got[1234].uid == f"cid-{uuid[:6]}"
 
     assert await wait_for(stored)
-    assert set(await store.mappings(uuid, DAY)) == {1234}
+    assert set(await store.mappings(uuid, today())) == {1234}
 
 
 async def test_outside_gdpr_everything_flows(http: httpx.AsyncClient, store: Store) -> None:
@@ -93,6 +92,6 @@ async def test_outside_gdpr_everything_flows(http: httpx.AsyncClient, store: Sto
     assert resp.status_code == 200 and "x-error" not in resp.headers
 
     async def stored() -> bool:
-        return 66 in await store.mappings(uuid, DAY)
+        return 66 in await store.mappings(uuid, today())
 
     assert await wait_for(stored)

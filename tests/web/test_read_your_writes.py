@@ -28,7 +28,6 @@ ADMIN = "ryw-admin"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 PAIRS = 1000
 ERASE_ROUND = 100  # erasures per stall of the writer
-DAY = today()
 SYNC = 801  # a partner of /ibs and Prebid's /setuid ("Acme")
 RT = 31  # a real-time partner: it answers "abc", trait 5031
 
@@ -253,7 +252,7 @@ async def erasure_round(
 
     async def in_redis(uuid: str) -> bool:  # read by this test: no read-back
         state = await store.visitor_state(uuid)
-        return SYNC in state.mappings(DAY) and 100 in state.profile.traits
+        return SYNC in state.mappings(today()) and 100 in state.profile.traits
 
     async def in_redis_each() -> list[bool]:
         return await asyncio.gather(*(in_redis(uuid) for uuid, _ in visitors))

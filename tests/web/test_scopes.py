@@ -24,7 +24,6 @@ from tests.configs import api_key, entry
 from tests.services import Config
 
 A, B = 1234, 99
-DAY = today()
 TOKENS = {
     "read": "scope-read",
     "write": "scope-write",
@@ -110,9 +109,9 @@ class World:
 async def world(store: Store) -> World:
     both, only_b = new_uuid(), new_uuid()
     w = World(both, f"a/{both[:8]}", f"b-{both[:8]}", only_b, f"ob-{only_b[:8]}", new_uuid())
-    store.put_mapping(both, A, w.uid_a, DAY)
-    store.put_mapping(both, B, w.uid_b, DAY)
-    store.put_mapping(only_b, B, w.uid_ob, DAY)
+    store.put_mapping(both, A, w.uid_a, today())
+    store.put_mapping(both, B, w.uid_b, today())
+    store.put_mapping(only_b, B, w.uid_ob, today())
     await store.drain()
     return w
 
@@ -227,7 +226,7 @@ def erased(uuid: Callable[[World], str], *uids: tuple[int, Callable[[World], str
         for dpid, uid in uids:
             assert await _owner(http, dpid, uid(w)) is None
             assert await _reverse_entry(store, dpid, uid(w)) is None
-        assert await store.mappings(uuid(w), DAY) == {}
+        assert await store.mappings(uuid(w), today()) == {}
         assert not (await store.visitor_state(uuid(w))).found
         other = w.only_b if uuid(w) == w.both else w.both
         assert await _ids(http, other)  # another visitor keeps its ids
@@ -243,7 +242,7 @@ async def a_removed(http: httpx.AsyncClient, store: Store, w: World, resp: httpx
     assert await _owner(http, B, w.uid_b) == w.both
     assert await _reverse_entry(store, A, w.uid_a) is None
     assert await _reverse_entry(store, B, w.uid_b) is not None
-    assert set(await store.mappings(w.both, DAY)) == {B}
+    assert set(await store.mappings(w.both, today())) == {B}
     assert await _ids(http, w.only_b) == {str(B): w.uid_ob}
 
 
