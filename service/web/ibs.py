@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from ..activities import Activity, PrivacyGate
 from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import VisitorKind, today
@@ -33,8 +34,10 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         *,
         bounce: bool,
         public_url: str,
+        gate: PrivacyGate,
     ) -> None:
         super().__init__(opening)
+        self.gate = gate
         host = urlsplit(public_url).hostname or ""
         self.own_chain = (f"{public_url}/sync/chain?", normalize_domains([host]))
         self.store = store
@@ -68,22 +71,28 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         assert privacy is not None
         sync = parse_ibs(req, self.partners, self.own_chain, privacy.partner_allowed)
         visitor = call.visitor
-        if visitor.kind is VisitorKind.NEW and self.bounce:
+        # A partner whose rules deny it syncs learns nothing and is stored nothing (so
+        # nothing to bounce for): its redirect still goes, ${DD_UUID} empty (what SPEC
+        # §12 does for an opt-out).
+        synced = self.gate.ruled(sync.partner.dpid, Activity.SYNC, privacy)
+        if synced and visitor.kind is VisitorKind.NEW and self.bounce:
             if sync.bounced:
                 raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
             return await self.cookie_bounce(call)
         assert visitor.uuid is not None
-        self.store.put_mapping(visitor.uuid, sync.partner.dpid, sync.uid, today())
-        self.counters.completed(sync.partner.dpid)
+        if synced:
+            self.store.put_mapping(visitor.uuid, sync.partner.dpid, sync.uid, today())
+            self.counters.completed(sync.partner.dpid)
         cookie = self.cookies.set_header(visitor)
         if sync.redir is not None:
-            await _redirect(call, redirect_target(sync.redir, visitor.uuid), cookie)
+            uuid = visitor.uuid if synced else ""
+            await _redirect(call, redirect_target(sync.redir, uuid), cookie)
         else:
             await call.send(
                 {"type": "http.response.start", "status": 200, "headers": [*GIF_HEADERS, cookie]}
             )
             await call.send({"type": "http.response.body", "body": b"" if call.head else GIF})
-        return "ok"
+        return "ok" if synced else "denied"
 
 
 async def _redirect(call: Call, location: bytes, cookie: tuple[bytes, bytes]) -> None:
