@@ -3,6 +3,7 @@ the [[partners.privacy]] configuration that compiles into them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -287,3 +288,19 @@ def test_check_config_reports_bad_rules(tmp_path: Path) -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "1 partners" in ok.stdout
+
+
+def test_the_example_partner_and_its_rules_parse() -> None:
+    """deploy/pixelsync.example.toml's commented [[partners]] block, uncommented."""
+    text = (Path(__file__).parent.parent / "deploy" / "pixelsync.example.toml").read_text()
+    block = text[text.index("# [[partners]]") : text.index("# API keys")]
+    keys = [
+        line[2:].split("  #")[0]
+        for line in block.splitlines()
+        if re.match(r"# (\[|\w+ =)", line) and "realtime" not in line
+    ]
+    (partner,) = parse_settings(tomllib.loads("\n".join(keys))).partners
+    assert [(r.allows, r.activities, r.gpp_sid) for r in partner.privacy] == [
+        (True, ["sync"], [8]),
+        (False, ["sync", "fire", "s2s"], [7, 8]),
+    ]
