@@ -192,6 +192,7 @@ def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPat
         settings.cookies,
         limit=settings.sync.max_partners_per_page,
         public_url=settings.public_url,
+        gate=domain.gate,
     )
     prebid = PrebidEndpoints(
         store,
@@ -201,6 +202,7 @@ def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPat
         bounce=settings.cookies.bounce,
         shuffle=random.Random().shuffle,
         cors_origins=frozenset(o.encode() for o in settings.prebid.allowed_origins),
+        gate=domain.gate,
     )
     hot: dict[str, ASGIApp] = {
         "/event": EventEndpoint(
@@ -214,6 +216,7 @@ def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPat
             partner_rules(settings.partners),
             bounce=settings.cookies.bounce,
             public_url=settings.public_url,
+            gate=domain.gate,
         ),
         "/sync/chain": ChainEndpoint(
             opening, offers, ChainTokens(settings.secret_keys), public_url=settings.public_url

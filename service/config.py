@@ -41,6 +41,7 @@ __all__ = [
     "Partner",
     "PrebidConfig",
     "PrivacyConfig",
+    "PrivacyRule",
     "RealtimeConfig",
     "S2SDestinationConfig",
     "Segment",
@@ -191,6 +192,34 @@ def _origins(v: list[str]) -> str | None:
     return None
 
 
+# What a [[partners.privacy]] rule may name (service/activities.py says what each covers).
+ACTIVITIES: Final = ("sync", "fire", "s2s", "export")
+# GPP section ids as gpp_sid carries them (consent.gpp_sections reads up to 3 digits);
+# 3 and 4 are the GPP header and signal integrity, never a section in force.
+_NOT_SECTIONS: Final = frozenset({3, 4})
+
+
+def _activities(v: list[str]) -> str | None:
+    if not v:
+        return "must not be empty"
+    bad = [a for a in v if a not in ACTIVITIES]
+    if bad:
+        return f"unknown activity {', '.join(map(repr, bad))}; use {', '.join(ACTIVITIES)}"
+    return None
+
+
+def _section_ids(v: list[int]) -> str | None:
+    if not v:
+        return "must not be empty (leave the key out for no condition)"
+    bad = [s for s in v if not 0 < s <= 999 or s in _NOT_SECTIONS]
+    if bad:
+        return (
+            f"{', '.join(map(str, bad))}: not a GPP section id (1..999; 3 and 4 are the "
+            "GPP header and signal integrity)"
+        )
+    return None
+
+
 def _power_of_two(v: int) -> str | None:
     return None if v >= 1 and v & (v - 1) == 0 else "must be a power of two"
 
@@ -324,6 +353,27 @@ class PrebidConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyRule:
+    """One [[partners.privacy]] entry: the activities it denies (or allows, overriding
+    the partner's later rules), when its conditions hold. First match wins, per
+    activity, as in Prebid Server's activity controls (service/activities.py)."""
+
+    deny: list[str] | None = field(default=None, metadata=_check(_activities))
+    allow: list[str] | None = field(default=None, metadata=_check(_activities))
+    # Conditions, all of which must hold; none: the rule always applies.
+    gpp_sid: list[int] | None = field(default=None, metadata=_check(_section_ids))
+    gdpr: bool | None = None  # whether GDPR applies to the request
+
+    @property
+    def allows(self) -> bool:
+        return self.allow is not None
+
+    @property
+    def activities(self) -> list[str]:
+        return self.allow if self.allow is not None else (self.deny or [])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Partner:
     dpid: int = field(metadata=_check(_positive))
     name: str = field(metadata=_check(_non_empty))
@@ -340,6 +390,8 @@ class Partner:
     sync_type: Literal["redirect", "iframe"] = "redirect"
     # An iframe sync besides sync_url (Prebid's iframe syncer).
     iframe_sync_url: str = field(default="", metadata=_check(_http_url_or_empty))
+    # [[partners.privacy]]: activity rules (read by read_partner, not by the schema).
+    privacy: list[PrivacyRule] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -485,6 +537,7 @@ _KIND_NAMES: Final[dict[object, str]] = {
     int: "an integer",
     float: "a number",
     list[str]: "a list of strings",
+    list[int]: "a list of integers",
     dict[str, int]: "a table of integers",
     dict[str, str]: "a table of strings",
 }
@@ -535,7 +588,8 @@ def _settings_fields() -> tuple[dict[str, type], tuple[str, ...]]:
 
 _TABLE_TYPES, _ARRAYS = _settings_fields()
 _TABLES: Final = {name: _schema(cls) for name, cls in _TABLE_TYPES.items()}
-_PARTNER: Final = _schema(Partner)
+_PARTNER: Final = _schema(Partner, skip=("privacy",))
+_PRIVACY_RULE: Final = _schema(PrivacyRule)
 _API_KEY: Final = _schema(ApiKey)
 _TRAIT: Final = _schema(Trait)
 _SEGMENT: Final = _schema(Segment)
@@ -677,6 +731,32 @@ def _check_partner_refs(raw: Mapping[str, list[Any]], problems: list[str]) -> No
                 problems.append(f"{where}: key 'partner': required for type {entry['type']}")
 
 
+def _read_privacy_rules(raw: Any, where: str, problems: list[str]) -> list[PrivacyRule]:
+    """A partner's [[partners.privacy]] entries, each checked on its own."""
+    if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
+        problems.append(
+            f"{where}: key 'privacy': must be an array of tables ([[partners.privacy]])"
+        )
+        return []
+    rules: list[PrivacyRule] = []
+    for index, entry in enumerate(raw):
+        at = f"{where}: [[partners.privacy]] entry {index + 1}"
+        before = len(problems)
+        values = _read_keys(entry, _PRIVACY_RULE, at, problems)
+        if ("deny" in entry) == ("allow" in entry):
+            problems.append(f"{at}: key 'deny': one of deny or allow is required, not both")
+        activities = values.get("deny") or values.get("allow") or []
+        if "export" in activities and "gpp_sid" in entry:
+            problems.append(
+                f"{at}: key 'gpp_sid': not allowed on a rule naming export: a batch export "
+                "has no request, so no gpp_sid (give export a rule of its own, with no "
+                "condition or gdpr, which is [privacy] gdpr_default)"
+            )
+        if len(problems) == before:
+            rules.append(PrivacyRule(**values))
+    return rules
+
+
 @dataclass
 class _Refs:
     """Sids named by rules and mappings, checked once every array is read."""
@@ -724,7 +804,8 @@ def parse_settings(doc: Mapping[str, Any], source: str = "<config>") -> Settings
         tables[name] = _read_keys(raw, schema, f"[{name}]", problems)
 
     def read_partner(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
-        values = _read_keys(raw, _PARTNER, where, problems)
+        values = _read_keys(raw, _PARTNER, where, problems, extra_ok=frozenset({"privacy"}))
+        values["privacy"] = _read_privacy_rules(raw.get("privacy", []), where, problems)
         _check_templates(values, ("sync_url", "realtime_url", "iframe_sync_url"), where, problems)
         if values.get("sync_type") == "iframe" and values.get("iframe_sync_url"):
             problems.append(

@@ -8,11 +8,14 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Final
 
+from .activities import DENIAL_REASONS
+
 WINDOW_TITLES: Final = {"1h": "Last hour", "24h": "Last 24 hours", "7d": "Last 7 days"}
+PRIVACY_REASONS: Final = tuple(str(r) for r in DENIAL_REASONS)
 DEST_COLUMNS: Final = ("instructed", "loaded", "confirmed", "delivered", "failed")
 PALETTE: Final = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
@@ -79,6 +82,8 @@ class Page:
     threshold: float  # loss rates above it are highlighted
     refresh_s: int
     generated: str  # ISO time
+    # window -> partners with privacy denials (activities.denials), by reason
+    privacy: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
 
 
 def percent(rate: float | None) -> str:
@@ -100,7 +105,7 @@ def render(page: Page) -> str:
         _totals(page.totals),
     ]
     for w in windows:
-        body.append(_window(w, page.loss[w], page.threshold))
+        body.append(_window(w, page.loss[w], page.threshold, page.privacy.get(w, ())))
     body.append(_match_rates(page.match_rates, page.threshold))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -137,7 +142,12 @@ def _row(cells: Sequence[str], *, over: bool, key: str, name: str) -> str:
     return f'<tr{cls} data-id="{escape(key)}"><td>{escape(name)}{mark}</td>{tds}</tr>'
 
 
-def _window(window: str, doc: Mapping[str, Any], threshold: float) -> str:
+def _window(
+    window: str,
+    doc: Mapping[str, Any],
+    threshold: float,
+    privacy: Sequence[Mapping[str, Any]] = (),
+) -> str:
     out = [f'<section id="w-{window}"><h2>{WINDOW_TITLES[window]}</h2>']
     dests = doc.get("destinations", [])
     out.append("<h3>Destinations</h3>")
@@ -182,7 +192,31 @@ def _window(window: str, doc: Mapping[str, Any], threshold: float) -> str:
         out.append(_chart(f"chart-match-{window}", "Match rate over time", doc, series, None))
     else:
         out.append('<p class="muted">No partners configured.</p>')
+    out.append(_privacy(window, privacy))
     out.append("</section>")
+    return "".join(out)
+
+
+def _privacy(window: str, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Partner activities privacy denied in the window, by reason (activities.py)."""
+    out = ["<h3>Privacy denials</h3>"]
+    if not rows:
+        out.append('<p class="muted">No partner activity was denied.</p>')
+        return "".join(out)
+    head = "".join(f"<th>{c}</th>" for c in ("partner", *PRIVACY_REASONS, "total", "activities"))
+    body = []
+    for r in rows:
+        activities = ", ".join(f"{escape(a)} {number(n)}" for a, n in r["activities"].items())
+        cells = [number(r["reasons"].get(reason, 0)) for reason in PRIVACY_REASONS]
+        body.append(
+            _row(
+                [*cells, number(r["total"]), activities],
+                over=False,
+                key=f"p{r['dpid']}",
+                name=r["name"],
+            )
+        )
+    out.append(_table(f"privacy-{window}", head, body))
     return "".join(out)
 
 

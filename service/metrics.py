@@ -86,6 +86,14 @@ REDIS_UP: Final = Gauge(
     "pixelsync_redis_up", "1 when Redis answered the last flush", multiprocess_mode="min"
 )
 
+PRIVACY_DECISIONS: Final = Counter(
+    "pixelsync_privacy_decisions",
+    "Partner activities denied by privacy, per partner (dpid; 0: a destination of no "
+    "partner), activity (sync, fire, s2s, export) and reason (gdpr_consent, us_privacy, "
+    "gpc, gpp_us, rule)",
+    ["partner", "activity", "reason"],
+)
+
 # Prebid Server's user-sync metrics (SPEC §15), under its names and labels.
 COOKIE_SYNC_REQUESTS: Final = Counter(
     "pixelsync_cookie_sync_requests",
@@ -120,6 +128,7 @@ __all__ = [
     "LATENCY",
     "LATENCY_BUCKETS",
     "MAPPINGS_STORED",
+    "PRIVACY_DECISIONS",
     "REALTIME",
     "REALTIME_BREAKER",
     "REALTIME_LATENCY",

@@ -361,11 +361,14 @@ def choose(
     privacy: Privacy,
     today: int,
     shuffle: Shuffle,
+    permits: Callable[[int], bool] | None = None,
 ) -> list[Evaluation]:
     """Evaluate the requested bidders (all configured ones when none were named) until
     `limit` syncs are chosen, as Prebid Server's chooser does: with a limit, in a
     shuffled order, so that every bidder gets its turn. A code named again exactly as
-    before is skipped; another spelling of a bidder already seen is a duplicate."""
+    before is skipped; another spelling of a bidder already seen is a duplicate.
+    `permits(dpid)`: whether privacy lets the bidder sync (activities.PrivacyGate);
+    without it, the request's opt-out and the bidder's GDPR consent decide."""
     codes = list(request.bidders) or [b.name for b in bidders.all]
     if request.limit:
         shuffle(codes)
@@ -379,7 +382,9 @@ def choose(
         if code in codes_seen:
             continue
         codes_seen.add(code)
-        evaluation = _evaluate(code, bidders, seen, request.filter, synced_days, privacy, today)
+        evaluation = _evaluate(
+            code, bidders, seen, request.filter, synced_days, privacy, today, permits
+        )
         chosen += evaluation.status is Status.OK
         out.append(evaluation)
     return out
@@ -393,6 +398,7 @@ def _evaluate(
     synced_days: Mapping[int, int],
     privacy: Privacy,
     today: int,
+    permits: Callable[[int], bool] | None,
 ) -> Evaluation:
     bidder = bidders.get(code)
     if bidder is None:
@@ -409,7 +415,11 @@ def _evaluate(
         return Evaluation(code, Status.REJECTED_BY_FILTER, bidder)
     if fresh(bidder, synced_days.get(bidder.dpid), today):
         return Evaluation(code, Status.ALREADY_SYNCED, bidder)
-    if not (privacy.partner_allowed(bidder.gvl_id) and privacy.outbound_allowed):
+    if permits is not None:
+        allowed = permits(bidder.dpid)
+    else:
+        allowed = privacy.partner_allowed(bidder.gvl_id) and privacy.outbound_allowed
+    if not allowed:
         return Evaluation(code, Status.BLOCKED_BY_PRIVACY, bidder)
     return Evaluation(code, Status.OK, bidder, sync_type)
 

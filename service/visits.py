@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from . import metrics
+from .activities import Activity, PrivacyGate
 from .consent import Privacy
 from .destinations import CookieDestination, DestinationRules, Fire, Tokens, dest_field
 from .identity import Visitor, VisitorKind
@@ -75,7 +76,7 @@ class Profiles:
         loss: TallyCounters,
         *,
         s2s: S2SSender | None,
-        gvl_ids: Mapping[int, int],
+        gate: PrivacyGate,
         region: int,
     ) -> None:
         self.store = store
@@ -84,7 +85,7 @@ class Profiles:
         self.tokens = tokens
         self.loss = loss
         self.s2s = s2s
-        self.gvl_ids = gvl_ids
+        self.gate = gate
         self.region = region
 
     async def read(self, visitor: Visitor, *, store_new: bool = False) -> State:
@@ -106,12 +107,13 @@ class Profiles:
         read would only wait as long again)."""
         return state.read.mappings(day)
 
-    def allowed(self, privacy: Privacy, partner: int | None) -> bool:
-        """May a destination of this partner be fed, for this request? One without a
-        partner is fed unless GDPR applies (it has no vendor id to consent to)."""
-        if not privacy.outbound_allowed:
-            return False
-        return privacy.partner_allowed(self.gvl_ids.get(partner, 0) if partner else 0)
+    def allowed(
+        self, privacy: Privacy, partner: int | None, activity: Activity = Activity.FIRE
+    ) -> bool:
+        """May a destination of this partner be fed, for this request (a denial is
+        counted)? One without a partner is fed unless GDPR applies (it has no vendor
+        id to consent to)."""
+        return self.gate.permits(partner, activity, privacy)
 
     def macro_values(
         self, visitor: Visitor, state: State, privacy: Privacy, consent: Mapping[str, str], day: int
@@ -263,7 +265,7 @@ class Profiles:
         mapped: dict[int, PartnerUid] | None = None
         for d in self.rules.s2s:
             changes = d.changes(result.entered, result.exited)
-            if not changes or not self.allowed(privacy, d.partner):
+            if not changes or not self.allowed(privacy, d.partner, Activity.S2S):
                 continue
             if mapped is None:
                 mapped = read.mappings(day)

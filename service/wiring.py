@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .activities import Policies, PrivacyGate
 from .config import ConfigError, S2SDestinationConfig, Settings
 from .destinations import DestinationRules, Tokens
 from .macros import Template
@@ -64,6 +65,7 @@ class Domain:
     sender: S2SSender | None
     realtime: RealtimeCaller
     profiles: Profiles
+    gate: PrivacyGate  # every partner's privacy policy, its denials counted
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Domain:
@@ -71,6 +73,7 @@ class Domain:
         rules = DestinationRules(settings.destinations)
         tokens = Tokens(settings.secret_keys, settings.public_url)
         loss = loss_counters(store.tally)
+        gate = PrivacyGate(Policies(settings.partners), store.tally)
         s2s_destinations = s2s_from(settings, os.environ)
         # One client for every partner call, keep-alive and bounded. A visitor's call
         # must not carry a cookie a partner set for another: no cookie is kept.
@@ -122,10 +125,27 @@ class Domain:
             tokens,
             loss,
             s2s=sender,
-            gvl_ids={p.dpid: p.gvl_id for p in settings.partners},
+            gate=gate,
             region=settings.server.region,
         )
-        return cls(qualifier, rules, tokens, loss, partner_http, sender, realtime, profiles)
+        return cls(
+            qualifier,
+            rules,
+            tokens,
+            loss,
+            partner_http,
+            sender,
+            realtime,
+            profiles,
+            gate,
+            settings.privacy.gdpr_default,
+        )
+
+    gdpr_default: int = 0  # [privacy] gdpr_default: whether GDPR applies to an export
+
+    def export_allowed(self, dpid: int) -> bool:
+        """Whether the partner's rules let its file destinations be exported to."""
+        return self.gate.export_permits(dpid, self.gdpr_default)
 
     async def close(self, timeout: float = 5.0) -> None:
         if self.sender is not None:

@@ -18,6 +18,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ..qualification import Qualifier
 from ..store import Store
 
 BUCKETS_PER_ROUND: Final = 256
+log = logging.getLogger("pixelsync.export")
 
 
 @dataclass
@@ -109,15 +111,24 @@ class ExportResult:
     unmapped: int  # visitors without a mapping to the destination's partner
     unchanged: int  # iter: visitors in the same segments as last time
     seconds: float
+    skipped: str = ""  # why nothing was exported (a privacy rule), or ""
 
     def doc(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
 class Exporter:
-    def __init__(self, store: Store, qualifier: Qualifier) -> None:
+    def __init__(
+        self,
+        store: Store,
+        qualifier: Qualifier,
+        allowed: Callable[[int], bool] | None = None,
+    ) -> None:
+        """`allowed(dpid)`: whether the partner's privacy rules let it be exported to
+        (activities.PrivacyGate.export_permits); None: always."""
         self.store = store
         self.qualifier = qualifier
+        self.allowed = allowed
 
     async def run(
         self,
@@ -137,6 +148,13 @@ class Exporter:
         now = time.time() if now is None else now
         day = int(now // 86400)
         dest, dpid = destination.id, destination.partner
+        if self.allowed is not None and not self.allowed(dpid):
+            # Done for the day (the worker does not retry); the mark stays, so the next
+            # allowed iter export sends every change since the last one sent.
+            why = f"partner {dpid}'s [[partners.privacy]] rules deny export"
+            log.warning("export skipped", extra={"destination": dest, "reason": why})
+            await self.store.set_export_state(dest, state="skipped", last_day=str(day))
+            return ExportResult(dest, mode, [], "", 0, 0, 0, 0.0, skipped=why)
         aliases = {int(sid): alias for sid, alias in destination.mappings.items()}
         await self._recover(dest)
         await self.store.set_export_state(dest, state="staging")

@@ -118,7 +118,9 @@ async def export_command(
         return 2
     async with running(settings, url) as (store, domain):
         folder = out or out_dir(found[0], settings.data_dir)
-        result = await Exporter(store, domain.qualifier).run(found[0], mode, folder)
+        result = await Exporter(store, domain.qualifier, domain.export_allowed).run(
+            found[0], mode, folder
+        )
         print(json.dumps(result.doc()), flush=True)
     return 0
 
@@ -127,7 +129,7 @@ async def worker_command(settings: Settings, url: str, stop: asyncio.Event) -> i
     async with running(settings, url) as (store, domain):
         worker = Worker(
             store,
-            Exporter(store, domain.qualifier),
+            Exporter(store, domain.qualifier, domain.export_allowed),
             Importer(store, domain.qualifier, domain.profiles),
             [d for d in settings.destinations if isinstance(d, FileDestinationConfig)],
             settings.data_dir,

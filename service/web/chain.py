@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..activities import Activity
 from ..consent import Privacy
 from ..macros import consent_values
 from ..signals import consent_params, first_values, parse_pairs
@@ -63,9 +64,9 @@ class ChainEndpoint(BrowserEndpoint[ChainRequest]):
             for d in dpids
             if (p := self.offers.by_dpid.get(d)) is not None
             and p.render != "iframe"  # a hop is a redirect
-            and privacy.partner_allowed(p.gvl_id)
+            and self.offers.gate.permits(p.dpid, Activity.SYNC, privacy)
         ][:MAX_HOPS]
-        if not hops or not privacy.outbound_allowed:  # the end of the chain
+        if not hops:  # the end of the chain
             await send(call.send, 200, [*GIF_HEADERS, *out], GIF, head=call.head)
             return "end"
         first, rest = hops[0], hops[1:]

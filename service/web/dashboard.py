@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from .. import metrics
+from ..activities import denials
 from ..config import DashboardConfig
 from ..dashboard import CSP, Page, Totals, render
 from ..loss import WINDOWS, minutes
@@ -125,16 +126,15 @@ class Dashboard:
         buckets = await self.store.counts_by_minute(span)
         loss: dict[str, Any] = {}
         requests: dict[str, int] = {}
+        privacy: dict[str, Any] = {}
         for window in PAGE_WINDOWS:
             wanted = minutes(window, now_minute)
             part = buckets[wanted.start - span.start :]
             assert len(part) == len(wanted) and window in WINDOWS
             loss[window] = self.api.loss_doc(window, now_minute, part)
             requests[window] = sum(b.get(REQUESTS_FIELD, 0) for b in part)
-        totals: dict[str, int] = {}
-        for bucket in buckets:
-            for field, n in bucket.items():
-                totals[field] = totals.get(field, 0) + n
+            privacy[window] = denials(_summed(part), self.api.names)
+        totals = _summed(buckets)
         visitors, mappings, exact = await self.stats.get()
         return Page(
             loss=loss,
@@ -142,6 +142,7 @@ class Dashboard:
             totals=Totals(requests, visitors, mappings, exact),
             threshold=self.threshold,
             refresh_s=self.refresh_s,
+            privacy=privacy,
             generated=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         )
 
@@ -156,6 +157,14 @@ class Dashboard:
         if not (isinstance(doc, list) and len(doc) == 2 and all(isinstance(v, str) for v in doc)):
             return None
         return self.keys.named(doc[0], doc[1])
+
+
+def _summed(buckets: list[dict[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for bucket in buckets:
+        for field, n in bucket.items():
+            totals[field] = totals.get(field, 0) + n
+    return totals
 
 
 def _admin(caller: Caller | None) -> bool:

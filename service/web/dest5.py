@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .. import metrics
+from ..activities import Activity, PrivacyGate
 from ..config import CookiesConfig
 from ..consent import Privacy
 from ..destinations import Fire
@@ -54,8 +55,10 @@ class SyncOffers:
         *,
         limit: int,
         public_url: str,
+        gate: PrivacyGate,
     ) -> None:
         self.store = store
+        self.gate = gate
         self.partners = partners
         self.limit = limit
         self.public_url = public_url
@@ -82,7 +85,12 @@ class SyncOffers:
         """(syncs to hand out, the dextp Set-Cookie recording them or None).
         `mapped`: the visitor's mappings when the caller has read them already.
         `iframes`: whether partners whose sync page must load in an iframe count."""
-        if visitor.uuid is None or not privacy.outbound_allowed or not self.partners:
+        if visitor.uuid is None or not self.partners:
+            return [], None
+        if not privacy.outbound_allowed:  # counted once per partner it would consider
+            for p in self.partners:
+                if iframes or p.render != "iframe":
+                    self.gate.permits(p.dpid, Activity.SYNC, privacy)
             return [], None
         now = time.time() if now is None else now
         value = self.value(headers)
@@ -92,7 +100,8 @@ class SyncOffers:
         candidates = [
             p
             for p in self.partners
-            if privacy.partner_allowed(p.gvl_id) and (iframes or p.render != "iframe")
+            if (iframes or p.render != "iframe")
+            and self.gate.permits(p.dpid, Activity.SYNC, privacy)
         ]
         everyone = len(candidates)
         if not due_partners(candidates, handed, {}, now=now, limit=everyone):

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from ..consent import OptOut, Privacy
+from ..activities import Activity, PrivacyGate, Reason
+from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import VisitorKind, today
 from ..redirects import normalize_domains
@@ -33,8 +34,10 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         *,
         bounce: bool,
         public_url: str,
+        gate: PrivacyGate,
     ) -> None:
         super().__init__(opening)
+        self.gate = gate
         host = urlsplit(public_url).hostname or ""
         self.own_chain = (f"{public_url}/sync/chain?", normalize_domains([host]))
         self.store = store
@@ -68,8 +71,9 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
         assert privacy is not None
         sync = parse_ibs(req, self.partners, self.own_chain, privacy.partner_allowed)
         visitor = call.visitor
-        if privacy.opt_out is not None:
-            return await self._opted_out(call, sync.redir, privacy.opt_out)
+        allowed, why = self.gate.decide(sync.partner.dpid, Activity.SYNC, privacy)
+        if not allowed:  # an opt-out of sale or sharing, or the partner's rules
+            return await self._not_synced(call, sync.redir, why)
         if visitor.kind is VisitorKind.NEW and self.bounce:
             if sync.bounced:
                 raise RequestError(Code.COOKIES_BLOCKED, "the browser refuses cookies")
@@ -87,21 +91,22 @@ class IbsEndpoint(BrowserEndpoint[dict[str, str]]):
             await call.send({"type": "http.response.body", "body": b"" if call.head else GIF})
         return "ok"
 
-    async def _opted_out(self, call: Call, redir: str | None, why: OptOut) -> str:
+    async def _not_synced(self, call: Call, redir: str | None, why: Reason) -> str:
         """SPEC §12: an opt-out of sale or sharing (us_privacy, Sec-GPC, a GPP US
-        section) stores nothing; a `redir` is still followed, so that the partner's page
-        flow goes on, with ${DD_UUID} empty. X-Error 171 and X-Privacy say why."""
-        refused = RequestError(Code.OPTED_OUT, f"opted out of sale or sharing ({why.value})")
-        headers = [*refusal_headers(refused, call.visitor, self.cookies), privacy_header(why)]
+        section), or the partner's own rules, store nothing and issue no cookie; a
+        `redir` is still followed, so that the partner's page flow goes on, with
+        ${DD_UUID} empty. X-Privacy says why; an opt-out also answers X-Error 171."""
+        headers: Headers = [(b"x-privacy", why.value.encode())]
+        if why is not Reason.RULE:
+            refused = RequestError(Code.OPTED_OUT, f"opted out of sale or sharing ({why})")
+            headers += refusal_headers(refused, call.visitor, self.cookies)
+        elif call.visitor.kind is not VisitorKind.NEW:
+            headers.append(self.cookies.set_header(call.visitor))
         if redir is None:
             await send(call.send, 200, [*GIF_HEADERS, *headers], GIF, head=call.head)
         else:
             await _redirect(call, redirect_target(redir, ""), *headers)
-        return f"opt_out_{why.value}"
-
-
-def privacy_header(why: OptOut) -> tuple[bytes, bytes]:
-    return (b"x-privacy", why.value.encode())
+        return f"denied_{why.value}"
 
 
 async def _redirect(call: Call, location: bytes, *extra: tuple[bytes, bytes]) -> None:

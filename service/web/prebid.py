@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .. import metrics
+from ..activities import Activity, PrivacyGate
 from ..consent import Privacy
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind, today
@@ -83,6 +84,8 @@ class PrebidEndpoints:
     # [prebid] cors_origins, as browsers send them: the pages that may read /getuids
     # with credentials (a visitor's uids); none by default.
     cors_origins: frozenset[bytes] = frozenset()
+    # Every partner's privacy policy (activities.py); None: opt-out and consent only.
+    gate: PrivacyGate | None = None
 
     def __post_init__(self) -> None:
         self.counters = SyncCounters(self.store.tally, self.bidders.names)
@@ -172,7 +175,9 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         mapped = await self.s.mapped(visitor)
         day = today()
         synced = {d: m.day for d, m in mapped.items()}
-        evaluations = choose(req, self.s.bidders, synced, privacy, day, self.s.shuffle)
+        gate = self.s.gate
+        permits = None if gate is None else lambda dpid: gate.permits(dpid, Activity.SYNC, privacy)
+        evaluations = choose(req, self.s.bidders, synced, privacy, day, self.s.shuffle, permits)
         syncs = self._syncs(req, evaluations, visitor, mapped, privacy.gdpr_applies, call.scheme)
         for e in evaluations:
             if e.bidder is not None and e.status.label:

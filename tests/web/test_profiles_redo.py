@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from prometheus_client import REGISTRY
 
+from service.activities import Policies, PrivacyGate
 from service.config import parse_settings
 from service.consent import Privacy
 from service.destinations import DestinationRules, Tokens
@@ -34,7 +35,7 @@ def test_a_redo_run_again_acts_on_each_entry_once() -> None:
         Tokens(["k"], "http://127.0.0.1"),
         loss_counters(Tally()),
         s2s=None,
-        gvl_ids={},
+        gate=PrivacyGate(Policies([]), Tally()),
         region=0,
     )
     visitor = Visitor(new_uuid(), VisitorKind.KNOWN)
