@@ -1,5 +1,5 @@
-"""Privacy signals (SPEC §12): IAB TCF v2 consent strings, us_privacy, GPP section ids
-and Sec-GPC, turned into decisions. No HTTP, no Redis.
+"""Privacy signals (SPEC §12): IAB TCF v2 consent strings, us_privacy, GPP strings
+(gpp.py) and section ids, and Sec-GPC, turned into decisions. No HTTP, no Redis.
 
 The TCF v2 core segment is decoded here (a few fixed-width fields and one vendor
 section): the Python packages for it are unmaintained, and the format is small. A
@@ -16,6 +16,7 @@ from enum import Enum
 from itertools import compress
 from typing import Final
 
+from . import gpp
 from .errors import Code, RequestError
 
 PURPOSE_STORAGE: Final = 1  # "Store and/or access information on a device"
@@ -138,11 +139,13 @@ def decode_tcf(text: str) -> TCString:
 
 class OptOut(Enum):
     """Why a request refuses outbound syncs and destination fires (SPEC §12); the value
-    is the reason code in answers (`X-Privacy`), metrics and docs/privacy.md."""
+    is the reason code in answers (`X-Privacy`), metrics and docs/privacy.md. When
+    several apply, the first of these names it: the signals a consent string carries
+    for this request before the browser-wide GPC."""
 
     US_PRIVACY = "us_privacy"  # us_privacy 1?Y?
-    GPC = "gpc"  # Sec-GPC: 1, when [privacy] honor_gpc
-    GPP_US = "gpp_us"  # a US section of the gpp string that gpp_sid names
+    GPP_US = "gpp_us"  # a US section of the gpp string that gpp_sid names (6: 1?Y?)
+    GPC = "gpc"  # Sec-GPC: 1 or a GPP GPC subsection's Gpc = 1, when [privacy] honor_gpc
 
 
 @dataclass(frozen=True)
@@ -213,19 +216,70 @@ def gdpr_scope(
     return GdprScope.NO
 
 
+def decode_gpp(params: Mapping[str, str]) -> gpp.GppString | None:
+    """The request's gpp string (its header and sections checked; the sections are
+    read where they are used), None without one; 313 when it cannot be read."""
+    text = params.get("gpp", "")
+    if not text:
+        return None
+    try:
+        return gpp.decode(text)
+    except gpp.GppError as exc:
+        raise RequestError(Code.CONSENT_UNPARSABLE, f"gpp string unparsable: {exc}") from None
+
+
+def consent_string(params: Mapping[str, str]) -> str:
+    """The request's TCF string: gdpr_consent, else the gpp string's section 2 (SPEC
+    §12); "" for neither, and for a gpp string that cannot be read (evaluate: 313)."""
+    text = params.get("gdpr_consent", "")
+    if text or not params.get("gpp"):
+        return text
+    try:
+        return _gpp_tcf(decode_gpp(params))
+    except RequestError:
+        return ""
+
+
+def _gpp_tcf(decoded: gpp.GppString | None) -> str:
+    return (decoded.section(gpp.TCF_EU_V2) or "") if decoded is not None else ""
+
+
+def _us_signals(decoded: gpp.GppString, sections: frozenset[int]) -> gpp.UsSignals:
+    """The US sections gpp_sid names, each read now (313 when one cannot be); section 6
+    is a us_privacy string."""
+    try:
+        signals = decoded.us_signals(sections)
+    except gpp.GppError as exc:
+        raise RequestError(Code.CONSENT_UNPARSABLE, f"gpp string unparsable: {exc}") from None
+    usp = decoded.section(gpp.USP_V1) if gpp.USP_V1 in sections else None
+    if usp is not None and us_privacy_opt_out(usp):
+        return gpp.UsSignals(True, signals.gpc)
+    return signals
+
+
 def evaluate(
     params: Mapping[str, str],
     *,
     vendor_id: int,
     gdpr_default: int,
     gpc: bool,
+    honor_gpc: bool = False,
 ) -> Privacy:
     """Decide, or refuse with the contract's code: 315 (GDPR applies, no consent
-    string), 313 (unparsable), 314 (this service's vendor may not store)."""
+    string), 313 (unparsable), 314 (this service's vendor may not store). `gpc`: the
+    request's Sec-GPC, already weighed against honor_gpc; `honor_gpc`: whether a GPP
+    GPC subsection counts too.
+
+    A gpp string is always checked (header, sections against it); its section 2 is read
+    only as the consent string (GDPR applies and gdpr_consent is absent), its US
+    sections only where gpp_sid names them."""
     sections = gpp_sections(params)
     applies = gdpr_scope(params, gdpr_default, sections) is not GdprScope.NO
+    decoded = decode_gpp(params)
     tcf: TCString | None = None
     text = params.get("gdpr_consent", "")
+    if applies and not text:
+        text = _gpp_tcf(decoded)
     if applies and text:
         try:
             tcf = decode_tcf(text)
@@ -238,11 +292,14 @@ def evaluate(
             raise RequestError(Code.CONSENT_MISSING, "GDPR applies and no consent string")
         if not tcf.allows(vendor_id):
             raise RequestError(Code.CONSENT_REFUSED, "no consent to store for this service")
+    us = _us_signals(decoded, sections) if decoded is not None and sections else None
     reason = (
         OptOut.US_PRIVACY
         if us_privacy_opt_out(params.get("us_privacy", ""))
+        else OptOut.GPP_US
+        if us is not None and us.opt_out
         else OptOut.GPC
-        if gpc
+        if gpc or (honor_gpc and us is not None and us.gpc)
         else None
     )
     if tcf is None and not sections:  # most requests: one of a few answers, built once

@@ -16,7 +16,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from .config import Partner
-from .consent import GdprScope, Privacy, gdpr_scope
+from .consent import GdprScope, Privacy, consent_string, gdpr_scope
 from .errors import Code
 from .macros import Template
 from .numbers import parse_small_int
@@ -314,8 +314,9 @@ def parse_cookie_sync(body: bytes) -> CookieSyncRequest:
 
 
 def missing_consent(consent: Mapping[str, str], gdpr_default: int) -> str | None:
-    """Prebid Server's refusal of a GDPR request without a consent string, or None."""
-    if consent.get("gdpr_consent"):
+    """Prebid Server's refusal of a GDPR request without a consent string (gdpr_consent,
+    or the gpp string's section 2), or None."""
+    if consent_string(consent):
         return None
     scope = gdpr_scope(consent, gdpr_default)
     if scope is GdprScope.APPLIES:
@@ -532,7 +533,7 @@ def parse_setuid(params: Mapping[str, str], bidders: Bidders) -> SetuidRequest:
             f"the gdpr query param must be either 0 or 1. You gave {gdpr}",
         )
     consent = setuid_consent(params)
-    if gdpr == "1" and not consent.get("gdpr_consent"):
+    if gdpr == "1" and not consent_string(consent):
         raise PrebidError(SetuidOutcome.BAD_REQUEST, "gdpr_consent is required when gdpr=1")
     uid = params.get("uid", "")
     if uid and not valid_uid(uid):

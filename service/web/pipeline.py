@@ -73,7 +73,13 @@ class PrivacyRules:
         return decided
 
     def _evaluate(self, params: Mapping[str, str], gpc: bool) -> Privacy:
-        return evaluate(params, vendor_id=self.vendor_id, gdpr_default=self.gdpr_default, gpc=gpc)
+        return evaluate(
+            params,
+            vendor_id=self.vendor_id,
+            gdpr_default=self.gdpr_default,
+            gpc=gpc,
+            honor_gpc=self.honor_gpc,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ from urllib.parse import quote
 import httpx
 import pytest
 from playwright.async_api import Frame, Page
-from tests.gpp_encoder import gpp, us_section
 
 from service.identity import today
 from service.store import Store
@@ -41,6 +40,7 @@ from tests.conftest import wait_for
 from tests.e2e.browser import accepting_context, chromium, requires_chromium, serve_page
 from tests.e2e.test_destinations_browser import Partner as PixelPartner
 from tests.e2e.test_sync_browser import Partners, cookie_value, frame_images, settle, uuid_of
+from tests.gpp_encoder import gpp, us_section
 from tests.partners import third_site
 from tests.services import Config, Service, Services
 from tests.test_consent import tcf

@@ -38,11 +38,13 @@ import pytest
 
 from service.batch.files import MAX_LINE_BYTES, LineError, parse_line
 from service.config import parse_settings
+from service.gpp import MAX_GPP_CHARS, MAX_SECTION_ID
 from service.identity import CookieSigner, new_uuid
 from service.qualification import Qualifier
 from service.rules import compile_trait_rule
 from service.sync import DEXTP_MAX_BYTES
 from tests.configs import api_key, entry
+from tests.gpp_encoder import b64, gpp
 from tests.services import Config, Service
 from tests.test_consent import tcf
 
@@ -157,6 +159,18 @@ def _ranges_cut_short() -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def _gpp_strings(size: int) -> Iterator[tuple[str, str]]:
+    """(name, gpp string) of at most `size` characters, each unparsable."""
+    yield "~ after ~", _fill("DBABMA", "~", size)
+    yield "junk", _fill("", "%21", size)
+    yield "all A", "A" * size
+    # one section id, its Fibonacci code all zeros
+    yield "deep Fibonacci", b64("000011000001000000000001" + "0" * (size * 6 - 60) + "11") + "~A"
+    # 4,095 single ids announced, each an offset of 1: refused past id 999
+    yield "range count", b64("000011000001" + "1" * 12 + "011" * ((size * 6 - 24) // 3))
+    yield "usnat subsections", _fill("DBABLA~C", ".", size)
+
+
 def _dextp(size: int) -> str:
     """A compact dextp value of `size` characters: one hour's group after another, each
     a sparse list of one-byte deltas (the most entries per byte the format allows)."""
@@ -265,7 +279,18 @@ def corpus() -> Iterator[Case]:
         400,
         "313",
     )
-    yield Case("event gpp ~~~", "GET", "/event?" + _q("gpp=DBABMA", "~"))
+    # gpp strings: decoded (SPEC §12), so junk is 313
+    yield Case("event gpp ~~~", "GET", "/event?" + _q("gpp=DBABMA", "~"), status=400, error="313")
+    for name, text in _gpp_strings(GET_MAX - 40):
+        yield Case(f"event gpp {name}", "GET", f"/event?gpp_sid=2,7&gpp={text}", status=400)
+    for name, text in _gpp_strings(MAX_GPP_CHARS):
+        body = f"gpp_sid=7&gpp={text}".encode()
+        yield Case(f"event POST gpp {name}", "POST", "/event", body, FORM, 400, "313")
+    yield Case(
+        "event POST gpp past the cap", "POST", "/event", _b("gpp=DBABMA~", "A"), FORM, 400, "313"
+    )
+    every = gpp([(sid, "A") for sid in range(1, MAX_SECTION_ID + 1)])  # read, all unnamed
+    yield Case("event POST gpp every section id", "POST", "/event", f"gpp={every}".encode(), FORM)
     yield Case("event gpp_sid ,,,", "GET", "/event?" + _q("gpp_sid=", ","))
     yield Case("event gpp_sid 2,2,2", "GET", "/event?" + _q("gpp_sid=", "2,"))
     yield Case("event us_privacy long", "GET", "/event?" + _q("us_privacy=1Y", "Y"))
@@ -336,6 +361,8 @@ def corpus() -> Iterator[Case]:
         ("gdpr huge", f'{{"gdpr": {HUGE}}}'.encode(), 400),
         ("floats", b'{"x": [' + b"1e308," * 5000 + b"1]}", None),
         ("consent 32 KiB", json.dumps({"gdpr": 1, "gdpr_consent": "A" * 32000}).encode(), None),
+        ("gpp 32 KiB", json.dumps({"gpp_sid": "2", "gpp": "DBABMA~" + "A" * 32000}).encode(), None),
+        ("gpp ~~~", json.dumps({"gpp": "DBABMA" + "~" * 32000}).encode(), None),
     ]
     for name, body, status in sync_docs:
         assert len(body) <= BODY_MAX, name

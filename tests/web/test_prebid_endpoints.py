@@ -10,15 +10,20 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from service.gpp import USNAT
 from service.identity import CookieSigner, new_uuid, today
 from service.store import PartnerUid, Store
 from service.web.responses import GIF
 from tests.conftest import wait_for
+from tests.gpp_encoder import gpp, us_section
 from tests.services import OPS, Config, Service, Services
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 from tests.writes import NOTHING, settled, written_since
 
 KEY = "prebid-test-key"
+GPP_CONSENT = gpp([(2, TRAFFECTIVE)])  # GPP only: section 2 is the consent string
+GPP_REFUSED = gpp([(2, NO_VENDORS)])
+GPP_SALE_OPT_OUT = gpp([(USNAT, us_section(USNAT, {"SaleOptOut": 1}, version=2))])
 ORIGIN = "http://publisher.test"
 OTHER_ORIGIN = "https://elsewhere.test"  # not in [prebid] cors_origins
 
@@ -164,6 +169,8 @@ async def test_cookie_sync_refusals(
 HOST_BLOCKED = [
     ("consent string unparsable", {"gdpr": 1, "gdpr_consent": "not-a-string"}),
     ("host vendor not consented", {"gdpr": 1, "gdpr_consent": NO_VENDORS}),
+    ("host vendor not consented, GPP only", {"gpp_sid": "2", "gpp": GPP_REFUSED}),
+    ("gpp string unparsable", {"gdpr": 0, "gpp": "DBABM"}),
 ]
 
 
@@ -239,6 +246,27 @@ SYNCS = [
         {},
         [("acme", "redirect"), ("framer", "iframe")],
         [{"bidder": "both", "error": "Rejected by privacy"}],
+    ),
+    (
+        "GPP only, GDPR: partners whose vendor section 2 consents",
+        {"bidders": ["acme", "framer", "both"], "gpp_sid": "2", "gpp": GPP_CONSENT, "debug": True},
+        {},
+        [("acme", "redirect"), ("framer", "iframe")],
+        [{"bidder": "both", "error": "Rejected by privacy"}],
+    ),
+    (
+        "usnat opt-out of sale, gpp_sid naming it",
+        {"bidders": ["acme"], "gpp_sid": "7", "gpp": GPP_SALE_OPT_OUT, "debug": True},
+        {},
+        [],
+        [{"bidder": "acme", "error": "Rejected by privacy"}],
+    ),
+    (
+        "usnat opt-out of sale, gpp_sid not naming it",
+        {"bidders": ["acme"], "gpp_sid": "6", "gpp": GPP_SALE_OPT_OUT},
+        {},
+        [("acme", "redirect")],
+        None,
     ),
     (
         "us_privacy opt-out of sale",
@@ -360,6 +388,20 @@ SETUID_REFUSALS = [
     ),
     ("gpp_sid 2 without consent", "bidder=acme&uid=x&gpp_sid=2", None, 400, "gdpr_consent is req"),
     (
+        "gpp unparsable",
+        "bidder=acme&uid=x&gpp_sid=2&gpp=DBABM",
+        None,
+        400,
+        "gdpr_consent was invalid. gpp string unparsable",
+    ),
+    (
+        "host vendor not consented, GPP only",
+        f"bidder=acme&uid=x&gpp_sid=2&gpp={GPP_REFUSED}",
+        None,
+        451,
+        "The gdpr_consent string prevents cookies from being saved",
+    ),
+    (
         "consent unparsable",
         "bidder=acme&uid=x&gdpr=1&gdpr_consent=garbage!",
         None,
@@ -420,6 +462,12 @@ STORED = [
     (
         "with consent for host and partner",
         f"bidder=Acme&gdpr=1&gdpr_consent={TRAFFECTIVE}&gpp=&gpp_sid=&f=i",
+        "image/gif",
+        GIF,
+    ),
+    (
+        "with consent for host and partner, GPP only",
+        f"bidder=Acme&gdpr=1&gpp={GPP_CONSENT}&gpp_sid=2&f=i",
         "image/gif",
         GIF,
     ),

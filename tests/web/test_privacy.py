@@ -9,6 +9,7 @@ from service.identity import CookieSigner, new_uuid, today
 from service.store import Store
 from tests.configs import entry
 from tests.conftest import wait_for
+from tests.gpp_encoder import gpp
 from tests.services import Config
 from tests.test_consent import NO_VENDORS, TRAFFECTIVE
 
@@ -36,6 +37,12 @@ def cookie_for(uuid: str) -> dict[str, str]:
         ("gdpr=1&gdpr_consent=not-a-consent-string", 400, "313"),
         (f"gdpr=1&gdpr_consent={NO_VENDORS}", 200, "314"),  # the host may not store
         ("gpp_sid=2", 200, "315"),
+        # GPP only: section 2 is the consent string (SPEC §12)
+        (f"gpp_sid=2&gpp={gpp([(2, NO_VENDORS)])}", 200, "314"),
+        (f"gpp_sid=2&gpp={gpp([(2, 'not-a-consent-string')])}", 400, "313"),
+        (f"gpp_sid=2&gpp={gpp([(7, 'BAAAAAAAAABA')])}", 200, "315"),  # no section 2
+        ("gpp=DBABM", 400, "313"),  # a section listed, none given
+        ("gdpr=0&gpp=junk!", 400, "313"),
     ],
 )
 async def test_without_consent_nothing_is_stored_and_no_cookie_set(
@@ -62,11 +69,15 @@ async def test_without_consent_nothing_is_stored_and_no_cookie_set(
     assert await store.lookup(1234, [uid], today()) == {}
 
 
+@pytest.mark.parametrize(
+    "consent",
+    [f"gdpr=1&gdpr_consent={TRAFFECTIVE}", f"gpp_sid=2&gpp={gpp([(2, TRAFFECTIVE)])}"],
+    ids=["gdpr_consent", "gpp only"],
+)
 async def test_partners_are_synced_only_with_their_own_consent(
-    http: httpx.AsyncClient, store: Store
+    http: httpx.AsyncClient, store: Store, consent: str
 ) -> None:
     uuid = new_uuid()
-    consent = f"gdpr=1&gdpr_consent={TRAFFECTIVE}"
     ok = await http.get(f"/ibs:dpid=1234&dpuuid=yes-{uuid[:6]}&{consent}", headers=cookie_for(uuid))
     assert ok.status_code == 200 and "x-error" not in ok.headers
     for dpid in (55, 66):  # gvl 4 not consented; no gvl id at all
@@ -84,6 +95,10 @@ async def test_partners_are_synced_only_with_their_own_consent(
 
     assert await wait_for(stored)
     assert set(await store.mappings(uuid, today())) == {1234}
+    # the host is consented: a new visitor is given a uuid
+    answer = await http.get(f"/event?d_rtbd=json&{consent}")
+    assert answer.status_code == 200 and "errors" not in answer.json()
+    assert answer.json()["uuid"] and "set-cookie" in answer.headers
 
 
 async def test_outside_gdpr_everything_flows(http: httpx.AsyncClient, store: Store) -> None:

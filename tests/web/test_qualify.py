@@ -14,8 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from service.gpp import USNAT
 from tests.configs import api_key
 from tests.conftest import wait_for
+from tests.gpp_encoder import gpp, us_section
 from tests.partners import PartnerServer
 from tests.services import Config
 
@@ -311,6 +313,21 @@ async def test_privacy_opt_out_fires_nothing(http: httpx.AsyncClient) -> None:
     _, cookie = await new_visitor(http)
     doc = await event(http, cookie, "d_dst=1&d_cts=1&c_section=sports&us_privacy=1YYN")
     assert doc["segments"] == [500] and doc["dests"] == []
+
+
+async def test_a_gpp_us_opt_out_fires_nothing_where_gpp_sid_names_it(
+    http: httpx.AsyncClient,
+) -> None:
+    """usnat with SaleOptOut = 1: no fires with gpp_sid=7; the same string without it
+    (gpp_sid naming another section) fires as any request does."""
+    opted_out = gpp([(USNAT, us_section(USNAT, {"SaleOptOut": 1}, version=2))])
+    query = f"d_dst=1&d_cts=1&c_section=sports&gpp={opted_out}"
+    _, cookie = await new_visitor(http)
+    doc = await event(http, cookie, f"{query}&gpp_sid=7")
+    assert doc["segments"] == [500] and doc["dests"] == []
+    _, cookie = await new_visitor(http)
+    doc = await event(http, cookie, f"{query}&gpp_sid=8")
+    assert doc["segments"] == [500] and [d for d in doc["dests"] if d["id"] == "9"]
 
 
 async def test_erasure_deletes_the_profile(http: httpx.AsyncClient) -> None:
