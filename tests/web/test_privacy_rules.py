@@ -161,19 +161,24 @@ async def test_the_dashboard_shows_denials_by_partner_and_reason(
     await http.get("/dest5.html?gpp_sid=7", headers=cookie)
     await http.get("/dest5.html?us_privacy=1YYN", headers=cookie)
 
+    def cells_of(table: str) -> list[str]:
+        row = re.search(r'<tr data-id="p21">(.*?)</tr>', table)
+        return re.findall(r"<td>([^<]*)</td>", row.group(1)) if row else []
+
     async def shown() -> str | None:
+        """The table once both denials are in it (the tally flushes them apart)."""
         html = (await http.get("/dashboard", headers=OPS)).text
         table = re.search(r'<table id="privacy-1h">.*?</table>', html, re.S)
-        return table.group(0) if table and 'data-id="p21"' in table.group(0) else None
+        cells = cells_of(table.group(0)) if table else []
+        counted = cells and all(int(cells[i].replace(",", "")) >= 1 for i in (2, 5))
+        return table.group(0) if table and counted else None
 
     table = await wait_for(shown)
+    assert table is not None
     head = re.findall(r"<th>([^<]*)</th>", table)
     assert head == [
         "partner", "gdpr_consent", "us_privacy", "gpc", "gpp_us", "rule", "total", "activities"
     ]  # fmt: skip
-    row = re.search(r'<tr data-id="p21">(.*?)</tr>', table).group(1)  # type: ignore[union-attr]
-    cells = re.findall(r"<td>([^<]*)</td>", row)
+    cells = cells_of(table)
     assert cells[0] == "guarded"
-    assert int(cells[2].replace(",", "")) >= 1  # us_privacy
-    assert int(cells[5].replace(",", "")) >= 1  # rule
     assert "sync" in cells[7]
