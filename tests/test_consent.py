@@ -32,22 +32,54 @@ NO_VENDORS = "COwxsONOwxsONKpAAAENAdCAAMAAAAAAAAAAAAAAAAAA"  # cmp 681, purposes
 ONE_VENDOR = "CO5VTlWO5VTlWH1AAAENAwCwAIAAAAAAAIAAAAoAAAAA.YAAAAAAAAAA"  # cmp 501, vendor 1
 
 
+Ranges = list[tuple[int, int]]
+
+
+def _range_list(ranges: Ranges) -> str:
+    bits = f"{len(ranges):012b}"
+    for start, end in ranges:
+        bits += f"0{start:016b}" if start == end else f"1{start:016b}{end:016b}"
+    return bits
+
+
+def _vendor_section(max_vendor: int, ranges: Ranges | None, bitfield: str) -> str:
+    if ranges is None:
+        return f"{max_vendor:016b}0" + bitfield
+    return f"{max_vendor:016b}1" + _range_list(ranges)
+
+
 def tcf(
     purposes: int = 1 << 23,
     max_vendor: int = 0,
-    ranges: list[tuple[int, int]] | None = None,
+    ranges: Ranges | None = None,
     bitfield: str = "",
     version: int = 2,
+    *,
+    special_features: int = 0,
+    purposes_li: int = 0,
+    purpose_one_treatment: bool = False,
+    publisher_cc: str = "AA",
+    li_max_vendor: int = 0,
+    li_ranges: Ranges | None = None,
+    li_bitfield: str = "",
+    restrictions: list[tuple[int, int, Ranges]] | tuple[tuple[int, int, Ranges], ...] = (),
 ) -> str:
-    """A TCF core segment: `purposes` as 24 bits (purpose 1 is the top one), then the
-    vendors as `ranges` (range encoding) or as a `bitfield` of "0"/"1"."""
-    bits = f"{version:06b}" + "0" * 146 + f"{purposes:024b}" + "0" * 37 + f"{max_vendor:016b}"
-    if ranges is None:
-        bits += "0" + bitfield
-    else:
-        bits += "1" + f"{len(ranges):012b}"
-        for start, end in ranges:
-            bits += f"0{start:016b}" if start == end else f"1{start:016b}{end:016b}"
+    """A TCF core segment: `purposes`, `purposes_li` as 24 bits and `special_features`
+    as 12 (purpose or feature 1 is the top bit), then the vendors as `ranges` (range
+    encoding) or as a `bitfield` of "0"/"1", the vendors' legitimate interests likewise
+    (li_*), and the publisher `restrictions` as (purpose, type, ranges)."""
+    cc = "".join(f"{ord(c) - ord('A'):06b}" for c in publisher_cc)
+    bits = (
+        f"{version:06b}"
+        + "0" * 134
+        + f"{special_features:012b}{purposes:024b}{purposes_li:024b}"
+        + f"{int(purpose_one_treatment)}{cc}"
+        + _vendor_section(max_vendor, ranges, bitfield)
+        + _vendor_section(li_max_vendor, li_ranges, li_bitfield)
+        + f"{len(restrictions):012b}"
+    )
+    for purpose, kind, vendors in restrictions:
+        bits += f"{purpose:06b}{kind:02b}" + _range_list(vendors)
     bits += "0" * (-len(bits) % 8)
     raw = int(bits, 2).to_bytes(len(bits) // 8, "big")
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
