@@ -180,62 +180,88 @@ class _Bits:
         """A count of items that take at least `least_bits` each: refused at once when
         the rest of the string cannot hold them (4,095 announced restrictions of 4,095
         ranges each are not read one by one to find that out)."""
-        n = self.read(width)
-        if n * least_bits > len(self._bits) - self._pos:
+        count = self.read(width)
+        if count * least_bits > len(self._bits) - self._pos:
             raise ConsentStringError("consent string too short")
-        return n
+        return count
 
     def ranges(self, max_id: int) -> list[tuple[int, int]]:
-        """A range list (NumEntries(12), then each IsARange(1), StartOrOnlyVendorId(16)
-        and EndVendorId(16) when a range): vendor ids from 1 to max_id."""
+        """A range list: NumEntries(12), then the entries (_entries)."""
         out: list[tuple[int, int]] = []
-        for _ in range(self.count(12, _RANGE_BITS)):
-            is_range = self.read(1)
-            start = self.read(16)
-            end = self.read(16) if is_range else start
-            if not 1 <= start <= end <= max_id:  # vendor ids start at 1
-                raise ConsentStringError("bad vendor range")
-            out.append((start, end))
+        count = self.count(12, _RANGE_BITS)
+        self._pos = _entries(self._bits, self._pos, count, max_id, out)
         return out
+
+    def restrictions(self) -> dict[int, list[tuple[int, int]]]:
+        """Publisher restrictions: NumPubRestrictions(12), then each PurposeId(6),
+        RestrictionType(2), NumEntries(12) and the entries, by PurposeId and
+        RestrictionType (the 8 bits); a repeated one adds to the same list. Read
+        with no call per restriction but _entries (a string can hold 900)."""
+        count = self.count(12, _RESTRICTION_BITS)
+        bits, pos = self._bits, self._pos
+        by_key: dict[int, list[tuple[int, int]]] = {}
+        for _ in range(count):
+            if pos + _RESTRICTION_BITS > len(bits):
+                raise ConsentStringError("consent string too short")
+            head = int(bits[pos : pos + _RESTRICTION_BITS], 2)
+            out = by_key.get(head >> 12)
+            if out is None:
+                out = by_key[head >> 12] = []
+            pos = _entries(bits, pos + _RESTRICTION_BITS, head & 0xFFF, 65535, out)
+        self._pos = pos
+        return by_key
 
     def vendors(self) -> frozenset[int]:
         """A vendor section: MaxVendorId(16), IsRangeEncoding(1), then a bitfield of
         MaxVendorId bits or a range list."""
         max_vendor = self.read(16)
         if self.read(1):
-            return frozenset(i for r in _merge(self.ranges(max_vendor)) for i in r)
+            merged = _merge(self.ranges(max_vendor))
+            return frozenset(i for start, end in merged for i in range(start, end + 1))
         return self.flags(max_vendor)
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[range]:
-    """Possibly overlapping ranges as disjoint ones, each id in one: 4,095 ranges of the
-    whole id space (a 22 KB string) would otherwise cost 268 M set insertions."""
-    ids: list[range] = []
-    last = -1
+def _entries(bits: str, pos: int, count: int, max_id: int, out: list[tuple[int, int]]) -> int:
+    """`count` range entries at `pos`, each IsARange(1), StartOrOnlyVendorId(16) and
+    EndVendorId(16) when a range, added to `out` (vendor ids from 1 to max_id); where
+    they end. The hot loop of a hostile string: slices, no call per field."""
+    if count * _RANGE_BITS > len(bits) - pos:
+        raise ConsentStringError("consent string too short")
+    size = len(bits)
+    for _ in range(count):
+        width = 33 if bits[pos] == "1" else 17  # there is room for 17: checked above
+        if pos + width > size:
+            raise ConsentStringError("consent string too short")
+        start = int(bits[pos + 1 : pos + 17], 2)
+        end = int(bits[pos + 17 : pos + 33], 2) if width == 33 else start
+        if not 1 <= start <= end <= max_id:  # vendor ids start at 1
+            raise ConsentStringError("bad vendor range")
+        out.append((start, end))
+        pos += width
+    return pos
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Possibly overlapping ranges as sorted disjoint ones, each id in one: 4,095 ranges
+    of the whole id space (a 22 KB string) would otherwise cost 268 M set insertions."""
+    out: list[tuple[int, int]] = []
+    last = -2
     for start, end in sorted(ranges):
-        if end > last:
-            if ids and start <= last + 1:  # touching the previous one: extend it
-                ids[-1] = range(ids[-1].start, end + 1)
-            else:
-                ids.append(range(start, end + 1))
+        if start <= last + 1:  # overlapping or touching the previous one
+            if end > last:
+                out[-1] = (out[-1][0], end)
+                last = end
+        else:
+            out.append((start, end))
             last = end
-    return ids
+    return out
 
 
 def _restrictions(bits: _Bits) -> tuple[Restriction, ...]:
-    """NumPubRestrictions(12), each PurposeId(6), RestrictionType(2) and a range list;
-    the entries of one (purpose, type), if the string repeats it, in one Restriction."""
-    entries: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for _ in range(bits.count(12, _RESTRICTION_BITS)):
-        key = bits.read(6), bits.read(2)
-        entries.setdefault(key, []).extend(bits.ranges(65535))
+    """The publisher restrictions, one per (purpose, type): the union of its entries."""
     return tuple(
-        Restriction(
-            purpose,
-            RestrictionType(kind),
-            tuple((r.start, r.stop - 1) for r in _merge(entries[purpose, kind])),
-        )
-        for purpose, kind in sorted(entries)
+        Restriction(key >> 2, RestrictionType(key & 3), tuple(_merge(ranges)))
+        for key, ranges in sorted(bits.restrictions().items())
     )
 
 
