@@ -20,6 +20,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from . import gctune, metrics
 from .config import ConfigError, Settings, UrlDestinationConfig, load_settings
+from .consent import PurposeOnePolicy
 from .identity import CookieSigner, today
 from .logs import AccessLog
 from .prebid import Bidders
@@ -136,6 +137,9 @@ def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPat
         vendor_id=settings.server.vendor_id,
         gdpr_default=settings.privacy.gdpr_default,
         honor_gpc=settings.privacy.honor_gpc,
+        purpose_one=PurposeOnePolicy(
+            settings.privacy.purpose_one_treatment, settings.privacy.purpose_one_access_allowed
+        ),
     )
     opening = Opening(
         cookies,

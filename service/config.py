@@ -297,6 +297,10 @@ class SyncConfig:
 class PrivacyConfig:
     honor_gpc: bool = True
     gdpr_default: int = field(default=0, metadata=_check(_zero_or_one))
+    # Prebid Server's gdpr.tcf2.purpose_one_treatment.enabled and .access_allowed:
+    # what a TCF string saying purpose 1 was not disclosed (PurposeOneTreatment) means.
+    purpose_one_treatment: bool = True
+    purpose_one_access_allowed: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,20 +1,21 @@
 """Privacy signals (SPEC §12): IAB TCF v2 consent strings, us_privacy, GPP strings
 (gpp.py) and section ids, and Sec-GPC, turned into decisions. No HTTP, no Redis.
 
-The TCF v2 core segment is decoded here (a few fixed-width fields and one vendor
-section): the Python packages for it are unmaintained, and the format is small. A
-consent string comes from a browser: it is read in time linear in its length, and
-refused (313) past MAX_CONSENT_CHARS."""
+The TCF v2 core segment is decoded here (fixed-width fields, two vendor sections and
+the publisher restrictions): the Python packages for it are unmaintained, and the
+format is small. A consent string comes from a browser: it is read in time linear in
+its length, and refused (313) past MAX_CONSENT_CHARS."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from itertools import compress
-from typing import Final
+from typing import Any, Final
 
 from . import gpp
 from .errors import Code, RequestError
@@ -23,10 +24,53 @@ PURPOSE_STORAGE: Final = 1  # "Store and/or access information on a device"
 # Real strings, with a bitfield of every vendor on the Global Vendor List (~1,000), the
 # disclosed-vendors segment and publisher restrictions, stay under a few KB.
 MAX_CONSENT_CHARS: Final = 8192
+_RANGE_BITS: Final = 17  # the least a range entry takes: a flag and one 16-bit vendor id
+_RESTRICTION_BITS: Final = 6 + 2 + 12  # a restriction with no entries: purpose, type, count
 
 
 class ConsentStringError(ValueError):
     """Not a TCF v2 consent string."""
+
+
+class RestrictionType(IntEnum):
+    """A publisher restriction's type (2 bits); 3 is undefined and restricts nothing."""
+
+    NOT_ALLOWED = 0
+    REQUIRE_CONSENT = 1
+    REQUIRE_LI = 2
+    UNDEFINED = 3
+
+
+@dataclass(frozen=True)
+class Restriction:
+    """The publisher's restriction of one purpose for the vendors in `vendors`: sorted,
+    disjoint, non-adjacent (first, last) ranges, the union of every entry of the
+    string for this purpose and type (a range is kept as such: hundreds of
+    restrictions of the whole id space would be millions of ids)."""
+
+    purpose: int
+    type: RestrictionType
+    vendors: tuple[tuple[int, int], ...]
+
+    def covers(self, vendor_id: int) -> bool:
+        at = bisect_right(self.vendors, (vendor_id, 65536)) - 1
+        return at >= 0 and self.vendors[at][1] >= vendor_id
+
+
+@dataclass(frozen=True)
+class PurposeOnePolicy:
+    """What a string with PurposeOneTreatment set (purpose 1 was not disclosed to the
+    user, as publishers in some countries may) means for purpose 1, as Prebid Server's
+    gdpr.tcf2.purpose_one_treatment decides it: when `enabled`, purpose 1 is allowed
+    (`access_allowed`) or refused for every vendor without looking further (vendor
+    consent, publisher restrictions); otherwise the string is read as any other.
+    [privacy] purpose_one_treatment and purpose_one_access_allowed."""
+
+    enabled: bool = True  # Prebid Server's defaults
+    access_allowed: bool = True
+
+
+PBS_PURPOSE_ONE: Final = PurposeOnePolicy()
 
 
 @dataclass(frozen=True)
@@ -42,9 +86,63 @@ class TCString:
     policy_version: int
     purposes: frozenset[int]  # purposes consented to
     vendors: frozenset[int]  # vendors consented to
+    special_features: frozenset[int] = frozenset()  # special features opted in to
+    purposes_li: frozenset[int] = frozenset()  # purposes whose legitimate interest was disclosed
+    purpose_one_treatment: bool = False  # purpose 1 was not disclosed
+    publisher_cc: str = "AA"  # the publisher's country code
+    vendors_li: frozenset[int] = frozenset()  # vendors whose legitimate interest was disclosed
+    restrictions: tuple[Restriction, ...] = ()  # one per (purpose, type), in that order
+    purpose_one: PurposeOnePolicy = PBS_PURPOSE_ONE  # the service's reading ([privacy])
+
+    def restricted(self, vendor_id: int, purpose: int) -> list[RestrictionType]:
+        """The publisher's restrictions of `purpose` for this vendor."""
+        return [r.type for r in self.restrictions if r.purpose == purpose and r.covers(vendor_id)]
 
     def allows(self, vendor_id: int, purpose: int = PURPOSE_STORAGE) -> bool:
+        """Consent to `purpose` for this vendor. A publisher restriction refusing the
+        purpose to the vendor (type 0), or requiring legitimate interest for it (type 2:
+        the consent this establishes does not count; for purpose 1, which has no
+        legitimate-interest basis, Prebid Server refuses too) wins over consent; one
+        requiring consent (type 1) asks what is asked anyway."""
+        if purpose == PURPOSE_STORAGE and self.purpose_one_treatment and self.purpose_one.enabled:
+            return self.purpose_one.access_allowed  # Prebid Server's order: first
+        refused = (RestrictionType.NOT_ALLOWED, RestrictionType.REQUIRE_LI)
+        if any(t in refused for t in self.restricted(vendor_id, purpose)):
+            return False
         return purpose in self.purposes and vendor_id in self.vendors
+
+    def describe(self, vendor_ids: Iterable[int]) -> dict[str, Any]:
+        """The decoded string for a debug answer, with what it says of these vendors
+        (each restriction is summed up by its range count: its ranges could be 2,000)."""
+        return {
+            "version": self.version,
+            "cmp_id": self.cmp_id,
+            "cmp_version": self.cmp_version,
+            "vendor_list_version": self.vendor_list_version,
+            "policy_version": self.policy_version,
+            "publisher_cc": self.publisher_cc,
+            "purposes": sorted(self.purposes),
+            "purposes_li": sorted(self.purposes_li),
+            "special_features": sorted(self.special_features),
+            "purpose_one_treatment": self.purpose_one_treatment,
+            "publisher_restrictions": [
+                {"purpose": r.purpose, "type": r.type.name.lower(), "ranges": len(r.vendors)}
+                for r in self.restrictions
+            ],
+            "vendors": {
+                str(v): {
+                    "consent": v in self.vendors,
+                    "legitimate_interest": v in self.vendors_li,
+                    "restrictions": [
+                        {"purpose": r.purpose, "type": r.type.name.lower()}
+                        for r in self.restrictions
+                        if r.covers(v)
+                    ],
+                    "purpose_one_allowed": self.allows(v),
+                }
+                for v in sorted(set(vendor_ids))
+            },
+        }
 
 
 _BIT_VALUES: Final = bytes.maketrans(b"01", b"\x00\x01")  # "0"/"1" -> false/true bytes
@@ -75,20 +173,101 @@ class _Bits:
         field = self._take(width).encode("ascii").translate(_BIT_VALUES)
         return frozenset(compress(range(1, width + 1), field))
 
+    def letters(self, count: int) -> str:
+        """Letters of 6 bits each, 0 is A."""
+        return "".join(chr(ord("A") + self.read(6)) for _ in range(count))
 
-def _union(ranges: list[tuple[int, int]]) -> frozenset[int]:
-    """The vendor ids of possibly overlapping ranges, each id set once: 4,095 ranges of
-    the whole id space (a 22 KB string) would otherwise cost 268 M set insertions."""
-    ids: list[range] = []
-    last = -1
+    def count(self, width: int, least_bits: int) -> int:
+        """A count of items that take at least `least_bits` each: refused at once when
+        the rest of the string cannot hold them (4,095 announced restrictions of 4,095
+        ranges each are not read one by one to find that out)."""
+        count = self.read(width)
+        if count * least_bits > len(self._bits) - self._pos:
+            raise ConsentStringError("consent string too short")
+        return count
+
+    def ranges(self, max_id: int) -> list[tuple[int, int]]:
+        """A range list: NumEntries(12), then the entries (_entries)."""
+        out: list[tuple[int, int]] = []
+        count = self.count(12, _RANGE_BITS)
+        self._pos = _entries(self._bits, self._pos, count, max_id, out)
+        return out
+
+    def restrictions(self) -> dict[int, list[tuple[int, int]]]:
+        """Publisher restrictions: NumPubRestrictions(12), then each PurposeId(6),
+        RestrictionType(2), NumEntries(12) and the entries, by PurposeId and
+        RestrictionType (the 8 bits); a repeated one adds to the same list. Read
+        with no call per restriction but _entries (a string can hold 900)."""
+        count = self.count(12, _RESTRICTION_BITS)
+        bits, pos = self._bits, self._pos
+        by_key: dict[int, list[tuple[int, int]]] = {}
+        for _ in range(count):
+            if pos + _RESTRICTION_BITS > len(bits):
+                raise ConsentStringError("consent string too short")
+            head = int(bits[pos : pos + _RESTRICTION_BITS], 2)
+            out = by_key.get(head >> 12)
+            if out is None:
+                out = by_key[head >> 12] = []
+            pos = _entries(bits, pos + _RESTRICTION_BITS, head & 0xFFF, 65535, out)
+        self._pos = pos
+        return by_key
+
+    def vendors(self) -> frozenset[int]:
+        """A vendor section: MaxVendorId(16), IsRangeEncoding(1), then a bitfield of
+        MaxVendorId bits or a range list."""
+        max_vendor = self.read(16)
+        if self.read(1):
+            merged = _merge(self.ranges(max_vendor))
+            return frozenset(i for start, end in merged for i in range(start, end + 1))
+        return self.flags(max_vendor)
+
+
+def _entries(bits: str, pos: int, count: int, max_id: int, out: list[tuple[int, int]]) -> int:
+    """`count` range entries at `pos`, each IsARange(1), StartOrOnlyVendorId(16) and
+    EndVendorId(16) when a range, added to `out` (vendor ids from 1 to max_id); where
+    they end. The hot loop of a hostile string: slices, no call per field."""
+    if count * _RANGE_BITS > len(bits) - pos:
+        raise ConsentStringError("consent string too short")
+    size = len(bits)
+    for _ in range(count):
+        width = 33 if bits[pos] == "1" else 17  # there is room for 17: checked above
+        if pos + width > size:
+            raise ConsentStringError("consent string too short")
+        start = int(bits[pos + 1 : pos + 17], 2)
+        end = int(bits[pos + 17 : pos + 33], 2) if width == 33 else start
+        if not 1 <= start <= end <= max_id:  # vendor ids start at 1
+            raise ConsentStringError("bad vendor range")
+        out.append((start, end))
+        pos += width
+    return pos
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Possibly overlapping ranges as sorted disjoint ones, each id in one: 4,095 ranges
+    of the whole id space (a 22 KB string) would otherwise cost 268 M set insertions."""
+    out: list[tuple[int, int]] = []
+    last = -2
     for start, end in sorted(ranges):
-        if end > last:
-            ids.append(range(max(start, last + 1), end + 1))
+        if start <= last + 1:  # overlapping or touching the previous one
+            if end > last:
+                out[-1] = (out[-1][0], end)
+                last = end
+        else:
+            out.append((start, end))
             last = end
-    return frozenset(i for r in ids for i in r)
+    return out
 
 
-def decode_tcf(text: str) -> TCString:
+def _restrictions(bits: _Bits) -> tuple[Restriction, ...]:
+    """The publisher restrictions, one per (purpose, type): the union of its entries."""
+    return tuple(
+        Restriction(key >> 2, RestrictionType(key & 3), tuple(_merge(ranges)))
+        for key, ranges in sorted(bits.restrictions().items())
+    )
+
+
+def decode_tcf(text: str, purpose_one: PurposeOnePolicy = PBS_PURPOSE_ONE) -> TCString:
+    """The core segment of a TCF v2 string (the segments after it are not read)."""
     if len(text) > MAX_CONSENT_CHARS:
         raise ConsentStringError(f"consent string over {MAX_CONSENT_CHARS} characters")
     core = text.split(".", 1)[0]
@@ -104,24 +283,14 @@ def decode_tcf(text: str) -> TCString:
         raise ConsentStringError(f"TCF version {version}, not 2")
     created, updated = bits.read(36), bits.read(36)
     cmp_id, cmp_version, screen = bits.read(12), bits.read(12), bits.read(6)
-    language = "".join(chr(ord("A") + bits.read(6)) for _ in range(2))
+    language = bits.letters(2)
     vendor_list_version, policy_version = bits.read(12), bits.read(6)
-    bits.read(1 + 1 + 12)  # is service specific, non-standard texts, special features
-    purposes = bits.flags(24)
-    bits.read(24 + 1 + 12)  # legitimate interests, purpose one treatment, publisher CC
-    max_vendor = bits.read(16)
-    if bits.read(1):  # range encoding
-        ranges: list[tuple[int, int]] = []
-        for _ in range(bits.read(12)):
-            is_range = bits.read(1)
-            start = bits.read(16)
-            end = bits.read(16) if is_range else start
-            if not 1 <= start <= end <= max_vendor:  # vendor ids start at 1
-                raise ConsentStringError("bad vendor range")
-            ranges.append((start, end))
-        consented = _union(ranges)
-    else:
-        consented = bits.flags(max_vendor)
+    bits.read(1 + 1)  # is service specific, non-standard texts
+    special_features = bits.flags(12)
+    purposes, purposes_li = bits.flags(24), bits.flags(24)
+    purpose_one_treatment = bool(bits.read(1))
+    publisher_cc = bits.letters(2)
+    consented, legitimate = bits.vendors(), bits.vendors()
     return TCString(
         version,
         created,
@@ -134,6 +303,13 @@ def decode_tcf(text: str) -> TCString:
         policy_version,
         purposes,
         consented,
+        special_features,
+        purposes_li,
+        purpose_one_treatment,
+        publisher_cc,
+        legitimate,
+        _restrictions(bits),
+        purpose_one,
     )
 
 
@@ -264,6 +440,7 @@ def evaluate(
     gdpr_default: int,
     gpc: bool,
     honor_gpc: bool = False,
+    purpose_one: PurposeOnePolicy = PBS_PURPOSE_ONE,
 ) -> Privacy:
     """Decide, or refuse with the contract's code: 315 (GDPR applies, no consent
     string), 313 (unparsable), 314 (this service's vendor may not store). `gpc`: the
@@ -282,7 +459,7 @@ def evaluate(
         text = _gpp_tcf(decoded)
     if applies and text:
         try:
-            tcf = decode_tcf(text)
+            tcf = decode_tcf(text, purpose_one)
         except ConsentStringError as exc:
             raise RequestError(
                 Code.CONSENT_UNPARSABLE, f"consent string unparsable: {exc}"

@@ -466,16 +466,30 @@ def usersync_url(
     )
 
 
+def privacy_debug(
+    privacy: Privacy, host_vendor_id: int, evaluations: Sequence[Evaluation]
+) -> dict[str, Any] | None:
+    """What the TCF string said, for a debug answer: its decoded fields, and what it
+    says of the host's vendor and of every bidder evaluated (by gvl_id). None when no
+    string was read (GDPR does not apply)."""
+    if privacy.tcf is None:
+        return None
+    ids = {host_vendor_id, *(e.bidder.gvl_id for e in evaluations if e.bidder is not None)}
+    return {"tcf": privacy.tcf.describe(ids - {0})}
+
+
 def cookie_sync_answer(
     has_mappings: bool,
     syncs: Sequence[tuple[Evaluation, str]],
     evaluations: Sequence[Evaluation],
     debug: bool,
+    privacy: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Prebid Server's answer: `status` ok when the visitor has any live mapping (its
     `uids` cookie would hold a sync), one entry per chosen sync under the bidder code
     as the request spelled it (Prebid.js looks its syncUrlModifier up by it), and with
-    `debug` why every other bidder evaluated was left out (no `debug` when none was)."""
+    `debug` why every other bidder evaluated was left out (no `debug` when none was)
+    and, not Prebid Server's, the decoded consent (`privacy`, privacy_debug's)."""
     doc: dict[str, Any] = {
         "status": "ok" if has_mappings else "no_cookie",
         "bidder_status": [
@@ -494,6 +508,8 @@ def cookie_sync_answer(
     ]
     if debug and left_out:
         doc["debug"] = left_out
+    if debug and privacy is not None:
+        doc["privacy"] = privacy
     return doc
 
 

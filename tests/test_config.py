@@ -150,6 +150,14 @@ def test_defaults_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         ("empty secret keys", "[server]\nsecret_keys = []\n", ["key 'secret_keys': must not"]),
         ("gdpr_default", "[privacy]\ngdpr_default = 2\n", ["key 'gdpr_default': must be 0 or 1"]),
         (
+            "purpose one treatment is true or false",
+            "[privacy]\npurpose_one_treatment = 1\npurpose_one_access_allowed = 'yes'\n",
+            [
+                "[privacy]: key 'purpose_one_treatment': must be true or false",
+                "[privacy]: key 'purpose_one_access_allowed': must be true or false",
+            ],
+        ),
+        (
             "buckets not a power of two",
             "[store]\nmatch_buckets = 1000\n",
             ["[store]: key 'match_buckets': must be a power of two"],

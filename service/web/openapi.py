@@ -96,6 +96,49 @@ _COOKIE_SYNC_REQUEST: Final = {
         ),
     },
 }
+_IDS: Final = {"type": "array", "items": _INT}
+_RESTRICTION_TYPE: Final = {"enum": ["not_allowed", "require_consent", "require_li", "undefined"]}
+# TCString.describe(): the core segment, and what it says of the host's and the
+# evaluated bidders' vendor ids (keys: the ids as text)
+_TCF_DEBUG: Final = {
+    "type": "object",
+    "properties": {
+        **{
+            k: _INT
+            for k in ("version", "cmp_id", "cmp_version", "vendor_list_version", "policy_version")
+        },
+        "publisher_cc": _STRING,
+        "purposes": _IDS,
+        "purposes_li": _IDS,
+        "special_features": _IDS,
+        "purpose_one_treatment": {"type": "boolean"},
+        "publisher_restrictions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"purpose": _INT, "type": _RESTRICTION_TYPE, "ranges": _INT},
+            },
+        },
+        "vendors": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "consent": {"type": "boolean"},
+                    "legitimate_interest": {"type": "boolean"},
+                    "restrictions": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"purpose": _INT, "type": _RESTRICTION_TYPE},
+                        },
+                    },
+                    "purpose_one_allowed": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}
 _COOKIE_SYNC_ANSWER: Final = {
     "type": "object",
     "required": ["status", "bidder_status"],
@@ -125,6 +168,8 @@ _COOKIE_SYNC_ANSWER: Final = {
                 "properties": {"bidder": {"type": "string"}, "error": {"type": "string"}},
             },
         },
+        # With debug: true and a TCF string read (GDPR applies): what it said
+        "privacy": {"type": "object", "properties": {"tcf": _TCF_DEBUG}},
     },
 }
 _API_RESPONSES: Final = {

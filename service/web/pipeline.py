@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final, Generic, TypeVar
 
-from ..consent import Privacy, evaluate
+from ..consent import PBS_PURPOSE_ONE, Privacy, PurposeOnePolicy, evaluate
 from ..errors import Code, RequestError
 from ..identity import Visitor, VisitorKind
 from ..numbers import parse_uint
@@ -50,10 +50,18 @@ Req = TypeVar("Req")
 class PrivacyRules:
     """The [privacy] settings and the host vendor id, applied to one request."""
 
-    def __init__(self, *, vendor_id: int, gdpr_default: int, honor_gpc: bool) -> None:
+    def __init__(
+        self,
+        *,
+        vendor_id: int,
+        gdpr_default: int,
+        honor_gpc: bool,
+        purpose_one: PurposeOnePolicy = PBS_PURPOSE_ONE,
+    ) -> None:
         self.vendor_id = vendor_id
         self.gdpr_default = gdpr_default
         self.honor_gpc = honor_gpc
+        self.purpose_one = purpose_one
         # Most requests carry no consent parameter: their answer, with and without GPC,
         # decided once (a Privacy, or the refusal to raise).
         self._without: dict[bool, Privacy | RequestError] = {}
@@ -79,6 +87,7 @@ class PrivacyRules:
             gdpr_default=self.gdpr_default,
             gpc=gpc,
             honor_gpc=self.honor_gpc,
+            purpose_one=self.purpose_one,
         )
 
 

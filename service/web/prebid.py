@@ -33,6 +33,7 @@ from ..prebid import (
     missing_consent,
     parse_cookie_sync,
     parse_setuid,
+    privacy_debug,
     setuid_consent,
     setuid_refusal,
     usersync_url,
@@ -182,7 +183,8 @@ class CookieSyncEndpoint(_PrebidEndpoint[CookieSyncRequest]):
         for e in evaluations:
             if e.bidder is not None and e.status.label:
                 metrics.child(metrics.SYNCER_REQUESTS, e.bidder.name, e.status.label).inc()
-        doc = cookie_sync_answer(bool(mapped), syncs, evaluations, req.debug)
+        consent = privacy_debug(privacy, self.privacy.vendor_id, evaluations) if req.debug else None
+        doc = cookie_sync_answer(bool(mapped), syncs, evaluations, req.debug, consent)
         await self._send(call, CookieSyncOutcome.OK, doc, [self.cookies.set_header(visitor)])
         return CookieSyncOutcome.OK.label
 

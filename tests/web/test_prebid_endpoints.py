@@ -17,7 +17,7 @@ from service.web.responses import GIF
 from tests.conftest import wait_for
 from tests.gpp_encoder import gpp, us_section
 from tests.services import OPS, Config, Service, Services
-from tests.test_consent import NO_VENDORS, TRAFFECTIVE
+from tests.test_consent import NO_VENDORS, TRAFFECTIVE, tcf
 from tests.writes import NOTHING, settled, written_since
 
 KEY = "prebid-test-key"
@@ -689,3 +689,51 @@ async def test_forty_bidders_all_stay_retrievable(services: Services, store: Sto
         assert got == {"buyeruids": uids}
         again = (await http.post("/cookie_sync", json={}, headers=visitor(uuid))).json()
         assert again == {"status": "ok", "bidder_status": []}
+
+
+async def test_cookie_sync_debug_shows_the_decoded_consent(http: httpx.AsyncClient) -> None:
+    """With debug, the TCF string as read: the host's vendor (2) and the bidders'
+    (3, 284), their consent, legitimate interest and publisher restrictions. Acme's
+    vendor 3 is consented but restricted for purpose 1: not synced."""
+    consent = tcf(
+        max_vendor=3,
+        bitfield="011",
+        special_features=1 << 11,
+        purposes_li=0b0111 << 20,
+        publisher_cc="FR",
+        li_max_vendor=3,
+        li_bitfield="001",
+        restrictions=[(1, 0, [(3, 3)]), (7, 1, [(1, 500)])],
+    )
+    fields: dict[str, Any] = {"bidders": ["acme", "both"], "gdpr": 1, "gdpr_consent": consent}
+    resp = await http.post("/cookie_sync", json={**fields, "debug": True})
+    answer = resp.json()
+    assert resp.status_code == 200 and names(answer) == []
+    assert answer["debug"] == [
+        {"bidder": "acme", "error": "Rejected by privacy"},
+        {"bidder": "both", "error": "Rejected by privacy"},
+    ]
+    tcf_debug = answer["privacy"]["tcf"]
+    assert tcf_debug["publisher_cc"] == "FR" and tcf_debug["special_features"] == [1]
+    assert tcf_debug["purposes"] == [1] and tcf_debug["purposes_li"] == [2, 3, 4]
+    assert tcf_debug["purpose_one_treatment"] is False
+    assert tcf_debug["publisher_restrictions"] == [
+        {"purpose": 1, "type": "not_allowed", "ranges": 1},
+        {"purpose": 7, "type": "require_consent", "ranges": 1},
+    ]
+    assert set(tcf_debug["vendors"]) == {"2", "3", "284"}
+    assert tcf_debug["vendors"]["3"] == {
+        "consent": True,
+        "legitimate_interest": True,
+        "restrictions": [
+            {"purpose": 1, "type": "not_allowed"},
+            {"purpose": 7, "type": "require_consent"},
+        ],
+        "purpose_one_allowed": False,
+    }
+    assert tcf_debug["vendors"]["2"]["purpose_one_allowed"] is True
+    # Without debug, or without a TCF string read: no privacy member.
+    quiet = await http.post("/cookie_sync", json=fields)
+    assert "privacy" not in quiet.json()
+    outside = await http.post("/cookie_sync", json={"bidders": ["acme"], "gdpr": 0, "debug": True})
+    assert "privacy" not in outside.json() and names(outside.json()) == [("acme", "redirect")]

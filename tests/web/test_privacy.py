@@ -10,8 +10,8 @@ from service.store import Store
 from tests.configs import entry
 from tests.conftest import wait_for
 from tests.gpp_encoder import gpp
-from tests.services import Config
-from tests.test_consent import NO_VENDORS, TRAFFECTIVE
+from tests.services import Config, Services
+from tests.test_consent import NO_VENDORS, TRAFFECTIVE, tcf
 
 KEY = "privacy-test-key"
 
@@ -110,3 +110,63 @@ async def test_outside_gdpr_everything_flows(http: httpx.AsyncClient, store: Sto
         return 66 in await store.mappings(uuid, today())
 
     assert await wait_for(stored)
+
+
+# Purpose 1 and vendors 2 (the host) and 3 (partner 1234) consented, and the
+# publisher's restriction of purpose 1 (type 0, not allowed) for these vendor ids.
+def restricted(*ranges: tuple[int, int]) -> str:
+    return tcf(max_vendor=3, bitfield="011", restrictions=[(1, 0, list(ranges))])
+
+
+@pytest.mark.parametrize(
+    ("description", "consent", "code"),
+    [
+        ("restricted for the partner's vendor", restricted((3, 3)), "314"),
+        ("restricted for every vendor, the host's too", restricted((1, 65535)), "314"),
+        ("restricted for another vendor", restricted((4, 9)), None),
+        (
+            "restricted for purpose 2 only",
+            tcf(max_vendor=3, bitfield="011", restrictions=[(2, 0, [(3, 3)])]),
+            None,
+        ),
+    ],
+)
+async def test_a_publisher_restriction_on_the_partner_refuses_its_sync(
+    http: httpx.AsyncClient, store: Store, description: str, consent: str, code: str | None
+) -> None:
+    """SPEC §12: a partner is synced only when its gvl_id is consented; a publisher
+    restriction of purpose 1 for its vendor id takes that consent back."""
+    uuid = new_uuid()
+    uid = f"r-{uuid[:8]}"
+    ibs = await http.get(
+        f"/ibs:dpid=1234&dpuuid={uid}&gdpr=1&gdpr_consent={consent}", headers=cookie_for(uuid)
+    )
+    assert ibs.status_code == 200 and ibs.headers.get("x-error") == code, description
+    await http.get("/ibs:dpid=66&dpuuid=marker&gdpr=0", headers=cookie_for(uuid))
+
+    async def marker() -> bool:
+        return 66 in await store.mappings(uuid, today())
+
+    assert await wait_for(marker)
+    stored = await store.lookup(1234, [uid], today())
+    assert (stored == {}) is (code is not None), description
+
+
+async def test_purpose_one_treatment_as_configured(
+    http: httpx.AsyncClient, services: Services
+) -> None:
+    """A string saying purpose 1 was not disclosed (PurposeOneTreatment), with no
+    purpose consented: allowed with Prebid Server's defaults ([privacy]
+    purpose_one_treatment and purpose_one_access_allowed true), refused (314) with
+    purpose_one_access_allowed = false, and read as any other (no consent: 314) with
+    purpose_one_treatment = false."""
+    consent = tcf(purposes=0, purpose_one_treatment=True, max_vendor=3, bitfield="011")
+    ibs = f"/ibs:dpid=1234&dpuuid=p1t&gdpr=1&gdpr_consent={consent}"
+    allowed = await http.get(ibs, headers=cookie_for(new_uuid()))
+    assert allowed.status_code == 200 and "x-error" not in allowed.headers
+    partners = entry("partners", dpid=1234, name="consented", gvl_id=3)
+    for setting in ("purpose_one_access_allowed = false", "purpose_one_treatment = false"):
+        toml = f"[server]\nvendor_id = 2\n\n[privacy]\n{setting}\n{partners}"
+        async with services.start(Config(toml, keys=(KEY,))).client() as other:
+            refused = await other.get(ibs, headers=cookie_for(new_uuid()))
+        assert refused.headers.get("x-error") == "314", setting
