@@ -117,12 +117,14 @@ mappings = {{ "{SEGMENT}" = "{ALIAS}" }}
 
 
 def publisher_page(pixel: str, privacy: str) -> bytes:
-    """The page's script runs the visit with the privacy parameters its CMP gave; the
-    test reads `window.visit` (or `window.failure`) and calls `embedDest5()`."""
+    """The page's script runs the visit with the privacy parameters its CMP gave: the
+    /event pixel (the visitor cookie), dest5.html (the partner syncs), the JSON /event
+    (qualification); the test reads `window.visit` (or `window.failure`) and embeds
+    dest5.html again (`embedDest5`) for the destinations. Its CSP allows only pixelsync."""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Publisher</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'self' 'unsafe-inline' \
-http://127.0.0.1:* http://localhost:* http://[::1]:*">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none';
+  script-src 'unsafe-inline'; img-src {pixel}; connect-src {pixel}; frame-src {pixel}">
 </head>
 <body>
 <h1>Sports news</h1>
@@ -141,24 +143,26 @@ function pixel(src) {{
   }});
 }}
 
-async function visit() {{
-  await pixel(PIXEL + "/event?c_page=home&" + PRIVACY);
-  const resp = await fetch(PIXEL + "/event?d_rtbd=json&c_section=sports&" + PRIVACY,
-                           {{credentials: "include"}});
-  const doc = await resp.json();
-  document.getElementById("answer").textContent = JSON.stringify(doc, null, 1);
-  return {{status: resp.status, doc}};
-}}
-
-function embedDest5() {{
+function embedDest5(id) {{
+  // Resolves on the iframe's load event: after every image in it has loaded.
   return new Promise((resolve) => {{
     const frame = document.createElement("iframe");
-    frame.id = "dest5";
-    frame.title = "dest5";
+    frame.id = id;
+    frame.title = id;
     frame.onload = () => resolve(frame.src);
     frame.src = PIXEL + "/dest5.html?" + PRIVACY;
     document.getElementById("frames").appendChild(frame);
   }});
+}}
+
+async function visit() {{
+  await pixel(PIXEL + "/event?c_page=home&" + PRIVACY);
+  await embedDest5("syncs");
+  const resp = await fetch(PIXEL + "/event?d_rtbd=json&d_cts=1&c_section=sports&" + PRIVACY,
+                           {{credentials: "include"}});
+  const doc = await resp.json();
+  document.getElementById("answer").textContent = JSON.stringify(doc, null, 1);
+  return {{status: resp.status, doc}};
 }}
 
 visit().then((r) => {{ window.visit = r; }}, (e) => {{ window.failure = String(e); }});
@@ -167,16 +171,21 @@ visit().then((r) => {{ window.visit = r; }}, (e) => {{ window.failure = String(e
 """.encode()
 
 
-async def run_page(page: Page, page_url: str) -> tuple[dict[str, Any], Frame]:
-    """Load the page, wait for its visit, embed dest5.html: (the /event answer, frame)."""
+async def frame_of(page: Page, frame_id: str) -> Frame:
+    frame = await (await page.wait_for_selector(f"#{frame_id}")).content_frame()
+    assert frame is not None
+    return frame
+
+
+async def run_page(page: Page, page_url: str) -> tuple[dict[str, Any], Frame, Frame]:
+    """Load the page and wait for its visit, then embed dest5.html again: (the JSON
+    /event answer, the first dest5.html's frame, the second's)."""
     await page.goto(page_url, wait_until="load", timeout=TIMEOUT_MS)
     await page.wait_for_function("window.visit || window.failure", timeout=TIMEOUT_MS)
     assert await page.evaluate("window.failure || null") is None
     visit: dict[str, Any] = await page.evaluate("window.visit")
-    await page.evaluate("embedDest5()")
-    frame = await (await page.wait_for_selector("#dest5")).content_frame()
-    assert frame is not None
-    return visit, frame
+    await page.evaluate("embedDest5('fires')")
+    return visit, await frame_of(page, "syncs"), await frame_of(page, "fires")
 
 
 async def api_ids(service: Service, uuid: str) -> dict[str, str]:
@@ -196,7 +205,7 @@ async def test_gpp_only_eu_consent_syncs_and_stores(
     with serve_page(publisher_page(px.origin, EU_GIVEN), TIMEOUT_S) as page_origin:
         async with chromium() as p, accepting_context(p, tmp_path / "profile", TIMEOUT_MS) as ctx:
             page = await ctx.new_page()
-            visit, frame = await run_page(page, page_origin + "/")
+            visit, syncs, fires = await run_page(page, page_origin + "/")
             assert visit["status"] == 200, visit
             doc = visit["doc"]
             assert "errors" not in doc, doc
@@ -206,10 +215,13 @@ async def test_gpp_only_eu_consent_syncs_and_stores(
             uuid = uuid_of(cookie)
             assert doc["uuid"] == uuid
 
-            images = await frame_images(frame)
-            srcs = [i["src"] for i in images]
-            assert any(s.startswith(f"{partners.origin}/sync?p={CONSENTED}&") for s in srcs), srcs
-            assert not any(f"/sync?p={REFUSED}&" in s for s in srcs), srcs
+            # dest5.html syncs the consented partner, not the other; the JSON answer
+            # has no sync left to hand out; the second dest5.html fires the pixel.
+            srcs = [i["src"] for i in await frame_images(syncs)]
+            assert [s.split("&")[0] for s in srcs] == [f"{partners.origin}/sync?p={CONSENTED}"]
+            assert doc["ibs"] == [], doc
+            fired = [i["src"] for i in await frame_images(fires)]
+            assert [s.split("/fire/")[0] for s in fired] == [px.origin], fired
 
             async def synced() -> dict[str, str] | None:
                 ids = await api_ids(px.service, uuid)
@@ -240,11 +252,11 @@ async def test_gpp_only_eu_refusal_stores_nothing(
             async with page.expect_response(
                 lambda r: "/event?c_page=home" in r.url, timeout=TIMEOUT_MS
             ) as event:
-                visit, frame = await run_page(page, page_origin + "/")
+                visit, syncs, fires = await run_page(page, page_origin + "/")
             assert (await (await event.value).all_headers())["x-error"] == "314"
             assert [e["code"] for e in visit["doc"]["errors"]] == [314], visit
             assert "uuid" not in visit["doc"]
-            assert await frame_images(frame) == []
+            assert await frame_images(syncs) == [] and await frame_images(fires) == []
             assert await cookie_value(ctx, px.origin, "uuid") is None
             await asyncio.sleep(1.0)  # the quiet period: nothing may arrive late either
             assert partners.calls == [] and pixels.pixels == []
@@ -258,14 +270,16 @@ async def test_usnat_sale_opt_out_stops_syncs_and_fires(
     with serve_page(publisher_page(px.origin, US_SALE_OPT_OUT), TIMEOUT_S) as page_origin:
         async with chromium() as p, accepting_context(p, tmp_path / "profile", TIMEOUT_MS) as ctx:
             page = await ctx.new_page()
-            visit, frame = await run_page(page, page_origin + "/")
+            visit, syncs, fires = await run_page(page, page_origin + "/")
             doc = visit["doc"]
             assert visit["status"] == 200 and "errors" not in doc, visit
             assert SEGMENT in doc["segments"]  # first-party use goes on
             uuid = uuid_of(await cookie_value(ctx, px.origin, "uuid") or "")
-            assert await frame_images(frame) == []
-            html = await frame.content()
-            assert "/sync?p=" not in html and "/fire/" not in html, html
+            assert doc["ibs"] == [] and doc["stuff"] == [], doc
+            for frame in (syncs, fires):
+                assert await frame_images(frame) == []
+                html = await frame.content()
+                assert "/sync?p=" not in html and "/fire/" not in html, html
             await asyncio.sleep(1.0)
             assert partners.calls == [] and pixels.pixels == []
             assert await api_ids(px.service, uuid) == {}
