@@ -29,6 +29,21 @@ key                    type    fields -> values                               by
 ``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
                                '' = delete; moved into ``x:`` once its files  export
                                are complete (scripts.COMMIT)
+``xr:<dest>:{<vb>}``   hash    ``<uuid16>`` -> removal entry ("tombstone") of  ~30/erased
+                               an erased visitor that file destination <dest>  visitor
+                               had been sent: ``varint(len(uid)) <uid codec>``  (until the
+                               ``varint(sid)*`` (codec.pack_tombstone): the   next iter
+                               partner uid it knew and the segments it got;    export)
+                               written by the erasure (writes.py ``_erase``)
+``xrs:<dest>:{<vb>}``  hash    the tombstones an export in progress wrote, as  during an
+                               it read them: deleted by scripts.COMMIT only if export
+                               still unchanged (one written meanwhile stays)
+``ps:tombstoned``      set     the ids of destinations that got tombstones     once
+                               (the sweeper drops those no longer configured)
+``ps:erasures``        stream  one entry per erasure applied (a visitor with  ~20/erasure
+                               something stored), id = its time, field
+                               ``source`` -> ``api`` | ``optout``; never who;
+                               XADD MAXLEN ~ ERASURES_MAX
 ``ps:export:<dest>``   hash    ``state`` (staging|committing), ``last_day``,  once
                                ``last_ms`` of the last successful export
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
@@ -100,6 +115,11 @@ def lock_key(job: str) -> bytes:
     return b"ps:lock:" + job.encode()
 
 
+ERASURES_KEY: Final = b"ps:erasures"
+ERASURES_MAX: Final = 100_000  # entries kept (about 2 MiB): MAXLEN ~, so a few more
+TOMBSTONED_KEY: Final = b"ps:tombstoned"
+
+
 class KeySchema:
     """Builds keys and fields for a given bucket count."""
 
@@ -130,6 +150,13 @@ class KeySchema:
 
     def export_key_of_bucket(self, destination: int, bucket: int, *, staged: bool) -> bytes:
         return b"%s:%d:{%x}" % (b"xs" if staged else b"x", destination, bucket)
+
+    def tombstone_key_of_bucket(self, destination: int, bucket: int, *, staged: bool) -> bytes:
+        return b"%s:%d:{%x}" % (b"xrs" if staged else b"xr", destination, bucket)
+
+    def bucket_of(self, field: bytes) -> int:
+        """The bucket of a visitor field (uuid16)."""
+        return int.from_bytes(field, "big") & self._mask
 
     def visitor_key_of_bucket(self, bucket: int) -> bytes:
         return b"u:{%x}" % bucket

@@ -481,7 +481,9 @@ SPEC: Final[dict[str, Any]] = {
             ),
             "delete": {
                 "summary": "Erase everything about a visitor, both directions (a partner-scoped "
-                "key: its partner's mapping of the visitor only, both directions)",
+                "key: its partner's mapping of the visitor only, both directions). Partners "
+                "that were sent its segments get the removals: a line in each file "
+                "destination's next iter export, exits to s2s destinations",
                 "security": [{"bearer": []}],
                 "parameters": [_path("uuid")],
                 "responses": {
@@ -490,6 +492,45 @@ SPEC: Final[dict[str, Any]] = {
                     **_API_RESPONSES,
                 },
             },
+        },
+        "/v1/erasures": {
+            "get": _api(
+                "How many erasures (DELETE /v1/users/{uuid} by an unscoped key, "
+                "/demoptout.jpg) were applied since a time, and when; never who. Unscoped "
+                "admin key only (a partner-scoped key: 403). Counts the erasures of visitors "
+                "that had something stored; lists the first 1000 since `since` (oldest "
+                "first: page by passing the last `at` again); `truncated`: more than listed, "
+                "or the log (the last ~100,000 erasures) no longer reaches back to `since`",
+                [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": True,
+                        "description": "unix seconds, or an ISO 8601 date and time (UTC "
+                        "unless it names an offset)",
+                        "schema": _STRING,
+                    }
+                ],
+                _object(
+                    ["since", "count", "erasures", "truncated"],
+                    {
+                        "since": _STRING,
+                        "count": _INT,
+                        "erasures": {
+                            "type": "array",
+                            "items": _object(
+                                ["at", "source"],
+                                {
+                                    "at": _STRING,
+                                    "source": {"type": "string", "enum": ["api", "optout"]},
+                                },
+                            ),
+                        },
+                        "truncated": {"type": "boolean"},
+                    },
+                ),
+                **{"400": _API_ERROR},
+            )
         },
         "/v1/partners/{dpid}/users/{dpuuid}": {
             "get": _api(
