@@ -72,13 +72,14 @@ def _strings_at_least(body: bytes | bytearray) -> int:
     return (body.count(b'"') - body.count(b'\\"')) // 2
 
 
-_SECONDS: Final = re2.compile(r"[0-9]{1,11}(?:\.[0-9]{1,6})?")
+SINCE_SECONDS: Final = r"^[0-9]{1,11}(\.[0-9]{1,6})?$"  # also in the OpenAPI document
+_SECONDS: Final = re2.compile(SINCE_SECONDS)
 
 
 def parse_since(text: str) -> float | None:
     """Unix seconds, or an ISO 8601 date (and time; UTC unless it names an offset), as
     unix seconds; None when it is neither."""
-    if _SECONDS.fullmatch(text):
+    if _SECONDS.search(text):
         return float(text)
     if not 10 <= len(text) <= 40:
         return None
@@ -88,8 +89,7 @@ def parse_since(text: str) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    seconds = when.timestamp()
-    return seconds if seconds >= 0 else None
+    return max(when.timestamp(), 0.0)  # before 1970: since the beginning
 
 
 def _iso(ms: int) -> str:

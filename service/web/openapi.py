@@ -9,6 +9,8 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .api import SINCE_SECONDS
+
 _STRING: Final = {"type": "string"}
 _INT: Final = {"type": "integer"}
 _INTS: Final = {"type": "array", "items": _INT}
@@ -506,9 +508,9 @@ SPEC: Final[dict[str, Any]] = {
                         "name": "since",
                         "in": "query",
                         "required": True,
-                        "description": "unix seconds, or an ISO 8601 date and time (UTC "
-                        "unless it names an offset)",
-                        "schema": _STRING,
+                        "description": "unix seconds (as the schema says), or an ISO 8601 "
+                        "date, or date and time (UTC unless it names an offset)",
+                        "schema": {"type": "string", "pattern": SINCE_SECONDS},
                     }
                 ],
                 _object(
