@@ -29,21 +29,21 @@ key                    type    fields -> values                               by
 ``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
                                '' = delete; moved into ``x:`` once its files  export
                                are complete (scripts.COMMIT)
-``xr:<dest>:{<vb>}``   hash    ``<uuid16>`` -> removal entry ("tombstone") of  ~30/erased
-                               an erased visitor that file destination <dest>  visitor
-                               had been sent: ``varint(len(uid)) <uid codec>``  (until the
-                               ``varint(sid)*`` (codec.pack_tombstone): the   next iter
-                               partner uid it knew and the segments it got;    export)
-                               written by the erasure (writes.py ``_erase``)
-``xrs:<dest>:{<vb>}``  hash    the tombstones an export in progress wrote, as  during an
-                               it read them: deleted by scripts.COMMIT only if export
-                               still unchanged (one written meanwhile stays)
-``ps:tombstoned``      set     the ids of destinations that got tombstones     once
-                               (the sweeper drops those no longer configured)
-``ps:erasures``        stream  one entry per erasure applied (a visitor with  ~20/erasure
-                               something stored), id = its time, field
+``xr:<dest>:{<vb>}``   hash    ``<uuid16>`` -> tombstone of an erased         ~30/erased
+                               visitor whose segments file destination <dest> visitor,
+                               had been sent (codec.pack_tombstone):          until the
+                               ``varint(len(uid)) <uid codec> varint(sid)*``, next iter
+                               the partner uid it knew and those segments;    export
+                               written by an erasure (writes.py ``_erase``)
+``xrs:<dest>:{<vb>}``  hash    the tombstones an export in progress sent, as  during an
+                               it read them: scripts.COMMIT deletes each from export
+                               ``xr:`` only if unchanged (a newer one stays)
+``ps:tombstoned``      set     ids of destinations that got tombstones (the   once
+                               sweeper drops those no longer configured)
+``ps:erasures``        stream  one entry per erasure applied to a visitor     ~20/erasure
+                               with something stored; id = its time, field
                                ``source`` -> ``api`` | ``optout``; never who;
-                               XADD MAXLEN ~ ERASURES_MAX
+                               XADD MAXLEN ~ ERASURES_MAX (100,000)
 ``ps:export:<dest>``   hash    ``state`` (staging|committing), ``last_day``,  once
                                ``last_ms`` of the last successful export
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
