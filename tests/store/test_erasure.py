@@ -14,7 +14,8 @@ from service.identity import new_uuid
 from service.profiles import Profile
 from service.store import Removal, Store, VisitorState
 from service.store.codec import pack_sids, unpack_sids, unpack_tombstone, uuid16, uuid_from16
-from tests.conftest import embedded_valkey, open_store
+from tests.conftest import embedded_valkey, open_store, wait_for
+from tests.proxy import FaultProxy
 
 DAY = int(time.time() // 86400)
 DEST, OTHER_DEST, PARTNER, OTHER_PARTNER = 41, 42, 8, 9
@@ -199,3 +200,40 @@ async def test_the_erasure_log_counts_and_lists_the_first(store: Store) -> None:
     assert count == 3 and [s for _, s in listed] == ["api", "optout"] and not trimmed
     assert listed[0][0] <= listed[1][0]
     assert (await store.erasures(int(time.time() * 1000) + 1000, 2))[:2] == ([], 0)
+
+
+async def test_an_erasure_queued_while_redis_is_away_is_applied_the_same(
+    store: Store, url: str
+) -> None:
+    v = visitor()
+    store.put_mapping(v, PARTNER, "uid-away", DAY)
+    store.save_profile(v, with_segments(500), lambda current: current.profile)
+    await store.drain()
+    await mark(store, DEST, v, 500)
+    proxy = FaultProxy(url)
+    calls: list[tuple[str, dict[int, str], frozenset[int]]] = []
+    try:
+        async with open_store(proxy.url, 4, exports=EXPORTS) as away:
+            away.on_erased(lambda *args: calls.append(args))
+            proxy.set("refuse")
+            proxy.cut()
+            assert await wait_for(lambda: _down(away))
+            assert away.erase_visitor(v, "optout")  # queued
+            assert await wait_for(lambda: _unhealthy(away))
+            assert calls == [] and set(await tombstones(store, DEST)) == set()
+            proxy.set("pass")
+            await away.drain()  # replayed
+    finally:
+        proxy.close()
+    assert calls == [(v, {PARTNER: "uid-away"}, frozenset({500}))]
+    assert await tombstones(store, DEST) == {v: ("uid-away", [500])}
+    listed, count, _ = await store.erasures(0, 10)
+    assert count == 1 and listed[0][1] == "optout"
+
+
+async def _unhealthy(store: Store) -> bool:
+    return not store.healthy
+
+
+async def _down(store: Store) -> bool:
+    return not await store.ping()
