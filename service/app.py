@@ -158,6 +158,8 @@ def create_app(settings: Settings, *, server_times_body: bool = False) -> HotPat
                 metrics.child(metrics.DESTINATIONS, str(d.id), counter)
     qualifier, tokens, loss = domain.qualifier, domain.tokens, domain.loss
     sender, realtime, profiles = domain.sender, domain.realtime, domain.profiles
+    if sender is not None:  # erasures reach the s2s partners as exits (SPEC §12)
+        store.on_erased(profiles.erased)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -197,6 +197,23 @@ class Profiles:
         self._save(visitor, state, self._redo(visitor, (), day, now, privacy, [], handed))
         return fires
 
+    def erased(self, uuid: str, uids: Mapping[int, str], segments: frozenset[int]) -> None:
+        """An erasure was applied (Store.on_erased): each s2s destination whose partner
+        knew the visitor gets the exits of the mapped segments its profile held. No
+        consent check: a removal only takes data away from the partner."""
+        if self.s2s is None:
+            return
+        now = time.time()
+        for d in self.rules.s2s:
+            uid = uids.get(d.partner or 0)
+            if uid is None:
+                continue  # the partner did not know the visitor
+            exits = tuple(
+                SegmentChange(alias, False, now) for alias, _ in d.changes((), sorted(segments))
+            )
+            if exits:
+                self.s2s.submit(d.id, UserUpdate(uuid, uid, self.region, exits))
+
     def pruned(
         self, profile: Profile, day: int, visitor_days: int, seen: int | None
     ) -> Profile | None:

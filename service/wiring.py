@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .activities import Policies, PrivacyGate
-from .config import ConfigError, S2SDestinationConfig, Settings
+from .config import ConfigError, FileDestinationConfig, S2SDestinationConfig, Settings
 from .destinations import DestinationRules, Tokens
 from .macros import Template
 from .outbound.realtime import RealtimeCaller, RealtimePartner, RealtimeSettings
@@ -50,6 +50,11 @@ def build_store(settings: Settings, url: str, *, read_back: bool = True) -> Stor
         write_client=connect(url, cluster=cluster, socket_timeout=None),
         write_url=url,
         read_back=read_back,
+        exports=[
+            (d.id, d.partner)
+            for d in settings.destinations
+            if isinstance(d, FileDestinationConfig) and d.partner is not None
+        ],
     )
 
 

@@ -10,6 +10,13 @@ renamed into place only when all are complete, the `.info` control file last. Wh
 export sends is staged in Redis (xs: keys) and becomes the destination's mark (x: keys)
 only after its files are in place, so a failed export leaves the mark where the last
 successful one put it. A crash while the mark moves is finished by the next export.
+
+Erasures (SPEC §12): erasing a visitor turns its marks into tombstones (keys.py
+``xr:``) holding the partner uid and the segments sent. An `iter` export writes one
+removal line per tombstone, `<DP_UUID>  <alias,…>` (no current segments, the aliases
+the destination still maps), and deletes the tombstones it wrote with the marks, once
+its files are in place: a failed export keeps them, and one written during the export
+waits for the next. A `full` export leaves tombstones for the next `iter` one.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, Final
 
 from ..config import Destination, FileDestinationConfig
 from ..qualification import Qualifier
-from ..store import Store
+from ..store import ExportRow, Removal, Store
 
 BUCKETS_PER_ROUND: Final = 256
 log = logging.getLogger("pixelsync.export")
@@ -112,6 +119,7 @@ class ExportResult:
     unchanged: int  # iter: visitors in the same segments as last time
     seconds: float
     skipped: str = ""  # why nothing was exported (a privacy rule), or ""
+    removed: int = 0  # iter: erased visitors written as removals
 
     def doc(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -163,16 +171,31 @@ class Exporter:
         aside = out / f".pixelsync-{stem}"
         aside.mkdir()
         writer = SplitWriter(out, aside, stem, destination.split_lines)
-        unmapped = unchanged = 0
+        unmapped = unchanged = erased = 0
         try:
             buckets = self.store.buckets
             for start in range(0, buckets, BUCKETS_PER_ROUND):
+                removals: list[Removal] | None = [] if mode == "iter" else None
                 rows = await self.store.scan_for_export(
                     dest,
                     range(start, min(start + BUCKETS_PER_ROUND, buckets)),
                     partner=dpid,
                     today=day,
+                    removals=removals,
                 )
+                # A visitor erased and back with the same uuid and uid since the last
+                # export: its tombstone's segments count as sent, in its own line.
+                folded: dict[str, list[int]] = {}
+                back = self._back(rows, removals) if removals else {}
+                for removal in removals or ():
+                    sids = [s for s in removal.sids if s in aliases]
+                    if back.get(removal.uuid) == removal.uid:
+                        folded[removal.uuid] = sids
+                    elif sids:
+                        writer.write(f"{removal.uid}  {','.join(aliases[s] for s in sids)}")
+                        erased += 1
+                        if failure is not None:
+                            failure(sum(f.lines for f in writer.files))
                 staged: dict[str, list[int]] = {}
                 for row in rows:
                     uid = row.uid
@@ -185,6 +208,8 @@ class Exporter:
                         s for s in self.qualifier.evaluate(profile, day) if s in aliases
                     )
                     before = row.exported
+                    if folded:
+                        before = sorted({*before, *folded.get(row.uuid, ())})
                     if mode == "iter" and current == before:
                         unchanged += 1
                         continue
@@ -198,7 +223,7 @@ class Exporter:
                             failure(sum(f.lines for f in writer.files))
                     if current != before:
                         staged[row.uuid] = current
-                await self.store.stage_marks(dest, staged)
+                await self.store.stage_marks(dest, staged, removals or ())
             info = writer.publish()
         except BaseException:
             with contextlib.suppress(Exception):
@@ -223,7 +248,14 @@ class Exporter:
             unmapped,
             unchanged,
             round(time.monotonic() - started, 3),
+            removed=erased,
         )
+
+    @staticmethod
+    def _back(rows: list[ExportRow], removals: list[Removal]) -> dict[str, str]:
+        """The erased visitors that have a record again: uuid -> their uid now."""
+        erased = {r.uuid for r in removals}
+        return {row.uuid: row.uid.uid for row in rows if row.uid is not None and row.uuid in erased}
 
     async def _recover(self, dest: int) -> None:
         """Finish what an interrupted export left: a mark half moved is moved, what a

@@ -105,6 +105,19 @@ def unpack_sids(raw: bytes | None) -> list[int]:
     return out
 
 
+# A file destination's removal entry of an erased visitor (see keys.py):
+#   tombstone := varint(len(uid codec)) uid codec varint(sid)*
+def pack_tombstone(uid: bytes, sids: Sequence[int]) -> bytes:
+    """`uid`: the uid codec (encode_uid) the partner knew."""
+    return varint(len(uid)) + uid + pack_sids(sids)
+
+
+def unpack_tombstone(raw: bytes) -> tuple[str, list[int]]:
+    """(partner uid, segment ids)."""
+    size, pos = read_varint(raw, 0)
+    return decode_uid(raw[pos : pos + size]), unpack_sids(raw[pos + size :])
+
+
 # A visitor's record, one hash field per visitor (see keys.py):
 #   record := day2 (visitor last seen) entry*
 #   entry  := varint(dpid) varint(len(rest)) rest,   rest := day2 (mapping last seen) uid codec

@@ -1,18 +1,21 @@
-"""What batch jobs keep in Redis: locks, import checkpoints, and file destinations'
-export marks (the segments each visitor was last exported with)."""
+"""What batch jobs keep in Redis: locks, import checkpoints, file destinations'
+export marks (the segments each visitor was last exported with) and tombstones (what
+erased visitors had been sent), and the erasure log."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import Final, cast
 
 from ..profiles import Profile
 from . import scripts
 from .access import Access
-from .codec import pack_sids, parse_profile, unpack_sids, uuid16, uuid_from16
-from .keys import IMPORT_PROGRESS_KEY, IMPORTS_KEY, export_key, lock_key
+from .codec import pack_sids, parse_profile, unpack_sids, unpack_tombstone, uuid16, uuid_from16
+from .keys import ERASURES_KEY, ERASURES_MAX, IMPORT_PROGRESS_KEY, IMPORTS_KEY, export_key, lock_key
 from .mappings import PartnerUid, Retention, live
+
+ERASURES_PAGE: Final = 10_000  # erasure log entries read per round trip
 
 
 class ExportRow:
@@ -41,6 +44,26 @@ class ExportRow:
     def exported(self) -> list[int]:
         """The segments the destination's last successful export sent for the visitor."""
         return unpack_sids(self._mark)
+
+
+class Removal:
+    """A tombstone found by an export scan: an erased visitor the destination had been
+    sent segments for (keys.py ``xr:``)."""
+
+    __slots__ = ("_field", "mark", "raw", "sids", "uid")
+
+    def __init__(self, field: bytes, raw: bytes, orphan_mark: bytes | None) -> None:
+        self._field = field
+        self.raw = raw  # as read: the export deletes it only if still the same
+        self.uid, sids = unpack_tombstone(raw)  # the uid the partner knew
+        # A mark committed after the erasure (by an export that had read the visitor
+        # before it) counts too: the partner was sent those segments as well.
+        self.mark = orphan_mark is not None
+        self.sids = sorted({*sids, *unpack_sids(orphan_mark)})
+
+    @property
+    def uuid(self) -> str:
+        return uuid_from16(self._field)
 
 
 class Jobs:
@@ -90,7 +113,12 @@ class Jobs:
     # ------------------------------------------------------------------ exports
 
     async def scan_for_export(
-        self, destination: int, buckets: range, partner: int, today: int
+        self,
+        destination: int,
+        buckets: range,
+        partner: int,
+        today: int,
+        removals: list[Removal] | None = None,
     ) -> list[ExportRow]:
         s = self.access.schema
         keys: list[bytes] = []
@@ -100,25 +128,43 @@ class Jobs:
                 s.profile_key_of_bucket(b),
                 s.export_key_of_bucket(destination, b, staged=False),
             ]
+            if removals is not None:
+                keys.append(s.tombstone_key_of_bucket(destination, b, staged=False))
         found = await self.access.hgetall(keys)
+        step = 3 if removals is None else 4
         rows = []
-        for i in range(0, len(found), 3):
+        for i in range(0, len(found), step):
             records, profiles, marks = found[i : i + 3]
             for field, record in records.items():
                 uid = live(record, today, self.retention).get(partner)
                 rows.append(ExportRow(field, uid, profiles.get(field), marks.get(field)))
+            if removals is not None:
+                for field, raw in found[i + 3].items():
+                    orphan = None if field in records else marks.get(field)
+                    removals.append(Removal(field, raw, orphan))
         return rows
 
-    async def stage_marks(self, destination: int, marks: Mapping[str, Sequence[int]]) -> None:
-        if not marks:
+    async def stage_marks(
+        self,
+        destination: int,
+        marks: Mapping[str, Sequence[int]],
+        removals: Sequence[Removal] = (),
+    ) -> None:
+        if not marks and not removals:
             return
         s = self.access.schema
         pipe = self.access.client.pipeline(transaction=False)
         for uuid, sids in marks.items():
             field = uuid16(uuid)
-            bucket = int.from_bytes(field, "big") & (s.buckets - 1)
-            key = s.export_key_of_bucket(destination, bucket, staged=True)
+            key = s.export_key_of_bucket(destination, s.bucket_of(field), staged=True)
             pipe.hset(key, field, pack_sids(sids))  # b"": COMMIT deletes the mark
+        for removal in removals:
+            field = uuid16(removal.uuid)
+            bucket = s.bucket_of(field)
+            if removal.mark:
+                pipe.hset(s.export_key_of_bucket(destination, bucket, staged=True), field, b"")
+            key = s.tombstone_key_of_bucket(destination, bucket, staged=True)
+            pipe.hset(key, field, removal.raw)
         await pipe.execute()
 
     async def export_state(self, destination: int) -> dict[str, str]:
@@ -134,6 +180,7 @@ class Jobs:
             pipe = self.access.client.pipeline(transaction=False)
             for b in range(start, min(start + per_round, s.buckets)):
                 pipe.delete(s.export_key_of_bucket(destination, b, staged=True))
+                pipe.delete(s.tombstone_key_of_bucket(destination, b, staged=True))
             await pipe.execute()
 
     async def commit_marks(self, destination: int, per_round: int) -> None:
@@ -144,8 +191,44 @@ class Jobs:
                 self.access.scripts.queue_keys(
                     pipe,
                     scripts.COMMIT,
-                    2,
+                    4,
                     s.export_key_of_bucket(destination, b, staged=True),
                     s.export_key_of_bucket(destination, b, staged=False),
+                    s.tombstone_key_of_bucket(destination, b, staged=True),
+                    s.tombstone_key_of_bucket(destination, b, staged=False),
                 )
             await pipe.execute()
+
+    # ------------------------------------------------------------------ erasure log
+
+    async def erasures(self, since_ms: int, limit: int) -> tuple[list[tuple[int, str]], int, bool]:
+        """Paged through XRANGE (Redis 7.0 has no count of a range), ERASURES_PAGE at a
+        time: the log holds at most ~ERASURES_MAX entries."""
+        client = self.access.client
+        first: list[tuple[int, str]] = []
+        count = 0
+        start = b"%d" % since_ms
+        while True:
+            page = cast(
+                list[tuple[bytes, dict[bytes, bytes]]],
+                await client.xrange(ERASURES_KEY, min=start, max=b"+", count=ERASURES_PAGE),
+            )
+            for entry_id, fields in page:
+                if len(first) < limit:
+                    ms = int(entry_id.split(b"-", 1)[0])
+                    first.append((ms, fields.get(b"source", b"").decode()))
+            count += len(page)
+            if len(page) < ERASURES_PAGE:
+                break
+            start = b"(" + page[-1][0]
+        # Trimmed: the log is at its bound and its oldest entry is newer than `since`.
+        pipe = client.pipeline(transaction=False)
+        pipe.xlen(ERASURES_KEY)
+        pipe.xrange(ERASURES_KEY, min=b"-", max=b"+", count=1)
+        length, oldest = await pipe.execute()
+        trimmed = (
+            length >= ERASURES_MAX
+            and bool(oldest)
+            and int(oldest[0][0].split(b"-", 1)[0]) > since_ms
+        )
+        return first, count, trimmed

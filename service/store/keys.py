@@ -29,6 +29,21 @@ key                    type    fields -> values                               by
 ``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
                                '' = delete; moved into ``x:`` once its files  export
                                are complete (scripts.COMMIT)
+``xr:<dest>:{<vb>}``   hash    ``<uuid16>`` -> tombstone of an erased         ~30/erased
+                               visitor whose segments file destination <dest> visitor,
+                               had been sent (codec.pack_tombstone):          until the
+                               ``varint(len(uid)) <uid codec> varint(sid)*``, next iter
+                               the partner uid it knew and those segments;    export
+                               written by an erasure (writes.py ``_erase``)
+``xrs:<dest>:{<vb>}``  hash    the tombstones an export in progress sent, as  during an
+                               it read them: scripts.COMMIT deletes each from export
+                               ``xr:`` only if unchanged (a newer one stays)
+``ps:tombstoned``      set     ids of destinations that got tombstones (the   once
+                               sweeper drops those no longer configured)
+``ps:erasures``        stream  one entry per erasure applied to a visitor     ~20/erasure
+                               with something stored; id = its time, field
+                               ``source`` -> ``api`` | ``optout``; never who;
+                               XADD MAXLEN ~ ERASURES_MAX (100,000)
 ``ps:export:<dest>``   hash    ``state`` (staging|committing), ``last_day``,  once
                                ``last_ms`` of the last successful export
 ``ps:cnt:<minute>``    hash    ``<kind>:<id>:<counter>`` -> count; expires     ~30/field
@@ -100,6 +115,11 @@ def lock_key(job: str) -> bytes:
     return b"ps:lock:" + job.encode()
 
 
+ERASURES_KEY: Final = b"ps:erasures"
+ERASURES_MAX: Final = 100_000  # entries kept (about 2 MiB): MAXLEN ~, so a few more
+TOMBSTONED_KEY: Final = b"ps:tombstoned"
+
+
 class KeySchema:
     """Builds keys and fields for a given bucket count."""
 
@@ -130,6 +150,13 @@ class KeySchema:
 
     def export_key_of_bucket(self, destination: int, bucket: int, *, staged: bool) -> bytes:
         return b"%s:%d:{%x}" % (b"xs" if staged else b"x", destination, bucket)
+
+    def tombstone_key_of_bucket(self, destination: int, bucket: int, *, staged: bool) -> bytes:
+        return b"%s:%d:{%x}" % (b"xrs" if staged else b"xr", destination, bucket)
+
+    def bucket_of(self, field: bytes) -> int:
+        """The bucket of a visitor field (uuid16)."""
+        return int.from_bytes(field, "big") & self._mask
 
     def visitor_key_of_bucket(self, bucket: int) -> bytes:
         return b"u:{%x}" % bucket

@@ -1,5 +1,6 @@
-"""Lua scripts, each touching one key (so each runs on one Cluster node), and the
-helper that queues them on a pipeline by SHA with the text as fallback."""
+"""Lua scripts, each touching one key or keys of one hash tag (so each runs on one
+Cluster node), and the helper that queues them on a pipeline by SHA with the text as
+fallback."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('HGET', KEYS[2], ARGV[1
 """
 
 # Move a staged bucket of export marks (KEYS[1]) into the marks (KEYS[2]): a staged
-# value '' deletes the mark. Same hash tag: one Cluster node.
+# value '' deletes the mark. Then the tombstones the export wrote (KEYS[3], as it read
+# them) leave the tombstones (KEYS[4]), each only if still the same: one an erasure
+# wrote meanwhile waits for the next export. Same hash tag: one Cluster node.
 COMMIT: Final = b"""
 local staged = redis.call('HGETALL', KEYS[1])
 for i = 1, #staged, 2 do
@@ -44,7 +47,33 @@ for i = 1, #staged, 2 do
   else redis.call('HSET', KEYS[2], staged[i], staged[i + 1]) end
 end
 redis.call('DEL', KEYS[1])
+local written = redis.call('HGETALL', KEYS[3])
+for i = 1, #written, 2 do
+  if redis.call('HGET', KEYS[4], written[i]) == written[i + 1] then
+    redis.call('HDEL', KEYS[4], written[i])
+  end
+end
+redis.call('DEL', KEYS[3])
 return #staged / 2
+"""
+
+# An erasure, atomic over one visitor's keys (one hash tag, so one Cluster node):
+# KEYS[1] its record's bucket, KEYS[2] its profile's, then per file destination the
+# buckets of its marks and of its tombstones. ARGV[1] the field (uuid16), ARGV[2] the
+# record as read ('' none): unless the record is still that, nothing changes (answers
+# 0). Otherwise record, profile and marks go, and ARGV[2 + n], unless '', becomes the
+# visitor's tombstone at the n-th destination. Answers 1.
+ERASE: Final = b"""
+local field = ARGV[1]
+if (redis.call('HGET', KEYS[1], field) or '') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], field)
+redis.call('HDEL', KEYS[2], field)
+for i = 3, #KEYS, 2 do
+  redis.call('HDEL', KEYS[i], field)
+  local t = ARGV[(i - 1) / 2 + 2]
+  if t ~= '' then redis.call('HSET', KEYS[i + 1], field, t) end
+end
+return 1
 """
 
 # A lock (KEYS[1]) held by token ARGV[1]: ARGV[2] > 0 renews it for that many ms,
@@ -136,7 +165,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, SEEN, MAP, REPLACE, REREAD, COMMIT, LOCK)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, SEEN, MAP, REPLACE, REREAD, COMMIT, LOCK, ERASE)
 
 
 class Scripts:

@@ -19,13 +19,13 @@ from ..replacements.redis_wire import RawConnection, SharedReads
 from ..replacements.redis_wire import supported as raw_supported
 from .access import Access
 from .counters import Counters
-from .jobs import ExportRow, Jobs
+from .jobs import ExportRow, Jobs, Removal
 from .keys import META_KEY, KeySchema
 from .mappings import MatchTable, PartnerUid, Retention
 from .profiles import ProfileStore, Redo, VisitorState
 from .servers import Client
 from .sweep import Prune, Sweeper
-from .writes import OVERLAY_MAX, WriteBuffer
+from .writes import OVERLAY_MAX, ErasedHook, WriteBuffer
 
 log = logging.getLogger("pixelsync.store")
 
@@ -66,6 +66,7 @@ class Store:
         write_client: Client | None = None,
         write_url: str | None = None,
         read_back: bool = True,
+        exports: Sequence[tuple[int, int]] = (),
     ) -> None:
         """`write_client`: a client for the write buffer, ideally without a timeout per
         answer (the buffer bounds each pipeline as a whole); default: `client`.
@@ -73,7 +74,10 @@ class Store:
         and the reads use bare pipelined connections (replacements/redis_wire.py).
         `read_back`: whether this process's reads see the profiles it saved before
         they reach Redis; a batch job keeps each visitor's state itself, and would
-        only make its memory grow with the file."""
+        only make its memory grow with the file.
+        `exports`: the file destinations, (id, partner dpid): an erasure turns the
+        visitor's marks there into tombstones for their next iter export, and the
+        sweeper keeps the tombstones of these only."""
         self.client = client
         self.schema = schema
         self.retention = retention
@@ -86,6 +90,7 @@ class Store:
             before_first_write=self._check_meta,
             raw=RawConnection(bare) if bare else None,
             overlay_max=OVERLAY_MAX if read_back else 0,
+            exports=exports,
         )
         self._access = access = Access(
             client,
@@ -222,11 +227,26 @@ class Store:
         uid set after it stays. Needs no read; bounded like every buffered write."""
         return self._matches.clear(uuid, dpid)
 
-    def erase_visitor(self, uuid: str) -> bool:
-        """Erase everything about the visitor (profile, mappings in both directions).
-        One queued erasure per visitor however often it is asked; False (counted and
-        logged) when the write buffer is full."""
-        return self.writes.erase(uuid)
+    def erase_visitor(self, uuid: str, source: str = "api") -> bool:
+        """Erase everything about the visitor (profile, mappings in both directions,
+        export marks; file destinations that were sent its segments get tombstones for
+        their next iter export). One queued erasure per visitor however often it is
+        asked; False (counted and logged) when the write buffer is full. `source`
+        ("api", "optout") goes into the erasure log (`erasures`)."""
+        return self.writes.erase(uuid, source)
+
+    def on_erased(self, hook: ErasedHook | None) -> None:
+        """Call hook(uuid, partner uid by dpid, segments of its profile) whenever an
+        erasure of a visitor with mappings is applied (once per erasure, from the write
+        task: it must not block). The web app sends the s2s exits with it."""
+        self.writes.on_erased = hook
+
+    @_surfaced
+    async def erasures(self, since_ms: int, limit: int) -> tuple[list[tuple[int, str]], int, bool]:
+        """The erasures applied since `since_ms` (unix ms): (the first `limit` as (unix
+        ms, source), how many in all, whether older ones since then may have been
+        dropped by the log's bound). Never who."""
+        return await self._jobs.erasures(since_ms, limit)
 
     @_surfaced
     async def mappings(
@@ -352,26 +372,40 @@ class Store:
 
     @_surfaced
     async def scan_for_export(
-        self, destination: int, buckets: range, *, partner: int, today: int
+        self,
+        destination: int,
+        buckets: range,
+        *,
+        partner: int,
+        today: int,
+        removals: list[Removal] | None = None,
     ) -> list[ExportRow]:
         """Every visitor with a record in these buckets, with its live uid at
-        `partner`, its profile and its mark at `destination`: one pipeline."""
-        return await self._jobs.scan_for_export(destination, buckets, partner, today)
+        `partner`, its profile and its mark at `destination`: one pipeline. With
+        `removals`, the destination's tombstones in these buckets are added to it."""
+        return await self._jobs.scan_for_export(destination, buckets, partner, today, removals)
 
     @_surfaced
-    async def stage_marks(self, destination: int, marks: Mapping[str, Sequence[int]]) -> None:
-        """Stage export marks (visitor -> segments exported, [] to delete) for
-        commit_marks."""
-        await self._jobs.stage_marks(destination, marks)
+    async def stage_marks(
+        self,
+        destination: int,
+        marks: Mapping[str, Sequence[int]],
+        removals: Sequence[Removal] = (),
+    ) -> None:
+        """Stage export marks (visitor -> segments exported, [] to delete) and the
+        tombstones sent (removals) for commit_marks."""
+        await self._jobs.stage_marks(destination, marks, removals)
 
     @_surfaced
     async def drop_staged_marks(self, destination: int, *, per_round: int = 256) -> None:
-        """Forget what a failed export staged: the marks stay as the last success left."""
+        """Forget what a failed export staged: the marks and tombstones stay as the last
+        success left them."""
         await self._jobs.drop_staged_marks(destination, per_round)
 
     @_surfaced
     async def commit_marks(self, destination: int, *, per_round: int = 256) -> None:
-        """Move the staged marks into the marks, bucket by bucket (each atomically)."""
+        """Move the staged marks into the marks and delete the tombstones sent (each
+        only if unchanged since), bucket by bucket (each atomically)."""
         await self._jobs.commit_marks(destination, per_round)
 
     @_surfaced

@@ -1,5 +1,9 @@
 """Retention (SPEC §12): deletes visitors and mappings past their retention, reverse
-entries whose forward entry is gone, and expired parts of profiles."""
+entries whose forward entry is gone, and expired parts of profiles; file destinations'
+export marks whose visitor record is gone (erased before erasures left tombstones, or
+expired), and the tombstones of destinations no longer configured. A configured
+destination's tombstones wait for its next iter export, and so does a mark beside one
+(the export sends it with the tombstone)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from ..profiles import Profile
 from . import scripts
 from .access import Access
 from .codec import build_record, pack_profile, parse_profile, parse_record, unpack_day, uuid_from16
+from .keys import TOMBSTONED_KEY
 from .mappings import Retention, live_entries
 from .writes import Unlink, unlinks
 
@@ -30,7 +35,14 @@ class Sweeper:
         """Paced so that serving goes on: after each round of buckets it rests for as long
         as the round took, times (1 - duty) / duty."""
         s, writes = self.access.schema, self.access.writes
-        counts = {"visitors": 0, "records": 0, "mappings": 0, "orphans": 0}
+        counts = {
+            "visitors": 0,
+            "records": 0,
+            "mappings": 0,
+            "orphans": 0,
+            "marks": 0,
+            "tombstones": 0,
+        }
         rounds = [
             range(start, min(start + buckets_per_round, s.buckets))
             for start in range(0, s.buckets, buckets_per_round)
@@ -46,6 +58,12 @@ class Sweeper:
             await self._reverse([s.reverse_key_of_bucket(b) for b in buckets], counts)
             await asyncio.sleep((time.perf_counter() - began) * rest)
         await writes.drain()
+        if writes.exports:
+            for buckets in rounds:
+                began = time.perf_counter()
+                await self._marks(buckets, counts)
+                await asyncio.sleep((time.perf_counter() - began) * rest)
+        await self._tombstones(rounds, counts)
         if profiles is not None:
             counts["profiles"] = counts["profiles_pruned"] = 0
             for buckets in rounds:
@@ -54,6 +72,48 @@ class Sweeper:
                 await asyncio.sleep((time.perf_counter() - began) * rest)
             await writes.drain()
         return counts
+
+    async def _marks(self, buckets: range, counts: dict[str, int]) -> None:
+        """Delete the export marks of visitors without a record (and without a tombstone
+        at that destination)."""
+        s, exports = self.access.schema, self.access.writes.exports
+        keys: list[bytes] = []
+        for b in buckets:
+            keys.append(s.visitor_key_of_bucket(b))
+            for dest, _ in exports:
+                keys.append(s.export_key_of_bucket(dest, b, staged=False))
+                keys.append(s.tombstone_key_of_bucket(dest, b, staged=False))
+        found = await self.access.hgetall(keys)
+        step = 1 + 2 * len(exports)
+        doomed: list[tuple[bytes, list[bytes]]] = []
+        for i in range(0, len(found), step):
+            records = found[i]
+            for j in range(i + 1, i + step, 2):
+                marks, tombstones = found[j], found[j + 1]
+                gone = [f for f in marks if f not in records and f not in tombstones]
+                if gone:
+                    doomed.append((keys[j], gone))
+        if doomed:
+            pipe = self.access.client.pipeline(transaction=False)
+            for key, fields in doomed:
+                pipe.hdel(key, *fields)
+            counts["marks"] += sum(await pipe.execute())
+
+    async def _tombstones(self, rounds: Sequence[range], counts: dict[str, int]) -> None:
+        """Delete the tombstones of destinations no longer configured. The id leaves the
+        set first: one that an erasure adds back meanwhile is swept next time."""
+        s, client = self.access.schema, self.access.client
+        configured = {dest for dest, _ in self.access.writes.exports}
+        ids = {int(d) for d in await client.smembers(TOMBSTONED_KEY)} - configured
+        for dest in sorted(ids):
+            await client.srem(TOMBSTONED_KEY, dest)
+            for buckets in rounds:
+                pipe = client.pipeline(transaction=False)
+                for b in buckets:
+                    key = s.tombstone_key_of_bucket(dest, b, staged=False)
+                    pipe.hlen(key)
+                    pipe.delete(key)
+                counts["tombstones"] += sum((await pipe.execute())[::2])
 
     async def _profiles(
         self, buckets: range, today: int, prune: Prune, counts: dict[str, int]

@@ -38,8 +38,20 @@ from redis.exceptions import NoScriptError, ResponseError
 from .. import metrics
 from ..replacements.redis_wire import PackedPipe, RawConnection
 from . import overlay, scripts
-from .codec import decode_uid, pack_day, parse_record, uuid16, uuid_from16, varint
-from .keys import KeySchema
+from .codec import (
+    decode_uid,
+    encode_uid,
+    pack_day,
+    pack_tombstone,
+    parse_profile,
+    parse_record,
+    unpack_sids,
+    unpack_tombstone,
+    uuid16,
+    uuid_from16,
+    varint,
+)
+from .keys import ERASURES_KEY, ERASURES_MAX, TOMBSTONED_KEY, KeySchema
 from .servers import Client
 
 log = logging.getLogger("pixelsync.store")
@@ -132,7 +144,22 @@ class Clear:
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the hot path
 class Erase:
+    """Erase a visitor (its record, profile and export marks; tombstones for the file
+    destinations that were sent its segments). `source`: what asked for it ("api",
+    "optout"), for the ps:erasures log."""
+
     uuid: str
+    source: str = "api"
+    # What earlier tries found, for the hook and the log once the erasure applies
+    # (a try that lost to another writer has already removed some of it).
+    uids: dict[int, str] | None = None
+    segments: frozenset[int] = frozenset()
+    logged: bool = False
+
+
+# (uuid, partner uid by dpid, the segments its profile held): called by the writer
+# once an erasure of a visitor with mappings is applied (Store.on_erased).
+ErasedHook = Callable[[str, dict[int, str], frozenset[int]], None]
 
 
 # Given the profile and the visitor record as they now are in Redis (b"" / None for
@@ -227,8 +254,13 @@ class WriteBuffer:
         before_first_write: Callable[[], Any],
         raw: RawConnection | None = None,
         overlay_max: int = OVERLAY_MAX,
+        exports: Sequence[tuple[int, int]] = (),
     ) -> None:
+        """`exports`: the file destinations, (id, partner dpid): an erasure removes the
+        visitor's marks there and leaves tombstones for their next iter export."""
         self.client = client
+        self.exports = tuple(exports)
+        self.on_erased: ErasedHook | None = None
         self.raw = raw  # batches go here when set (standalone redis://), else redis-py
         self.schema = schema
         self.scripts = scripts.Scripts()
@@ -388,10 +420,10 @@ class WriteBuffer:
             self._nonces.popitem(last=False)
         return self.push(op)
 
-    def erase(self, uuid: str) -> bool:
+    def erase(self, uuid: str, source: str = "api") -> bool:
         """Queue the visitor's erasure (one per visitor while queued); False when the
         queue is full (counted and logged)."""
-        if self.push(Erase(uuid)):
+        if self.push(Erase(uuid, source)):
             return True
         self.dropped_erasures += 1
         log.error("write buffer full, erasure dropped", extra={"uuid": uuid})
@@ -553,6 +585,8 @@ class WriteBuffer:
                 else:
                     again.append(op)  # another writer changed the record: erase it again
             except Exception as exc:  # the ops before it are done: only it and the rest
+                if isinstance(exc, NoScriptError):
+                    self.scripts.forget()  # EVAL from now on
                 return again + list(batch[i:]), exc
         try:
             back, trouble = await self._pipeline(run)
@@ -764,25 +798,83 @@ class WriteBuffer:
         return []
 
     async def _erase(self, op: Erase) -> bool:
-        """Delete the visitor's profile and record, and the record's reverse entries
-        in the same pipeline (no clean-ups queued: an erasure takes one slot of the
-        queue, whatever the visitor's number of partners). False: another writer
-        changed the record meanwhile, erase again (its reverse entries removed already
-        were being erased anyway; one left behind is swept, reads verify them)."""
-        key, field = self.schema.visitor_key(op.uuid), uuid16(op.uuid)
+        """Two round trips: read the visitor's record, profile, marks and tombstones;
+        then one script (scripts.ERASE) deletes record, profile and marks and writes
+        the tombstones, if the record is still as read, beside the record's reverse
+        entries and the ps:erasures entry. No clean-ups queued: an erasure takes one
+        slot of the queue, whatever the visitor's number of partners. False: another
+        writer changed the record meanwhile, erase again (its reverse entries removed
+        already were being erased anyway; one left behind is swept, reads verify them)."""
+        s, exports = self.schema, self.exports
+        field = uuid16(op.uuid)
+        bucket = s.bucket_of(field)
+        key, profile_key = s.visitor_key_of_bucket(bucket), s.profile_key_of_bucket(bucket)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hdel(self.schema.profile_key(op.uuid), field)
         pipe.hget(key, field)
-        _, record = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
-        if record is not None:
-            pipe = self.client.pipeline(transaction=False)
-            self.scripts.queue(pipe, scripts.CAS, key, field, record, b"")
-            for unlink in unlinks(self.schema, field, parse_record(record)[1]):
-                self.scripts.queue(pipe, scripts.CAS, unlink.key, unlink.field, unlink.owner, b"")
-            if not (await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S))[0]:
-                return False
+        pipe.hget(profile_key, field)
+        keys = [key, profile_key]
+        for dest, _ in exports:
+            keys += [
+                s.export_key_of_bucket(dest, bucket, staged=False),
+                s.tombstone_key_of_bucket(dest, bucket, staged=False),
+            ]
+            pipe.hget(keys[-2], field)
+            pipe.hget(keys[-1], field)
+        found = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
+        record, profile = cast(list[bytes | None], found[:2])
+        entries = parse_record(record)[1] if record is not None else {}
+        uids = {dpid: decode_uid(rest[2:]) for dpid, rest in entries.items()}
+        tombstones: list[bytes] = []
+        for (_, partner), mark, old in zip(exports, found[2::2], found[3::2], strict=True):
+            entry = entries.get(partner)
+            tombstones.append(
+                b"" if mark is None or entry is None else _tombstone(entry[2:], mark, old)
+            )
+        if record is None and profile is None and not any(m is not None for m in found[2::2]):
+            return self._erased_now(op)  # nothing stored (or erased by a try before)
+        if op.uids is None:
+            op.uids = {}
+        op.uids.update(uids)
+        if profile is not None and self.on_erased is not None:
+            op.segments |= parse_profile(profile).segments
+        pipe = self.client.pipeline(transaction=False)
+        self.scripts.queue_keys(pipe, scripts.ERASE, len(keys), *keys, field, record or b"",
+                                *tombstones)  # fmt: skip
+        for unlink in unlinks(s, field, entries):
+            self.scripts.queue(pipe, scripts.CAS, unlink.key, unlink.field, unlink.owner, b"")
+        for (dest, _), tombstone in zip(exports, tombstones, strict=True):
+            if tombstone:
+                pipe.sadd(TOMBSTONED_KEY, dest)
+        if not op.logged:
+            pipe.xadd(ERASURES_KEY, {b"source": op.source.encode()},
+                      maxlen=ERASURES_MAX, approximate=True)  # fmt: skip
+        done = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
+        op.logged = True
+        if not done[0]:
+            return False
+        return self._erased_now(op)
+
+    def _erased_now(self, op: Erase) -> bool:
         self._applied["erase"] += 1
+        hook = self.on_erased
+        if hook is not None and op.uids:
+            try:
+                hook(op.uuid, op.uids, op.segments)
+            except Exception as exc:  # the writer must never die
+                log.error("erasure hook failed", extra={"error": repr(exc)})
         return True
+
+
+def _tombstone(uid: bytes, mark: bytes, old: bytes | None) -> bytes:
+    """The tombstone of a visitor whose mark is `mark` and whose uid at the partner is
+    `uid` (codec), merged with one left by an earlier erasure of the same uid (a
+    visitor erased, back with the same uuid, erased again before an export)."""
+    sids = unpack_sids(mark)
+    if old is not None:
+        known, before = unpack_tombstone(old)
+        if encode_uid(known) == uid:
+            sids = sorted({*before, *sids})
+    return pack_tombstone(uid, sids)
 
 
 def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Iterable[Unlink]:

@@ -1,6 +1,6 @@
 """The server-to-server API (SPEC §10), the part over the match table: users, reverse
-and bulk lookups, erasure. Bearer tokens are checked against the sha256 of each
-configured key, in constant time.
+and bulk lookups, erasure and the erasure log (how many and when, never who). Bearer
+tokens are checked against the sha256 of each configured key, in constant time.
 
 A partner-scoped key sees only its partner (SPEC §10, §12):
 - users: only visitors mapped to its partner, and of them only that partner's uid
@@ -12,7 +12,8 @@ A partner-scoped key sees only its partner (SPEC §10, §12):
   visitor has no mapping to its partner;
 - loss and match rates: its partner's ID syncs and the destinations that feed its
   partner; taxonomy: the onboarded traits its partner may realize and the segments
-  its destinations map."""
+  its destinations map;
+- the erasure log (GET /v1/erasures): 403, it is for an unscoped admin key only."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import re2
@@ -59,6 +61,7 @@ _LOOKUP_SHAPE: Final = re2.compile(
 LOOKUP_SLICE: Final = 1000
 MATCH_RATE_MINUTES: Final = 7 * 1440
 ERASE_TIMEOUT_S: Final = 5.0
+MAX_ERASURES_LISTED: Final = 1000  # /v1/erasures: the times of the first ones since
 
 
 def _strings_at_least(body: bytes | bytearray) -> int:
@@ -67,6 +70,34 @@ def _strings_at_least(body: bytes | bytearray) -> int:
     taken off too, at most once per string). json.loads spends ~25 ns per string: 3 MiB
     of short ones is 20 ms of the event loop, where 10,000 uids of any length are 6."""
     return (body.count(b'"') - body.count(b'\\"')) // 2
+
+
+SINCE_SECONDS: Final = r"^[0-9]{1,11}(\.[0-9]{1,6})?$"  # also in the OpenAPI document
+_SECONDS: Final = re2.compile(SINCE_SECONDS)
+
+
+def parse_since(text: str) -> float | None:
+    """Unix seconds, or an ISO 8601 date (and time; UTC unless it names an offset), as
+    unix seconds; None when it is neither."""
+    if _SECONDS.search(text):
+        return float(text)
+    if not 10 <= len(text) <= 40:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp(), 0.0)  # before 1970: since the beginning
+
+
+def _iso(ms: int) -> str:
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
@@ -201,6 +232,7 @@ class Api:
             Route("/v1/match-rates", self._guard("read", self.match_rates), methods=["GET"]),
             Route("/v1/loss", self._guard("read", self.loss), methods=["GET"]),
             Route("/v1/taxonomy", self._guard("read", self.taxonomy), methods=["GET"]),
+            Route("/v1/erasures", self._guard("admin", self.erasures), methods=["GET"]),
         ]
 
     def _guard(self, scope: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -268,6 +300,27 @@ class Api:
             # The erasure is queued and will be applied; say so rather than wait.
             return JSONResponse({"status": "queued"}, status_code=202)
         return Response(status_code=204)
+
+    async def erasures(self, request: Request, caller: Caller) -> Response:
+        """How many erasures were applied since a time, and when: never who. For an
+        unscoped admin key only (a partner's key: 403; erasures are not partner's)."""
+        if not caller.operator:
+            return error(403, "forbidden", "the erasure log needs an unscoped admin key")
+        since = parse_since(request.query_params.get("since", ""))
+        if since is None:
+            return error(
+                400, "bad_since", "since must be unix seconds or an ISO 8601 date and time"
+            )
+        since_ms = int(since * 1000)
+        found, count, trimmed = await self.store.erasures(since_ms, MAX_ERASURES_LISTED)
+        return JSONResponse(
+            {
+                "since": _iso(since_ms),
+                "count": count,
+                "erasures": [{"at": _iso(ms), "source": source} for ms, source in found],
+                "truncated": trimmed or len(found) < count,
+            }
+        )
 
     async def partner_user(self, request: Request, caller: Caller) -> Response:
         dpid = self._dpid(request, caller)

@@ -304,7 +304,7 @@ class OptOutEndpoint(BrowserEndpoint[None]):
     async def answer(self, call: Call, req: None, privacy: Privacy | None) -> str:
         visitor = call.visitor
         if visitor.kind is VisitorKind.KNOWN and visitor.uuid is not None:
-            self.store.erase_visitor(visitor.uuid)
+            self.store.erase_visitor(visitor.uuid, "optout")
         out = [*GIF_HEADERS, self.cookies.opt_out_header()]
         await send(call.send, 200, out, GIF, head=call.head)
         return "ok"

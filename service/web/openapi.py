@@ -9,6 +9,8 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from .api import SINCE_SECONDS
+
 _STRING: Final = {"type": "string"}
 _INT: Final = {"type": "integer"}
 _INTS: Final = {"type": "array", "items": _INT}
@@ -526,7 +528,9 @@ SPEC: Final[dict[str, Any]] = {
             ),
             "delete": {
                 "summary": "Erase everything about a visitor, both directions (a partner-scoped "
-                "key: its partner's mapping of the visitor only, both directions)",
+                "key: its partner's mapping of the visitor only, both directions). Partners "
+                "that were sent its segments get the removals: a line in each file "
+                "destination's next iter export, exits to s2s destinations",
                 "security": [{"bearer": []}],
                 "parameters": [_path("uuid")],
                 "responses": {
@@ -535,6 +539,45 @@ SPEC: Final[dict[str, Any]] = {
                     **_API_RESPONSES,
                 },
             },
+        },
+        "/v1/erasures": {
+            "get": _api(
+                "How many erasures (DELETE /v1/users/{uuid} by an unscoped key, "
+                "/demoptout.jpg) were applied since a time, and when; never who. Unscoped "
+                "admin key only (a partner-scoped key: 403). Counts the erasures of visitors "
+                "that had something stored; lists the first 1000 since `since` (oldest "
+                "first: page by passing the last `at` again); `truncated`: more than listed, "
+                "or the log (the last ~100,000 erasures) no longer reaches back to `since`",
+                [
+                    {
+                        "name": "since",
+                        "in": "query",
+                        "required": True,
+                        "description": "unix seconds (as the schema says), or an ISO 8601 "
+                        "date, or date and time (UTC unless it names an offset)",
+                        "schema": {"type": "string", "pattern": SINCE_SECONDS},
+                    }
+                ],
+                _object(
+                    ["since", "count", "erasures", "truncated"],
+                    {
+                        "since": _STRING,
+                        "count": _INT,
+                        "erasures": {
+                            "type": "array",
+                            "items": _object(
+                                ["at", "source"],
+                                {
+                                    "at": _STRING,
+                                    "source": {"type": "string", "enum": ["api", "optout"]},
+                                },
+                            ),
+                        },
+                        "truncated": {"type": "boolean"},
+                    },
+                ),
+                **{"400": _API_ERROR},
+            )
         },
         "/v1/partners/{dpid}/users/{dpuuid}": {
             "get": _api(

@@ -122,3 +122,69 @@ async def test_a_failed_export_leaves_no_file_and_no_mark(case: Case, tmp_path: 
     again = await case.exporter.run(case.destination, "iter", out)
     assert len(read_back(out, again.info)) == 3
     assert {line.split(" ")[0] for line in read_back(out, again.info)} == {u1, u2, u3}
+
+
+async def test_an_erased_visitor_is_removed_at_the_next_iter_export(
+    case: Case, tmp_path: Path
+) -> None:
+    v1, u1 = await case.visitor(300, 301)
+    _, u2 = await case.visitor(300)
+    first = await case.exporter.run(case.destination, "iter", tmp_path / "1")
+    assert {line.split(" ")[0] for line in read_back(tmp_path / "1", first.info)} >= {u1, u2}
+
+    assert case.store.erase_visitor(v1)
+    await case.store.drain()
+    removal = await case.exporter.run(case.destination, "iter", tmp_path / "2")
+    assert read_back(tmp_path / "2", removal.info) == [f"{u1}  buyers,browsers"]
+    assert removal.removed == 1 and removal.lines == 1
+
+    after = await case.exporter.run(case.destination, "iter", tmp_path / "3")
+    assert read_back(tmp_path / "3", after.info) == [] and after.removed == 0
+
+
+async def test_a_failed_export_keeps_the_tombstones(case: Case, tmp_path: Path) -> None:
+    v1, u1 = await case.visitor(300)
+    v2, _ = await case.visitor(301)
+    await case.exporter.run(case.destination, "iter", tmp_path / "1")
+    for v in (v1, v2):
+        case.store.erase_visitor(v)
+    await case.store.drain()
+
+    def fail(lines: int) -> None:
+        raise RuntimeError("injected failure")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        await case.exporter.run(case.destination, "iter", tmp_path / "2", failure=fail)
+    # Both tombstones are still there; meanwhile the destination stopped mapping 801
+    # ("browsers"): a removal names only the segments that still have aliases.
+    narrowed = parse_settings(
+        tomllib.loads(
+            file_config(
+                case.dpid,
+                case.destination.id,
+                destination="split_lines = 2",
+                mappings='{ "800" = "buyers" }',
+            )
+        )
+    ).destinations[0]
+    again = await case.exporter.run(narrowed, "iter", tmp_path / "3")
+    assert read_back(tmp_path / "3", again.info) == [f"{u1}  buyers"] and again.removed == 1
+    assert (await case.store.export_state(case.destination.id))["state"] == "done"
+    after = await case.exporter.run(case.destination, "iter", tmp_path / "4")
+    assert read_back(tmp_path / "4", after.info) == []  # v2's was sent as nothing: gone too
+
+
+async def test_a_full_export_leaves_the_tombstones_for_the_next_iter(
+    case: Case, tmp_path: Path
+) -> None:
+    v1, u1 = await case.visitor(300)
+    _, u2 = await case.visitor(301)
+    await case.exporter.run(case.destination, "iter", tmp_path / "1")
+    case.store.erase_visitor(v1)
+    await case.store.drain()
+
+    full = await case.exporter.run(case.destination, "full", tmp_path / "full")
+    assert read_back(tmp_path / "full", full.info) == [f"{u2} browsers "]
+    assert full.removed == 0
+    after = await case.exporter.run(case.destination, "iter", tmp_path / "2")
+    assert read_back(tmp_path / "2", after.info) == [f"{u1}  buyers"] and after.removed == 1

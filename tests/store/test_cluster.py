@@ -26,12 +26,13 @@ from service.batch.importer import Importer
 from service.batch.run import running
 from service.config import parse_settings
 from service.identity import CookieSigner
-from service.store import KeySchema, PartnerUid, Retention, Store, connect
+from service.store import KeySchema, PartnerUid, Removal, Retention, Store, connect
 from tests.configs import api_key, file_config
 from tests.conftest import wait_for
 from tests.services import OPS, start_service
 
 BUCKETS = 1024
+EXPORT_DEST = 51
 DRAIN_TIMEOUT = 20.0
 
 
@@ -50,6 +51,7 @@ async def store(cluster: Cluster) -> AsyncIterator[Store]:
         connect(cluster.url, cluster=True),
         KeySchema(BUCKETS),
         Retention(visitor_days=180, mapping_days={}, default_mapping_days=90),
+        exports=[(EXPORT_DEST, 5)],
     )
     await s.start()
     yield s
@@ -189,10 +191,23 @@ async def test_erase(store: Store) -> None:
         a: v for v, (a, _) in visitors.items()
     }
 
+    await store.stage_marks(EXPORT_DEST, {v: [500] for v in visitors})
+    await store.commit_marks(EXPORT_DEST)
+    logged = (await store.erasures(0, 0))[1]
+
     for v in visitors:
         store.erase_visitor(v)
     await drain(store)
     assert store.healthy
+    # Each visitor's marks became tombstones, in its own slot; each erasure is logged.
+    removals: list[Removal] = []
+    await store.scan_for_export(
+        EXPORT_DEST, range(BUCKETS), partner=5, today=day, removals=removals
+    )
+    assert sorted((r.uuid, r.uid, r.sids) for r in removals) == sorted(
+        (v, a, [500]) for v, (a, _) in visitors.items()
+    )
+    assert (await store.erasures(0, 0))[1] == logged + len(visitors)
     for v in visitors:
         assert await store.mappings(v, day) == {}
         assert await store.visitor_last_seen(v) is None
