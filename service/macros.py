@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import quote
 
+from .consent import consent_string
+
 # ${NAME}: case-sensitive. %name%: DMP-style aliases, any case.
 _TOKEN: Final = re.compile(r"\$\{([^}]*)\}|%([A-Za-z_]+)%")
 _CONSENT_N: Final = re.compile(r"GDPR_CONSENT_\d+")
@@ -88,10 +90,11 @@ class Template:
 
 
 def consent_values(consent: Mapping[str, str], *, gdpr: int) -> dict[str, str]:
-    """The consent macros of a request (SPEC §5, §12)."""
+    """The consent macros of a request (SPEC §5, §12). While GDPR applies, a GPP-only
+    request's TCF string (its section 2) is the GDPR_CONSENT, as Prebid Server fills it."""
     return {
         "GDPR": str(gdpr),
-        "GDPR_CONSENT": consent.get("gdpr_consent", ""),
+        "GDPR_CONSENT": consent_string(consent) if gdpr else consent.get("gdpr_consent", ""),
         "US_PRIVACY": consent.get("us_privacy", ""),
         "GPP": consent.get("gpp", ""),
         "GPP_SID": consent.get("gpp_sid", ""),

@@ -116,6 +116,9 @@ class SetuidOutcome(Enum):
         "The gdpr_consent string prevents cookies from being saved",
     )
     SYNCER_UNKNOWN = ("syncer_unknown", 400, "")
+    # Prebid Server answers a sync its activity controls deny (syncUser) with a bare 451;
+    # here: an opt-out of sale or sharing, or the partner's [[partners.privacy]] rules.
+    PRIVACY_BLOCKED = ("privacy_blocked", 451, "")
     # Not Prebid Server's, the cookie bounce (SPEC §3): a browser that came without our
     # cookie while [cookies] bounce is on is sent back to the same URL with a fresh one;
     # when it comes back still without one, nothing is stored (it would be a mapping no

@@ -3,6 +3,8 @@ from __future__ import annotations
 import pytest
 
 from service.macros import Template, TemplateError, consent_values
+from tests.gpp_encoder import gpp, us_section
+from tests.test_consent import tcf
 
 
 @pytest.mark.parametrize(
@@ -73,3 +75,13 @@ def test_consent_values() -> None:
         "GPP": "",
         "GPP_SID": "",
     }
+
+
+def test_a_gpp_only_requests_tcf_string_is_its_gdpr_consent() -> None:
+    """As Prebid Server fills it: while GDPR applies, gdpr_consent, else gpp's section 2."""
+    text = tcf(max_vendor=3, bitfield="101")
+    consent = {"gpp": gpp([(2, text), (7, us_section(7))]), "gpp_sid": "2"}
+    assert consent_values(consent, gdpr=1)["GDPR_CONSENT"] == text
+    assert consent_values({**consent, "gdpr_consent": "CO"}, gdpr=1)["GDPR_CONSENT"] == "CO"
+    assert consent_values(consent, gdpr=0)["GDPR_CONSENT"] == ""
+    assert consent_values({"gpp": "junk~"}, gdpr=1)["GDPR_CONSENT"] == ""

@@ -290,6 +290,9 @@ class SetuidEndpoint(_PrebidEndpoint[dict[str, str]]):
             sync = parse_setuid(req, self.s.bidders)
             if not privacy.partner_allowed(sync.bidder.gvl_id):
                 raise PrebidError(SetuidOutcome.GDPR_BLOCKED)
+            gate = self.s.gate
+            if gate is not None and not gate.permits(sync.bidder.dpid, Activity.SYNC, privacy):
+                raise PrebidError(SetuidOutcome.PRIVACY_BLOCKED)
         except PrebidError as exc:
             return await self._refuse(call, exc, [])
         visitor = call.visitor

@@ -182,3 +182,24 @@ async def test_the_dashboard_shows_denials_by_partner_and_reason(
     cells = cells_of(table)
     assert cells[0] == "guarded"
     assert "sync" in cells[7]
+
+
+@pytest.mark.parametrize(
+    ("description", "query", "status"),
+    [
+        ("the rule denies guarded's sync under usnat", "bidder=guarded&uid=s-1&gpp_sid=7", 451),
+        ("no rule matches without gpp_sid 7", "bidder=guarded&uid=s-2", 200),
+        ("an opt-out of sale", "bidder=open&uid=s-3&us_privacy=1YYN", 451),
+        ("open is not ruled", "bidder=open&uid=s-4&gpp_sid=7", 200),
+    ],
+)
+async def test_setuid_answers_451_where_a_sync_is_denied(
+    http: httpx.AsyncClient, description: str, query: str, status: int
+) -> None:
+    """Prebid Server answers a /setuid its activity controls deny with a bare 451 and
+    stores nothing; so do an opt-out of sale and the partner's rules here."""
+    _, cookie = visitor()
+    before = await settled(http, KEY)
+    resp = await http.get(f"/setuid?{query}&f=i", headers=cookie)
+    assert resp.status_code == status, description
+    assert (await written_since(http, KEY, before))["mapping"] == (status == 200), description
