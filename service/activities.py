@@ -149,6 +149,9 @@ class PrivacyGate:
         self.policies = policies
         self.tally = tally
         self._counts: dict[tuple[int, Activity, Reason], int] = {}
+        # The per-minute field of each kind of denial, made once: an opted-out request
+        # counts one per partner (dest5.html), so this runs thousands of times a second.
+        self._fields: dict[tuple[int, Activity, Reason], str] = {}
         metrics.counted_locally(self)
 
     def permits(self, partner: int | None, activity: Activity, privacy: Privacy) -> bool:
@@ -178,7 +181,10 @@ class PrivacyGate:
     def deny(self, dpid: int, activity: Activity, reason: Reason) -> None:
         key = (dpid, activity, reason)
         self._counts[key] = self._counts.get(key, 0) + 1
-        self.tally.add(denial_field(dpid, activity, reason))
+        field = self._fields.get(key)
+        if field is None:
+            field = self._fields[key] = denial_field(dpid, activity, reason)
+        self.tally.add(field)
 
     def flush(self) -> None:
         counts, self._counts = self._counts, {}

@@ -74,6 +74,7 @@ def _strings_at_least(body: bytes | bytearray) -> int:
 
 SINCE_SECONDS: Final = r"^[0-9]{1,11}(\.[0-9]{1,6})?$"  # also in the OpenAPI document
 _SECONDS: Final = re2.compile(SINCE_SECONDS)
+_LAST_SINCE: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
 
 def parse_since(text: str) -> float | None:
@@ -89,7 +90,9 @@ def parse_since(text: str) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(when.timestamp(), 0.0)  # before 1970: since the beginning
+    # before 1970: since the beginning; an offset past 9999-12-31 (year 10000 in UTC,
+    # which datetime cannot show back): the end of that day
+    return min(max(when.timestamp(), 0.0), _LAST_SINCE)
 
 
 def _iso(ms: int) -> str:

@@ -208,3 +208,20 @@ async def test_the_erasure_log_refuses(
     resp = await http.get(f"/v1/erasures?{query}", headers=headers)
     assert resp.status_code == status
     assert resp.json()["error"]["code"] == code
+
+
+@pytest.mark.parametrize(
+    ("since", "answered"),
+    [
+        ("9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59.000Z"),  # year 10000 in UTC
+        ("99999999999.999999", "5138-11-16T09:46:39.999Z"),  # the largest seconds form
+        ("0001-01-01T00:00:00+14:00", "1970-01-01T00:00:00.000Z"),  # before 1970
+    ],
+)
+async def test_the_erasure_log_takes_the_extremes(
+    http: httpx.AsyncClient, since: str, answered: str
+) -> None:
+    """SPEC §13: no input ever produces a 500 (an offset past 9999-12-31 did)."""
+    resp = await http.get("/v1/erasures", params={"since": since}, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["since"] == answered
