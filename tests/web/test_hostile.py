@@ -174,8 +174,13 @@ def assert_clean_page(resp: httpx.Response, payload: str) -> Structure:
 async def test_xss_through_consent_parameters_in_dest5(
     http: httpx.AsyncClient, param: str, payload: str
 ) -> None:
-    """Consent values reach the partner's sync URL in an <img src>: encoded, escaped."""
+    """Consent values reach the partner's sync URL in an <img src>: encoded, escaped. A
+    gpp string is decoded (SPEC §12): one that is not base64url is refused (313)."""
     resp = await http.get("/dest5.html", params={"gdpr": "0", param: payload})
+    if param == "gpp":
+        assert (resp.status_code, resp.headers["x-error"]) == (400, "313")
+        assert payload not in resp.text and "<script" not in resp.text.lower()
+        return
     assert resp.status_code == 200
     page = assert_clean_page(resp, payload)
     assert any("sync.acme.test" in src for src in page.srcs)
