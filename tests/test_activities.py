@@ -259,9 +259,18 @@ def test_rules_are_read_in_order() -> None:
 
 
 def test_export_may_have_a_gdpr_condition() -> None:
-    parse_settings(
+    """Accepted (unlike gpp_sid), and it decides by [privacy] gdpr_default."""
+    settings = parse_settings(
         tomllib.loads(f'{PARTNER}[[partners.privacy]]\ndeny = ["export"]\ngdpr = true\n')
     )
+    rules = settings.partners[0].privacy
+    assert [(r.allows, r.activities, r.gpp_sid, r.gdpr) for r in rules] == [
+        (False, ["export"], None, True)
+    ]
+    policies = Policies(settings.partners)
+    assert not policies.export_allowed(7, gdpr_default=1)
+    assert policies.export_allowed(7, gdpr_default=0)
+    assert policies.allowed(7, Activity.SYNC, privacy()) == ALLOW  # the rule names export only
 
 
 def test_check_config_reports_bad_rules(tmp_path: Path) -> None:
