@@ -11,12 +11,16 @@ export sends is staged in Redis (xs: keys) and becomes the destination's mark (x
 only after its files are in place, so a failed export leaves the mark where the last
 successful one put it. A crash while the mark moves is finished by the next export.
 
-Erasures (SPEC §12): erasing a visitor turns its marks into tombstones (keys.py
-``xr:``) holding the partner uid and the segments sent. An `iter` export writes one
-removal line per tombstone, `<DP_UUID>  <alias,…>` (no current segments, the aliases
-the destination still maps), and deletes the tombstones it wrote with the marks, once
-its files are in place: a failed export keeps them, and one written during the export
-waits for the next. A `full` export leaves tombstones for the next `iter` one.
+Erasures (SPEC §12): erasing a visitor turns its marks, committed and staged, into
+tombstones (keys.py ``xr:``) holding the partner uid and the segments sent. An `iter`
+export writes one removal line per tombstone, `<DP_UUID>  <alias,…>` (no current
+segments, the aliases the destination still maps), and deletes the tombstones it wrote
+with the marks, once its files are in place: a failed export keeps them, and one
+written during the export waits for the next. A `full` export leaves tombstones for
+the next `iter` one. An erasure may land at any point of an export: a visitor's line
+that changes its mark is written only once the mark is staged, which happens only while
+the visitor has a record, and an erasure deletes the staged mark after counting it in
+the tombstone; so the partner is told each removal once, in this export or the next.
 """
 
 from __future__ import annotations
@@ -185,18 +189,18 @@ class Exporter:
                 )
                 # A visitor erased and back with the same uuid and uid since the last
                 # export: its tombstone's segments count as sent, in its own line.
-                folded: dict[str, list[int]] = {}
                 back = self._back(rows, removals) if removals else {}
-                for removal in removals or ():
+                folded = {r.uuid: r for r in removals or () if back.get(r.uuid) == r.uid}
+                sent = [r for r in removals or () if r.uuid not in folded]
+                for removal in sent:
                     sids = [s for s in removal.sids if s in aliases]
-                    if back.get(removal.uuid) == removal.uid:
-                        folded[removal.uuid] = sids
-                    elif sids:
+                    if sids:
                         writer.write(f"{removal.uid}  {','.join(aliases[s] for s in sids)}")
                         erased += 1
                         if failure is not None:
                             failure(sum(f.lines for f in writer.files))
                 staged: dict[str, list[int]] = {}
+                lines: dict[str, str] = {}
                 for row in rows:
                     uid = row.uid
                     if uid is None:
@@ -207,23 +211,31 @@ class Exporter:
                     current = sorted(
                         s for s in self.qualifier.evaluate(profile, day) if s in aliases
                     )
+                    fold = folded.get(row.uuid)
                     before = row.exported
-                    if folded:
-                        before = sorted({*before, *folded.get(row.uuid, ())})
+                    if fold is not None:
+                        before = sorted({*before, *(s for s in fold.sids if s in aliases)})
+                        staged[row.uuid] = current  # the partner holds them: a mark
+                    elif current != before:
+                        staged[row.uuid] = current
                     if mode == "iter" and current == before:
                         unchanged += 1
                         continue
                     removed = [s for s in before if s not in current] if mode == "iter" else []
                     if current or removed:
-                        writer.write(
+                        lines[row.uuid] = (
                             f"{uid.uid} {','.join(aliases[s] for s in current)} "
                             f"{','.join(aliases[s] for s in removed)}"
                         )
+                # A line whose mark changes is written only once the mark is staged: a
+                # visitor erased since the scan gets neither (its erasure made the
+                # tombstone from the mark the partner holds, for the next export).
+                done = await self.store.stage_marks(dest, staged, sent, folded)
+                for uuid, line in lines.items():
+                    if uuid in done or uuid not in staged:
+                        writer.write(line)
                         if failure is not None:
                             failure(sum(f.lines for f in writer.files))
-                    if current != before:
-                        staged[row.uuid] = current
-                await self.store.stage_marks(dest, staged, removals or ())
             info = writer.publish()
         except BaseException:
             with contextlib.suppress(Exception):

@@ -58,8 +58,9 @@ class Removal:
         self._field = field
         self.raw = raw  # as read: the export deletes it only if still the same
         self.uid, sids = unpack_tombstone(raw)  # the uid the partner knew
-        # A mark committed after the erasure (by an export that had read the visitor
-        # before it) counts too: the partner was sent those segments as well.
+        # A mark committed after the erasure counts too: the partner was sent those
+        # segments as well. (Exports stage a mark only while the visitor has a record
+        # and erasures delete staged marks; this is for marks left by older versions.)
         self.mark = orphan_mark is not None
         self.sids = sorted({*sids, *unpack_sids(orphan_mark)})
 
@@ -151,15 +152,33 @@ class Jobs:
         destination: int,
         marks: Mapping[str, Sequence[int]],
         removals: Sequence[Removal] = (),
-    ) -> None:
+        folded: Mapping[str, Removal] | None = None,
+    ) -> set[str]:
         if not marks and not removals:
-            return
-        s = self.access.schema
-        pipe = self.access.client.pipeline(transaction=False)
+            return set()
+        s, folded = self.access.schema, folded or {}
+        by_bucket: dict[int, list[bytes]] = {}
+        order: list[tuple[int, str]] = []
         for uuid, sids in marks.items():
             field = uuid16(uuid)
-            key = s.export_key_of_bucket(destination, s.bucket_of(field), staged=True)
-            pipe.hset(key, field, pack_sids(sids))  # b"": COMMIT deletes the mark
+            bucket = s.bucket_of(field)
+            fold = folded.get(uuid)
+            # b"": COMMIT deletes the mark
+            by_bucket.setdefault(bucket, []).extend(
+                (field, pack_sids(sids), b"" if fold is None else fold.raw)
+            )
+            order.append((bucket, uuid))
+        pipe = self.access.client.pipeline(transaction=False)
+        for bucket, args in by_bucket.items():
+            self.access.scripts.queue_keys(
+                pipe,
+                scripts.STAGE,
+                3,
+                s.visitor_key_of_bucket(bucket),
+                s.export_key_of_bucket(destination, bucket, staged=True),
+                s.tombstone_key_of_bucket(destination, bucket, staged=True),
+                *args,
+            )
         for removal in removals:
             field = uuid16(removal.uuid)
             bucket = s.bucket_of(field)
@@ -167,7 +186,9 @@ class Jobs:
                 pipe.hset(s.export_key_of_bucket(destination, bucket, staged=True), field, b"")
             key = s.tombstone_key_of_bucket(destination, bucket, staged=True)
             pipe.hset(key, field, removal.raw)
-        await pipe.execute()
+        answers = await pipe.execute()
+        done = {b: iter(cast(list[int], a)) for b, a in zip(by_bucket, answers, strict=False)}
+        return {uuid for bucket, uuid in order if next(done[bucket])}
 
     async def export_state(self, destination: int) -> dict[str, str]:
         state = await self.access.client.hgetall(export_key(destination))

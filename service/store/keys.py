@@ -28,13 +28,18 @@ key                    type    fields -> values                               by
                                (iter mode)
 ``xs:<dest>:{<vb>}``   hash    the same, staged by an export in progress;     during an
                                '' = delete; moved into ``x:`` once its files  export
-                               are complete (scripts.COMMIT)
+                               are complete (scripts.COMMIT). scripts.STAGE
+                               stages one only while the visitor has a
+                               record (its line is written only then); an
+                               erasure counts it in the tombstone and
+                               deletes it
 ``xr:<dest>:{<vb>}``   hash    ``<uuid16>`` -> tombstone of an erased         ~30/erased
                                visitor whose segments file destination <dest> visitor,
                                had been sent (codec.pack_tombstone):          until the
                                ``varint(len(uid)) <uid codec> varint(sid)*``, next iter
                                the partner uid it knew and those segments;    export
                                written by an erasure (writes.py ``_erase``)
+                               from the visitor's ``x:`` and ``xs:`` marks
 ``xrs:<dest>:{<vb>}``  hash    the tombstones an export in progress sent, as  during an
                                it read them: scripts.COMMIT deletes each from export
                                ``xr:`` only if unchanged (a newer one stays)

@@ -57,20 +57,47 @@ redis.call('DEL', KEYS[3])
 return #staged / 2
 """
 
+# Stage export marks in one bucket, each only if its visitor still has a record, so
+# that an erasure that got there first is never undone by the export's COMMIT.
+# KEYS[1] the records, KEYS[2] the staged marks, KEYS[3] the staged tombstones (same
+# hash tag: one Cluster node). ARGV: triples of field (uuid16), staged mark, and ''
+# or a tombstone the export folded into the visitor's line (staged with the mark).
+# Answers one 1 (staged) or 0 (no record: nothing staged) per triple.
+STAGE: Final = b"""
+local staged = {}
+for i = 1, #ARGV, 3 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
+    staged[#staged + 1] = 1
+  else
+    staged[#staged + 1] = 0
+  end
+end
+return staged
+"""
+
 # An erasure, atomic over one visitor's keys (one hash tag, so one Cluster node):
 # KEYS[1] its record's bucket, KEYS[2] its profile's, then per file destination the
-# buckets of its marks and of its tombstones. ARGV[1] the field (uuid16), ARGV[2] the
-# record as read ('' none): unless the record is still that, nothing changes (answers
-# 0). Otherwise record, profile and marks go, and ARGV[2 + n], unless '', becomes the
-# visitor's tombstone at the n-th destination. Answers 1.
+# buckets of its marks, its tombstones and its staged marks. ARGV[1] the field
+# (uuid16), ARGV[2] the record as read ('' none), then per destination the mark,
+# tombstone and staged mark as read ('' none, '=' .. value) and the new tombstone.
+# Unless all are still as read, nothing changes (answers 0): the tombstone was made
+# from them. Otherwise record, profile, marks and staged marks go (an export's COMMIT
+# cannot bring a mark back), and each new tombstone, unless '', is written. Answers 1.
 ERASE: Final = b"""
 local field = ARGV[1]
 if (redis.call('HGET', KEYS[1], field) or '') ~= ARGV[2] then return 0 end
+for i = 3, #KEYS do
+  local v = redis.call('HGET', KEYS[i], field)
+  if (v and '=' .. v or '') ~= ARGV[i + math.floor((i - 3) / 3)] then return 0 end
+end
 redis.call('HDEL', KEYS[1], field)
 redis.call('HDEL', KEYS[2], field)
-for i = 3, #KEYS, 2 do
+for i = 3, #KEYS, 3 do
   redis.call('HDEL', KEYS[i], field)
-  local t = ARGV[(i - 1) / 2 + 2]
+  redis.call('HDEL', KEYS[i + 2], field)
+  local t = ARGV[i + (i - 3) / 3 + 3]
   if t ~= '' then redis.call('HSET', KEYS[i + 1], field, t) end
 end
 return 1
@@ -165,7 +192,7 @@ return {old, owner}
 """
 )
 
-ALL: Final = (SWAP, CAS, UPSERT, COUNT, SEEN, MAP, REPLACE, REREAD, COMMIT, LOCK, ERASE)
+ALL: Final = (SWAP, CAS, UPSERT, COUNT, SEEN, MAP, REPLACE, REREAD, COMMIT, LOCK, ERASE, STAGE)
 
 
 class Scripts:

@@ -391,10 +391,15 @@ class Store:
         destination: int,
         marks: Mapping[str, Sequence[int]],
         removals: Sequence[Removal] = (),
-    ) -> None:
+        folded: Mapping[str, Removal] | None = None,
+    ) -> set[str]:
         """Stage export marks (visitor -> segments exported, [] to delete) and the
-        tombstones sent (removals) for commit_marks."""
-        await self._jobs.stage_marks(destination, marks, removals)
+        tombstones sent (removals) for commit_marks: one pipeline. A mark is staged
+        only if its visitor still has a record (an erasure may have come first), with
+        its visitor's tombstone in `folded` (one whose segments the export counted in
+        the visitor's line instead of a removal line), if any. Answers the visitors
+        whose marks were staged: an export writes a visitor's line only then."""
+        return await self._jobs.stage_marks(destination, marks, removals, folded)
 
     @_surfaced
     async def drop_staged_marks(self, destination: int, *, per_round: int = 256) -> None:

@@ -798,39 +798,45 @@ class WriteBuffer:
         return []
 
     async def _erase(self, op: Erase) -> bool:
-        """Two round trips: read the visitor's record, profile, marks and tombstones;
-        then one script (scripts.ERASE) deletes record, profile and marks and writes
-        the tombstones, if the record is still as read, beside the record's reverse
-        entries and the ps:erasures entry. No clean-ups queued: an erasure takes one
-        slot of the queue, whatever the visitor's number of partners. False: another
-        writer changed the record meanwhile, erase again (its reverse entries removed
-        already were being erased anyway; one left behind is swept, reads verify them)."""
+        """Two round trips: read the visitor's record, profile, and its marks, staged
+        marks and tombstones; then one script (scripts.ERASE) deletes record, profile,
+        marks and staged marks and writes the tombstones, if all are still as read,
+        beside the record's reverse entries and the ps:erasures entry. A tombstone holds
+        the segments of the mark and of the staged mark: an export under way may have
+        sent either. No clean-ups queued: an erasure takes one slot of the queue,
+        whatever the visitor's number of partners. False: another writer (or an export)
+        changed them meanwhile, erase again (its reverse entries removed already were
+        being erased anyway; one left behind is swept, reads verify them)."""
         s, exports = self.schema, self.exports
         field = uuid16(op.uuid)
         bucket = s.bucket_of(field)
         key, profile_key = s.visitor_key_of_bucket(bucket), s.profile_key_of_bucket(bucket)
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(key, field)
-        pipe.hget(profile_key, field)
         keys = [key, profile_key]
         for dest, _ in exports:
             keys += [
                 s.export_key_of_bucket(dest, bucket, staged=False),
                 s.tombstone_key_of_bucket(dest, bucket, staged=False),
+                s.export_key_of_bucket(dest, bucket, staged=True),
             ]
-            pipe.hget(keys[-2], field)
-            pipe.hget(keys[-1], field)
+        for k in keys:
+            pipe.hget(k, field)
         found = await asyncio.wait_for(pipe.execute(), PIPELINE_TIMEOUT_S)
         record, profile = cast(list[bytes | None], found[:2])
         entries = parse_record(record)[1] if record is not None else {}
         uids = {dpid: decode_uid(rest[2:]) for dpid, rest in entries.items()}
-        tombstones: list[bytes] = []
-        for (_, partner), mark, old in zip(exports, found[2::2], found[3::2], strict=True):
+        marks = cast(list[bytes | None], found[2:])
+        args: list[bytes] = []
+        for (_, partner), mark, old, staged in zip(
+            exports, marks[0::3], marks[1::3], marks[2::3], strict=True
+        ):
             entry = entries.get(partner)
-            tombstones.append(
-                b"" if mark is None or entry is None else _tombstone(entry[2:], mark, old)
-            )
-        if record is None and profile is None and not any(m is not None for m in found[2::2]):
+            sent = {*unpack_sids(mark), *unpack_sids(staged)}
+            tombstone = b"" if not sent or entry is None else _tombstone(entry[2:], sent, old)
+            args += [_as_read(mark), _as_read(old), _as_read(staged), tombstone]
+        tombstones = args[3::4]
+        held = marks[0::3] + marks[2::3]  # marks and staged marks
+        if record is None and profile is None and all(m is None for m in held):
             return self._erased_now(op)  # nothing stored (or erased by a try before)
         if op.uids is None:
             op.uids = {}
@@ -839,7 +845,7 @@ class WriteBuffer:
             op.segments |= parse_profile(profile).segments
         pipe = self.client.pipeline(transaction=False)
         self.scripts.queue_keys(pipe, scripts.ERASE, len(keys), *keys, field, record or b"",
-                                *tombstones)  # fmt: skip
+                                *args)  # fmt: skip
         for unlink in unlinks(s, field, entries):
             self.scripts.queue(pipe, scripts.CAS, unlink.key, unlink.field, unlink.owner, b"")
         for (dest, _), tombstone in zip(exports, tombstones, strict=True):
@@ -865,16 +871,20 @@ class WriteBuffer:
         return True
 
 
-def _tombstone(uid: bytes, mark: bytes, old: bytes | None) -> bytes:
-    """The tombstone of a visitor whose mark is `mark` and whose uid at the partner is
-    `uid` (codec), merged with one left by an earlier erasure of the same uid (a
+def _tombstone(uid: bytes, sent: set[int], old: bytes | None) -> bytes:
+    """The tombstone of a visitor whose partner was sent the segments `sent` and knows
+    it as `uid` (codec), merged with one left by an earlier erasure of the same uid (a
     visitor erased, back with the same uuid, erased again before an export)."""
-    sids = unpack_sids(mark)
     if old is not None:
         known, before = unpack_tombstone(old)
         if encode_uid(known) == uid:
-            sids = sorted({*before, *sids})
-    return pack_tombstone(uid, sids)
+            sent = {*before, *sent}
+    return pack_tombstone(uid, sorted(sent))
+
+
+def _as_read(value: bytes | None) -> bytes:
+    """A hash field's value as scripts.ERASE compares it: b"" when absent."""
+    return b"" if value is None else b"=" + value
 
 
 def unlinks(schema: KeySchema, owner: bytes, entries: dict[int, bytes]) -> Iterable[Unlink]:

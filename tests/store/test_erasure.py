@@ -12,7 +12,7 @@ import pytest
 
 from service.identity import new_uuid
 from service.profiles import Profile
-from service.store import Removal, Store, VisitorState
+from service.store import Removal, Store, VisitorState, scripts
 from service.store.codec import pack_sids, unpack_sids, unpack_tombstone, uuid16, uuid_from16
 from tests.conftest import embedded_valkey, open_store, wait_for
 from tests.proxy import FaultProxy
@@ -40,6 +40,14 @@ async def mark(store: Store, dest: int, uuid: str, *sids: int) -> None:
     """A successful export's mark: staged, then committed."""
     await store.stage_marks(dest, {uuid: list(sids)})
     await store.commit_marks(dest)
+
+
+async def leftover(store: Store, dest: int, uuid: str, *sids: int) -> None:
+    """A mark without a visitor record (its record expired, or a mark an export
+    committed before staging needed the record): written as is."""
+    field = uuid16(uuid)
+    key = store.schema.export_key_of_bucket(dest, store.schema.bucket_of(field), staged=False)
+    await store.client.hset(key, field, pack_sids(sids))
 
 
 async def _fields(store: Store, prefix: bytes, dest: int) -> dict[str, bytes]:
@@ -136,14 +144,122 @@ async def test_an_export_deletes_only_the_tombstones_it_sent(store: Store, url: 
     assert await tombstones(store, DEST) == {v2: ("uid-501", [501, 502])}
 
 
-async def test_a_mark_committed_after_the_erasure_goes_with_the_tombstone(store: Store) -> None:
+async def test_a_staged_mark_goes_into_the_tombstone_and_stays_gone(store: Store) -> None:
+    v, first = visitor(), visitor()
+    store.put_mapping(v, PARTNER, "uid-v", DAY)
+    store.put_mapping(first, PARTNER, "uid-first", DAY)
+    await store.drain()
+    await mark(store, DEST, v, 500)
+    # An export under way staged v's new segments and a first mark for `first`
+    # (never exported before); both are erased before it commits.
+    assert await store.stage_marks(DEST, {v: [500, 503], first: [501]}) == {v, first}
+    for u in (v, first):
+        store.erase_visitor(u)
+    await store.drain()
+    assert await tombstones(store, DEST) == {v: ("uid-v", [500, 503]), first: ("uid-first", [501])}
+    await store.commit_marks(DEST)
+    assert await marks(store, DEST) == {}  # the commit brought no mark back
+    assert set(await tombstones(store, DEST)) == {v, first}
+
+
+async def back(url: str, uuid: str, uid: str) -> None:
+    """The visitor is back with the same uuid and uid (another process: this one
+    refuses writes for a visitor it erased a moment ago)."""
+    async with open_store(url, 4, exports=EXPORTS) as other:
+        other.put_mapping(uuid, PARTNER, uid, DAY)
+        await other.drain()
+
+
+async def test_a_mark_is_staged_only_while_its_visitor_has_a_record(store: Store, url: str) -> None:
+    v, gone, returning = visitor(), visitor(), visitor()
+    for u in (v, gone, returning):
+        store.put_mapping(u, PARTNER, f"uid-{u[-6:]}", DAY)
+    await store.drain()
+    await mark(store, DEST, returning, 500)
+    for u in (gone, returning):
+        store.erase_visitor(u)
+    await store.drain()
+    await back(url, returning, f"uid-{returning[-6:]}")
+    removals: list[Removal] = []
+    await store.scan_for_export(
+        DEST, range(store.buckets), partner=PARTNER, today=DAY, removals=removals
+    )
+    [tombstone] = removals
+    # `returning`'s tombstone, folded into its mark, is staged (and deleted) with the mark.
+    staged = await store.stage_marks(
+        DEST, {v: [500], gone: [501], returning: [500]}, folded={returning: tombstone}
+    )
+    assert staged == {v, returning}
+    await store.commit_marks(DEST)
+    assert await marks(store, DEST) == {v: [500], returning: [500]}
+    assert await tombstones(store, DEST) == {}
+
+
+async def test_a_folded_tombstone_waits_when_its_visitor_is_gone_again(
+    store: Store, url: str
+) -> None:
     v = visitor()
     store.put_mapping(v, PARTNER, "uid-v", DAY)
     await store.drain()
     await mark(store, DEST, v, 500)
     store.erase_visitor(v)
     await store.drain()
-    await mark(store, DEST, v, 500, 503)  # an export that had read v before the erasure
+    await back(url, v, "uid-v")
+    removals: list[Removal] = []
+    rows = await store.scan_for_export(
+        DEST, range(store.buckets), partner=PARTNER, today=DAY, removals=removals
+    )
+    assert [row.uuid for row in rows] == [v]  # back, as the export saw it
+    [tombstone] = removals
+    async with open_store(url, 4, exports=EXPORTS) as other:
+        other.erase_visitor(v)  # again, after the export's scan
+        await other.drain()
+    assert await store.stage_marks(DEST, {v: [500]}, folded={v: tombstone}) == set()
+    await store.commit_marks(DEST)
+    assert await tombstones(store, DEST) == {v: ("uid-v", [500])}  # for the next export
+
+
+async def test_an_erasure_changes_nothing_unless_all_is_as_it_read(store: Store) -> None:
+    """scripts.ERASE made its tombstones from what the erasure read: a mark, staged
+    mark or tombstone changed since (an export staging or committing) means try again."""
+    v = visitor()
+    store.put_mapping(v, PARTNER, "uid-v", DAY)
+    await store.drain()
+    await mark(store, DEST, v, 500)
+    field, schema = uuid16(v), store.schema
+    bucket = schema.bucket_of(field)
+    record = await store.client.hget(schema.visitor_key_of_bucket(bucket), field)
+    keys = [schema.visitor_key_of_bucket(bucket), schema.profile_key_of_bucket(bucket)]
+    for dest, _ in EXPORTS:
+        keys += [
+            schema.export_key_of_bucket(dest, bucket, staged=False),
+            schema.tombstone_key_of_bucket(dest, bucket, staged=False),
+            schema.export_key_of_bucket(dest, bucket, staged=True),
+        ]
+    await store.stage_marks(DEST, {v: [500, 502]})  # an export under way
+    tomb = b"tombstone"
+    read = [b"=" + pack_sids([500]), b"", b"=" + pack_sids([500, 502]), tomb, b"", b"", b"", b""]
+    changed = {0: b"", 1: b"=x", 2: b"=" + pack_sids([500]), 4: b"=" + pack_sids([500])}
+    for at, value in changed.items():  # one thing not as read: the mark, the tombstone,
+        args = [*read[:at], value, *read[at + 1 :]]  # the staged mark, another's mark
+        assert await store.client.eval(scripts.ERASE, len(keys), *keys, field, record, *args) == 0
+    assert await store.client.eval(scripts.ERASE, len(keys), *keys, field, b"", *read) == 0
+    assert await marks(store, DEST) == {v: [500]} and await tombstones(store, DEST) == {}
+    assert (await store.visitor_state(v)).found
+    assert await store.client.eval(scripts.ERASE, len(keys), *keys, field, record, *read) == 1
+    assert not (await store.visitor_state(v)).found
+    assert await marks(store, DEST) == {} and await _fields(store, b"xs", DEST) == {}
+    assert await _fields(store, b"xr", DEST) == {v: tomb}
+
+
+async def test_a_mark_left_after_the_erasure_goes_with_the_tombstone(store: Store) -> None:
+    v = visitor()
+    store.put_mapping(v, PARTNER, "uid-v", DAY)
+    await store.drain()
+    await mark(store, DEST, v, 500)
+    store.erase_visitor(v)
+    await store.drain()
+    await leftover(store, DEST, v, 500, 503)  # committed by an export of an older version
 
     removals: list[Removal] = []
     await store.scan_for_export(
@@ -164,9 +280,10 @@ async def test_sweep_removes_orphaned_marks_and_tombstones_of_destinations_gone(
     for v in (live, erased):
         store.put_mapping(v, PARTNER, f"uid-{v[-6:]}", DAY)
     await store.drain()
-    for v in (live, gone, erased):
+    for v in (live, erased):
         await mark(store, DEST, v, 500)
-    await mark(store, OTHER_DEST, gone, 501)
+    await leftover(store, DEST, gone, 500)
+    await leftover(store, OTHER_DEST, gone, 501)
     store.erase_visitor(erased)
     await store.drain()
     # A destination since removed from the configuration left a tombstone.
