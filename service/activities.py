@@ -31,7 +31,7 @@ from typing import Final
 
 from . import metrics
 from .config import Partner, PrivacyRule
-from .consent import Privacy
+from .consent import OptOut, Privacy
 from .tally import Tally, partner_field
 
 
@@ -56,8 +56,8 @@ class Reason(StrEnum):
 DENIAL_REASONS: Final = tuple(r for r in Reason if r is not Reason.ALLOWED)
 Decision = tuple[bool, Reason]
 ALLOW: Final[Decision] = (True, Reason.ALLOWED)
-_OPT_OUT: Final = {r.value: (False, Reason(r.value)) for r in DENIAL_REASONS}
-_US_PRIVACY: Final[Decision] = (False, Reason.US_PRIVACY)  # an opt-out of no known reason
+# Each opt-out's denial: its reason has the same value (an OptOut without one fails here).
+_OPT_OUT: Final[dict[OptOut, Decision]] = {o: (False, Reason(o.value)) for o in OptOut}
 _NO_CONSENT: Final[Decision] = (False, Reason.GDPR_CONSENT)
 _RULE: Final[Decision] = (False, Reason.RULE)
 
@@ -110,8 +110,8 @@ class Policies:
     def allowed(self, partner: int | None, activity: Activity, privacy: Privacy) -> Decision:
         """May `partner` (None: a destination of no partner) take part in `activity` for
         this request, and if not, why."""
-        if privacy.sale_opt_out:
-            return _OPT_OUT.get(privacy.opt_out.value if privacy.opt_out else "", _US_PRIVACY)
+        if privacy.opt_out is not None:
+            return _OPT_OUT[privacy.opt_out]
         if privacy.gdpr_applies and not privacy.partner_allowed(
             self.gvl_ids.get(partner, 0) if partner else 0
         ):
@@ -130,7 +130,7 @@ class Policies:
     def export_allowed(self, partner: int, gdpr_default: int) -> bool:
         """An export has no request: its rules are unconditional or about GDPR, which
         applies as [privacy] gdpr_default says (the config refuses gpp_sid on them)."""
-        batch = Privacy(gdpr_applies=gdpr_default == 1, tcf=None, sale_opt_out=False)
+        batch = Privacy(gdpr_applies=gdpr_default == 1, tcf=None)
         return self.ruled_allowed(partner, Activity.EXPORT, batch)
 
 

@@ -330,10 +330,11 @@ class Privacy:
 
     gdpr_applies: bool
     tcf: TCString | None
-    sale_opt_out: bool  # us_privacy 1?Y?, Sec-GPC: 1 (when honoured), a GPP US opt-out
     # The GPP section ids that gpp_sid names (SPEC §12): the sections in force.
     sections: frozenset[int] = frozenset()
-    opt_out: OptOut | None = None  # why sale_opt_out, when it is set
+    # An opt-out of sale or sharing (us_privacy 1?Y?, Sec-GPC: 1 when honoured, a GPP US
+    # section), and why; None: none.
+    opt_out: OptOut | None = None
 
     def partner_allowed(self, gvl_id: int) -> bool:
         """May this partner be synced or fed? (gvl_id 0: never while GDPR applies.)"""
@@ -342,13 +343,17 @@ class Privacy:
         return gvl_id != 0 and self.tcf is not None and self.tcf.allows(gvl_id)
 
     @property
+    def sale_opt_out(self) -> bool:
+        return self.opt_out is not None
+
+    @property
     def outbound_allowed(self) -> bool:
         """Outbound syncs and destination fires to partners, for this request."""
-        return not self.sale_opt_out
+        return self.opt_out is None
 
 
 _PLAIN: Final = {
-    (applies, reason): Privacy(applies, None, reason is not None, frozenset(), reason)
+    (applies, reason): Privacy(applies, None, frozenset(), reason)
     for applies in (False, True)
     for reason in (None, *OptOut)
 }
@@ -481,4 +486,4 @@ def evaluate(
     )
     if tcf is None and not sections:  # most requests: one of a few answers, built once
         return _PLAIN[applies, reason]
-    return Privacy(applies, tcf, reason is not None, sections, reason)
+    return Privacy(applies, tcf, sections, reason)

@@ -71,6 +71,7 @@ class Domain:
     realtime: RealtimeCaller
     profiles: Profiles
     gate: PrivacyGate  # every partner's privacy policy, its denials counted
+    gdpr_default: int = 0  # [privacy] gdpr_default: whether GDPR applies to an export
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Domain:
@@ -145,8 +146,6 @@ class Domain:
             gate,
             settings.privacy.gdpr_default,
         )
-
-    gdpr_default: int = 0  # [privacy] gdpr_default: whether GDPR applies to an export
 
     def export_allowed(self, dpid: int) -> bool:
         """Whether the partner's rules let its file destinations be exported to."""

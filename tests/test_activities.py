@@ -71,7 +71,7 @@ def privacy(
     tcf = None
     if gdpr and consented:
         tcf = TCString(2, 0, 0, 0, 0, 0, "EN", 0, 0, frozenset({1}), frozenset({50, 60, 70}))
-    return Privacy(gdpr, tcf, opt_out is not None, frozenset(sections), opt_out)
+    return Privacy(gdpr, tcf, frozenset(sections), opt_out)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 
 from service.config import Partner
-from service.consent import Privacy, decode_tcf
+from service.consent import OptOut, Privacy, decode_tcf
 from service.errors import Code
 from service.prebid import (
     CONSENT_REQUIRED,
@@ -64,9 +64,9 @@ BIDDERS = Bidders(
         partner(5, "weekly", refresh_days=2),
     ]
 )
-OPEN = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
-GDPR = Privacy(gdpr_applies=True, tcf=decode_tcf(TRAFFECTIVE), sale_opt_out=False)
-SALE_OPT_OUT = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=True)
+OPEN = Privacy(gdpr_applies=False, tcf=None)
+GDPR = Privacy(gdpr_applies=True, tcf=decode_tcf(TRAFFECTIVE))
+SALE_OPT_OUT = Privacy(gdpr_applies=False, tcf=None, opt_out=OptOut.US_PRIVACY)
 
 
 def request(**fields: Any) -> CookieSyncRequest:

@@ -47,7 +47,7 @@ CHECKPOINT_LINES: Final = 250_000  # lines between two records of an import's pr
 STOP_DRAIN_S: Final = 10.0  # a failed import waits this long to record its progress
 # Server-to-server data carries no browser's privacy signals: the partner's contract
 # with the customer covers it.
-BATCH_PRIVACY: Final = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
+BATCH_PRIVACY: Final = Privacy(gdpr_applies=False, tcf=None)
 
 Progress = Callable[[Receipt, int], None]  # (receipt so far, bytes read)
 

@@ -39,7 +39,7 @@ def test_a_redo_run_again_acts_on_each_entry_once() -> None:
         region=0,
     )
     visitor = Visitor(new_uuid(), VisitorKind.KNOWN)
-    privacy = Privacy(gdpr_applies=False, tcf=None, sale_opt_out=False)
+    privacy = Privacy(gdpr_applies=False, tcf=None)
     redo = profiles._redo(visitor, [100], 20000, 20000 * 86400.0, privacy, [], set(), act=True)
     before = entered(500)
 
